@@ -1,0 +1,1 @@
+//! Docker engine adapter (bollard). See `ports::engine`.

@@ -1,0 +1,4 @@
+//! The real implementations of the ports.
+
+pub mod docker;
+pub mod store;
