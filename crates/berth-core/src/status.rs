@@ -80,7 +80,7 @@ pub fn can_transition(from: Option<RuntimeStatus>, to: RuntimeStatus) -> bool {
         Some(Removed) => false,
         Some(Starting) => matches!(to, Running | Failed | Exited | Removed),
         Some(Running) => matches!(to, Stopping | Starting | Exited | Failed | Removed),
-        Some(Stopping) => matches!(to, Stopped | Failed | Exited | Removed),
+        Some(Stopping) => matches!(to, Stopped | Running | Failed | Exited | Removed),
         Some(Stopped) => matches!(to, Starting | Stopping | Removed),
         Some(Exited) => matches!(to, Starting | Stopping | Failed | Removed),
         Some(Failed) => matches!(to, Starting | Stopping | Removed),
@@ -98,6 +98,8 @@ pub enum LifecycleEvent {
     Failed,
     StopRequested,
     Stopped,
+    /// A stop failed and the container still runs.
+    StopFailed,
     /// The container's main process ended on its own.
     Exited,
     RestartRequested,
@@ -149,6 +151,7 @@ pub fn next_status(
         (Starting | Running | Stopping | Exited, E::Failed) => Failed,
         (Running | Exited | Failed, E::StopRequested) => Stopping,
         (Stopping, E::Stopped) => Stopped,
+        (Stopping, E::StopFailed) => Running,
         (Starting | Running | Stopping, E::Exited) => Exited,
         (_, E::Removed) => Removed,
         _ => return Err(not_allowed()),
@@ -205,12 +208,13 @@ mod tests {
         assert!("bogus".parse::<RuntimeStatus>().is_err());
     }
 
-    const ALL_EVENTS: [LifecycleEvent; 9] = [
+    const ALL_EVENTS: [LifecycleEvent; 10] = [
         E::StartRequested,
         E::Started,
         E::Failed,
         E::StopRequested,
         E::Stopped,
+        E::StopFailed,
         E::Exited,
         E::RestartRequested,
         E::Removed,

@@ -7,3 +7,6 @@
 pub mod adapters;
 pub mod ports;
 pub mod template_doc;
+pub mod error;
+pub mod metrics;
+pub mod services;

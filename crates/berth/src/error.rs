@@ -1,0 +1,99 @@
+//! The error every service returns: a stable code and a sentence for a
+//! person. Entry points map the code to an HTTP status, a stream result or
+//! a CLI exit.
+
+use berth_core::{ErrorCode, ValidationError};
+
+use crate::ports::{EngineError, StoreError};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct Error {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Error {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Error::new(ErrorCode::InvalidRequest, message)
+    }
+
+    pub fn template_not_found(name: &str) -> Self {
+        Error::new(
+            ErrorCode::TemplateNotFound,
+            format!("template {name:?} does not exist"),
+        )
+    }
+
+    pub fn runtime_not_found(id: &str) -> Self {
+        Error::new(
+            ErrorCode::RuntimeNotFound,
+            format!("runtime {id:?} does not exist"),
+        )
+    }
+
+    /// The HTTP status that fits the code.
+    pub fn http_status(&self) -> u16 {
+        use ErrorCode::*;
+        match self.code {
+            InvalidRequest | InvalidId | InvalidDigest | InvalidImageRef | InvalidTrackedRef => 400,
+            Unauthorized => 401,
+            TemplateNotFound | RuntimeNotFound | NotFound => 404,
+            MethodNotAllowed => 405,
+            RuntimeRemoved | Conflict | ImageNotPinned => 409,
+            PayloadTooLarge => 413,
+            ImagePullFailed | StartFailed | StopFailed | RemoveFailed => 502,
+            DockerUnavailable | StorageUnavailable => 503,
+            Timeout => 504,
+            Interrupted | Internal => 500,
+        }
+    }
+}
+
+impl From<ValidationError> for Error {
+    fn from(e: ValidationError) -> Self {
+        Error::new(e.code, e.message)
+    }
+}
+
+impl From<StoreError> for Error {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Conflict(m) => Error::new(ErrorCode::Conflict, m),
+            StoreError::Database(m) => Error::new(
+                ErrorCode::StorageUnavailable,
+                format!("the database failed: {m}"),
+            ),
+            StoreError::Corrupt(m) => Error::new(ErrorCode::Internal, format!("stored data is corrupt: {m}")),
+        }
+    }
+}
+
+impl Error {
+    /// Maps an engine failure met while doing `doing` (e.g. "start the
+    /// container"); `fallback` is the code for Docker refusing the request.
+    pub fn from_engine(e: EngineError, fallback: ErrorCode, doing: &str) -> Self {
+        match e {
+            EngineError::Unavailable(m) => Error::new(ErrorCode::DockerUnavailable, m),
+            EngineError::PullFailed { image, message } => Error::new(
+                ErrorCode::ImagePullFailed,
+                format!("could not pull image {image}: {message}"),
+            ),
+            EngineError::ForeignOwner { .. } | EngineError::Conflict(_) => {
+                Error::new(ErrorCode::Conflict, format!("could not {doing}: {e}"))
+            }
+            EngineError::NotFound(_) | EngineError::Rejected(_) => {
+                Error::new(fallback, format!("could not {doing}: {e}"))
+            }
+        }
+    }
+}

@@ -1,0 +1,668 @@
+//! Runtime lifecycle: start, stop, restart, remove, read.
+//!
+//! Each change is written as the runtime record plus its operation row in
+//! one transaction: first `in_progress` with a transitional status, then
+//! the outcome. A failure leaves no stray container and no running record,
+//! and is in the log with a stable code.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use berth_core::container::{engine_endpoint, plan_container, Placement, LABEL_OWNER, LABEL_RUNTIME_ID};
+use berth_core::id::{validate_runtime_id, validate_template_name};
+use berth_core::image::{digest_from_repo_digests, resolve_image, ImageRef};
+use berth_core::operation::{Operation, OperationKind};
+use berth_core::runtime::{LastError, RuntimeRecord};
+use berth_core::status::{next_status, LifecycleEvent, RuntimeStatus, TransitionError};
+use berth_core::template::{validate_env, Template};
+use berth_core::ErrorCode;
+
+use super::locks::KeyedLocks;
+use super::{Caller, Context};
+use crate::error::{Error, Result};
+use crate::ports::engine::ProgressFn;
+use crate::ports::{EngineError, PullProgress, RuntimeFilter};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartRequest {
+    pub id: String,
+    pub template: String,
+    pub env: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartOutcome {
+    /// berth started it now.
+    Started(RuntimeRecord),
+    /// It was already running; nothing was done.
+    AlreadyRunning(RuntimeRecord),
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListQuery {
+    pub template: Option<String>,
+    pub status: Option<String>,
+    /// Only runtimes whose running digest is not their template's pin.
+    pub stale: bool,
+}
+
+pub struct LifecycleService {
+    ctx: Arc<Context>,
+    locks: KeyedLocks,
+    network_ready: AtomicBool,
+}
+
+fn transition_error(id: &str, e: TransitionError) -> Error {
+    match e {
+        TransitionError::Removed => Error::new(
+            ErrorCode::RuntimeRemoved,
+            format!("runtime {id:?} was removed; a removed id cannot be used again"),
+        ),
+        other => Error::new(ErrorCode::Conflict, format!("runtime {id:?}: {other}")),
+    }
+}
+
+/// Under the runtime's lock no operation of this process is in flight, so a
+/// transitional status can only be left over from a crash: treat it as failed.
+fn settled(status: RuntimeStatus) -> RuntimeStatus {
+    if status.is_transitional() {
+        RuntimeStatus::Failed
+    } else {
+        status
+    }
+}
+
+fn advance(rec: &mut RuntimeRecord, event: LifecycleEvent) -> Result<()> {
+    rec.status = next_status(Some(settled(rec.status)), event).map_err(|e| transition_error(&rec.id, e))?;
+    Ok(())
+}
+
+fn no_progress(_: PullProgress) {}
+
+impl LifecycleService {
+    pub fn new(ctx: Arc<Context>) -> Self {
+        LifecycleService {
+            ctx,
+            locks: KeyedLocks::default(),
+            network_ready: AtomicBool::new(false),
+        }
+    }
+
+    pub async fn get(&self, id: &str) -> Result<RuntimeRecord> {
+        validate_runtime_id(id)?;
+        self.ctx
+            .store
+            .get_runtime(id)
+            .await?
+            .ok_or_else(|| Error::runtime_not_found(id))
+    }
+
+    pub async fn list(&self, query: &ListQuery) -> Result<Vec<RuntimeRecord>> {
+        if let Some(t) = &query.template {
+            validate_template_name(t)?;
+        }
+        let status = query
+            .status
+            .as_deref()
+            .map(|s| s.parse::<RuntimeStatus>().map_err(Error::invalid))
+            .transpose()?;
+        let mut runtimes = self
+            .ctx
+            .store
+            .list_runtimes(&RuntimeFilter {
+                template: query.template.clone(),
+                status,
+            })
+            .await?;
+        if query.stale {
+            let pins: HashMap<String, String> = self
+                .ctx
+                .store
+                .list_pins()
+                .await?
+                .into_iter()
+                .map(|p| (p.template, p.digest.to_string()))
+                .collect();
+            runtimes.retain(|r| {
+                r.status != RuntimeStatus::Removed
+                    && pins
+                        .get(&r.template)
+                        .is_some_and(|pin| r.image_digest.as_deref() != Some(pin.as_str()))
+            });
+        }
+        Ok(runtimes)
+    }
+
+    async fn template(&self, name: &str) -> Result<Template> {
+        self.ctx
+            .store
+            .get_template(name)
+            .await?
+            .ok_or_else(|| Error::template_not_found(name))
+    }
+
+    /// Starts a runtime; idempotent per id (a running runtime is returned as
+    /// it is).
+    pub async fn start(&self, req: StartRequest, caller: &Caller) -> Result<StartOutcome> {
+        self.start_with_progress(req, caller, &no_progress).await
+    }
+
+    pub async fn start_with_progress(
+        &self,
+        req: StartRequest,
+        caller: &Caller,
+        progress: &ProgressFn,
+    ) -> Result<StartOutcome> {
+        validate_runtime_id(&req.id)?;
+        validate_template_name(&req.template)?;
+        validate_env(&req.env, "request")?;
+        let _guard = self.locks.lock(&req.id).await;
+
+        let existing = self.ctx.store.get_runtime(&req.id).await?;
+        if let Some(rec) = &existing {
+            if rec.status == RuntimeStatus::Removed {
+                return Err(transition_error(&rec.id, TransitionError::Removed));
+            }
+            if rec.template != req.template {
+                return Err(Error::new(
+                    ErrorCode::Conflict,
+                    format!(
+                        "runtime {:?} already exists with template {:?}, not {:?}",
+                        rec.id, rec.template, req.template
+                    ),
+                ));
+            }
+            if !req.env.is_empty() && req.env != rec.env {
+                return Err(Error::new(
+                    ErrorCode::Conflict,
+                    format!(
+                        "runtime {:?} already exists with other env; remove it and start a new id to change its env",
+                        rec.id
+                    ),
+                ));
+            }
+            if rec.status == RuntimeStatus::Running && self.container_runs(rec).await? {
+                return Ok(StartOutcome::AlreadyRunning(rec.clone()));
+            }
+        }
+        let template = self.template(&req.template).await?;
+
+        let now = self.ctx.now_ms();
+        let mut rec = existing.unwrap_or_else(|| RuntimeRecord::new(&req.id, &req.template, req.env.clone(), now));
+        rec.status = next_status(
+            (rec.generation > 0 || rec.container_id.is_some()).then_some(settled(rec.status)),
+            LifecycleEvent::StartRequested,
+        )
+        .or_else(|_| next_status(None, LifecycleEvent::StartRequested))
+        .map_err(|e| transition_error(&req.id, e))?;
+        rec.updated_at_ms = now;
+        let op = self.ctx.begin_op(OperationKind::Start, caller).for_runtime(&rec.id, &rec.template);
+        self.bring_up_recorded(rec, op, &template, progress).await.map(StartOutcome::Started)
+    }
+
+    /// Whether the recorded container exists and runs.
+    async fn container_runs(&self, rec: &RuntimeRecord) -> Result<bool> {
+        let Some(cid) = &rec.container_id else {
+            return Ok(false);
+        };
+        let info = self
+            .ctx
+            .engine
+            .inspect_container(cid)
+            .await
+            .map_err(|e| Error::from_engine(e, ErrorCode::StartFailed, "inspect the container"))?;
+        Ok(info.is_some_and(|i| i.running))
+    }
+
+    /// Writes `rec` (already in `starting`) with `op` in progress, brings the
+    /// container up, and records the outcome either way.
+    async fn bring_up_recorded(
+        &self,
+        mut rec: RuntimeRecord,
+        mut op: Operation,
+        template: &Template,
+        progress: &ProgressFn,
+    ) -> Result<RuntimeRecord> {
+        self.ctx.record(Some(&rec), &op).await?;
+        let mut created = None;
+        let result = self
+            .deadline(self.bring_up(template, &mut rec, &mut created, progress))
+            .await;
+        let now = self.ctx.now_ms();
+        rec.updated_at_ms = now;
+        match result {
+            Ok(()) => {
+                advance(&mut rec, LifecycleEvent::Started)?;
+                rec.last_error = None;
+                op = op.detail("container_id", rec.container_id.clone().unwrap_or_default());
+                if let Some(r) = &rec.image_ref {
+                    op = op.detail("image_ref", r.clone());
+                }
+                if let Some(d) = &rec.image_digest {
+                    op = op.detail("image_digest", d.clone());
+                }
+                op.succeed(now);
+                self.ctx.record(Some(&rec), &op).await?;
+                Ok(rec)
+            }
+            Err(err) => {
+                // Leave no stray container behind.
+                if let Some(cid) = created {
+                    if let Err(e) = self.ctx.engine.remove_container(&cid).await {
+                        tracing::warn!(runtime = %rec.id, container = %cid, error = %e, "could not remove the container of a failed start");
+                        op = op.detail("leftover_container_id", cid);
+                    }
+                }
+                advance(&mut rec, LifecycleEvent::Failed)?;
+                rec.last_error = Some(LastError {
+                    code: err.code.as_str().to_string(),
+                    message: err.message.clone(),
+                });
+                op.fail(err.code.as_str(), &err.message, now);
+                self.ctx.record(Some(&rec), &op).await?;
+                Err(err)
+            }
+        }
+    }
+
+    /// Runs `fut` within the operation deadline.
+    async fn deadline<T>(&self, fut: impl Future<Output = Result<T>>) -> Result<T> {
+        let limit = self.ctx.settings.operation_deadline;
+        match tokio::time::timeout(limit, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::new(
+                ErrorCode::Timeout,
+                format!(
+                    "the operation did not finish within {}",
+                    berth_core::duration::format_duration(limit)
+                ),
+            )),
+        }
+    }
+
+    /// Starts the recorded container if it still exists, else creates a new
+    /// one from the record and template. `created` is set as soon as a new
+    /// container exists, so that the caller can clean it up on failure.
+    async fn bring_up(
+        &self,
+        template: &Template,
+        rec: &mut RuntimeRecord,
+        created: &mut Option<String>,
+        progress: &ProgressFn,
+    ) -> Result<()> {
+        let engine = &self.ctx.engine;
+        if let Some(cid) = rec.container_id.clone() {
+            let info = engine
+                .inspect_container(&cid)
+                .await
+                .map_err(|e| Error::from_engine(e, ErrorCode::StartFailed, "inspect the container"))?;
+            if info.is_some() {
+                engine
+                    .start_container(&cid)
+                    .await
+                    .map_err(|e| Error::from_engine(e, ErrorCode::StartFailed, "start the container"))?;
+                return Ok(());
+            }
+            // The container is gone: create a new one below.
+            rec.container_id = None;
+        }
+
+        let pin = self.ctx.store.get_pin(&template.name).await?;
+        let image = resolve_image(
+            &template.name,
+            &template.image,
+            &template.tag,
+            template.require_pin,
+            pin.as_ref().map(|p| &p.digest),
+        )
+        .map_err(|e| {
+            Error::new(
+                ErrorCode::ImageNotPinned,
+                format!(
+                    "template {:?} requires a pin and has none; promote one with POST /v1/templates/{}/pin",
+                    e.template, e.template
+                ),
+            )
+        })?;
+        let image_ref = image.to_string();
+        let digest = self.ensure_image(&image, progress).await?;
+        self.ensure_network().await?;
+        let state_dir = self.state_dir(&rec.id);
+        tokio::fs::create_dir_all(&state_dir).await.map_err(|e| {
+            Error::new(
+                ErrorCode::StartFailed,
+                format!("could not create the state directory {}: {e}", state_dir.display()),
+            )
+        })?;
+
+        let generation = rec.generation + 1;
+        let state_dir_text = state_dir.to_string_lossy();
+        let place = Placement {
+            owner: &self.ctx.settings.owner,
+            network: &self.ctx.settings.network,
+            state_dir: &state_dir_text,
+        };
+        let spec = plan_container(&place, template, rec, &image_ref, generation, self.ctx.now_ms());
+        let cid = match engine.create_container(&spec).await {
+            Ok(id) => id,
+            Err(EngineError::Conflict(_)) => {
+                // A container of this name exists without being recorded: a
+                // crash between create and record left it. Clear it, once.
+                self.remove_leftover(&spec.name, &rec.id).await?;
+                engine
+                    .create_container(&spec)
+                    .await
+                    .map_err(|e| Error::from_engine(e, ErrorCode::StartFailed, "create the container"))?
+            }
+            Err(EngineError::NotFound(m)) if m.contains("network") => {
+                // Someone deleted the network under us; make it again, once.
+                self.network_ready.store(false, Ordering::Release);
+                self.ensure_network().await?;
+                engine
+                    .create_container(&spec)
+                    .await
+                    .map_err(|e| Error::from_engine(e, ErrorCode::StartFailed, "create the container"))?
+            }
+            Err(e) => return Err(Error::from_engine(e, ErrorCode::StartFailed, "create the container")),
+        };
+        *created = Some(cid.clone());
+        engine
+            .start_container(&cid)
+            .await
+            .map_err(|e| Error::from_engine(e, ErrorCode::StartFailed, "start the container"))?;
+        rec.container_id = Some(cid);
+        rec.generation = generation;
+        rec.image_ref = Some(image_ref);
+        rec.image_digest = digest;
+        rec.engine_endpoint = engine_endpoint(template, &rec.id);
+        Ok(())
+    }
+
+    /// Makes sure the image is present locally, pulling it when missing;
+    /// returns the digest it runs, when known.
+    async fn ensure_image(&self, image: &ImageRef, progress: &ProgressFn) -> Result<Option<String>> {
+        let engine = &self.ctx.engine;
+        let reference = image.to_string();
+        let inspect = |e| Error::from_engine(e, ErrorCode::ImagePullFailed, "inspect the image");
+        let info = match engine.inspect_image(&reference).await.map_err(inspect)? {
+            Some(info) => info,
+            None => {
+                tracing::info!(image = %reference, "pulling image");
+                engine.pull_image(&reference, progress).await.map_err(|e| match e {
+                    EngineError::Unavailable(_) => Error::from_engine(e, ErrorCode::ImagePullFailed, "pull the image"),
+                    EngineError::PullFailed { .. } => Error::from_engine(e, ErrorCode::ImagePullFailed, "pull the image"),
+                    other => Error::new(
+                        ErrorCode::ImagePullFailed,
+                        format!("could not pull image {reference}: {other}"),
+                    ),
+                })?;
+                self.ctx.metrics.image_pulls.inc();
+                engine.inspect_image(&reference).await.map_err(inspect)?.ok_or_else(|| {
+                    Error::new(
+                        ErrorCode::ImagePullFailed,
+                        format!("image {reference} is still missing after a successful pull"),
+                    )
+                })?
+            }
+        };
+        Ok(match image.pinned_digest() {
+            Some(d) => Some(d.to_string()),
+            None => digest_from_repo_digests(image.repository(), info.repo_digests.iter().map(String::as_str))
+                .map(|d| d.to_string()),
+        })
+    }
+
+    async fn ensure_network(&self) -> Result<()> {
+        if self.network_ready.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        self.ctx
+            .engine
+            .ensure_network(&self.ctx.settings.network)
+            .await
+            .map_err(|e| Error::from_engine(e, ErrorCode::StartFailed, "create the network"))?;
+        self.network_ready.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Removes a container named `name` if it is this owner's container for
+    /// runtime `id`; anything else is a conflict berth must not resolve.
+    async fn remove_leftover(&self, name: &str, id: &str) -> Result<Option<String>> {
+        let engine = &self.ctx.engine;
+        let Some(info) = engine
+            .inspect_container(name)
+            .await
+            .map_err(|e| Error::from_engine(e, ErrorCode::StartFailed, "inspect the container"))?
+        else {
+            return Ok(None);
+        };
+        let ours = info.labels.get(LABEL_OWNER).map(String::as_str) == Some(self.ctx.settings.owner.as_str())
+            && info.labels.get(LABEL_RUNTIME_ID).map(String::as_str) == Some(id);
+        if !ours {
+            return Err(Error::new(
+                ErrorCode::Conflict,
+                format!("a container named {name:?} exists and is not this berth's container for runtime {id:?}"),
+            ));
+        }
+        engine
+            .remove_container(&info.id)
+            .await
+            .map_err(|e| Error::from_engine(e, ErrorCode::RemoveFailed, "remove a leftover container"))?;
+        Ok(Some(info.id))
+    }
+
+    fn state_dir(&self, id: &str) -> PathBuf {
+        self.ctx.settings.data_dir.join("runtimes").join(id).join("state")
+    }
+
+    async fn stop_grace(&self, template: &str) -> Result<std::time::Duration> {
+        Ok(self
+            .ctx
+            .store
+            .get_template(template)
+            .await?
+            .map(|t| t.stop_grace)
+            .unwrap_or(berth_core::template::DEFAULT_STOP_GRACE))
+    }
+
+    /// Stops a runtime; stopping a stopped runtime changes nothing.
+    pub async fn stop(&self, id: &str, caller: &Caller) -> Result<RuntimeRecord> {
+        validate_runtime_id(id)?;
+        let _guard = self.locks.lock(id).await;
+        let mut rec = self.get(id).await?;
+        if rec.status == RuntimeStatus::Stopped {
+            return Ok(rec);
+        }
+        advance(&mut rec, LifecycleEvent::StopRequested)?;
+        rec.updated_at_ms = self.ctx.now_ms();
+        let mut op = self.ctx.begin_op(OperationKind::Stop, caller).for_runtime(&rec.id, &rec.template);
+        self.ctx.record(Some(&rec), &op).await?;
+
+        let grace = self.stop_grace(&rec.template).await?;
+        let result = match rec.container_id.clone() {
+            None => Ok(()),
+            Some(cid) => {
+                op = op.detail("container_id", cid.clone());
+                match self.deadline(async {
+                    self.ctx
+                        .engine
+                        .stop_container(&cid, grace)
+                        .await
+                        .map_err(|e| (e.clone(), Error::from_engine(e, ErrorCode::StopFailed, "stop the container")))
+                        .or_else(|(raw, err)| match raw {
+                            // Already gone: it is certainly not running.
+                            EngineError::NotFound(_) => Ok(()),
+                            _ => Err(err),
+                        })
+                })
+                .await
+                {
+                    Ok(()) => Ok(()),
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        let now = self.ctx.now_ms();
+        rec.updated_at_ms = now;
+        match result {
+            Ok(()) => {
+                advance(&mut rec, LifecycleEvent::Stopped)?;
+                op.succeed(now);
+                self.ctx.record(Some(&rec), &op).await?;
+                Ok(rec)
+            }
+            Err(err) => {
+                let still_running = self.container_runs(&rec).await.unwrap_or(false);
+                rec.status = next_status(
+                    Some(RuntimeStatus::Stopping),
+                    if still_running { LifecycleEvent::StopFailed } else { LifecycleEvent::Failed },
+                )
+                .map_err(|e| transition_error(id, e))?;
+                rec.last_error = Some(LastError {
+                    code: err.code.as_str().to_string(),
+                    message: err.message.clone(),
+                });
+                op.fail(err.code.as_str(), &err.message, now);
+                self.ctx.record(Some(&rec), &op).await?;
+                Err(err)
+            }
+        }
+    }
+
+    /// Stops and starts the runtime's container (a new one if it is gone).
+    pub async fn restart(&self, id: &str, caller: &Caller) -> Result<RuntimeRecord> {
+        validate_runtime_id(id)?;
+        let _guard = self.locks.lock(id).await;
+        let mut rec = self.get(id).await?;
+        let template = self.template(&rec.template).await?;
+        advance(&mut rec, LifecycleEvent::RestartRequested)?;
+        rec.updated_at_ms = self.ctx.now_ms();
+        let op = self.ctx.begin_op(OperationKind::Restart, caller).for_runtime(&rec.id, &rec.template);
+        if let Some(cid) = rec.container_id.clone() {
+            self.ctx.record(Some(&rec), &op).await?;
+            // Stop first; a missing container is fine, bring_up creates one.
+            if let Err(e) = self.deadline(async {
+                match self.ctx.engine.stop_container(&cid, template.stop_grace).await {
+                    Ok(()) | Err(EngineError::NotFound(_)) => Ok(()),
+                    Err(e) => Err(Error::from_engine(e, ErrorCode::StopFailed, "stop the container")),
+                }
+            })
+            .await
+            {
+                let mut op = op;
+                let now = self.ctx.now_ms();
+                let still_running = self.container_runs(&rec).await.unwrap_or(false);
+                rec.status = if still_running { RuntimeStatus::Running } else { RuntimeStatus::Failed };
+                rec.last_error = Some(LastError {
+                    code: e.code.as_str().to_string(),
+                    message: e.message.clone(),
+                });
+                rec.updated_at_ms = now;
+                op.fail(e.code.as_str(), &e.message, now);
+                self.ctx.record(Some(&rec), &op).await?;
+                return Err(e);
+            }
+        }
+        self.bring_up_recorded(rec, op, &template, &no_progress).await
+    }
+
+    /// Removes the container; the record stays, as `removed` (terminal).
+    /// The state directory is kept: deleting data is an operator's call.
+    pub async fn remove(&self, id: &str, caller: &Caller) -> Result<RuntimeRecord> {
+        validate_runtime_id(id)?;
+        let _guard = self.locks.lock(id).await;
+        let mut rec = self.get(id).await?;
+        if rec.status == RuntimeStatus::Removed {
+            return Ok(rec);
+        }
+        let mut op = self.ctx.begin_op(OperationKind::Remove, caller).for_runtime(&rec.id, &rec.template);
+        self.ctx.record(None, &op).await?;
+        let result = self
+            .deadline(async {
+                let mut removed = Vec::new();
+                if let Some(cid) = &rec.container_id {
+                    self.ctx
+                        .engine
+                        .remove_container(cid)
+                        .await
+                        .map_err(|e| Error::from_engine(e, ErrorCode::RemoveFailed, "remove the container"))?;
+                    removed.push(cid.clone());
+                }
+                // Also a container created but never recorded (crash).
+                let name = berth_core::container::container_name(&self.ctx.settings.owner, &rec.id);
+                if let Some(extra) = self.remove_leftover(&name, &rec.id).await? {
+                    removed.push(extra);
+                }
+                Ok(removed)
+            })
+            .await;
+        let now = self.ctx.now_ms();
+        match result {
+            Ok(removed) => {
+                advance(&mut rec, LifecycleEvent::Removed)?;
+                rec.container_id = None;
+                rec.engine_endpoint = None;
+                rec.updated_at_ms = now;
+                if !removed.is_empty() {
+                    op = op.detail("container_id", removed.join(","));
+                }
+                op.succeed(now);
+                self.ctx.record(Some(&rec), &op).await?;
+                Ok(rec)
+            }
+            Err(err) => {
+                op.fail(err.code.as_str(), &err.message, now);
+                rec.last_error = Some(LastError {
+                    code: err.code.as_str().to_string(),
+                    message: err.message.clone(),
+                });
+                rec.updated_at_ms = now;
+                self.ctx.record(Some(&rec), &op).await?;
+                Err(err)
+            }
+        }
+    }
+
+    /// Boot-time recovery after a crash: operations left `in_progress` are
+    /// recorded as failed (`interrupted`), and runtimes left in a
+    /// transitional status get the status their container actually has.
+    pub async fn recover_interrupted(&self) -> Result<usize> {
+        let now = self.ctx.now_ms();
+        let ops = self
+            .ctx
+            .store
+            .fail_in_progress_operations(
+                ErrorCode::Interrupted.as_str(),
+                "berth stopped before this operation finished",
+                now,
+            )
+            .await?;
+        for op in &ops {
+            let Some(id) = &op.runtime_id else { continue };
+            let _guard = self.locks.lock(id).await;
+            let Some(mut rec) = self.ctx.store.get_runtime(id).await? else {
+                continue;
+            };
+            if !rec.status.is_transitional() {
+                continue;
+            }
+            let runs = self.container_runs(&rec).await.unwrap_or(false);
+            rec.status = if runs { RuntimeStatus::Running } else { RuntimeStatus::Failed };
+            rec.last_error = (!runs).then(|| LastError {
+                code: ErrorCode::Interrupted.as_str().to_string(),
+                message: format!("berth stopped during a {} operation", op.kind),
+            });
+            rec.updated_at_ms = now;
+            let mut note = Operation::begin(uuid::Uuid::now_v7().to_string(), op.kind, op.source, now)
+                .for_runtime(&rec.id, &rec.template)
+                .detail("recovered_from", op.id.clone())
+                .detail("status", rec.status.as_str());
+            note.fail(ErrorCode::Interrupted.as_str(), "recovered after an interrupted operation", now);
+            self.ctx.record(Some(&rec), &note).await?;
+        }
+        Ok(ops.len())
+    }
+}

@@ -1,0 +1,67 @@
+//! Reading the operation log.
+
+use std::sync::Arc;
+
+use berth_core::id::validate_runtime_id;
+use berth_core::operation::{Operation, OperationKind};
+
+use super::Context;
+use crate::error::{Error, Result};
+use crate::ports::OperationFilter;
+
+pub const DEFAULT_LIMIT: u32 = 100;
+pub const MAX_LIMIT: u32 = 1000;
+
+pub struct OperationLog {
+    ctx: Arc<Context>,
+}
+
+impl OperationLog {
+    pub fn new(ctx: Arc<Context>) -> Self {
+        OperationLog { ctx }
+    }
+
+    /// Newest first. `kind` is checked against the known kinds.
+    pub async fn list(
+        &self,
+        runtime_id: Option<&str>,
+        kind: Option<&str>,
+        limit: Option<u32>,
+    ) -> Result<Vec<Operation>> {
+        if let Some(id) = runtime_id {
+            validate_runtime_id(id)?;
+        }
+        let kind = kind
+            .map(|k| {
+                OperationKind::parse(k).ok_or_else(|| {
+                    let known: Vec<&str> = OperationKind::ALL.iter().map(|k| k.as_str()).collect();
+                    Error::invalid(format!(
+                        "unknown operation kind {k:?}; expected one of {}",
+                        known.join(", ")
+                    ))
+                })
+            })
+            .transpose()?;
+        let limit = check_limit(limit)?;
+        Ok(self
+            .ctx
+            .store
+            .list_operations(&OperationFilter {
+                runtime_id: runtime_id.map(str::to_string),
+                kind,
+                limit,
+            })
+            .await?)
+    }
+}
+
+/// A list limit: 1..=1000, default 100.
+pub fn check_limit(limit: Option<u32>) -> Result<u32> {
+    match limit {
+        None => Ok(DEFAULT_LIMIT),
+        Some(l) if (1..=MAX_LIMIT).contains(&l) => Ok(l),
+        Some(l) => Err(Error::invalid(format!(
+            "limit {l} is out of range: use 1 to {MAX_LIMIT}"
+        ))),
+    }
+}

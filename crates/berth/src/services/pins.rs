@@ -1,0 +1,168 @@
+//! Image pins: the single source of truth for the digest a template's
+//! runtimes must run. Promote, unpin, history, and seeding from config.
+
+use std::sync::Arc;
+
+use berth_core::id::validate_template_name;
+use berth_core::image::Digest;
+use berth_core::operation::OperationKind;
+use berth_core::pin::{Pin, PinAction, PinHistoryEntry};
+use berth_core::ErrorCode;
+
+use super::{Caller, Context};
+use crate::error::{Error, Result};
+
+pub struct PinService {
+    ctx: Arc<Context>,
+}
+
+impl PinService {
+    pub fn new(ctx: Arc<Context>) -> Self {
+        PinService { ctx }
+    }
+
+    async fn require_template(&self, name: &str) -> Result<()> {
+        validate_template_name(name)?;
+        match self.ctx.store.get_template(name).await? {
+            Some(_) => Ok(()),
+            None => Err(Error::template_not_found(name)),
+        }
+    }
+
+    fn not_pinned(name: &str) -> Error {
+        Error::new(ErrorCode::NotFound, format!("template {name:?} has no pin"))
+    }
+
+    pub async fn get(&self, template: &str) -> Result<Pin> {
+        self.require_template(template).await?;
+        self.ctx
+            .store
+            .get_pin(template)
+            .await?
+            .ok_or_else(|| Self::not_pinned(template))
+    }
+
+    /// Promotes `digest` for `template`. Running runtimes are not touched;
+    /// the next create resolves to the new pin.
+    pub async fn promote(
+        &self,
+        template: &str,
+        digest: &str,
+        reason: Option<&str>,
+        caller: &Caller,
+    ) -> Result<Pin> {
+        let digest = Digest::parse(digest)?;
+        let reason = check_reason(reason)?;
+        self.require_template(template).await?;
+        let previous = self.ctx.store.get_pin(template).await?.map(|p| p.digest);
+        let now = self.ctx.now_ms();
+        let pin = Pin {
+            template: template.to_string(),
+            digest: digest.clone(),
+            promoted_at_ms: now,
+            promoted_by: caller.by.clone(),
+            reason: reason.clone(),
+        };
+        let entry = PinHistoryEntry {
+            template: template.to_string(),
+            action: PinAction::Promote,
+            digest: Some(digest.clone()),
+            previous_digest: previous.clone(),
+            at_ms: now,
+            by: caller.by.clone(),
+            reason,
+        };
+        let mut op = self
+            .ctx
+            .begin_op(OperationKind::PinPromote, caller)
+            .for_template(template)
+            .detail("digest", digest.as_str());
+        if let Some(prev) = &previous {
+            op = op.detail("previous_digest", prev.as_str());
+        }
+        op.succeed(now);
+        self.ctx.store.promote_pin(&pin, &entry, &op).await?;
+        self.ctx
+            .metrics
+            .operation_finished(op.kind.as_str(), op.outcome.as_str());
+        Ok(pin)
+    }
+
+    /// Seeds a pin from `berth.toml`; never overwrites a pin that was ever
+    /// promoted. Returns whether it seeded.
+    pub async fn seed(&self, template: &str, digest: &Digest, caller: &Caller) -> Result<bool> {
+        let now = self.ctx.now_ms();
+        let pin = Pin {
+            template: template.to_string(),
+            digest: digest.clone(),
+            promoted_at_ms: now,
+            promoted_by: caller.by.clone(),
+            reason: Some("seeded from configuration".to_string()),
+        };
+        let entry = PinHistoryEntry {
+            template: template.to_string(),
+            action: PinAction::Promote,
+            digest: Some(digest.clone()),
+            previous_digest: None,
+            at_ms: now,
+            by: caller.by.clone(),
+            reason: pin.reason.clone(),
+        };
+        let mut op = self
+            .ctx
+            .begin_op(OperationKind::PinPromote, caller)
+            .for_template(template)
+            .detail("digest", digest.as_str())
+            .detail("seed", "true");
+        op.succeed(now);
+        Ok(self.ctx.store.seed_pin(&pin, &entry, &op).await?)
+    }
+
+    pub async fn unpin(&self, template: &str, reason: Option<&str>, caller: &Caller) -> Result<()> {
+        let reason = check_reason(reason)?;
+        self.require_template(template).await?;
+        let previous = self
+            .ctx
+            .store
+            .get_pin(template)
+            .await?
+            .ok_or_else(|| Self::not_pinned(template))?;
+        let now = self.ctx.now_ms();
+        let entry = PinHistoryEntry {
+            template: template.to_string(),
+            action: PinAction::Unpin,
+            digest: None,
+            previous_digest: Some(previous.digest.clone()),
+            at_ms: now,
+            by: caller.by.clone(),
+            reason,
+        };
+        let mut op = self
+            .ctx
+            .begin_op(OperationKind::PinUnpin, caller)
+            .for_template(template)
+            .detail("previous_digest", previous.digest.as_str());
+        op.succeed(now);
+        if !self.ctx.store.unpin(template, &entry, &op).await? {
+            return Err(Self::not_pinned(template));
+        }
+        self.ctx
+            .metrics
+            .operation_finished(op.kind.as_str(), op.outcome.as_str());
+        Ok(())
+    }
+
+    pub async fn history(&self, template: &str, limit: Option<u32>) -> Result<Vec<PinHistoryEntry>> {
+        let limit = super::operations::check_limit(limit)?;
+        self.require_template(template).await?;
+        Ok(self.ctx.store.pin_history(template, limit).await?)
+    }
+}
+
+fn check_reason(reason: Option<&str>) -> Result<Option<String>> {
+    match reason {
+        Some(r) if r.len() > 1024 => Err(Error::invalid("reason is longer than 1024 characters")),
+        Some(r) if r.trim().is_empty() => Ok(None),
+        other => Ok(other.map(str::to_string)),
+    }
+}
