@@ -73,7 +73,9 @@ impl From<StoreError> for Error {
                 ErrorCode::StorageUnavailable,
                 format!("the database failed: {m}"),
             ),
-            StoreError::Corrupt(m) => Error::new(ErrorCode::Internal, format!("stored data is corrupt: {m}")),
+            StoreError::Corrupt(m) => {
+                Error::new(ErrorCode::Internal, format!("stored data is corrupt: {m}"))
+            }
         }
     }
 }

@@ -5,8 +5,12 @@
 //! `cli` are the entry points that call the services.
 
 pub mod adapters;
-pub mod ports;
-pub mod template_doc;
+pub mod app;
+pub mod cli;
+pub mod config;
 pub mod error;
+pub mod http;
 pub mod metrics;
+pub mod ports;
 pub mod services;
+pub mod template_doc;

@@ -32,13 +32,21 @@ impl Default for Metrics {
         let http_requests = Family::<RequestLabels, Counter>::default();
         let operations = Family::<OperationLabels, Counter>::default();
         let image_pulls = Counter::default();
-        registry.register("http_requests", "HTTP requests served", http_requests.clone());
+        registry.register(
+            "http_requests",
+            "HTTP requests served",
+            http_requests.clone(),
+        );
         registry.register(
             "operations",
             "Operations finished, by kind and outcome",
             operations.clone(),
         );
-        registry.register("image_pulls", "Images pulled from a registry", image_pulls.clone());
+        registry.register(
+            "image_pulls",
+            "Images pulled from a registry",
+            image_pulls.clone(),
+        );
         Metrics {
             registry,
             http_requests,

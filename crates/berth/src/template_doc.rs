@@ -128,9 +128,21 @@ impl TemplateDoc {
         if let Some(h) = &self.health {
             t.health = Some(HealthCheck {
                 path: h.path.clone(),
-                interval: duration_field("health.interval", &h.interval, std::time::Duration::from_secs(2))?,
-                timeout: duration_field("health.timeout", &h.timeout, std::time::Duration::from_secs(1))?,
-                grace: duration_field("health.grace", &h.grace, std::time::Duration::from_secs(30))?,
+                interval: duration_field(
+                    "health.interval",
+                    &h.interval,
+                    std::time::Duration::from_secs(2),
+                )?,
+                timeout: duration_field(
+                    "health.timeout",
+                    &h.timeout,
+                    std::time::Duration::from_secs(1),
+                )?,
+                grace: duration_field(
+                    "health.grace",
+                    &h.grace,
+                    std::time::Duration::from_secs(30),
+                )?,
             });
         }
         t.require_pin = self.require_pin;
@@ -220,15 +232,20 @@ mod tests {
         assert_eq!(t.health.as_ref().unwrap().interval.as_millis(), 500);
         assert_eq!(t.rollout.batch_size, 2);
         assert_eq!(t.rollout.max_failures, 1);
-        let again = TemplateDoc::from_template(&t).to_template("engine").unwrap();
+        let again = TemplateDoc::from_template(&t)
+            .to_template("engine")
+            .unwrap();
         assert_eq!(again, t);
     }
 
     #[test]
     fn rejects_unknown_fields_and_bad_values() {
         assert!(serde_json::from_str::<TemplateDoc>(r#"{"image":"x","watcch":true}"#).is_err());
-        assert!(serde_json::from_str::<TemplateDoc>(r#"{"image":"x","restart":"sometimes"}"#).is_err());
-        let doc: TemplateDoc = serde_json::from_str(r#"{"image":"x","stop_grace":"soon"}"#).unwrap();
+        assert!(
+            serde_json::from_str::<TemplateDoc>(r#"{"image":"x","restart":"sometimes"}"#).is_err()
+        );
+        let doc: TemplateDoc =
+            serde_json::from_str(r#"{"image":"x","stop_grace":"soon"}"#).unwrap();
         let err = doc.to_template("t").unwrap_err();
         assert!(err.message.starts_with("stop_grace:"), "{}", err.message);
     }

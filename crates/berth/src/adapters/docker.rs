@@ -1,1 +1,667 @@
 //! Docker engine adapter (bollard). See `ports::engine`.
+//!
+//! Every request carries a timeout: bollard's own client timeout (which ends
+//! once response headers arrive) plus a tokio deadline around the whole call,
+//! and an idle deadline between the lines of a pull's progress stream.
+
+use std::collections::{BTreeMap, HashMap};
+use std::error::Error as _;
+use std::future::Future;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use berth_core::container::{ContainerSpec, LABEL_OWNER};
+use bollard::container::{
+    Config, CreateContainerOptions, InspectContainerOptions, ListContainersOptions,
+    NetworkingConfig, RemoveContainerOptions, StartContainerOptions, StopContainerOptions,
+};
+use bollard::errors::Error as DockerError;
+use bollard::image::CreateImageOptions;
+use bollard::models::{
+    ContainerInspectResponse, ContainerSummary, CreateImageInfo, EndpointSettings, HostConfig,
+    RestartPolicy, RestartPolicyNameEnum,
+};
+use bollard::network::{CreateNetworkOptions, ListNetworksOptions};
+use bollard::{ClientVersion, Docker, API_DEFAULT_VERSION};
+use futures_util::StreamExt;
+
+use crate::ports::engine::{
+    ContainerInfo, Engine, EngineError, ImageInfo, ProgressFn, PullProgress,
+};
+
+/// Timeout of every Docker request (and the idle limit of a pull stream).
+pub const DOCKER_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Extra time on top of bollard's timeout for reading a response body.
+const BODY_SLACK: Duration = Duration::from_secs(10);
+
+/// An API version every daemon too old for bollard's default still accepts
+/// (Docker ≤ 26 supports 1.24 and up).
+const FLOOR_VERSION: ClientVersion = ClientVersion {
+    major_version: 1,
+    minor_version: 24,
+};
+
+const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
+
+/// Where the daemon listens, as the operator wrote it.
+#[derive(Debug, Clone)]
+enum Host {
+    Unix(String),
+    Http(String),
+}
+
+impl Host {
+    fn parse(docker_host: &str) -> Result<Host, EngineError> {
+        if let Some(path) = docker_host.strip_prefix("unix://") {
+            Ok(Host::Unix(path.to_string()))
+        } else if docker_host.starts_with("tcp://") || docker_host.starts_with("http://") {
+            Ok(Host::Http(docker_host.to_string()))
+        } else if docker_host.starts_with('/') {
+            Ok(Host::Unix(docker_host.to_string()))
+        } else {
+            Err(EngineError::Unavailable(format!(
+                "docker_host {docker_host:?} is not supported: use unix:///path/to/docker.sock, \
+                 tcp://host:port or http://host:port"
+            )))
+        }
+    }
+
+    /// The operator's `docker_host`, else `DOCKER_HOST`, else the local socket.
+    fn resolve(docker_host: Option<&str>) -> Result<Host, EngineError> {
+        match docker_host {
+            Some(h) => Host::parse(h),
+            None => match std::env::var("DOCKER_HOST") {
+                Ok(h) if !h.is_empty() => Host::parse(&h),
+                _ => Ok(Host::Unix(DEFAULT_SOCKET.to_string())),
+            },
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Host::Unix(path) => format!("unix://{path}"),
+            Host::Http(addr) => addr.clone(),
+        }
+    }
+
+    fn client(&self, version: &ClientVersion) -> Result<Docker, EngineError> {
+        let secs = DOCKER_TIMEOUT.as_secs();
+        let made = match self {
+            Host::Unix(path) => Docker::connect_with_unix(path, secs, version),
+            Host::Http(addr) => Docker::connect_with_http(addr, secs, version),
+        };
+        made.map_err(|e| match e {
+            DockerError::SocketNotFoundError(path) => EngineError::Unavailable(format!(
+                "cannot reach Docker: there is no socket at {path} (is the Docker daemon \
+                 running, and is docker_host right?)"
+            )),
+            other => EngineError::Unavailable(format!(
+                "cannot reach Docker at {}: {}",
+                self.describe(),
+                chain(&other)
+            )),
+        })
+    }
+}
+
+/// The Docker adapter. Cheap to clone (the HTTP client is shared).
+#[derive(Debug, Clone)]
+pub struct DockerEngine {
+    docker: Docker,
+    owner: String,
+    host: String,
+}
+
+impl DockerEngine {
+    /// Connects and negotiates the API version with the daemon.
+    ///
+    /// `docker_host`: `None` for the local default (`DOCKER_HOST`, else
+    /// `/var/run/docker.sock`), `unix:///path`, `tcp://host:port` or
+    /// `http://host:port`. `owner` is the `io.berth.owner` label this
+    /// instance creates and is allowed to act on.
+    pub async fn connect(
+        docker_host: Option<&str>,
+        owner: &str,
+    ) -> Result<DockerEngine, EngineError> {
+        let host = Host::resolve(docker_host)?;
+        let docker = negotiate(&host).await?;
+        Ok(DockerEngine {
+            docker,
+            owner: owner.to_string(),
+            host: host.describe(),
+        })
+    }
+
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    /// The underlying client (already version-negotiated), for callers that
+    /// need Docker APIs outside the `Engine` port, such as the events stream.
+    pub fn client(&self) -> &Docker {
+        &self.docker
+    }
+
+    /// Runs one request under a deadline: bollard's timeout stops at the
+    /// response headers, so a stalled body would otherwise hang forever.
+    async fn within<T>(
+        &self,
+        limit: Duration,
+        call: impl Future<Output = Result<T, DockerError>>,
+    ) -> Result<T, DockerError> {
+        match tokio::time::timeout(limit + BODY_SLACK, call).await {
+            Ok(result) => result,
+            Err(_) => Err(DockerError::RequestTimeoutError),
+        }
+    }
+
+    async fn call<T>(
+        &self,
+        call: impl Future<Output = Result<T, DockerError>>,
+    ) -> Result<T, DockerError> {
+        self.within(DOCKER_TIMEOUT, call).await
+    }
+
+    fn map_err(&self, e: DockerError) -> EngineError {
+        match e {
+            DockerError::DockerResponseServerError {
+                status_code: 404,
+                message,
+            } => EngineError::NotFound(message),
+            DockerError::DockerResponseServerError {
+                status_code: 409,
+                message,
+            } => EngineError::Conflict(message),
+            DockerError::DockerResponseServerError {
+                status_code,
+                message,
+            } => EngineError::Rejected(format!("{message} (HTTP {status_code})")),
+            other if is_transport(&other) => self.unavailable(&other),
+            other => EngineError::Rejected(chain(&other)),
+        }
+    }
+
+    fn unavailable(&self, e: &DockerError) -> EngineError {
+        match e {
+            DockerError::RequestTimeoutError => EngineError::Unavailable(format!(
+                "Docker at {} did not answer within {} s",
+                self.host,
+                DOCKER_TIMEOUT.as_secs()
+            )),
+            other => EngineError::Unavailable(format!(
+                "cannot reach Docker at {}: {}",
+                self.host,
+                chain(other)
+            )),
+        }
+    }
+
+    /// The container, if it exists; `ForeignOwner` unless it carries this
+    /// instance's owner label (a container without one is foreign too).
+    async fn owned(&self, id: &str) -> Result<Option<ContainerInspectResponse>, EngineError> {
+        let Some(found) = self.inspect_raw(id).await? else {
+            return Ok(None);
+        };
+        let owner = found
+            .config
+            .as_ref()
+            .and_then(|c| c.labels.as_ref())
+            .and_then(|l| l.get(LABEL_OWNER))
+            .cloned()
+            .unwrap_or_default();
+        if owner != self.owner {
+            return Err(EngineError::ForeignOwner {
+                id: id.to_string(),
+                owner,
+            });
+        }
+        Ok(Some(found))
+    }
+
+    async fn inspect_raw(&self, id: &str) -> Result<Option<ContainerInspectResponse>, EngineError> {
+        let inspected = self
+            .call(
+                self.docker
+                    .inspect_container(id, None::<InspectContainerOptions>),
+            )
+            .await;
+        match inspected {
+            Ok(found) => Ok(Some(found)),
+            Err(DockerError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(None),
+            Err(e) => Err(self.map_err(e)),
+        }
+    }
+
+    async fn network_exists(&self, name: &str) -> Result<bool, EngineError> {
+        let options = ListNetworksOptions {
+            filters: HashMap::from([("name", vec![name])]),
+        };
+        let networks = self
+            .call(self.docker.list_networks(Some(options)))
+            .await
+            .map_err(|e| self.map_err(e))?;
+        // Docker's name filter matches substrings; only an exact name counts.
+        Ok(networks.iter().any(|n| n.name.as_deref() == Some(name)))
+    }
+
+    fn pull_error(&self, image: &str, e: DockerError) -> EngineError {
+        match e {
+            DockerError::DockerStreamError { error } => EngineError::PullFailed {
+                image: image.to_string(),
+                message: error,
+            },
+            DockerError::DockerResponseServerError { message, .. } => EngineError::PullFailed {
+                image: image.to_string(),
+                message,
+            },
+            other if is_transport(&other) => self.unavailable(&other),
+            other => EngineError::PullFailed {
+                image: image.to_string(),
+                message: chain(&other),
+            },
+        }
+    }
+}
+
+/// bollard 0.18 negotiates by calling `/v1.47/version`, which daemons older
+/// than API 1.47 (e.g. Docker 20.10, API 1.41) reject with a 400 "client
+/// version 1.47 is too new". In that case ask again at a version they accept
+/// and use the daemon's own API version.
+async fn negotiate(host: &Host) -> Result<Docker, EngineError> {
+    let unreachable = |e: DockerError| {
+        EngineError::Unavailable(format!(
+            "cannot reach Docker at {}: {}",
+            host.describe(),
+            chain(&e)
+        ))
+    };
+    let deadline = DOCKER_TIMEOUT + BODY_SLACK;
+    let first = host.client(API_DEFAULT_VERSION)?;
+    let negotiated = tokio::time::timeout(deadline, first.negotiate_version())
+        .await
+        .unwrap_or(Err(DockerError::RequestTimeoutError));
+    match negotiated {
+        Ok(docker) => Ok(docker),
+        Err(DockerError::DockerResponseServerError {
+            status_code: 400, ..
+        }) => {
+            let probe = host.client(&FLOOR_VERSION)?;
+            let version = tokio::time::timeout(deadline, probe.version())
+                .await
+                .unwrap_or(Err(DockerError::RequestTimeoutError))
+                .map_err(unreachable)?;
+            let reported = version.api_version.unwrap_or_default();
+            let server = parse_api_version(&reported).ok_or_else(|| {
+                EngineError::Rejected(format!(
+                    "Docker at {} reported an unreadable API version {reported:?}",
+                    host.describe()
+                ))
+            })?;
+            let chosen = if server < *API_DEFAULT_VERSION {
+                server
+            } else {
+                *API_DEFAULT_VERSION
+            };
+            host.client(&chosen)
+        }
+        Err(e) => Err(unreachable(e)),
+    }
+}
+
+fn parse_api_version(text: &str) -> Option<ClientVersion> {
+    let (major, minor) = text.trim().split_once('.')?;
+    Some(ClientVersion {
+        major_version: major.parse().ok()?,
+        minor_version: minor.parse().ok()?,
+    })
+}
+
+/// Failures to talk to the daemon at all, as opposed to answers from it.
+fn is_transport(e: &DockerError) -> bool {
+    matches!(
+        e,
+        DockerError::RequestTimeoutError
+            | DockerError::IOError { .. }
+            | DockerError::HyperResponseError { .. }
+            | DockerError::HyperLegacyError { .. }
+            | DockerError::SocketNotFoundError(_)
+    )
+}
+
+/// An error with its sources, since bollard's top-level text ("Error in the
+/// hyper legacy client") alone does not say what went wrong.
+fn chain(e: &DockerError) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        let part = inner.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = inner.source();
+    }
+    text
+}
+
+/// A reference with neither tag nor digest would make Docker pull every tag
+/// of the repository; pin it to `latest` like the docker CLI does.
+fn pull_reference(image: &str) -> String {
+    let last = image.rsplit('/').next().unwrap_or(image);
+    if image.contains('@') || last.contains(':') {
+        image.to_string()
+    } else {
+        format!("{image}:latest")
+    }
+}
+
+fn to_progress(info: CreateImageInfo) -> PullProgress {
+    let detail = info.progress_detail.unwrap_or_default();
+    PullProgress {
+        status: info.status.unwrap_or_default(),
+        layer: info.id,
+        current: detail.current.and_then(|c| u64::try_from(c).ok()),
+        total: detail.total.and_then(|t| u64::try_from(t).ok()),
+    }
+}
+
+fn bind_text(bind: &berth_core::container::Bind) -> String {
+    let mut text = format!("{}:{}", bind.host_path, bind.container_path);
+    if bind.read_only {
+        text.push_str(":ro");
+    }
+    text
+}
+
+fn labels_map(labels: Option<HashMap<String, String>>) -> BTreeMap<String, String> {
+    labels.unwrap_or_default().into_iter().collect()
+}
+
+fn from_inspect(found: ContainerInspectResponse) -> ContainerInfo {
+    let state = found.state.unwrap_or_default();
+    ContainerInfo {
+        id: found.id.unwrap_or_default(),
+        name: found
+            .name
+            .unwrap_or_default()
+            .trim_start_matches('/')
+            .to_string(),
+        labels: labels_map(found.config.and_then(|c| c.labels)),
+        state: state.status.map(|s| s.to_string()).unwrap_or_default(),
+        running: state.running.unwrap_or(false),
+        exit_code: state.exit_code,
+        oom_killed: state.oom_killed.unwrap_or(false),
+        image_id: found.image.unwrap_or_default(),
+    }
+}
+
+/// From the list summary, which has no exit code or OOM flag: those stay
+/// `None`/`false` here; callers that need them inspect the container.
+fn from_summary(summary: ContainerSummary) -> ContainerInfo {
+    let state = summary.state.unwrap_or_default();
+    ContainerInfo {
+        id: summary.id.unwrap_or_default(),
+        name: summary
+            .names
+            .and_then(|n| n.into_iter().next())
+            .unwrap_or_default()
+            .trim_start_matches('/')
+            .to_string(),
+        labels: labels_map(summary.labels),
+        running: state == "running",
+        state,
+        exit_code: None,
+        oom_killed: false,
+        image_id: summary.image_id.unwrap_or_default(),
+    }
+}
+
+#[async_trait]
+impl Engine for DockerEngine {
+    async fn ping(&self) -> Result<(), EngineError> {
+        self.call(self.docker.ping())
+            .await
+            .map(|_| ())
+            .map_err(|e| self.map_err(e))
+    }
+
+    async fn ensure_network(&self, name: &str) -> Result<(), EngineError> {
+        if self.network_exists(name).await? {
+            return Ok(());
+        }
+        let options = CreateNetworkOptions {
+            name,
+            // Without it, Docker before 25 happily creates a second network
+            // of the same name.
+            check_duplicate: true,
+            driver: "bridge",
+            labels: HashMap::from([(LABEL_OWNER, self.owner.as_str())]),
+            ..Default::default()
+        };
+        match self.call(self.docker.create_network(options)).await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                // Another caller may have created it since we looked
+                // ("already exists", 409): that is success, not a failure.
+                if !is_transport(&e) && self.network_exists(name).await? {
+                    Ok(())
+                } else {
+                    Err(self.map_err(e))
+                }
+            }
+        }
+    }
+
+    async fn inspect_image(&self, image: &str) -> Result<Option<ImageInfo>, EngineError> {
+        match self.call(self.docker.inspect_image(image)).await {
+            Ok(found) => Ok(Some(ImageInfo {
+                id: found.id.unwrap_or_default(),
+                repo_digests: found.repo_digests.unwrap_or_default(),
+            })),
+            Err(DockerError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(None),
+            Err(e) => Err(self.map_err(e)),
+        }
+    }
+
+    async fn pull_image(&self, image: &str, progress: &ProgressFn) -> Result<(), EngineError> {
+        // The whole reference goes in `fromImage` and `tag` stays empty: the
+        // daemon parses `host:port/repo:tag` and `repo@sha256:…` itself,
+        // whereas splitting at ':' would break on a registry port.
+        let options = CreateImageOptions {
+            from_image: pull_reference(image),
+            ..Default::default()
+        };
+        let mut stream = self.docker.create_image(Some(options), None, None);
+        loop {
+            // The request timeout covers only the response headers; a pull
+            // that stops reporting progress must not hang forever.
+            let next = match tokio::time::timeout(DOCKER_TIMEOUT, stream.next()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    return Err(EngineError::PullFailed {
+                        image: image.to_string(),
+                        message: format!(
+                            "no progress from Docker for {} s",
+                            DOCKER_TIMEOUT.as_secs()
+                        ),
+                    })
+                }
+            };
+            match next {
+                None => return Ok(()),
+                // bollard turns an `error` line of the stream (e.g.
+                // "manifest unknown") into `DockerStreamError`.
+                Some(Err(e)) => return Err(self.pull_error(image, e)),
+                Some(Ok(info)) => progress(to_progress(info)),
+            }
+        }
+    }
+
+    async fn create_container(&self, spec: &ContainerSpec) -> Result<String, EngineError> {
+        let host_config = HostConfig {
+            binds: Some(spec.binds.iter().map(bind_text).collect()),
+            network_mode: Some(spec.network.clone()),
+            // berth decides restarts itself; Docker restarting behind its
+            // back would hide exits from the reconciler.
+            restart_policy: Some(RestartPolicy {
+                name: Some(RestartPolicyNameEnum::NO),
+                maximum_retry_count: None,
+            }),
+            ..Default::default()
+        };
+        let endpoint = EndpointSettings {
+            aliases: Some(vec![spec.alias.clone()]),
+            ..Default::default()
+        };
+        let config = Config {
+            image: Some(spec.image.clone()),
+            env: Some(spec.env.clone()),
+            labels: Some(spec.labels.clone().into_iter().collect()),
+            host_config: Some(host_config),
+            networking_config: Some(NetworkingConfig {
+                endpoints_config: HashMap::from([(spec.network.clone(), endpoint)]),
+            }),
+            ..Default::default()
+        };
+        let options = CreateContainerOptions {
+            name: spec.name.clone(),
+            platform: None,
+        };
+        let created = self
+            .call(self.docker.create_container(Some(options), config))
+            .await
+            .map_err(|e| self.map_err(e))?;
+        Ok(created.id)
+    }
+
+    async fn start_container(&self, id: &str) -> Result<(), EngineError> {
+        let found = self
+            .owned(id)
+            .await?
+            .ok_or_else(|| EngineError::NotFound(format!("no such container: {id}")))?;
+        // Act on the inspected id, so a same-named replacement created in
+        // between is never touched.
+        let target = found.id.unwrap_or_else(|| id.to_string());
+        // Docker answers 304 for a running container; bollard treats it as Ok.
+        self.call(
+            self.docker
+                .start_container(&target, None::<StartContainerOptions<String>>),
+        )
+        .await
+        .map_err(|e| self.map_err(e))
+    }
+
+    async fn stop_container(&self, id: &str, grace: Duration) -> Result<(), EngineError> {
+        let found = self
+            .owned(id)
+            .await?
+            .ok_or_else(|| EngineError::NotFound(format!("no such container: {id}")))?;
+        let target = found.id.unwrap_or_else(|| id.to_string());
+        let secs = grace.as_secs() + u64::from(grace.subsec_nanos() > 0);
+        let options = StopContainerOptions {
+            t: i64::try_from(secs).unwrap_or(i64::MAX),
+        };
+        // Docker answers only after the grace period, so the request may
+        // take that long on top of the usual timeout.
+        let limit = DOCKER_TIMEOUT + Duration::from_secs(secs);
+        let docker = self.docker.clone().with_timeout(limit);
+        // 304 (already stopped) is Ok in bollard.
+        self.within(limit, docker.stop_container(&target, Some(options)))
+            .await
+            .map_err(|e| self.map_err(e))
+    }
+
+    async fn remove_container(&self, id: &str) -> Result<(), EngineError> {
+        let Some(found) = self.owned(id).await? else {
+            return Ok(());
+        };
+        let target = found.id.unwrap_or_else(|| id.to_string());
+        let options = RemoveContainerOptions {
+            force: true,
+            // Anonymous volumes only; bind-mounted state directories are not
+            // volumes and stay on the host.
+            v: true,
+            link: false,
+        };
+        match self
+            .call(self.docker.remove_container(&target, Some(options)))
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(DockerError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(()),
+            // "removal already in progress": it is going away either way.
+            Err(DockerError::DockerResponseServerError {
+                status_code: 409,
+                message,
+            }) if message.contains("already in progress") => Ok(()),
+            Err(e) => Err(self.map_err(e)),
+        }
+    }
+
+    async fn inspect_container(
+        &self,
+        id_or_name: &str,
+    ) -> Result<Option<ContainerInfo>, EngineError> {
+        Ok(self.inspect_raw(id_or_name).await?.map(from_inspect))
+    }
+
+    async fn list_containers(&self) -> Result<Vec<ContainerInfo>, EngineError> {
+        let owner_filter = format!("{LABEL_OWNER}={}", self.owner);
+        let options = ListContainersOptions {
+            all: true,
+            filters: HashMap::from([("label", vec![owner_filter.as_str()])]),
+            ..Default::default()
+        };
+        let summaries = self
+            .call(self.docker.list_containers(Some(options)))
+            .await
+            .map_err(|e| self.map_err(e))?;
+        Ok(summaries.into_iter().map(from_summary).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_parse_by_scheme() {
+        assert!(matches!(Host::parse("unix:///x.sock"), Ok(Host::Unix(p)) if p == "/x.sock"));
+        assert!(matches!(Host::parse("/x.sock"), Ok(Host::Unix(p)) if p == "/x.sock"));
+        assert!(matches!(Host::parse("tcp://h:2375"), Ok(Host::Http(_))));
+        assert!(matches!(Host::parse("http://h:2375"), Ok(Host::Http(_))));
+        assert!(matches!(
+            Host::parse("ssh://h"),
+            Err(EngineError::Unavailable(_))
+        ));
+    }
+
+    #[test]
+    fn pull_reference_keeps_tags_digests_and_ports() {
+        assert_eq!(
+            pull_reference("127.0.0.1:55000/a/b:v1"),
+            "127.0.0.1:55000/a/b:v1"
+        );
+        assert_eq!(
+            pull_reference("127.0.0.1:55000/a/b"),
+            "127.0.0.1:55000/a/b:latest"
+        );
+        let pinned = format!("127.0.0.1:55000/a/b@sha256:{}", "0".repeat(64));
+        assert_eq!(pull_reference(&pinned), pinned);
+        assert_eq!(pull_reference("busybox"), "busybox:latest");
+    }
+
+    #[test]
+    fn api_versions_parse() {
+        let v = parse_api_version("1.41").unwrap();
+        assert_eq!((v.major_version, v.minor_version), (1, 41));
+        assert!(parse_api_version("x").is_none());
+    }
+}

@@ -84,7 +84,10 @@ pub trait Engine: Send + Sync + 'static {
     async fn remove_container(&self, id: &str) -> Result<(), EngineError>;
 
     /// By id or name; `None` when there is no such container.
-    async fn inspect_container(&self, id_or_name: &str) -> Result<Option<ContainerInfo>, EngineError>;
+    async fn inspect_container(
+        &self,
+        id_or_name: &str,
+    ) -> Result<Option<ContainerInfo>, EngineError>;
 
     /// Every container, in any state, that carries this instance's owner label.
     async fn list_containers(&self) -> Result<Vec<ContainerInfo>, EngineError>;

@@ -57,26 +57,56 @@ pub trait Store: Send + Sync + 'static {
     async fn get_pin(&self, template: &str) -> Result<Option<Pin>, StoreError>;
     async fn list_pins(&self) -> Result<Vec<Pin>, StoreError>;
     /// Sets the pin and appends `entry` to the history.
-    async fn promote_pin(&self, pin: &Pin, entry: &PinHistoryEntry, op: &Operation) -> Result<(), StoreError>;
+    async fn promote_pin(
+        &self,
+        pin: &Pin,
+        entry: &PinHistoryEntry,
+        op: &Operation,
+    ) -> Result<(), StoreError>;
     /// Sets the pin only if the template has no pin history at all (a
     /// config seed never overwrites a promote); returns whether it did.
-    async fn seed_pin(&self, pin: &Pin, entry: &PinHistoryEntry, op: &Operation) -> Result<bool, StoreError>;
+    async fn seed_pin(
+        &self,
+        pin: &Pin,
+        entry: &PinHistoryEntry,
+        op: &Operation,
+    ) -> Result<bool, StoreError>;
     /// Removes the pin; returns false (and writes nothing) when unpinned.
-    async fn unpin(&self, template: &str, entry: &PinHistoryEntry, op: &Operation) -> Result<bool, StoreError>;
+    async fn unpin(
+        &self,
+        template: &str,
+        entry: &PinHistoryEntry,
+        op: &Operation,
+    ) -> Result<bool, StoreError>;
     /// Newest first.
-    async fn pin_history(&self, template: &str, limit: u32) -> Result<Vec<PinHistoryEntry>, StoreError>;
+    async fn pin_history(
+        &self,
+        template: &str,
+        limit: u32,
+    ) -> Result<Vec<PinHistoryEntry>, StoreError>;
 
     // --- runtimes and operations -----------------------------------------
 
     async fn get_runtime(&self, id: &str) -> Result<Option<RuntimeRecord>, StoreError>;
     /// Sorted by id.
-    async fn list_runtimes(&self, filter: &RuntimeFilter) -> Result<Vec<RuntimeRecord>, StoreError>;
+    async fn list_runtimes(&self, filter: &RuntimeFilter)
+        -> Result<Vec<RuntimeRecord>, StoreError>;
     /// Upserts the runtime record (when given) and the operation row (by
     /// id) in one transaction.
-    async fn record(&self, runtime: Option<&RuntimeRecord>, op: &Operation) -> Result<(), StoreError>;
+    async fn record(
+        &self,
+        runtime: Option<&RuntimeRecord>,
+        op: &Operation,
+    ) -> Result<(), StoreError>;
     /// Newest first.
-    async fn list_operations(&self, filter: &OperationFilter) -> Result<Vec<Operation>, StoreError>;
+    async fn list_operations(&self, filter: &OperationFilter)
+        -> Result<Vec<Operation>, StoreError>;
     /// Crash recovery at boot: every operation still `in_progress` becomes a
     /// failure with `code`/`message`; returns the operations it changed.
-    async fn fail_in_progress_operations(&self, code: &str, message: &str, now_ms: i64) -> Result<Vec<Operation>, StoreError>;
+    async fn fail_in_progress_operations(
+        &self,
+        code: &str,
+        message: &str,
+        now_ms: i64,
+    ) -> Result<Vec<Operation>, StoreError>;
 }

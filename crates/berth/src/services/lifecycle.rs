@@ -11,7 +11,9 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use berth_core::container::{engine_endpoint, plan_container, Placement, LABEL_OWNER, LABEL_RUNTIME_ID};
+use berth_core::container::{
+    engine_endpoint, plan_container, Placement, LABEL_OWNER, LABEL_RUNTIME_ID,
+};
 use berth_core::id::{validate_runtime_id, validate_template_name};
 use berth_core::image::{digest_from_repo_digests, resolve_image, ImageRef};
 use berth_core::operation::{Operation, OperationKind};
@@ -75,8 +77,16 @@ fn settled(status: RuntimeStatus) -> RuntimeStatus {
     }
 }
 
+/// Moves an operation that is under way to its next status.
 fn advance(rec: &mut RuntimeRecord, event: LifecycleEvent) -> Result<()> {
-    rec.status = next_status(Some(settled(rec.status)), event).map_err(|e| transition_error(&rec.id, e))?;
+    rec.status = next_status(Some(rec.status), event).map_err(|e| transition_error(&rec.id, e))?;
+    Ok(())
+}
+
+/// The first step of a new operation, from the record's settled status.
+fn begin(rec: &mut RuntimeRecord, event: LifecycleEvent) -> Result<()> {
+    rec.status =
+        next_status(Some(settled(rec.status)), event).map_err(|e| transition_error(&rec.id, e))?;
     Ok(())
 }
 
@@ -191,7 +201,8 @@ impl LifecycleService {
         let template = self.template(&req.template).await?;
 
         let now = self.ctx.now_ms();
-        let mut rec = existing.unwrap_or_else(|| RuntimeRecord::new(&req.id, &req.template, req.env.clone(), now));
+        let mut rec = existing
+            .unwrap_or_else(|| RuntimeRecord::new(&req.id, &req.template, req.env.clone(), now));
         rec.status = next_status(
             (rec.generation > 0 || rec.container_id.is_some()).then_some(settled(rec.status)),
             LifecycleEvent::StartRequested,
@@ -199,8 +210,13 @@ impl LifecycleService {
         .or_else(|_| next_status(None, LifecycleEvent::StartRequested))
         .map_err(|e| transition_error(&req.id, e))?;
         rec.updated_at_ms = now;
-        let op = self.ctx.begin_op(OperationKind::Start, caller).for_runtime(&rec.id, &rec.template);
-        self.bring_up_recorded(rec, op, &template, progress).await.map(StartOutcome::Started)
+        let op = self
+            .ctx
+            .begin_op(OperationKind::Start, caller)
+            .for_runtime(&rec.id, &rec.template);
+        self.bring_up_recorded(rec, op, &template, progress)
+            .await
+            .map(StartOutcome::Started)
     }
 
     /// Whether the recorded container exists and runs.
@@ -208,12 +224,10 @@ impl LifecycleService {
         let Some(cid) = &rec.container_id else {
             return Ok(false);
         };
-        let info = self
-            .ctx
-            .engine
-            .inspect_container(cid)
-            .await
-            .map_err(|e| Error::from_engine(e, ErrorCode::StartFailed, "inspect the container"))?;
+        let info =
+            self.ctx.engine.inspect_container(cid).await.map_err(|e| {
+                Error::from_engine(e, ErrorCode::StartFailed, "inspect the container")
+            })?;
         Ok(info.is_some_and(|i| i.running))
     }
 
@@ -295,15 +309,13 @@ impl LifecycleService {
     ) -> Result<()> {
         let engine = &self.ctx.engine;
         if let Some(cid) = rec.container_id.clone() {
-            let info = engine
-                .inspect_container(&cid)
-                .await
-                .map_err(|e| Error::from_engine(e, ErrorCode::StartFailed, "inspect the container"))?;
+            let info = engine.inspect_container(&cid).await.map_err(|e| {
+                Error::from_engine(e, ErrorCode::StartFailed, "inspect the container")
+            })?;
             if info.is_some() {
-                engine
-                    .start_container(&cid)
-                    .await
-                    .map_err(|e| Error::from_engine(e, ErrorCode::StartFailed, "start the container"))?;
+                engine.start_container(&cid).await.map_err(|e| {
+                    Error::from_engine(e, ErrorCode::StartFailed, "start the container")
+                })?;
                 return Ok(());
             }
             // The container is gone: create a new one below.
@@ -334,7 +346,10 @@ impl LifecycleService {
         tokio::fs::create_dir_all(&state_dir).await.map_err(|e| {
             Error::new(
                 ErrorCode::StartFailed,
-                format!("could not create the state directory {}: {e}", state_dir.display()),
+                format!(
+                    "could not create the state directory {}: {e}",
+                    state_dir.display()
+                ),
             )
         })?;
 
@@ -345,28 +360,39 @@ impl LifecycleService {
             network: &self.ctx.settings.network,
             state_dir: &state_dir_text,
         };
-        let spec = plan_container(&place, template, rec, &image_ref, generation, self.ctx.now_ms());
+        let spec = plan_container(
+            &place,
+            template,
+            rec,
+            &image_ref,
+            generation,
+            self.ctx.now_ms(),
+        );
         let cid = match engine.create_container(&spec).await {
             Ok(id) => id,
             Err(EngineError::Conflict(_)) => {
                 // A container of this name exists without being recorded: a
                 // crash between create and record left it. Clear it, once.
                 self.remove_leftover(&spec.name, &rec.id).await?;
-                engine
-                    .create_container(&spec)
-                    .await
-                    .map_err(|e| Error::from_engine(e, ErrorCode::StartFailed, "create the container"))?
+                engine.create_container(&spec).await.map_err(|e| {
+                    Error::from_engine(e, ErrorCode::StartFailed, "create the container")
+                })?
             }
             Err(EngineError::NotFound(m)) if m.contains("network") => {
                 // Someone deleted the network under us; make it again, once.
                 self.network_ready.store(false, Ordering::Release);
                 self.ensure_network().await?;
-                engine
-                    .create_container(&spec)
-                    .await
-                    .map_err(|e| Error::from_engine(e, ErrorCode::StartFailed, "create the container"))?
+                engine.create_container(&spec).await.map_err(|e| {
+                    Error::from_engine(e, ErrorCode::StartFailed, "create the container")
+                })?
             }
-            Err(e) => return Err(Error::from_engine(e, ErrorCode::StartFailed, "create the container")),
+            Err(e) => {
+                return Err(Error::from_engine(
+                    e,
+                    ErrorCode::StartFailed,
+                    "create the container",
+                ))
+            }
         };
         *created = Some(cid.clone());
         engine
@@ -383,7 +409,11 @@ impl LifecycleService {
 
     /// Makes sure the image is present locally, pulling it when missing;
     /// returns the digest it runs, when known.
-    async fn ensure_image(&self, image: &ImageRef, progress: &ProgressFn) -> Result<Option<String>> {
+    async fn ensure_image(
+        &self,
+        image: &ImageRef,
+        progress: &ProgressFn,
+    ) -> Result<Option<String>> {
         let engine = &self.ctx.engine;
         let reference = image.to_string();
         let inspect = |e| Error::from_engine(e, ErrorCode::ImagePullFailed, "inspect the image");
@@ -391,27 +421,41 @@ impl LifecycleService {
             Some(info) => info,
             None => {
                 tracing::info!(image = %reference, "pulling image");
-                engine.pull_image(&reference, progress).await.map_err(|e| match e {
-                    EngineError::Unavailable(_) => Error::from_engine(e, ErrorCode::ImagePullFailed, "pull the image"),
-                    EngineError::PullFailed { .. } => Error::from_engine(e, ErrorCode::ImagePullFailed, "pull the image"),
-                    other => Error::new(
-                        ErrorCode::ImagePullFailed,
-                        format!("could not pull image {reference}: {other}"),
-                    ),
-                })?;
+                engine
+                    .pull_image(&reference, progress)
+                    .await
+                    .map_err(|e| match e {
+                        EngineError::Unavailable(_) => {
+                            Error::from_engine(e, ErrorCode::ImagePullFailed, "pull the image")
+                        }
+                        EngineError::PullFailed { .. } => {
+                            Error::from_engine(e, ErrorCode::ImagePullFailed, "pull the image")
+                        }
+                        other => Error::new(
+                            ErrorCode::ImagePullFailed,
+                            format!("could not pull image {reference}: {other}"),
+                        ),
+                    })?;
                 self.ctx.metrics.image_pulls.inc();
-                engine.inspect_image(&reference).await.map_err(inspect)?.ok_or_else(|| {
-                    Error::new(
-                        ErrorCode::ImagePullFailed,
-                        format!("image {reference} is still missing after a successful pull"),
-                    )
-                })?
+                engine
+                    .inspect_image(&reference)
+                    .await
+                    .map_err(inspect)?
+                    .ok_or_else(|| {
+                        Error::new(
+                            ErrorCode::ImagePullFailed,
+                            format!("image {reference} is still missing after a successful pull"),
+                        )
+                    })?
             }
         };
         Ok(match image.pinned_digest() {
             Some(d) => Some(d.to_string()),
-            None => digest_from_repo_digests(image.repository(), info.repo_digests.iter().map(String::as_str))
-                .map(|d| d.to_string()),
+            None => digest_from_repo_digests(
+                image.repository(),
+                info.repo_digests.iter().map(String::as_str),
+            )
+            .map(|d| d.to_string()),
         })
     }
 
@@ -439,7 +483,8 @@ impl LifecycleService {
         else {
             return Ok(None);
         };
-        let ours = info.labels.get(LABEL_OWNER).map(String::as_str) == Some(self.ctx.settings.owner.as_str())
+        let ours = info.labels.get(LABEL_OWNER).map(String::as_str)
+            == Some(self.ctx.settings.owner.as_str())
             && info.labels.get(LABEL_RUNTIME_ID).map(String::as_str) == Some(id);
         if !ours {
             return Err(Error::new(
@@ -447,15 +492,19 @@ impl LifecycleService {
                 format!("a container named {name:?} exists and is not this berth's container for runtime {id:?}"),
             ));
         }
-        engine
-            .remove_container(&info.id)
-            .await
-            .map_err(|e| Error::from_engine(e, ErrorCode::RemoveFailed, "remove a leftover container"))?;
+        engine.remove_container(&info.id).await.map_err(|e| {
+            Error::from_engine(e, ErrorCode::RemoveFailed, "remove a leftover container")
+        })?;
         Ok(Some(info.id))
     }
 
     fn state_dir(&self, id: &str) -> PathBuf {
-        self.ctx.settings.data_dir.join("runtimes").join(id).join("state")
+        self.ctx
+            .settings
+            .data_dir
+            .join("runtimes")
+            .join(id)
+            .join("state")
     }
 
     async fn stop_grace(&self, template: &str) -> Result<std::time::Duration> {
@@ -476,9 +525,12 @@ impl LifecycleService {
         if rec.status == RuntimeStatus::Stopped {
             return Ok(rec);
         }
-        advance(&mut rec, LifecycleEvent::StopRequested)?;
+        begin(&mut rec, LifecycleEvent::StopRequested)?;
         rec.updated_at_ms = self.ctx.now_ms();
-        let mut op = self.ctx.begin_op(OperationKind::Stop, caller).for_runtime(&rec.id, &rec.template);
+        let mut op = self
+            .ctx
+            .begin_op(OperationKind::Stop, caller)
+            .for_runtime(&rec.id, &rec.template);
         self.ctx.record(Some(&rec), &op).await?;
 
         let grace = self.stop_grace(&rec.template).await?;
@@ -486,19 +538,29 @@ impl LifecycleService {
             None => Ok(()),
             Some(cid) => {
                 op = op.detail("container_id", cid.clone());
-                match self.deadline(async {
-                    self.ctx
-                        .engine
-                        .stop_container(&cid, grace)
-                        .await
-                        .map_err(|e| (e.clone(), Error::from_engine(e, ErrorCode::StopFailed, "stop the container")))
-                        .or_else(|(raw, err)| match raw {
-                            // Already gone: it is certainly not running.
-                            EngineError::NotFound(_) => Ok(()),
-                            _ => Err(err),
-                        })
-                })
-                .await
+                match self
+                    .deadline(async {
+                        self.ctx
+                            .engine
+                            .stop_container(&cid, grace)
+                            .await
+                            .map_err(|e| {
+                                (
+                                    e.clone(),
+                                    Error::from_engine(
+                                        e,
+                                        ErrorCode::StopFailed,
+                                        "stop the container",
+                                    ),
+                                )
+                            })
+                            .or_else(|(raw, err)| match raw {
+                                // Already gone: it is certainly not running.
+                                EngineError::NotFound(_) => Ok(()),
+                                _ => Err(err),
+                            })
+                    })
+                    .await
                 {
                     Ok(()) => Ok(()),
                     Err(e) => Err(e),
@@ -518,7 +580,11 @@ impl LifecycleService {
                 let still_running = self.container_runs(&rec).await.unwrap_or(false);
                 rec.status = next_status(
                     Some(RuntimeStatus::Stopping),
-                    if still_running { LifecycleEvent::StopFailed } else { LifecycleEvent::Failed },
+                    if still_running {
+                        LifecycleEvent::StopFailed
+                    } else {
+                        LifecycleEvent::Failed
+                    },
                 )
                 .map_err(|e| transition_error(id, e))?;
                 rec.last_error = Some(LastError {
@@ -538,24 +604,41 @@ impl LifecycleService {
         let _guard = self.locks.lock(id).await;
         let mut rec = self.get(id).await?;
         let template = self.template(&rec.template).await?;
-        advance(&mut rec, LifecycleEvent::RestartRequested)?;
+        begin(&mut rec, LifecycleEvent::RestartRequested)?;
         rec.updated_at_ms = self.ctx.now_ms();
-        let op = self.ctx.begin_op(OperationKind::Restart, caller).for_runtime(&rec.id, &rec.template);
+        let op = self
+            .ctx
+            .begin_op(OperationKind::Restart, caller)
+            .for_runtime(&rec.id, &rec.template);
         if let Some(cid) = rec.container_id.clone() {
             self.ctx.record(Some(&rec), &op).await?;
             // Stop first; a missing container is fine, bring_up creates one.
-            if let Err(e) = self.deadline(async {
-                match self.ctx.engine.stop_container(&cid, template.stop_grace).await {
-                    Ok(()) | Err(EngineError::NotFound(_)) => Ok(()),
-                    Err(e) => Err(Error::from_engine(e, ErrorCode::StopFailed, "stop the container")),
-                }
-            })
-            .await
+            if let Err(e) = self
+                .deadline(async {
+                    match self
+                        .ctx
+                        .engine
+                        .stop_container(&cid, template.stop_grace)
+                        .await
+                    {
+                        Ok(()) | Err(EngineError::NotFound(_)) => Ok(()),
+                        Err(e) => Err(Error::from_engine(
+                            e,
+                            ErrorCode::StopFailed,
+                            "stop the container",
+                        )),
+                    }
+                })
+                .await
             {
                 let mut op = op;
                 let now = self.ctx.now_ms();
                 let still_running = self.container_runs(&rec).await.unwrap_or(false);
-                rec.status = if still_running { RuntimeStatus::Running } else { RuntimeStatus::Failed };
+                rec.status = if still_running {
+                    RuntimeStatus::Running
+                } else {
+                    RuntimeStatus::Failed
+                };
                 rec.last_error = Some(LastError {
                     code: e.code.as_str().to_string(),
                     message: e.message.clone(),
@@ -566,7 +649,8 @@ impl LifecycleService {
                 return Err(e);
             }
         }
-        self.bring_up_recorded(rec, op, &template, &no_progress).await
+        self.bring_up_recorded(rec, op, &template, &no_progress)
+            .await
     }
 
     /// Removes the container; the record stays, as `removed` (terminal).
@@ -578,17 +662,18 @@ impl LifecycleService {
         if rec.status == RuntimeStatus::Removed {
             return Ok(rec);
         }
-        let mut op = self.ctx.begin_op(OperationKind::Remove, caller).for_runtime(&rec.id, &rec.template);
+        let mut op = self
+            .ctx
+            .begin_op(OperationKind::Remove, caller)
+            .for_runtime(&rec.id, &rec.template);
         self.ctx.record(None, &op).await?;
         let result = self
             .deadline(async {
                 let mut removed = Vec::new();
                 if let Some(cid) = &rec.container_id {
-                    self.ctx
-                        .engine
-                        .remove_container(cid)
-                        .await
-                        .map_err(|e| Error::from_engine(e, ErrorCode::RemoveFailed, "remove the container"))?;
+                    self.ctx.engine.remove_container(cid).await.map_err(|e| {
+                        Error::from_engine(e, ErrorCode::RemoveFailed, "remove the container")
+                    })?;
                     removed.push(cid.clone());
                 }
                 // Also a container created but never recorded (crash).
@@ -650,17 +735,26 @@ impl LifecycleService {
                 continue;
             }
             let runs = self.container_runs(&rec).await.unwrap_or(false);
-            rec.status = if runs { RuntimeStatus::Running } else { RuntimeStatus::Failed };
+            rec.status = if runs {
+                RuntimeStatus::Running
+            } else {
+                RuntimeStatus::Failed
+            };
             rec.last_error = (!runs).then(|| LastError {
                 code: ErrorCode::Interrupted.as_str().to_string(),
                 message: format!("berth stopped during a {} operation", op.kind),
             });
             rec.updated_at_ms = now;
-            let mut note = Operation::begin(uuid::Uuid::now_v7().to_string(), op.kind, op.source, now)
-                .for_runtime(&rec.id, &rec.template)
-                .detail("recovered_from", op.id.clone())
-                .detail("status", rec.status.as_str());
-            note.fail(ErrorCode::Interrupted.as_str(), "recovered after an interrupted operation", now);
+            let mut note =
+                Operation::begin(uuid::Uuid::now_v7().to_string(), op.kind, op.source, now)
+                    .for_runtime(&rec.id, &rec.template)
+                    .detail("recovered_from", op.id.clone())
+                    .detail("status", rec.status.as_str());
+            note.fail(
+                ErrorCode::Interrupted.as_str(),
+                "recovered after an interrupted operation",
+                now,
+            );
             self.ctx.record(Some(&rec), &note).await?;
         }
         Ok(ops.len())

@@ -152,7 +152,11 @@ impl PinService {
         Ok(())
     }
 
-    pub async fn history(&self, template: &str, limit: Option<u32>) -> Result<Vec<PinHistoryEntry>> {
+    pub async fn history(
+        &self,
+        template: &str,
+        limit: Option<u32>,
+    ) -> Result<Vec<PinHistoryEntry>> {
         let limit = super::operations::check_limit(limit)?;
         self.require_template(template).await?;
         Ok(self.ctx.store.pin_history(template, limit).await?)

@@ -23,7 +23,12 @@ impl TemplateService {
     /// Creates or replaces `name`; returns the template and whether it is new.
     /// A seed pin in the document is refused here: pins change only through
     /// the pin service (config seeding calls `PinService::seed`).
-    pub async fn put(&self, name: &str, doc: &TemplateDoc, caller: &Caller) -> Result<(Template, bool)> {
+    pub async fn put(
+        &self,
+        name: &str,
+        doc: &TemplateDoc,
+        caller: &Caller,
+    ) -> Result<(Template, bool)> {
         validate_template_name(name)?;
         if let Some(body_name) = &doc.name {
             if body_name != name {

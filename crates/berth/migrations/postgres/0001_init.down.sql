@@ -1,0 +1,5 @@
+DROP TABLE operations;
+DROP TABLE runtimes;
+DROP TABLE pin_history;
+DROP TABLE pins;
+DROP TABLE templates;

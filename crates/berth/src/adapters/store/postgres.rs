@@ -1,0 +1,65 @@
+//! The PostgreSQL store: the production and multi-replica backend.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{Postgres, Transaction};
+
+use super::{db_err, impl_store, migrate};
+use crate::ports::store::StoreError;
+
+const MAX_CONNECTIONS: u32 = 10;
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct PostgresStore {
+    pool: PgPool,
+}
+
+impl PostgresStore {
+    /// Connects to `url` (`postgres://…` or `postgresql://…`) and brings the
+    /// schema up to date.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let options = PgConnectOptions::from_str(url).map_err(db_err)?;
+        Self::connect_with(options).await
+    }
+
+    /// Like [`PostgresStore::connect`], from parsed options.
+    pub async fn connect_with(options: PgConnectOptions) -> Result<Self, StoreError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(MAX_CONNECTIONS)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(options)
+            .await
+            .map_err(db_err)?;
+        migrate::postgres::migrate_up(&pool).await?;
+        Ok(PostgresStore { pool })
+    }
+
+    /// Reverts the schema migrations newer than `target_version` (`0`: all
+    /// of them, dropping every table but `berth_migrations`). For downgrades
+    /// by hand; opening the store again migrates up.
+    pub async fn migrate_down_to(&self, target_version: i64) -> Result<(), StoreError> {
+        migrate::postgres::migrate_down_to(&self.pool, target_version).await
+    }
+
+    /// The applied schema migration versions, oldest first.
+    pub async fn schema_versions(&self) -> Result<Vec<i64>, StoreError> {
+        migrate::postgres::applied_versions(&self.pool).await
+    }
+
+    /// Closes every connection; later calls fail.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    async fn begin_write(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
+        begin(&self.pool).await
+    }
+}
+
+pub(super) async fn begin(pool: &PgPool) -> Result<Transaction<'static, Postgres>, StoreError> {
+    pool.begin().await.map_err(db_err)
+}
+
+impl_store!(PostgresStore, sqlx::Postgres);

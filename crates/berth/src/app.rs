@@ -1,0 +1,198 @@
+//! `berth serve`: wires adapters into services, applies the configuration,
+//! recovers from a crash, serves the API, and shuts down gracefully.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use berth_core::operation::Source;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::adapters::docker::DockerEngine;
+use crate::config::{Config, ConfigError};
+use crate::error::Error;
+use crate::http::{router, AppState};
+use crate::metrics::Metrics;
+use crate::ports::{EngineError, StoreError, SystemClock};
+use crate::services::{Caller, Context, Services, Settings};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot open the database: {0}")]
+    Store(#[from] StoreError),
+    #[error("cannot use Docker: {0}")]
+    Engine(#[from] EngineError),
+    #[error("{0}")]
+    Service(#[from] Error),
+    #[error("{0}")]
+    Io(String),
+}
+
+/// Builds the services on the real adapters named by `config`.
+pub async fn build_services(config: &Config) -> Result<Arc<Services>, BootError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+        BootError::Io(format!(
+            "cannot create data_dir {}: {e}",
+            config.data_dir.display()
+        ))
+    })?;
+    // Bind mounts need an absolute host path.
+    let data_dir = std::fs::canonicalize(&config.data_dir).map_err(|e| {
+        BootError::Io(format!(
+            "cannot resolve data_dir {}: {e}",
+            config.data_dir.display()
+        ))
+    })?;
+    let store =
+        crate::adapters::store::connect(config.database_url.as_deref().unwrap_or(""), &data_dir)
+            .await?;
+    let engine = DockerEngine::connect(config.docker_host.as_deref(), &config.owner).await?;
+    Ok(Services::new(Context {
+        store,
+        engine: Arc::new(engine),
+        clock: Arc::new(SystemClock),
+        metrics: Arc::new(Metrics::default()),
+        settings: Settings {
+            owner: config.owner.clone(),
+            network: config.network.clone(),
+            data_dir,
+            operation_deadline: config.operation_timeout,
+        },
+    }))
+}
+
+/// Upserts `[[templates]]` and seeds their pins (never over a promote).
+pub async fn apply_config_templates(services: &Services, config: &Config) -> Result<(), BootError> {
+    let caller = Caller::new(Source::Config);
+    for doc in &config.templates {
+        // Config::load checked that every template has a name and valid pin.
+        let Some(name) = doc.name.as_deref() else {
+            continue;
+        };
+        let mut body = doc.clone();
+        body.pin = None;
+        services.templates.put(name, &body, &caller).await?;
+        if let Some(digest) = doc.seed_pin().map_err(Error::from)? {
+            if services.pins.seed(name, &digest, &caller).await? {
+                tracing::info!(template = name, %digest, "seeded pin from configuration");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A server that is listening.
+pub struct RunningServer {
+    pub addr: SocketAddr,
+    pub services: Arc<Services>,
+    stop: CancellationToken,
+    tracker: TaskTracker,
+    task: JoinHandle<std::io::Result<()>>,
+    shutdown_timeout: std::time::Duration,
+}
+
+/// Boots berth and starts serving; returns once the socket listens.
+pub async fn start(config: Config) -> Result<RunningServer, BootError> {
+    config.check_exposure()?;
+    let services = build_services(&config).await?;
+    apply_config_templates(&services, &config).await?;
+    let recovered = services.runtimes.recover_interrupted().await?;
+    if recovered > 0 {
+        tracing::warn!(
+            operations = recovered,
+            "recorded operations interrupted by the last shutdown as failed"
+        );
+    }
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| BootError::Io(format!("cannot listen on {}: {e}", config.listen)))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| BootError::Io(format!("cannot read the listening address: {e}")))?;
+    let tracker = TaskTracker::new();
+    let state = AppState {
+        services: services.clone(),
+        tracker: tracker.clone(),
+        api_token: config.api_token.as_deref().map(Arc::from),
+    };
+    let stop = CancellationToken::new();
+    let stopped = stop.clone();
+    let app = router(state);
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stopped.cancelled().await })
+            .await
+    });
+    tracing::info!(%addr, owner = %config.owner, "berth is listening");
+    Ok(RunningServer {
+        addr,
+        services,
+        stop,
+        tracker,
+        task,
+        shutdown_timeout: config.shutdown_timeout,
+    })
+}
+
+impl RunningServer {
+    /// Stops accepting requests, lets operations in flight finish (up to the
+    /// shutdown timeout), then returns. Operations cut off by the timeout
+    /// stay `in_progress` in the log and are recorded as `interrupted` at
+    /// the next boot.
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        self.tracker.close();
+        if tokio::time::timeout(self.shutdown_timeout, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("operations still in flight at the shutdown timeout; they will be recorded as interrupted at the next start");
+        }
+        match tokio::time::timeout(self.shutdown_timeout, self.task).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "the HTTP server stopped with an error"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "the HTTP server task failed"),
+            Err(_) => tracing::warn!("open connections did not close within the shutdown timeout"),
+        }
+    }
+}
+
+/// Resolves on SIGTERM or ctrl-c.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(
+            tokio::signal::unix::SignalKind::terminate(),
+        ) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; only ctrl-c stops berth");
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+/// `berth serve`: runs until SIGTERM or ctrl-c.
+pub async fn serve(config: Config) -> Result<(), BootError> {
+    let server = start(config).await?;
+    shutdown_signal().await;
+    tracing::info!("shutting down: finishing operations in flight");
+    server.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}

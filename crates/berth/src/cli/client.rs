@@ -1,0 +1,243 @@
+//! The HTTP side of the CLI: one reqwest client with the CLI's headers,
+//! and errors shaped for a person.
+
+use std::fmt;
+use std::time::Duration;
+
+use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION};
+use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::format::escape_segment;
+use crate::http::dto::{ErrorBody, ErrorDetail};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Long enough for a start that pulls a large image first.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(600);
+
+#[derive(Debug)]
+pub enum CliError {
+    /// The API's own error answer.
+    Api(ErrorDetail),
+    /// Nothing listens at the URL (or the host does not resolve).
+    Unreachable {
+        url: String,
+    },
+    TimedOut {
+        url: String,
+    },
+    Other(String),
+}
+
+impl fmt::Display for CliError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CliError::Api(e) => write!(f, "{} ({})", e.message, e.code),
+            CliError::Unreachable { url } => {
+                write!(f, "cannot reach berth at {url}: is `berth serve` running?")
+            }
+            CliError::TimedOut { url } => write!(
+                f,
+                "berth at {url} did not answer within {}s; the operation may still be running (see `berth ops`)",
+                REQUEST_TIMEOUT.as_secs()
+            ),
+            CliError::Other(message) => f.write_str(message),
+        }
+    }
+}
+
+impl std::error::Error for CliError {}
+
+/// An answer with a 2xx status; the body is kept as text so `--output
+/// json` can print exactly what the server wrote.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub body: String,
+}
+
+impl Answer {
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<T, CliError> {
+        serde_json::from_str(&self.body).map_err(|e| {
+            CliError::Other(format!(
+                "unexpected answer from berth ({}): {e}",
+                self.status
+            ))
+        })
+    }
+}
+
+pub struct Client {
+    http: reqwest::Client,
+    /// Without a trailing slash; may carry a path prefix (behind a proxy).
+    base: String,
+}
+
+impl Client {
+    pub fn new(base: &str, token: Option<&str>) -> Result<Self, CliError> {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-berth-source", HeaderValue::from_static("cli"));
+        if let Some(token) = token.map(str::trim).filter(|t| !t.is_empty()) {
+            let mut value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
+                CliError::Other("the token contains characters a header cannot carry".into())
+            })?;
+            // Keeps it out of reqwest's debug output.
+            value.set_sensitive(true);
+            headers.insert(AUTHORIZATION, value);
+        }
+        let http = reqwest::Client::builder()
+            .default_headers(headers)
+            .user_agent(concat!("berth-cli/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(REQUEST_TIMEOUT)
+            .build()
+            .map_err(|e| CliError::Other(format!("cannot build the HTTP client: {}", chain(&e))))?;
+        Ok(Client {
+            http,
+            base: base.trim_end_matches('/').to_string(),
+        })
+    }
+
+    /// The URL of a path given as segments, each percent-encoded.
+    pub fn url(&self, segments: &[&str]) -> String {
+        let mut url = self.base.clone();
+        for segment in segments {
+            url.push('/');
+            url.push_str(&escape_segment(segment));
+        }
+        url
+    }
+
+    pub async fn get(&self, path: &[&str], query: &[(&str, String)]) -> Result<Answer, CliError> {
+        self.send(Method::GET, path, query, None::<&()>).await
+    }
+
+    pub async fn delete(
+        &self,
+        path: &[&str],
+        query: &[(&str, String)],
+    ) -> Result<Answer, CliError> {
+        self.send(Method::DELETE, path, query, None::<&()>).await
+    }
+
+    pub async fn post<B: Serialize>(
+        &self,
+        path: &[&str],
+        body: Option<&B>,
+    ) -> Result<Answer, CliError> {
+        self.send(Method::POST, path, &[], body).await
+    }
+
+    pub async fn put<B: Serialize>(&self, path: &[&str], body: &B) -> Result<Answer, CliError> {
+        self.send(Method::PUT, path, &[], Some(body)).await
+    }
+
+    async fn send<B: Serialize>(
+        &self,
+        method: Method,
+        path: &[&str],
+        query: &[(&str, String)],
+        body: Option<&B>,
+    ) -> Result<Answer, CliError> {
+        let mut request = self.http.request(method, self.url(path));
+        if !query.is_empty() {
+            request = request.query(query);
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await.map_err(|e| self.transport_error(&e))?;
+        let status = response.status();
+        let body = response
+            .text()
+            .await
+            .map_err(|e| self.transport_error(&e))?;
+        if status.is_success() {
+            return Ok(Answer { status, body });
+        }
+        match serde_json::from_str::<ErrorBody>(&body) {
+            Ok(e) => Err(CliError::Api(e.error)),
+            // Not berth's error shape: a proxy, or something else on the port.
+            Err(_) => {
+                let snippet: String = body.trim().chars().take(200).collect();
+                Err(CliError::Other(format!(
+                    "{} answered {status}: {}",
+                    self.base,
+                    super::format::clean(&snippet)
+                )))
+            }
+        }
+    }
+
+    fn transport_error(&self, e: &reqwest::Error) -> CliError {
+        let url = self.base.clone();
+        if e.is_connect() {
+            CliError::Unreachable { url }
+        } else if e.is_timeout() {
+            CliError::TimedOut { url }
+        } else {
+            CliError::Other(format!("request to {url} failed: {}", chain(e)))
+        }
+    }
+}
+
+/// An error with its causes, `a: b: c`; reqwest's own message alone only
+/// says "error sending request".
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builds_urls_from_escaped_segments() {
+        let c = Client::new("http://127.0.0.1:7878/", None).unwrap();
+        assert_eq!(
+            c.url(&["v1", "runtimes", "ws-1"]),
+            "http://127.0.0.1:7878/v1/runtimes/ws-1"
+        );
+        assert_eq!(
+            c.url(&["v1", "templates", "a/b?c"]),
+            "http://127.0.0.1:7878/v1/templates/a%2Fb%3Fc"
+        );
+        let prefixed = Client::new("http://proxy.local/berth", Some("t")).unwrap();
+        assert_eq!(
+            prefixed.url(&["v1", "operations"]),
+            "http://proxy.local/berth/v1/operations"
+        );
+    }
+
+    #[test]
+    fn rejects_a_token_a_header_cannot_carry() {
+        assert!(Client::new("http://127.0.0.1:7878", Some("a\nb")).is_err());
+    }
+
+    #[test]
+    fn formats_errors_for_a_person() {
+        let api = CliError::Api(ErrorDetail {
+            code: "runtime_not_found".into(),
+            message: "no runtime \"ws-9\"".into(),
+        });
+        assert_eq!(api.to_string(), "no runtime \"ws-9\" (runtime_not_found)");
+        let down = CliError::Unreachable {
+            url: "http://127.0.0.1:1".into(),
+        };
+        assert_eq!(
+            down.to_string(),
+            "cannot reach berth at http://127.0.0.1:1: is `berth serve` running?"
+        );
+    }
+}

@@ -1,0 +1,360 @@
+//! Text output of the CLI: aligned tables, `key: value` lines, UTC
+//! timestamps and JSON re-indentation. Written by hand: each is small, and
+//! the formats are part of what users see.
+
+use std::fmt::Write as _;
+
+/// Columns are separated by this many spaces.
+const GAP: usize = 3;
+
+/// A header row and aligned columns. The last column is not padded, so
+/// lines carry no trailing spaces.
+#[derive(Debug, Clone, Default)]
+pub struct Table {
+    headers: Vec<String>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    pub fn new(headers: &[&str]) -> Self {
+        Table {
+            headers: headers.iter().map(|h| h.to_string()).collect(),
+            rows: Vec::new(),
+        }
+    }
+
+    /// Adds a row; cells are cleaned of control characters so a value
+    /// from the server cannot break the layout or drive the terminal.
+    pub fn row<I, S>(&mut self, cells: I)
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        self.rows
+            .push(cells.into_iter().map(|c| clean(c.as_ref())).collect());
+    }
+
+    pub fn render(&self) -> String {
+        let columns = self
+            .rows
+            .iter()
+            .map(Vec::len)
+            .chain(std::iter::once(self.headers.len()))
+            .max()
+            .unwrap_or(0);
+        let mut widths = vec![0usize; columns];
+        for line in std::iter::once(&self.headers).chain(&self.rows) {
+            for (i, cell) in line.iter().enumerate() {
+                widths[i] = widths[i].max(cell.chars().count());
+            }
+        }
+        let mut out = String::new();
+        for line in std::iter::once(&self.headers).chain(&self.rows) {
+            let mut text = String::new();
+            for (i, width) in widths.iter().enumerate() {
+                let cell = line.get(i).map(String::as_str).unwrap_or("");
+                text.push_str(cell);
+                if i + 1 < columns {
+                    let pad = width - cell.chars().count() + GAP;
+                    text.extend(std::iter::repeat_n(' ', pad));
+                }
+            }
+            out.push_str(text.trim_end());
+            out.push('\n');
+        }
+        out
+    }
+}
+
+/// `key: value` lines, as `show` commands print them.
+#[derive(Debug, Clone, Default)]
+pub struct Fields {
+    out: String,
+}
+
+impl Fields {
+    pub fn new() -> Self {
+        Fields::default()
+    }
+
+    pub fn add(&mut self, key: &str, value: impl AsRef<str>) -> &mut Self {
+        self.out.push_str(key);
+        self.out.push_str(": ");
+        self.out.push_str(&clean(value.as_ref()));
+        self.out.push('\n');
+        self
+    }
+
+    pub fn render(&self) -> String {
+        self.out.clone()
+    }
+}
+
+/// Replaces control characters (newlines, escapes) with spaces.
+pub fn clean(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+/// `-` for a missing value.
+pub fn or_dash(value: Option<&str>) -> String {
+    match value {
+        Some(v) if !v.is_empty() => v.to_string(),
+        _ => "-".to_string(),
+    }
+}
+
+/// A millisecond Unix timestamp as UTC `YYYY-MM-DD HH:MM:SS`.
+pub fn format_ms(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let (year, month, day) = civil_from_days(secs.div_euclid(86_400));
+    let of_day = secs.rem_euclid(86_400);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
+        of_day / 3600,
+        of_day % 3600 / 60,
+        of_day % 60
+    )
+}
+
+/// The proleptic Gregorian date of a count of days since 1970-01-01
+/// (Howard Hinnant's `civil_from_days`): eras of 400 years, years that
+/// start on March 1st so the leap day comes last.
+pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097); // day of era, [0, 146096]
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365; // [0, 399]
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // day of March-based year, [0, 365]
+    let mp = (5 * doy + 2) / 153; // March-based month, [0, 11]
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month as u32, day as u32)
+}
+
+/// The first 12 hex digits of a digest (`sha256:…`), as Docker shows ids.
+pub fn short_digest(digest: &str) -> String {
+    let hex = digest.split_once(':').map_or(digest, |(_, hex)| hex);
+    hex.chars().take(12).collect()
+}
+
+/// An image reference with its digest, if any, shortened:
+/// `repo@sha256:0123456789ab`.
+pub fn short_image_ref(reference: &str) -> String {
+    match reference.split_once('@') {
+        Some((repo, digest)) => {
+            let algo = digest.split_once(':').map_or("sha256", |(algo, _)| algo);
+            format!("{repo}@{algo}:{}", short_digest(digest))
+        }
+        None => reference.to_string(),
+    }
+}
+
+/// Re-indents valid JSON text the way `serde_json::to_string_pretty` does,
+/// keeping the order of keys and every value exactly as the server wrote
+/// them (a parse into `serde_json::Value` would sort the keys).
+pub fn pretty_json(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() * 2);
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if in_string {
+            out.push(c);
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match c {
+            '"' => {
+                in_string = true;
+                out.push(c);
+            }
+            '{' | '[' => {
+                out.push(c);
+                while chars.next_if(|c| c.is_whitespace()).is_some() {}
+                let close = if c == '{' { '}' } else { ']' };
+                if chars.next_if_eq(&close).is_some() {
+                    out.push(close);
+                } else {
+                    depth += 1;
+                    newline(&mut out, depth);
+                }
+            }
+            '}' | ']' => {
+                depth = depth.saturating_sub(1);
+                newline(&mut out, depth);
+                out.push(c);
+            }
+            ',' => {
+                out.push(c);
+                newline(&mut out, depth);
+            }
+            ':' => out.push_str(": "),
+            c if c.is_whitespace() => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn newline(out: &mut String, depth: usize) {
+    out.push('\n');
+    for _ in 0..depth {
+        out.push_str("  ");
+    }
+}
+
+/// Percent-encodes one path segment: everything outside `[A-Za-z0-9_.-]`.
+pub fn escape_segment(segment: &str) -> String {
+    let mut out = String::with_capacity(segment.len());
+    for b in segment.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-') {
+            out.push(char::from(b));
+        } else {
+            // Writing to a String cannot fail.
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn table_aligns_columns_without_trailing_spaces() {
+        let mut t = Table::new(&["ID", "STATUS", "ENDPOINT"]);
+        t.row(["ws-1", "running", "172.18.0.2:8080"]);
+        t.row(["a-much-longer-id", "stopped", ""]);
+        assert_eq!(
+            t.render(),
+            "ID                 STATUS    ENDPOINT\n\
+             ws-1               running   172.18.0.2:8080\n\
+             a-much-longer-id   stopped\n"
+        );
+    }
+
+    #[test]
+    fn table_with_no_rows_prints_the_header() {
+        assert_eq!(Table::new(&["A", "B"]).render(), "A   B\n");
+    }
+
+    #[test]
+    fn table_counts_characters_not_bytes_and_cleans_control_characters() {
+        let mut t = Table::new(&["NAME", "X"]);
+        t.row(["été", "1"]);
+        t.row(["a\nb\x1b", "2"]);
+        assert_eq!(t.render(), "NAME   X\nété    1\na b    2\n");
+    }
+
+    #[test]
+    fn table_pads_short_rows() {
+        let mut t = Table::new(&["A", "B", "C"]);
+        t.row(["1"]);
+        assert_eq!(t.render(), "A   B   C\n1\n");
+    }
+
+    #[test]
+    fn fields_are_key_value_lines() {
+        let mut f = Fields::new();
+        f.add("id", "ws-1").add("last_error", "bad\nthing");
+        assert_eq!(f.render(), "id: ws-1\nlast_error: bad thing\n");
+    }
+
+    #[test]
+    fn formats_timestamps_in_utc() {
+        assert_eq!(format_ms(0), "1970-01-01 00:00:00");
+        assert_eq!(format_ms(999), "1970-01-01 00:00:00");
+        assert_eq!(format_ms(-1), "1969-12-31 23:59:59");
+        assert_eq!(format_ms(951_782_400_000), "2000-02-29 00:00:00");
+        assert_eq!(format_ms(1_700_000_000_123), "2023-11-14 22:13:20");
+        assert_eq!(format_ms(4_107_542_399_000), "2100-02-28 23:59:59");
+        assert_eq!(format_ms(4_107_542_400_000), "2100-03-01 00:00:00");
+        assert_eq!(format_ms(253_402_300_799_000), "9999-12-31 23:59:59");
+    }
+
+    #[test]
+    fn civil_from_days_knows_leap_years() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(59), (1970, 3, 1));
+        assert_eq!(civil_from_days(10_956), (1999, 12, 31));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+        assert_eq!(civil_from_days(19_782), (2024, 2, 29));
+        assert_eq!(civil_from_days(-719_468), (0, 3, 1));
+    }
+
+    /// The inverse, for the property below.
+    fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+        let y = if m <= 2 { y - 1 } else { y };
+        let era = y.div_euclid(400);
+        let yoe = y.rem_euclid(400);
+        let m = i64::from(m);
+        let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(d) - 1;
+        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+        era * 146_097 + doe - 719_468
+    }
+
+    proptest! {
+        #[test]
+        fn civil_from_days_round_trips(days in -1_000_000i64..10_000_000) {
+            let (y, m, d) = civil_from_days(days);
+            prop_assert!((1..=12).contains(&m));
+            prop_assert!((1..=31).contains(&d));
+            prop_assert_eq!(days_from_civil(y, m, d), days);
+            // The next day is either the next date in the month or the 1st.
+            let (_, m2, d2) = civil_from_days(days + 1);
+            prop_assert!(d2 == d + 1 && m2 == m || d2 == 1);
+        }
+    }
+
+    #[test]
+    fn shortens_digests_and_references() {
+        let hex = "0123456789abcdef".repeat(4);
+        assert_eq!(short_digest(&format!("sha256:{hex}")), "0123456789ab");
+        assert_eq!(short_digest("abc"), "abc");
+        assert_eq!(
+            short_image_ref(&format!("reg.example:5000/acme/engine@sha256:{hex}")),
+            "reg.example:5000/acme/engine@sha256:0123456789ab"
+        );
+        assert_eq!(
+            short_image_ref("reg.example:5000/acme/engine:v1"),
+            "reg.example:5000/acme/engine:v1"
+        );
+    }
+
+    #[test]
+    fn pretty_json_matches_serde_json_and_keeps_key_order() {
+        let text = r#"{"runtimes":[{"id":"ws-1","env":{},"list":[],"last_error":null,"n":-1.5e3,"s":"a,b:{c}[d] \"q\" \\"}],"z":true,"a":[1,[2,{}]]}"#;
+        let value: serde_json::Value = serde_json::from_str(text).unwrap();
+        // serde_json sorts keys; compare against text that is already sorted.
+        let sorted = serde_json::to_string(&value).unwrap();
+        assert_eq!(
+            pretty_json(&sorted),
+            serde_json::to_string_pretty(&value).unwrap()
+        );
+        assert_eq!(
+            pretty_json("{\"b\": 1,\n \"a\": [ ] }"),
+            "{\n  \"b\": 1,\n  \"a\": []\n}"
+        );
+    }
+
+    #[test]
+    fn escapes_path_segments() {
+        assert_eq!(escape_segment("ws-1_a.b"), "ws-1_a.b");
+        assert_eq!(escape_segment("a/b"), "a%2Fb");
+        assert_eq!(escape_segment("a b?c#d%"), "a%20b%3Fc%23d%25");
+        assert_eq!(escape_segment("é"), "%C3%A9");
+        assert_eq!(escape_segment(""), "");
+    }
+}

@@ -1,0 +1,218 @@
+//! Wire types of the HTTP API. Domain types stay in `berth_core`; these
+//! are what JSON looks like. Times are milliseconds since the Unix epoch.
+
+use std::collections::BTreeMap;
+
+use berth_core::operation::Operation;
+use berth_core::pin::{Pin, PinHistoryEntry};
+use berth_core::runtime::RuntimeRecord;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::template_doc::TemplateDoc;
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct ErrorDetail {
+    /// Stable snake_case code, e.g. `invalid_id`.
+    pub code: String,
+    /// A sentence for a person.
+    pub message: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    pub status: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TemplateList {
+    pub templates: Vec<TemplateDoc>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct PinView {
+    pub template: String,
+    pub digest: String,
+    pub promoted_at: i64,
+    pub promoted_by: String,
+    pub reason: Option<String>,
+}
+
+impl From<Pin> for PinView {
+    fn from(p: Pin) -> Self {
+        PinView {
+            template: p.template,
+            digest: p.digest.to_string(),
+            promoted_at: p.promoted_at_ms,
+            promoted_by: p.promoted_by,
+            reason: p.reason,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PromoteRequest {
+    /// `sha256:` followed by 64 lowercase hex digits.
+    pub digest: String,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct PinHistoryView {
+    pub template: String,
+    /// `promote` or `unpin`.
+    pub action: String,
+    pub digest: Option<String>,
+    pub previous_digest: Option<String>,
+    pub at: i64,
+    pub by: String,
+    pub reason: Option<String>,
+}
+
+impl From<PinHistoryEntry> for PinHistoryView {
+    fn from(e: PinHistoryEntry) -> Self {
+        PinHistoryView {
+            template: e.template,
+            action: e.action.as_str().to_string(),
+            digest: e.digest.map(|d| d.to_string()),
+            previous_digest: e.previous_digest.map(|d| d.to_string()),
+            at: e.at_ms,
+            by: e.by,
+            reason: e.reason,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct PinHistoryList {
+    pub pins: Vec<PinHistoryView>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StartRuntimeRequest {
+    pub id: String,
+    pub template: String,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct RuntimeView {
+    pub id: String,
+    pub template: String,
+    /// starting, running, stopping, stopped, exited, failed or removed.
+    pub status: String,
+    pub container_id: Option<String>,
+    pub image_ref: Option<String>,
+    pub image_digest: Option<String>,
+    pub engine_endpoint: Option<String>,
+    pub generation: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub last_error: Option<ErrorDetail>,
+}
+
+impl From<RuntimeRecord> for RuntimeView {
+    fn from(r: RuntimeRecord) -> Self {
+        RuntimeView {
+            id: r.id,
+            template: r.template,
+            status: r.status.as_str().to_string(),
+            container_id: r.container_id,
+            image_ref: r.image_ref,
+            image_digest: r.image_digest,
+            engine_endpoint: r.engine_endpoint,
+            generation: r.generation,
+            created_at: r.created_at_ms,
+            updated_at: r.updated_at_ms,
+            last_error: r.last_error.map(|e| ErrorDetail {
+                code: e.code,
+                message: e.message,
+            }),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct RuntimeList {
+    pub runtimes: Vec<RuntimeView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct OperationView {
+    pub id: String,
+    pub runtime_id: Option<String>,
+    pub template: Option<String>,
+    pub kind: String,
+    /// api, stream, auto_reconcile, image_watch, drift_sweeper, cli or config.
+    pub source: String,
+    /// in_progress, success or failure.
+    pub outcome: String,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+    pub started_at: i64,
+    pub finished_at: Option<i64>,
+    pub details: BTreeMap<String, String>,
+}
+
+impl From<Operation> for OperationView {
+    fn from(o: Operation) -> Self {
+        OperationView {
+            id: o.id,
+            runtime_id: o.runtime_id,
+            template: o.template,
+            kind: o.kind.as_str().to_string(),
+            source: o.source.as_str().to_string(),
+            outcome: o.outcome.as_str().to_string(),
+            error_code: o.error_code,
+            error_message: o.error_message,
+            started_at: o.started_at_ms,
+            finished_at: o.finished_at_ms,
+            details: o.details,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct OperationList {
+    pub operations: Vec<OperationView>,
+}
+
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeQuery {
+    pub template: Option<String>,
+    pub status: Option<String>,
+    /// Only runtimes whose running digest differs from their template's pin.
+    pub stale: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct OperationQuery {
+    pub runtime: Option<String>,
+    pub kind: Option<String>,
+    /// 1 to 1000; default 100.
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct LimitQuery {
+    /// 1 to 1000; default 100.
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ReasonQuery {
+    pub reason: Option<String>,
+}

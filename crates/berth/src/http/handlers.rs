@@ -1,0 +1,301 @@
+//! Route handlers: parse, call one service, shape the answer.
+
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+use super::dto::*;
+use super::extract::{ApiJson, ApiQuery};
+use super::{caller, ApiError, AppState};
+use crate::services::lifecycle::{ListQuery, StartOutcome, StartRequest};
+use crate::template_doc::TemplateDoc;
+
+type ApiResult<T> = Result<T, ApiError>;
+
+#[utoipa::path(get, path = "/healthz", tag = "meta", responses((status = 200, body = Health)))]
+pub async fn healthz() -> Json<Health> {
+    Json(Health {
+        status: "ok".to_string(),
+    })
+}
+
+#[utoipa::path(get, path = "/metrics", tag = "meta", responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.services.ctx.metrics.encode(),
+    )
+        .into_response()
+}
+
+#[utoipa::path(get, path = "/v1/templates", tag = "templates",
+    responses((status = 200, body = TemplateList), (status = 401, body = ErrorBody)))]
+pub async fn list_templates(State(state): State<AppState>) -> ApiResult<Json<TemplateList>> {
+    let templates = state.services.templates.list().await?;
+    Ok(Json(TemplateList {
+        templates: templates.iter().map(TemplateDoc::from_template).collect(),
+    }))
+}
+
+#[utoipa::path(get, path = "/v1/templates/{name}", tag = "templates",
+    params(("name" = String, Path, description = "template name")),
+    responses((status = 200, body = TemplateDoc), (status = 404, body = ErrorBody)))]
+pub async fn get_template(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<TemplateDoc>> {
+    let t = state.services.templates.get(&name).await?;
+    Ok(Json(TemplateDoc::from_template(&t)))
+}
+
+#[utoipa::path(put, path = "/v1/templates/{name}", tag = "templates",
+    params(("name" = String, Path, description = "template name")),
+    request_body = TemplateDoc,
+    responses((status = 201, description = "created", body = TemplateDoc), (status = 200, description = "replaced", body = TemplateDoc),
+              (status = 400, body = ErrorBody), (status = 413, body = ErrorBody)))]
+pub async fn put_template(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    ApiJson(doc): ApiJson<TemplateDoc>,
+) -> ApiResult<(StatusCode, Json<TemplateDoc>)> {
+    let (t, created) = state
+        .services
+        .templates
+        .put(&name, &doc, &caller(&headers))
+        .await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(TemplateDoc::from_template(&t))))
+}
+
+#[utoipa::path(delete, path = "/v1/templates/{name}", tag = "templates",
+    params(("name" = String, Path, description = "template name")),
+    responses((status = 204, description = "deleted"), (status = 404, body = ErrorBody), (status = 409, description = "runtimes still use it", body = ErrorBody)))]
+pub async fn delete_template(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
+    state
+        .services
+        .templates
+        .delete(&name, &caller(&headers))
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(get, path = "/v1/templates/{name}/pin", tag = "pins",
+    params(("name" = String, Path, description = "template name")),
+    responses((status = 200, body = PinView), (status = 404, description = "no such template, or not pinned", body = ErrorBody)))]
+pub async fn get_pin(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<PinView>> {
+    Ok(Json(state.services.pins.get(&name).await?.into()))
+}
+
+#[utoipa::path(post, path = "/v1/templates/{name}/pin", tag = "pins",
+    params(("name" = String, Path, description = "template name")),
+    request_body = PromoteRequest,
+    responses((status = 200, body = PinView), (status = 400, description = "invalid_digest", body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn promote_pin(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    ApiJson(req): ApiJson<PromoteRequest>,
+) -> ApiResult<Json<PinView>> {
+    let pin = state
+        .services
+        .pins
+        .promote(&name, &req.digest, req.reason.as_deref(), &caller(&headers))
+        .await?;
+    Ok(Json(pin.into()))
+}
+
+#[utoipa::path(delete, path = "/v1/templates/{name}/pin", tag = "pins",
+    params(("name" = String, Path, description = "template name"), ReasonQuery),
+    responses((status = 204, description = "unpinned"), (status = 404, body = ErrorBody)))]
+pub async fn unpin(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    ApiQuery(q): ApiQuery<ReasonQuery>,
+) -> ApiResult<StatusCode> {
+    state
+        .services
+        .pins
+        .unpin(&name, q.reason.as_deref(), &caller(&headers))
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(get, path = "/v1/templates/{name}/pin/history", tag = "pins",
+    params(("name" = String, Path, description = "template name"), LimitQuery),
+    responses((status = 200, body = PinHistoryList), (status = 404, body = ErrorBody)))]
+pub async fn pin_history(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    ApiQuery(q): ApiQuery<LimitQuery>,
+) -> ApiResult<Json<PinHistoryList>> {
+    let pins = state.services.pins.history(&name, q.limit).await?;
+    Ok(Json(PinHistoryList {
+        pins: pins.into_iter().map(Into::into).collect(),
+    }))
+}
+
+#[utoipa::path(get, path = "/v1/runtimes", tag = "runtimes", params(RuntimeQuery),
+    responses((status = 200, body = RuntimeList), (status = 400, body = ErrorBody)))]
+pub async fn list_runtimes(
+    State(state): State<AppState>,
+    ApiQuery(q): ApiQuery<RuntimeQuery>,
+) -> ApiResult<Json<RuntimeList>> {
+    let runtimes = state
+        .services
+        .runtimes
+        .list(&ListQuery {
+            template: q.template,
+            status: q.status,
+            stale: q.stale.unwrap_or(false),
+        })
+        .await?;
+    Ok(Json(RuntimeList {
+        runtimes: runtimes.into_iter().map(Into::into).collect(),
+    }))
+}
+
+fn start_response(outcome: StartOutcome) -> (StatusCode, Json<RuntimeView>) {
+    match outcome {
+        StartOutcome::Started(r) => (StatusCode::CREATED, Json(r.into())),
+        StartOutcome::AlreadyRunning(r) => (StatusCode::OK, Json(r.into())),
+    }
+}
+
+#[utoipa::path(post, path = "/v1/runtimes", tag = "runtimes", request_body = StartRuntimeRequest,
+    responses((status = 201, description = "started", body = RuntimeView), (status = 200, description = "already running", body = RuntimeView),
+              (status = 400, body = ErrorBody), (status = 404, description = "template_not_found", body = ErrorBody),
+              (status = 409, description = "runtime_removed, image_not_pinned or conflict", body = ErrorBody),
+              (status = 502, description = "image_pull_failed or start_failed", body = ErrorBody),
+              (status = 503, description = "docker_unavailable", body = ErrorBody)))]
+pub async fn start_runtime(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiJson(req): ApiJson<StartRuntimeRequest>,
+) -> ApiResult<(StatusCode, Json<RuntimeView>)> {
+    let caller = caller(&headers);
+    let services = state.services.clone();
+    let request = StartRequest {
+        id: req.id,
+        template: req.template,
+        env: req.env,
+    };
+    let outcome = state
+        .run(async move { services.runtimes.start(request, &caller).await })
+        .await?;
+    Ok(start_response(outcome))
+}
+
+#[utoipa::path(get, path = "/v1/runtimes/{id}", tag = "runtimes",
+    params(("id" = String, Path, description = "runtime id")),
+    responses((status = 200, body = RuntimeView), (status = 404, body = ErrorBody)))]
+pub async fn get_runtime(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<RuntimeView>> {
+    Ok(Json(state.services.runtimes.get(&id).await?.into()))
+}
+
+#[utoipa::path(post, path = "/v1/runtimes/{id}/start", tag = "runtimes",
+    params(("id" = String, Path, description = "runtime id")),
+    responses((status = 201, body = RuntimeView), (status = 200, description = "already running", body = RuntimeView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn start_existing_runtime(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<(StatusCode, Json<RuntimeView>)> {
+    let caller = caller(&headers);
+    let services = state.services.clone();
+    let outcome = state
+        .run(async move {
+            let rec = services.runtimes.get(&id).await?;
+            let request = StartRequest {
+                id: rec.id,
+                template: rec.template,
+                env: Default::default(),
+            };
+            services.runtimes.start(request, &caller).await
+        })
+        .await?;
+    Ok(start_response(outcome))
+}
+
+#[utoipa::path(post, path = "/v1/runtimes/{id}/stop", tag = "runtimes",
+    params(("id" = String, Path, description = "runtime id")),
+    responses((status = 200, body = RuntimeView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn stop_runtime(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Json<RuntimeView>> {
+    let caller = caller(&headers);
+    let services = state.services.clone();
+    let rec = state
+        .run(async move { services.runtimes.stop(&id, &caller).await })
+        .await?;
+    Ok(Json(rec.into()))
+}
+
+#[utoipa::path(post, path = "/v1/runtimes/{id}/restart", tag = "runtimes",
+    params(("id" = String, Path, description = "runtime id")),
+    responses((status = 200, body = RuntimeView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn restart_runtime(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Json<RuntimeView>> {
+    let caller = caller(&headers);
+    let services = state.services.clone();
+    let rec = state
+        .run(async move { services.runtimes.restart(&id, &caller).await })
+        .await?;
+    Ok(Json(rec.into()))
+}
+
+#[utoipa::path(delete, path = "/v1/runtimes/{id}", tag = "runtimes",
+    params(("id" = String, Path, description = "runtime id")),
+    responses((status = 200, description = "container removed; the record stays as removed", body = RuntimeView), (status = 404, body = ErrorBody)))]
+pub async fn remove_runtime(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Json<RuntimeView>> {
+    let caller = caller(&headers);
+    let services = state.services.clone();
+    let rec = state
+        .run(async move { services.runtimes.remove(&id, &caller).await })
+        .await?;
+    Ok(Json(rec.into()))
+}
+
+#[utoipa::path(get, path = "/v1/operations", tag = "operations", params(OperationQuery),
+    responses((status = 200, body = OperationList), (status = 400, body = ErrorBody)))]
+pub async fn list_operations(
+    State(state): State<AppState>,
+    ApiQuery(q): ApiQuery<OperationQuery>,
+) -> ApiResult<Json<OperationList>> {
+    let ops = state
+        .services
+        .operations
+        .list(q.runtime.as_deref(), q.kind.as_deref(), q.limit)
+        .await?;
+    Ok(Json(OperationList {
+        operations: ops.into_iter().map(Into::into).collect(),
+    }))
+}

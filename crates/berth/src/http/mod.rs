@@ -1,0 +1,229 @@
+//! The HTTP API (axum): routing, auth, errors, body limits and metrics.
+//! Handlers are thin: they parse, call a service, and shape the answer.
+
+pub mod dto;
+mod extract;
+mod handlers;
+pub mod openapi;
+
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use berth_core::operation::Source;
+use berth_core::ErrorCode;
+use tokio_util::task::TaskTracker;
+
+use crate::error::Error;
+use crate::metrics::RequestLabels;
+use crate::services::{Caller, Services};
+use dto::{ErrorBody, ErrorDetail};
+
+/// Requests larger than this are refused with 413 `payload_too_large`.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub services: Arc<Services>,
+    /// Mutating operations run here, detached from the request: a client
+    /// that hangs up does not cancel an operation halfway, and shutdown
+    /// waits for them.
+    pub tracker: TaskTracker,
+    pub api_token: Option<Arc<str>>,
+}
+
+impl AppState {
+    /// Runs an operation to completion even if the caller goes away.
+    async fn run<T, F>(&self, fut: F) -> Result<T, ApiError>
+    where
+        F: std::future::Future<Output = crate::error::Result<T>> + Send + 'static,
+        T: Send + 'static,
+    {
+        match self.tracker.spawn(fut).await {
+            Ok(r) => r.map_err(ApiError),
+            Err(e) => Err(ApiError(Error::new(
+                ErrorCode::Internal,
+                format!("the operation task failed: {e}"),
+            ))),
+        }
+    }
+}
+
+/// A service error on its way out as JSON.
+#[derive(Debug)]
+pub struct ApiError(pub Error);
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        ApiError(e)
+    }
+}
+
+impl From<berth_core::ValidationError> for ApiError {
+    fn from(e: berth_core::ValidationError) -> Self {
+        ApiError(e.into())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status =
+            StatusCode::from_u16(self.0.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        if status.is_server_error() {
+            tracing::warn!(code = %self.0.code, message = %self.0.message, "request failed");
+        }
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.0.code.as_str().to_string(),
+                message: self.0.message,
+            },
+        };
+        (status, Json(body)).into_response()
+    }
+}
+
+/// The caller, from optional headers: `X-Berth-Source: cli` marks the CLI,
+/// `X-Berth-Actor` names the person or system (kept in pin history).
+fn caller(headers: &HeaderMap) -> Caller {
+    let source = match headers.get("x-berth-source").and_then(|v| v.to_str().ok()) {
+        Some("cli") => Source::Cli,
+        _ => Source::Api,
+    };
+    let mut caller = Caller::new(source);
+    if let Some(actor) = headers.get("x-berth-actor").and_then(|v| v.to_str().ok()) {
+        let actor = actor.trim();
+        if !actor.is_empty() && actor.len() <= 128 && !actor.chars().any(char::is_control) {
+            caller.by = actor.to_string();
+        }
+    }
+    caller
+}
+
+/// Compares without an early exit, so the time taken does not reveal how
+/// much of a guessed token was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = (a.len() ^ b.len()) as u8 | ((a.len() ^ b.len()) >> 8) as u8;
+    for i in 0..a.len().max(b.len()) {
+        let x = a.get(i).copied().unwrap_or(0);
+        let y = b.get(i).copied().unwrap_or(0);
+        diff |= x ^ y;
+    }
+    diff == 0
+}
+
+async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let Some(expected) = &state.api_token else {
+        return next.run(req).await;
+    };
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        Some(token) if constant_time_eq(token.trim().as_bytes(), expected.as_bytes()) => {
+            next.run(req).await
+        }
+        Some(_) => ApiError(Error::new(
+            ErrorCode::Unauthorized,
+            "the bearer token is not valid",
+        ))
+        .into_response(),
+        None => ApiError(Error::new(
+            ErrorCode::Unauthorized,
+            "this API needs \"Authorization: Bearer <token>\"",
+        ))
+        .into_response(),
+    }
+}
+
+async fn count_requests(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let method = req.method().to_string();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".to_string());
+    let response = next.run(req).await;
+    state
+        .services
+        .ctx
+        .metrics
+        .http_requests
+        .get_or_create(&RequestLabels {
+            method,
+            route,
+            status: response.status().as_u16(),
+        })
+        .inc();
+    response
+}
+
+async fn not_found() -> ApiError {
+    ApiError(Error::new(
+        ErrorCode::NotFound,
+        "no such endpoint; see GET /openapi.json",
+    ))
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError(Error::new(
+        ErrorCode::MethodNotAllowed,
+        "this endpoint does not take that method; see GET /openapi.json",
+    ))
+}
+
+pub fn router(state: AppState) -> Router {
+    use handlers::*;
+    let v1 = Router::new()
+        .route("/templates", get(list_templates))
+        .route(
+            "/templates/{name}",
+            get(get_template).put(put_template).delete(delete_template),
+        )
+        .route(
+            "/templates/{name}/pin",
+            get(get_pin).post(promote_pin).delete(unpin),
+        )
+        .route("/templates/{name}/pin/history", get(pin_history))
+        .route("/runtimes", get(list_runtimes).post(start_runtime))
+        .route("/runtimes/{id}", get(get_runtime).delete(remove_runtime))
+        .route("/runtimes/{id}/start", post(start_existing_runtime))
+        .route("/runtimes/{id}/stop", post(stop_runtime))
+        .route("/runtimes/{id}/restart", post(restart_runtime))
+        .route("/operations", get(list_operations))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi::serve))
+        .nest("/v1", v1)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            count_requests,
+        ))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constant_time_eq_compares() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+        assert!(!constant_time_eq(b"", b"x"));
+        // Lengths that differ by a multiple of 256 still differ.
+        assert!(!constant_time_eq(&[0u8; 256], b""));
+    }
+}

@@ -1,0 +1,49 @@
+//! The OpenAPI 3 document, generated from the handlers' own types.
+
+use axum::Json;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use super::dto::*;
+use super::handlers;
+use crate::template_doc::{
+    DisappearDoc, HealthDoc, RestartDoc, RolloutDoc, TemplateDoc, UpdatePolicyDoc,
+};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "berth", description = "Runtime manager for long-lived, stateful containers on Docker"),
+    paths(
+        handlers::healthz, handlers::metrics,
+        handlers::list_templates, handlers::get_template, handlers::put_template, handlers::delete_template,
+        handlers::get_pin, handlers::promote_pin, handlers::unpin, handlers::pin_history,
+        handlers::list_runtimes, handlers::start_runtime, handlers::get_runtime,
+        handlers::start_existing_runtime, handlers::stop_runtime, handlers::restart_runtime, handlers::remove_runtime,
+        handlers::list_operations,
+    ),
+    components(schemas(
+        ErrorBody, ErrorDetail, Health, TemplateDoc, HealthDoc, RolloutDoc, UpdatePolicyDoc, RestartDoc,
+        DisappearDoc, TemplateList, PinView, PromoteRequest, PinHistoryView, PinHistoryList,
+        StartRuntimeRequest, RuntimeView, RuntimeList, OperationView, OperationList,
+    )),
+    modifiers(&BearerAuth),
+    security(("bearer" = [])),
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        if let Some(components) = openapi.components.as_mut() {
+            components.add_security_scheme(
+                "bearer",
+                SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+            );
+        }
+    }
+}
+
+pub async fn serve() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}

@@ -1,0 +1,262 @@
+//! Shared harness of the scenario tests: a real `berth` server in-process,
+//! on the real Docker engine, with the local registry, SQLite or
+//! PostgreSQL. Services come from `scripts/test-env.sh`; a missing one
+//! fails the test (never skips it).
+
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use berth::app::{start, RunningServer};
+use berth::config::{Config, ServeArgs};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+pub fn required_env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: run the tests with `bash scripts/test-env.sh` (it starts the services they need)")
+    })
+}
+
+/// `127.0.0.1:55000/berth-test/app` (tags v1, v2, latest; busybox httpd on 8080).
+pub fn test_image() -> String {
+    required_env("BERTH_TEST_IMAGE")
+}
+
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}{}",
+        &uuid::Uuid::now_v7().simple().to_string()[22..]
+    )
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A fresh PostgreSQL database for one test.
+pub async fn fresh_postgres_database() -> String {
+    let admin = required_env("BERTH_TEST_DATABASE_URL");
+    let name = unique("bt_");
+    let pool = sqlx::PgPool::connect(&admin)
+        .await
+        .expect("connect to the test PostgreSQL");
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&pool)
+        .await
+        .expect("create a test database");
+    pool.close().await;
+    let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
+    format!("{base}/{name}")
+}
+
+pub struct TestServer {
+    pub server: Option<RunningServer>,
+    pub base: String,
+    pub client: reqwest::Client,
+    pub owner: String,
+    pub network: String,
+    pub token: Option<String>,
+    pub data_dir: tempfile::TempDir,
+}
+
+pub struct Options {
+    pub backend: Backend,
+    pub token: Option<String>,
+    pub operation_timeout: Option<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            backend: Backend::Sqlite,
+            token: None,
+            operation_timeout: None,
+        }
+    }
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        Self::start_with(Options::default()).await
+    }
+
+    pub async fn start_with(opts: Options) -> TestServer {
+        let data_dir = tempfile::tempdir().expect("tempdir");
+        let owner = unique("bt-");
+        let database_url = match opts.backend {
+            Backend::Sqlite => None,
+            Backend::Postgres => Some(fresh_postgres_database().await),
+        };
+        let args = ServeArgs {
+            listen: Some("127.0.0.1:0".into()),
+            data_dir: Some(data_dir.path().to_path_buf()),
+            database_url,
+            owner: Some(owner.clone()),
+            network: Some(owner.clone()),
+            api_token: opts.token.clone(),
+            operation_timeout: opts.operation_timeout.clone(),
+            shutdown_timeout: Some("30s".into()),
+            ..Default::default()
+        };
+        let config = Config::from_toml(&args, "", "test").expect("config");
+        let server = start(config).await.expect("berth starts");
+        let base = format!("http://{}", server.addr);
+        TestServer {
+            server: Some(server),
+            base,
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(300))
+                .build()
+                .expect("client"),
+            network: owner.clone(),
+            owner,
+            token: opts.token,
+            data_dir,
+        }
+    }
+
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = self.client.request(method, format!("{}{path}", self.base));
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("request reaches berth");
+        let status = resp.status();
+        let text = resp.text().await.expect("body");
+        let value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        (status, value)
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.call(Method::GET, path, None).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.call(Method::POST, path, Some(body)).await
+    }
+
+    pub async fn put_template(&self, name: &str, doc: Value) {
+        let (status, body) = self
+            .call(Method::PUT, &format!("/v1/templates/{name}"), Some(doc))
+            .await;
+        assert!(status.is_success(), "put template {name}: {status} {body}");
+    }
+
+    /// The app image at `tag`, serving /healthz on 8080.
+    pub async fn put_app_template(&self, name: &str, tag: &str) {
+        self.put_template(
+            name,
+            json!({"image": test_image(), "tag": tag, "port": 8080, "env": {"FROM_TEMPLATE": "t", "SHARED": "template"}}),
+        )
+        .await;
+    }
+
+    pub async fn start_runtime(&self, id: &str, template: &str) -> (StatusCode, Value) {
+        self.post("/v1/runtimes", json!({"id": id, "template": template}))
+            .await
+    }
+
+    pub async fn operations(&self, query: &str) -> Vec<Value> {
+        let (status, body) = self.get(&format!("/v1/operations?{query}")).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body["operations"]
+            .as_array()
+            .expect("operations array")
+            .clone()
+    }
+
+    /// Containers carrying this test's owner label.
+    pub fn containers(&self) -> Vec<String> {
+        docker_lines(&[
+            "ps",
+            "-aq",
+            "--no-trunc",
+            "--filter",
+            &format!("label=io.berth.owner={}", self.owner),
+        ])
+    }
+
+    pub async fn shutdown(mut self) {
+        if let Some(s) = self.server.take() {
+            s.shutdown().await;
+        }
+    }
+}
+
+impl Drop for TestServer {
+    // Runs even when a test panics: leave no container or network behind.
+    fn drop(&mut self) {
+        let ids = self.containers();
+        if !ids.is_empty() {
+            let mut args = vec!["rm", "-f", "-v"];
+            args.extend(ids.iter().map(String::as_str));
+            docker_lines(&args);
+        }
+        docker_lines(&["network", "rm", &self.network]);
+    }
+}
+
+/// Runs the docker CLI and returns its non-empty output lines.
+pub fn docker_lines(args: &[&str]) -> Vec<String> {
+    let out = std::process::Command::new("docker")
+        .args(args)
+        .output()
+        .expect("the docker CLI runs");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+pub fn docker_inspect(id: &str) -> Option<Value> {
+    let out = std::process::Command::new("docker")
+        .args(["inspect", id])
+        .output()
+        .expect("the docker CLI runs");
+    if !out.status.success() {
+        return None;
+    }
+    let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+    v.as_array()?.first().cloned()
+}
+
+/// The digest the registry serves for `repository:tag` (HEAD on the
+/// manifest, as the distribution API defines it).
+pub async fn registry_digest(image: &str, tag: &str) -> String {
+    let (host, path) = image.split_once('/').expect("image has a registry host");
+    let url = format!("http://{host}/v2/{path}/manifests/{tag}");
+    let resp = reqwest::Client::new()
+        .head(&url)
+        .header(
+            "Accept",
+            "application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.manifest.v1+json, \
+             application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.index.v1+json",
+        )
+        .send()
+        .await
+        .expect("registry answers");
+    assert!(resp.status().is_success(), "HEAD {url}: {}", resp.status());
+    resp.headers()
+        .get("docker-content-digest")
+        .expect("Docker-Content-Digest header")
+        .to_str()
+        .expect("ascii")
+        .to_string()
+}

@@ -1,0 +1,529 @@
+//! The Docker adapter against the machine's real Docker engine and the local
+//! test registry started by `scripts/test-env.sh` (nothing is faked).
+//!
+//! Every test uses its own `bt-<random>` owner and network and removes what
+//! it created, also when it fails (see `Cleanup`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use berth::adapters::docker::DockerEngine;
+use berth::ports::engine::{Engine, EngineError, PullProgress};
+use berth_core::container::{plan_container, Bind, ContainerSpec, Placement, LABEL_OWNER};
+use berth_core::image::Repository;
+use berth_core::runtime::RuntimeRecord;
+use berth_core::template::Template;
+use bollard::container::{Config, CreateContainerOptions, StartContainerOptions};
+use bollard::exec::{CreateExecOptions, StartExecResults};
+use bollard::network::ListNetworksOptions;
+use bollard::Docker;
+use futures_util::StreamExt;
+
+/// `<registry>/berth-test/app`, with tags v1, v2 and latest.
+fn test_image() -> String {
+    std::env::var("BERTH_TEST_IMAGE").unwrap_or_else(|_| {
+        panic!(
+            "BERTH_TEST_IMAGE is not set: run `eval \"$(bash scripts/test-env.sh --env-only)\"` \
+             first (it starts the local registry and pushes the test images)"
+        )
+    })
+}
+
+/// `host:port` of the test registry.
+fn test_registry() -> String {
+    std::env::var("BERTH_TEST_REGISTRY").unwrap_or_else(|_| {
+        let image = test_image();
+        image.split('/').next().unwrap_or_default().to_string()
+    })
+}
+
+fn unique(prefix: &str) -> String {
+    let id = uuid::Uuid::now_v7().simple().to_string();
+    // The tail of a v7 uuid is random; the head is a timestamp.
+    format!("{prefix}-{}", &id[id.len() - 10..])
+}
+
+/// Removes a test's containers (by owner label or name) and networks when
+/// dropped, so a failing assertion leaves nothing behind. Uses the docker
+/// CLI because `Drop` cannot await.
+#[derive(Default)]
+struct Cleanup {
+    owners: Vec<String>,
+    names: Vec<String>,
+    networks: Vec<String>,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let quiet = |args: &[&str]| {
+            Command::new("docker")
+                .args(args)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .output()
+                .ok()
+                .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+                .unwrap_or_default()
+        };
+        let mut ids: Vec<String> = self.names.clone();
+        for owner in &self.owners {
+            let filter = format!("label={LABEL_OWNER}={owner}");
+            let found = quiet(&["ps", "-aq", "--filter", &filter]);
+            ids.extend(found.split_whitespace().map(str::to_string));
+        }
+        for id in ids {
+            quiet(&["rm", "-f", "-v", &id]);
+        }
+        for network in &self.networks {
+            quiet(&["network", "rm", network]);
+        }
+    }
+}
+
+async fn engine(owner: &str) -> DockerEngine {
+    DockerEngine::connect(None, owner)
+        .await
+        .expect("the local Docker daemon must be reachable")
+}
+
+/// Networks whose name is exactly `name` (Docker's filter is a substring one).
+async fn networks_named(docker: &Docker, name: &str) -> Vec<bollard::models::Network> {
+    let options = ListNetworksOptions {
+        filters: HashMap::from([("name", vec![name])]),
+    };
+    docker
+        .list_networks(Some(options))
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|n| n.name.as_deref() == Some(name))
+        .collect()
+}
+
+/// Runs a command in a container; returns its exit code and output.
+async fn exec(docker: &Docker, id: &str, cmd: &[&str]) -> (i64, String) {
+    let created = docker
+        .create_exec(
+            id,
+            CreateExecOptions {
+                cmd: Some(cmd.to_vec()),
+                attach_stdout: Some(true),
+                attach_stderr: Some(true),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let mut out = String::new();
+    if let StartExecResults::Attached { mut output, .. } =
+        docker.start_exec(&created.id, None).await.unwrap()
+    {
+        while let Some(Ok(chunk)) = output.next().await {
+            out.push_str(&chunk.to_string());
+        }
+    }
+    let code = docker
+        .inspect_exec(&created.id)
+        .await
+        .unwrap()
+        .exit_code
+        .unwrap_or(-1);
+    (code, out)
+}
+
+fn ignore_progress(_: PullProgress) {}
+
+/// Creates a container with bollard directly, labelled with `labels` only.
+async fn create_raw(docker: &Docker, name: &str, image: &str, labels: HashMap<String, String>) {
+    let config = Config {
+        image: Some(image.to_string()),
+        labels: Some(labels),
+        ..Default::default()
+    };
+    let options = CreateContainerOptions {
+        name: name.to_string(),
+        platform: None,
+    };
+    docker
+        .create_container(Some(options), config)
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ensure_network_is_idempotent_and_survives_races() {
+    let owner = unique("bt");
+    let name = format!("{owner}-net");
+    let raced = format!("{owner}-raced");
+    let longer = format!("{owner}-net-longer");
+    let _cleanup = Cleanup {
+        networks: vec![name.clone(), raced.clone(), longer.clone()],
+        ..Default::default()
+    };
+    let engine = engine(&owner).await;
+    let docker = engine.client().clone();
+
+    // A network whose name merely contains ours must not count as ours.
+    engine.ensure_network(&longer).await.unwrap();
+    engine.ensure_network(&name).await.unwrap();
+    engine.ensure_network(&name).await.unwrap();
+    let found = networks_named(&docker, &name).await;
+    assert_eq!(found.len(), 1, "exactly one network named {name}");
+    assert_eq!(found[0].driver.as_deref(), Some("bridge"));
+    let labels = found[0].labels.clone().unwrap_or_default();
+    assert_eq!(labels.get(LABEL_OWNER), Some(&owner));
+
+    let mut racers = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let engine = engine.clone();
+        let raced = raced.clone();
+        racers.spawn(async move { engine.ensure_network(&raced).await });
+    }
+    while let Some(done) = racers.join_next().await {
+        done.unwrap()
+            .expect("a caller racing to create the network must not fail");
+    }
+    assert_eq!(networks_named(&docker, &raced).await.len(), 1);
+}
+
+#[tokio::test]
+async fn pulls_by_tag_and_digest_and_reports_pull_failures() {
+    let owner = unique("bt");
+    let engine = engine(&owner).await;
+    let image = test_image();
+    let tagged = format!("{image}:v1");
+
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    let record = move |p: PullProgress| sink.lock().unwrap().push(p);
+    engine.pull_image(&tagged, &record).await.unwrap();
+    assert!(!seen.lock().unwrap().is_empty(), "progress was reported");
+    assert!(seen.lock().unwrap().iter().any(|p| !p.status.is_empty()));
+
+    let local = engine.inspect_image(&tagged).await.unwrap().unwrap();
+    assert!(local.id.starts_with("sha256:"));
+    let pinned = local
+        .repo_digests
+        .iter()
+        .find(|d| d.starts_with(&format!("{image}@sha256:")))
+        .unwrap_or_else(|| panic!("no digest of {image} in {:?}", local.repo_digests))
+        .clone();
+
+    engine.pull_image(&pinned, &ignore_progress).await.unwrap();
+    let by_digest = engine.inspect_image(&pinned).await.unwrap().unwrap();
+    assert_eq!(by_digest.id, local.id);
+
+    let missing_repo = format!("{}/berth-test/{}:v1", test_registry(), unique("missing"));
+    match engine.pull_image(&missing_repo, &ignore_progress).await {
+        Err(EngineError::PullFailed { image, message }) => {
+            assert_eq!(image, missing_repo);
+            assert!(!message.is_empty());
+        }
+        other => panic!("pull of a missing repository: {other:?}"),
+    }
+
+    let missing_tag = format!("{image}:{}", unique("no-such-tag"));
+    match engine.pull_image(&missing_tag, &ignore_progress).await {
+        Err(EngineError::PullFailed { image, message }) => {
+            assert_eq!(image, missing_tag);
+            assert!(!message.is_empty());
+        }
+        other => panic!("pull of a missing tag: {other:?}"),
+    }
+
+    assert_eq!(engine.inspect_image(&missing_repo).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn container_lifecycle_keeps_labels_alias_env_and_state() {
+    let owner = unique("bt");
+    let network = format!("{owner}-net");
+    let _cleanup = Cleanup {
+        owners: vec![owner.clone()],
+        networks: vec![network.clone()],
+        ..Default::default()
+    };
+    let engine = engine(&owner).await;
+    let docker = engine.client().clone();
+    let image = test_image();
+    let image_ref = format!("{image}:v1");
+    engine
+        .pull_image(&image_ref, &ignore_progress)
+        .await
+        .unwrap();
+    engine.ensure_network(&network).await.unwrap();
+
+    let state = tempfile::tempdir().unwrap();
+    std::fs::write(state.path().join("kept.txt"), "from the host").unwrap();
+    let plugins = tempfile::tempdir().unwrap();
+    std::fs::write(plugins.path().join("plugin.txt"), "plugin").unwrap();
+    let state_dir = state.path().to_string_lossy().to_string();
+
+    let mut template = Template::new("engine", Repository::parse(&image).unwrap());
+    template.env.insert("FROM_TEMPLATE".into(), "yes".into());
+    let record = RuntimeRecord::new(
+        "rt-1",
+        "engine",
+        BTreeMap::from([("FROM_REQUEST".into(), "also".into())]),
+        0,
+    );
+    let place = Placement {
+        owner: &owner,
+        network: &network,
+        state_dir: &state_dir,
+    };
+    let mut spec: ContainerSpec = plan_container(&place, &template, &record, &image_ref, 1, 7);
+    spec.binds.push(Bind {
+        host_path: plugins.path().to_string_lossy().to_string(),
+        container_path: "/plugins/p".into(),
+        read_only: true,
+    });
+
+    let id = engine.create_container(&spec).await.unwrap();
+    let created = engine.inspect_container(&spec.name).await.unwrap().unwrap();
+    assert_eq!(created.id, id);
+    assert_eq!(created.name, spec.name);
+    assert_eq!(
+        created.labels, spec.labels,
+        "every berth label, nothing else"
+    );
+    assert_eq!(created.state, "created");
+    assert!(!created.running);
+    assert_eq!(
+        Some(created.image_id.clone()),
+        engine
+            .inspect_image(&image_ref)
+            .await
+            .unwrap()
+            .map(|i| i.id)
+    );
+
+    // What Docker recorded, read with bollard directly.
+    let raw = docker.inspect_container(&id, None).await.unwrap();
+    let env = raw.config.as_ref().unwrap().env.clone().unwrap();
+    for wanted in &spec.env {
+        assert!(env.contains(wanted), "{wanted} in {env:?}");
+    }
+    assert!(env.contains(&"FROM_TEMPLATE=yes".to_string()));
+    assert!(env.contains(&"FROM_REQUEST=also".to_string()));
+    let host_config = raw.host_config.as_ref().unwrap();
+    let binds = host_config.binds.clone().unwrap();
+    assert!(binds.contains(&format!("{state_dir}:/var/lib/runtime")));
+    assert!(binds.iter().any(|b| b.ends_with(":/plugins/p:ro")));
+    assert_eq!(host_config.network_mode.as_deref(), Some(network.as_str()));
+    let restart = host_config.restart_policy.as_ref().unwrap().name;
+    assert_eq!(restart, Some(bollard::models::RestartPolicyNameEnum::NO));
+
+    // The same name again is a conflict.
+    match engine.create_container(&spec).await {
+        Err(EngineError::Conflict(_)) => {}
+        other => panic!("second create with the same name: {other:?}"),
+    }
+
+    engine.start_container(&id).await.unwrap();
+    engine
+        .start_container(&spec.name)
+        .await
+        .expect("starting a running container is fine");
+    let running = engine.inspect_container(&id).await.unwrap().unwrap();
+    assert!(running.running);
+    assert_eq!(running.state, "running");
+
+    let raw = docker.inspect_container(&id, None).await.unwrap();
+    let endpoints = raw.network_settings.unwrap().networks.unwrap();
+    let aliases = endpoints[&network].aliases.clone().unwrap_or_default();
+    assert!(aliases.contains(&spec.alias), "{aliases:?}");
+    // The alias resolves on the network, and the state bind is writable.
+    let (code, out) = exec(&docker, &id, &["/bin/busybox", "nslookup", &spec.alias]).await;
+    assert_eq!(code, 0, "nslookup {}: {out}", spec.alias);
+    let (code, out) = exec(
+        &docker,
+        &id,
+        &[
+            "/bin/busybox",
+            "sh",
+            "-c",
+            "cat /var/lib/runtime/kept.txt && echo inside > /var/lib/runtime/written.txt \
+             && cat /plugins/p/plugin.txt && ! echo x > /plugins/p/denied.txt",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("from the host"), "{out}");
+
+    engine
+        .stop_container(&id, Duration::from_millis(1500))
+        .await
+        .unwrap();
+    let stopped = engine.inspect_container(&id).await.unwrap().unwrap();
+    assert!(!stopped.running);
+    assert_eq!(stopped.state, "exited");
+    assert!(stopped.exit_code.is_some());
+    assert!(!stopped.oom_killed);
+    engine
+        .stop_container(&id, Duration::from_secs(1))
+        .await
+        .expect("stopping a stopped container is fine");
+
+    engine.start_container(&id).await.unwrap();
+    assert!(
+        engine
+            .inspect_container(&id)
+            .await
+            .unwrap()
+            .unwrap()
+            .running
+    );
+
+    let listed = engine.list_containers().await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].id, id);
+    assert_eq!(listed[0].name, spec.name);
+    assert_eq!(listed[0].state, "running");
+    assert!(listed[0].running);
+    assert_eq!(listed[0].labels, spec.labels);
+    assert_eq!(listed[0].image_id, running.image_id);
+
+    engine.remove_container(&id).await.unwrap();
+    assert_eq!(engine.inspect_container(&id).await.unwrap(), None);
+    engine
+        .remove_container(&id)
+        .await
+        .expect("removing a missing container is fine");
+    assert!(engine.list_containers().await.unwrap().is_empty());
+    match engine.start_container(&id).await {
+        Err(EngineError::NotFound(_)) => {}
+        other => panic!("start of a removed container: {other:?}"),
+    }
+
+    // The bind-mounted state directory is not a volume: it survives.
+    let written = std::fs::read_to_string(state.path().join("written.txt")).unwrap();
+    assert_eq!(written.trim(), "inside");
+    assert!(state.path().join("kept.txt").exists());
+}
+
+#[tokio::test]
+async fn foreign_containers_are_never_touched() {
+    let owner = unique("bt");
+    let other = unique("bt");
+    let foreign_name = format!("{other}-foreign");
+    let unlabelled_name = format!("{owner}-unlabelled");
+    let _cleanup = Cleanup {
+        owners: vec![owner.clone(), other.clone()],
+        names: vec![unlabelled_name.clone()],
+        ..Default::default()
+    };
+    let engine = engine(&owner).await;
+    let docker = engine.client().clone();
+    let image_ref = format!("{}:v1", test_image());
+    engine
+        .pull_image(&image_ref, &ignore_progress)
+        .await
+        .unwrap();
+
+    create_raw(
+        &docker,
+        &foreign_name,
+        &image_ref,
+        HashMap::from([(LABEL_OWNER.to_string(), other.clone())]),
+    )
+    .await;
+    create_raw(&docker, &unlabelled_name, &image_ref, HashMap::new()).await;
+    let own_name = format!("{owner}-mine");
+    create_raw(
+        &docker,
+        &own_name,
+        &image_ref,
+        HashMap::from([(LABEL_OWNER.to_string(), owner.clone())]),
+    )
+    .await;
+
+    let is_foreign = |result: Result<(), EngineError>, expected_owner: &str| match result {
+        Err(EngineError::ForeignOwner { owner, .. }) => assert_eq!(owner, expected_owner),
+        other => panic!("expected ForeignOwner, got {other:?}"),
+    };
+
+    is_foreign(engine.start_container(&foreign_name).await, &other);
+    let still = engine
+        .inspect_container(&foreign_name)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!still.running, "start was refused");
+
+    docker
+        .start_container(&foreign_name, None::<StartContainerOptions<String>>)
+        .await
+        .unwrap();
+    is_foreign(
+        engine
+            .stop_container(&foreign_name, Duration::from_secs(1))
+            .await,
+        &other,
+    );
+    is_foreign(engine.remove_container(&foreign_name).await, &other);
+    let still = engine
+        .inspect_container(&foreign_name)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(still.running, "stop and remove were refused");
+
+    is_foreign(engine.remove_container(&unlabelled_name).await, "");
+    is_foreign(engine.start_container(&unlabelled_name).await, "");
+    assert!(engine
+        .inspect_container(&unlabelled_name)
+        .await
+        .unwrap()
+        .is_some());
+
+    let mine: Vec<String> = engine
+        .list_containers()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.name)
+        .collect();
+    assert_eq!(mine, vec![own_name.clone()]);
+    let theirs: Vec<String> = self::engine(&other)
+        .await
+        .list_containers()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.name)
+        .collect();
+    assert_eq!(theirs, vec![foreign_name.clone()]);
+
+    engine.remove_container(&own_name).await.unwrap();
+    assert_eq!(engine.inspect_container(&own_name).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn unreachable_daemon_is_unavailable() {
+    match DockerEngine::connect(Some("unix:///nonexistent.sock"), "bt-none").await {
+        Err(EngineError::Unavailable(message)) => {
+            assert!(message.contains("/nonexistent.sock"), "{message}")
+        }
+        other => panic!("missing socket: {other:?}"),
+    }
+    // Port 1 on loopback: nothing listens there.
+    match DockerEngine::connect(Some("tcp://127.0.0.1:1"), "bt-none").await {
+        Err(EngineError::Unavailable(message)) => {
+            assert!(message.contains("127.0.0.1:1"), "{message}")
+        }
+        other => panic!("closed port: {other:?}"),
+    }
+    match DockerEngine::connect(Some("ssh://somewhere"), "bt-none").await {
+        Err(EngineError::Unavailable(message)) => assert!(message.contains("ssh://"), "{message}"),
+        other => panic!("unsupported scheme: {other:?}"),
+    }
+    // The local daemon, explicitly and by default, after negotiation.
+    let local = DockerEngine::connect(Some("unix:///var/run/docker.sock"), "bt-none")
+        .await
+        .unwrap();
+    local.ping().await.unwrap();
+    engine("bt-none").await.ping().await.unwrap();
+}
