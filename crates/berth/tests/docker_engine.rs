@@ -48,7 +48,6 @@ fn unique(prefix: &str) -> String {
 /// Removes a test's containers (by owner label or name) and networks when
 /// dropped, so a failing assertion leaves nothing behind. Uses the docker
 /// CLI because `Drop` cannot await.
-#[derive(Default)]
 struct Cleanup {
     owners: Vec<String>,
     names: Vec<String>,
@@ -76,8 +75,14 @@ impl Drop for Cleanup {
         for id in ids {
             quiet(&["rm", "-f", "-v", &id]);
         }
-        for network in &self.networks {
-            quiet(&["network", "rm", network]);
+        // By id: `network rm <name>` refuses when a race left duplicates.
+        let listed = quiet(&["network", "ls", "--format", "{{.ID}} {{.Name}}"]);
+        for line in listed.lines() {
+            if let Some((id, name)) = line.split_once(' ') {
+                if self.networks.iter().any(|n| n == name) {
+                    quiet(&["network", "rm", id]);
+                }
+            }
         }
     }
 }
@@ -159,8 +164,9 @@ async fn ensure_network_is_idempotent_and_survives_races() {
     let raced = format!("{owner}-raced");
     let longer = format!("{owner}-net-longer");
     let _cleanup = Cleanup {
+        owners: vec![],
+        names: vec![],
         networks: vec![name.clone(), raced.clone(), longer.clone()],
-        ..Default::default()
     };
     let engine = engine(&owner).await;
     let docker = engine.client().clone();
@@ -175,9 +181,15 @@ async fn ensure_network_is_idempotent_and_survives_races() {
     let labels = found[0].labels.clone().unwrap_or_default();
     assert_eq!(labels.get(LABEL_OWNER), Some(&owner));
 
+    // Clones share one engine (callers in one process); separately connected
+    // engines stand in for other processes.
     let mut racers = tokio::task::JoinSet::new();
-    for _ in 0..8 {
-        let engine = engine.clone();
+    for i in 0..8 {
+        let engine = if i % 2 == 0 {
+            engine.clone()
+        } else {
+            self::engine(&owner).await
+        };
         let raced = raced.clone();
         racers.spawn(async move { engine.ensure_network(&raced).await });
     }
@@ -236,14 +248,123 @@ async fn pulls_by_tag_and_digest_and_reports_pull_failures() {
     assert_eq!(engine.inspect_image(&missing_repo).await.unwrap(), None);
 }
 
+fn sha256(data: &[u8]) -> String {
+    use std::io::Write;
+    let mut child = Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(data).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let hex = String::from_utf8(out.stdout).unwrap();
+    format!("sha256:{}", hex.split_whitespace().next().unwrap())
+}
+
+/// Uploads one blob to the test registry; returns its digest and size.
+async fn push_blob(http: &reqwest::Client, repo: &str, data: Vec<u8>) -> (String, usize) {
+    let registry = format!("http://{}", test_registry());
+    let digest = sha256(&data);
+    let size = data.len();
+    let started = http
+        .post(format!("{registry}/v2/{repo}/blobs/uploads/"))
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap();
+    let location = started.headers()["location"].to_str().unwrap().to_string();
+    let location = if location.starts_with("http") {
+        location
+    } else {
+        format!("{registry}{location}")
+    };
+    let separator = if location.contains('?') { '&' } else { '?' };
+    http.put(format!("{location}{separator}digest={digest}"))
+        .header("content-type", "application/octet-stream")
+        .body(data)
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap();
+    (digest, size)
+}
+
+/// Docker answers a pull whose manifest is fine but whose layer is not a
+/// tarball with HTTP 200 and progress lines, then an `error` line: the
+/// failure arrives inside the stream, not as a status code.
+#[tokio::test]
+async fn pull_failure_inside_the_progress_stream_is_pull_failed() {
+    let engine = engine(&unique("bt")).await;
+    let http = reqwest::Client::new();
+    let repo = format!("berth-test/{}", unique("corrupt"));
+    let layer = format!("not a tarball {}", unique("layer")).into_bytes();
+    let (layer_digest, layer_size) = push_blob(&http, &repo, layer).await;
+    let config = serde_json::json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {},
+        "rootfs": {"type": "layers", "diff_ids": [layer_digest]},
+    });
+    let (config_digest, config_size) =
+        push_blob(&http, &repo, serde_json::to_vec(&config).unwrap()).await;
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+        "config": {
+            "mediaType": "application/vnd.docker.container.image.v1+json",
+            "size": config_size,
+            "digest": config_digest,
+        },
+        "layers": [{
+            "mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip",
+            "size": layer_size,
+            "digest": layer_digest,
+        }],
+    });
+    http.put(format!("http://{}/v2/{repo}/manifests/v1", test_registry()))
+        .header(
+            "content-type",
+            "application/vnd.docker.distribution.manifest.v2+json",
+        )
+        .body(serde_json::to_vec(&manifest).unwrap())
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap();
+
+    let image = format!("{}/{repo}:v1", test_registry());
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    let record = move |p: PullProgress| sink.lock().unwrap().push(p);
+    match engine.pull_image(&image, &record).await {
+        Err(EngineError::PullFailed {
+            image: failed,
+            message,
+        }) => {
+            assert_eq!(failed, image);
+            assert!(message.contains("layer"), "Docker's own message: {message}");
+        }
+        other => panic!("pull of a corrupt layer: {other:?}"),
+    }
+    let seen = seen.lock().unwrap();
+    assert!(
+        seen.iter()
+            .any(|p| p.layer.is_some() && p.total == Some(layer_size as u64)),
+        "layer progress came before the error: {seen:?}"
+    );
+}
+
 #[tokio::test]
 async fn container_lifecycle_keeps_labels_alias_env_and_state() {
     let owner = unique("bt");
     let network = format!("{owner}-net");
     let _cleanup = Cleanup {
         owners: vec![owner.clone()],
+        names: vec![],
         networks: vec![network.clone()],
-        ..Default::default()
     };
     let engine = engine(&owner).await;
     let docker = engine.client().clone();
@@ -413,7 +534,7 @@ async fn foreign_containers_are_never_touched() {
     let _cleanup = Cleanup {
         owners: vec![owner.clone(), other.clone()],
         names: vec![unlabelled_name.clone()],
-        ..Default::default()
+        networks: vec![],
     };
     let engine = engine(&owner).await;
     let docker = engine.client().clone();

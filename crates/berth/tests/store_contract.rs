@@ -30,7 +30,7 @@ use sqlx::{ConnectOptions, Connection, Executor};
 
 enum Backend {
     Sqlite(PathBuf),
-    Postgres(PgConnectOptions),
+    Postgres(Box<PgConnectOptions>),
 }
 
 /// What a case gets: the store under test, and a side door for raw SQL.
@@ -123,7 +123,7 @@ where
         let store = Arc::new(PostgresStore::connect_with(options.clone()).await.unwrap());
         case(Ctx {
             store: store.clone(),
-            backend: Backend::Postgres(options),
+            backend: Backend::Postgres(Box::new(options)),
         })
         .await;
         store.close().await;

@@ -5,6 +5,8 @@
 //! and an idle deadline between the lines of a pull's progress stream.
 
 use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasher, Hasher, RandomState};
+use std::sync::Arc;
 use std::error::Error as _;
 use std::future::Future;
 use std::time::Duration;
@@ -19,7 +21,7 @@ use bollard::errors::Error as DockerError;
 use bollard::image::CreateImageOptions;
 use bollard::models::{
     ContainerInspectResponse, ContainerSummary, CreateImageInfo, EndpointSettings, HostConfig,
-    RestartPolicy, RestartPolicyNameEnum,
+    Network, RestartPolicy, RestartPolicyNameEnum,
 };
 use bollard::network::{CreateNetworkOptions, ListNetworksOptions};
 use bollard::{ClientVersion, Docker, API_DEFAULT_VERSION};
@@ -41,6 +43,9 @@ const FLOOR_VERSION: ClientVersion = ClientVersion {
     major_version: 1,
     minor_version: 24,
 };
+
+/// Rounds of create-and-check in `ensure_network` before giving up.
+const NETWORK_ATTEMPTS: u32 = 5;
 
 const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
 
@@ -111,6 +116,8 @@ pub struct DockerEngine {
     docker: Docker,
     owner: String,
     host: String,
+    /// Serialises `ensure_network` among the clones of this engine.
+    network_turn: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl DockerEngine {
@@ -130,6 +137,7 @@ impl DockerEngine {
             docker,
             owner: owner.to_string(),
             host: host.describe(),
+            network_turn: Arc::default(),
         })
     }
 
@@ -235,7 +243,7 @@ impl DockerEngine {
         }
     }
 
-    async fn network_exists(&self, name: &str) -> Result<bool, EngineError> {
+    async fn networks_named(&self, name: &str) -> Result<Vec<Network>, EngineError> {
         let options = ListNetworksOptions {
             filters: HashMap::from([("name", vec![name])]),
         };
@@ -244,7 +252,10 @@ impl DockerEngine {
             .await
             .map_err(|e| self.map_err(e))?;
         // Docker's name filter matches substrings; only an exact name counts.
-        Ok(networks.iter().any(|n| n.name.as_deref() == Some(name)))
+        Ok(networks
+            .into_iter()
+            .filter(|n| n.name.as_deref() == Some(name))
+            .collect())
     }
 
     fn pull_error(&self, image: &str, e: DockerError) -> EngineError {
@@ -317,6 +328,13 @@ fn parse_api_version(text: &str) -> Option<ClientVersion> {
         major_version: major.parse().ok()?,
         minor_version: minor.parse().ok()?,
     })
+}
+
+/// A random pause of up to 50 ms times the attempt, so that creators in
+/// different processes stop yielding to each other in lockstep.
+fn jitter(attempt: u32) -> Duration {
+    let random = RandomState::new().build_hasher().finish();
+    Duration::from_millis(random % 50 * u64::from(attempt + 1))
 }
 
 /// Failures to talk to the daemon at all, as opposed to answers from it.
@@ -429,30 +447,50 @@ impl Engine for DockerEngine {
     }
 
     async fn ensure_network(&self, name: &str) -> Result<(), EngineError> {
-        if self.network_exists(name).await? {
-            return Ok(());
-        }
-        let options = CreateNetworkOptions {
-            name,
-            // Without it, Docker before 25 happily creates a second network
-            // of the same name.
-            check_duplicate: true,
-            driver: "bridge",
-            labels: HashMap::from([(LABEL_OWNER, self.owner.as_str())]),
-            ..Default::default()
-        };
-        match self.call(self.docker.create_network(options)).await {
-            Ok(_) => Ok(()),
-            Err(e) => {
-                // Another caller may have created it since we looked
-                // ("already exists", 409): that is success, not a failure.
-                if !is_transport(&e) && self.network_exists(name).await? {
-                    Ok(())
-                } else {
-                    Err(self.map_err(e))
-                }
+        // Docker before 25 checks for a duplicate name and then creates, not
+        // atomically: racing creators each get a network of the same name,
+        // and containers then fail with "network is ambiguous". Callers in
+        // this process take turns; other processes are handled below.
+        let _turn = self.network_turn.lock().await;
+        for attempt in 0..NETWORK_ATTEMPTS {
+            if !self.networks_named(name).await?.is_empty() {
+                return Ok(());
             }
+            let options = CreateNetworkOptions {
+                name,
+                // Without it, Docker before 25 creates a second network of
+                // the same name even when there is no race.
+                check_duplicate: true,
+                driver: "bridge",
+                labels: HashMap::from([(LABEL_OWNER, self.owner.as_str())]),
+                ..Default::default()
+            };
+            let created = match self.call(self.docker.create_network(options)).await {
+                Ok(created) => created.id,
+                // Someone created it since we looked ("already exists", 409):
+                // that is success, not a failure.
+                Err(e) if !is_transport(&e) && !self.networks_named(name).await?.is_empty() => {
+                    return Ok(());
+                }
+                Err(e) => return Err(self.map_err(e)),
+            };
+            let same = self.networks_named(name).await?;
+            if same.iter().all(|n| n.id.as_deref() == Some(created.as_str())) {
+                return Ok(());
+            }
+            // Another process created one too: yield ours to it. If it
+            // yielded as well, none is left and the next round tries again
+            // after a random pause. A failed removal is not fatal: the
+            // network is usable, just not alone.
+            let _ = self.call(self.docker.remove_network(&created)).await;
+            tokio::time::sleep(jitter(attempt)).await;
         }
+        if self.networks_named(name).await?.is_empty() {
+            return Err(EngineError::Conflict(format!(
+                "network {name} could not be created: other callers kept racing to create it"
+            )));
+        }
+        Ok(())
     }
 
     async fn inspect_image(&self, image: &str) -> Result<Option<ImageInfo>, EngineError> {

@@ -220,6 +220,151 @@ mod tests {
         );
     }
 
+    /// Serves one canned HTTP answer on a loopback port and hands back
+    /// the request it received (head and body).
+    fn one_shot(answer: &'static str) -> (String, std::thread::JoinHandle<String>) {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let handle = std::thread::spawn(move || {
+            let (mut sock, _) = listener.accept().unwrap();
+            let mut request = Vec::new();
+            let mut chunk = [0u8; 4096];
+            loop {
+                let n = sock.read(&mut chunk).unwrap();
+                request.extend_from_slice(&chunk[..n]);
+                let text = String::from_utf8_lossy(&request).to_string();
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let length = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().to_string())
+                        })
+                        .map_or(0, |v| v.parse::<usize>().unwrap());
+                    if body.len() >= length {
+                        break;
+                    }
+                }
+                if n == 0 {
+                    break;
+                }
+            }
+            sock.write_all(answer.as_bytes()).unwrap();
+            String::from_utf8_lossy(&request).to_string()
+        });
+        (url, handle)
+    }
+
+    #[tokio::test]
+    async fn sends_the_cli_headers_and_an_encoded_query() {
+        let (url, server) = one_shot(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 15\r\nconnection: close\r\n\r\n{\"runtimes\":[]}",
+        );
+        let c = Client::new(&url, Some(" tok3n\n")).unwrap();
+        let answer = c
+            .get(
+                &["v1", "runtimes"],
+                &[
+                    ("template", "a b&c".to_string()),
+                    ("stale", "true".to_string()),
+                ],
+            )
+            .await
+            .unwrap();
+        assert_eq!(answer.status, StatusCode::OK);
+        assert_eq!(answer.body, "{\"runtimes\":[]}");
+        let request = server.join().unwrap().to_ascii_lowercase();
+        assert!(
+            request.starts_with("get /v1/runtimes?template=a+b%26c&stale=true http/1.1\r\n"),
+            "{request}"
+        );
+        assert!(request.contains("\r\nx-berth-source: cli\r\n"), "{request}");
+        assert!(
+            request.contains("\r\nauthorization: bearer tok3n\r\n"),
+            "{request}"
+        );
+    }
+
+    #[tokio::test]
+    async fn sends_json_bodies_and_no_token_when_none_is_given() {
+        let (url, server) = one_shot(
+            "HTTP/1.1 201 Created\r\ncontent-type: application/json\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}",
+        );
+        let c = Client::new(&url, None).unwrap();
+        let body = serde_json::json!({"id": "ws-1", "template": "engine"});
+        let answer = c.post(&["v1", "runtimes"], Some(&body)).await.unwrap();
+        assert_eq!(answer.status, StatusCode::CREATED);
+        let request = server.join().unwrap();
+        assert!(
+            request.starts_with("POST /v1/runtimes HTTP/1.1\r\n"),
+            "{request}"
+        );
+        assert!(
+            !request.to_ascii_lowercase().contains("authorization"),
+            "{request}"
+        );
+        assert!(
+            request.ends_with("\r\n\r\n{\"id\":\"ws-1\",\"template\":\"engine\"}"),
+            "{request}"
+        );
+    }
+
+    #[tokio::test]
+    async fn turns_the_api_error_body_into_an_api_error() {
+        let body = r#"{"error":{"code":"runtime_not_found","message":"no runtime \"ws-9\""}}"#;
+        let answer: &'static str = Box::leak(
+            format!(
+                "HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .into_boxed_str(),
+        );
+        let (url, server) = one_shot(answer);
+        let err = Client::new(&url, None)
+            .unwrap()
+            .get(&["v1", "runtimes", "ws-9"], &[])
+            .await
+            .unwrap_err();
+        server.join().unwrap();
+        assert_eq!(err.to_string(), "no runtime \"ws-9\" (runtime_not_found)");
+    }
+
+    #[tokio::test]
+    async fn reports_an_answer_that_is_not_berths() {
+        let (url, server) = one_shot(
+            "HTTP/1.1 502 Bad Gateway\r\ncontent-type: text/html\r\ncontent-length: 16\r\nconnection: close\r\n\r\n<h1>oops</h1>\n\n\n",
+        );
+        let err = Client::new(&url, None)
+            .unwrap()
+            .get(&["healthz"], &[])
+            .await
+            .unwrap_err();
+        server.join().unwrap();
+        assert_eq!(
+            err.to_string(),
+            format!("{url} answered 502 Bad Gateway: <h1>oops</h1>")
+        );
+    }
+
+    #[tokio::test]
+    async fn says_when_nothing_listens() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        drop(listener);
+        let err = Client::new(&url, None)
+            .unwrap()
+            .get(&["v1", "templates"], &[])
+            .await
+            .unwrap_err();
+        assert!(matches!(err, CliError::Unreachable { .. }), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            format!("cannot reach berth at {url}: is `berth serve` running?")
+        );
+    }
+
     #[test]
     fn rejects_a_token_a_header_cannot_carry() {
         assert!(Client::new("http://127.0.0.1:7878", Some("a\nb")).is_err());

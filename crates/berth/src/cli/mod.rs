@@ -100,19 +100,19 @@ pub struct TemplatePutArgs {
     #[arg(long)]
     pub image: Option<String>,
     /// Tracked tag [server default: latest]
-    #[arg(long, requires = "image")]
+    #[arg(long, conflicts_with = "file")]
     pub tag: Option<String>,
     /// Port the runtime serves on inside the container
-    #[arg(long, requires = "image")]
+    #[arg(long, conflicts_with = "file")]
     pub port: Option<u16>,
     /// Environment variable of every runtime (repeatable)
-    #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env, requires = "image")]
+    #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env, conflicts_with = "file")]
     pub env: Vec<(String, String)>,
     /// Where the state directory is mounted [server default: /var/lib/runtime]
-    #[arg(long, requires = "image")]
+    #[arg(long, conflicts_with = "file")]
     pub state_path: Option<String>,
     /// Refuse to start runtimes until a digest is pinned
-    #[arg(long, requires = "image")]
+    #[arg(long, conflicts_with = "file")]
     pub require_pin: bool,
 }
 
@@ -216,7 +216,7 @@ pub struct OpsArgs {
 /// `KEY=VALUE`; the value may contain `=` and may be empty.
 pub fn parse_env(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {
-        Some((key, _)) if key.is_empty() => Err(format!("{text:?} has no name before '='")),
+        Some(("", _)) => Err(format!("{text:?} has no name before '='")),
         Some((key, value)) => Ok((key.to_string(), value.to_string())),
         None => Err(format!("{text:?} is not KEY=VALUE")),
     }

@@ -493,6 +493,12 @@ macro_rules! impl_store {
                 tx.commit().await.map_err(db_err)
             }
 
+            /// Ends a transaction that decided to change nothing, releasing
+            /// the SQLite write lock at once rather than when `tx` drops.
+            async fn rollback(tx: Tx) -> Result<(), StoreError> {
+                tx.rollback().await.map_err(db_err)
+            }
+
             #[async_trait]
             impl Store for $store {
                 async fn put_template(
@@ -553,7 +559,8 @@ macro_rules! impl_store {
                         .map_err(db_err)?
                         .is_some();
                     if !exists {
-                        return Ok(false); // dropping `tx` rolls back
+                        rollback(tx).await?;
+                        return Ok(false);
                     }
                     let row = sqlx::query(sql::COUNT_LIVE_RUNTIMES_OF_TEMPLATE)
                         .bind(name)
@@ -563,6 +570,7 @@ macro_rules! impl_store {
                     let users = row.int("runtimes", "n")?;
                     if users > 0 {
                         let runtimes = if users == 1 { "runtime" } else { "runtimes" };
+                        rollback(tx).await?;
                         return Err(StoreError::Conflict(format!(
                             "template {name:?} is used by {users} {runtimes} that {} not removed; \
                              remove {} first",
@@ -632,7 +640,8 @@ macro_rules! impl_store {
                         .map_err(db_err)?
                         .is_some();
                     if has_history {
-                        return Ok(false); // dropping `tx` rolls back
+                        rollback(tx).await?;
+                        return Ok(false);
                     }
                     upsert_pin(&mut tx, pin).await?;
                     insert_pin_history(&mut tx, entry).await?;
@@ -655,7 +664,8 @@ macro_rules! impl_store {
                         .map_err(db_err)?
                         .rows_affected();
                     if deleted == 0 {
-                        return Ok(false); // dropping `tx` rolls back
+                        rollback(tx).await?;
+                        return Ok(false);
                     }
                     insert_pin_history(&mut tx, entry).await?;
                     upsert_operation(&mut tx, op).await?;
