@@ -38,13 +38,16 @@ EXPORTS=(BERTH_TEST_DATABASE_URL BERTH_TEST_REDIS_URL BERTH_TEST_REGISTRY BERTH_
 log() { printf '[test-env] %s\n' "$*" >&2; }
 die() { printf '[test-env] ERROR: %s\n' "$*" >&2; exit 1; }
 
-# Poll a readiness command until it succeeds; on timeout show the service log.
-wait_for() { # name logfile cmd...
-  local name=$1 logfile=$2; shift 2
-  local deadline=$((SECONDS + WAIT_SECS))
+# Poll a readiness command until it succeeds; on timeout, or as soon as the
+# process we just started (pid, may be empty) has died, show the service log.
+wait_for() { # name logfile pid cmd...
+  local name=$1 logfile=$2 pid=$3; shift 3
+  local deadline=$((SECONDS + WAIT_SECS)) why=""
   until "$@" >/dev/null 2>&1; do
-    if ((SECONDS >= deadline)); then
-      log "$name did not come up within ${WAIT_SECS}s; last lines of $logfile:"
+    if [[ -n $pid ]] && ! kill -0 "$pid" 2>/dev/null; then why="exited"; fi
+    ((SECONDS >= deadline)) && why="did not come up within ${WAIT_SECS}s"
+    if [[ -n $why ]]; then
+      log "$name $why; last lines of $logfile:"
       tail -n 40 "$logfile" >&2 2>/dev/null || true
       die "$name is not available"
     fi
@@ -97,8 +100,8 @@ fi
 # No systemd here: if the engine is not answering, start dockerd ourselves.
 if ! docker info >/dev/null 2>&1; then
   log "starting dockerd (log: $STATE/dockerd.log)"
-  as_root setsid dockerd </dev/null >>"$STATE/dockerd.log" 2>&1 3>&- 9>&- &
-  wait_for docker "$STATE/dockerd.log" docker info
+  as_root setsid dockerd </dev/null >"$STATE/dockerd.log" 2>&1 3>&- 9>&- &
+  wait_for docker "$STATE/dockerd.log" $! docker info
 fi
 
 # Containers of earlier crashed test runs (tests use owner names `bt-...`).
@@ -155,7 +158,7 @@ EOF
   log "starting PostgreSQL on 127.0.0.1:$PG_PORT (log: $PGLOG)"
   as_pg "$PG_BIN/pg_ctl" -D "$PGDATA" -l "$PGLOG" -t "$WAIT_SECS" -w start 3>&- 9>&- ||
     { tail -n 40 "$PGLOG" >&2; die "PostgreSQL did not start (port $PG_PORT taken?)"; }
-  wait_for PostgreSQL "$PGLOG" pg_ready
+  wait_for PostgreSQL "$PGLOG" "" pg_ready
 fi
 
 # ------------------------------------------------------------------- redis
@@ -177,12 +180,12 @@ else
     --save '' --appendonly no --dir "$REDIS_DIR" \
     --logfile "$REDIS_DIR/redis.log" --pidfile "$REDIS_DIR/redis.pid" </dev/null 3>&- 9>&- ||
     log "redis-server failed to start"
-  wait_for Redis "$REDIS_DIR/redis.log" redis_ready
+  wait_for Redis "$REDIS_DIR/redis.log" "" redis_ready
 fi
 
 # ---------------------------------------------------------------- registry
 REG_DIR=$STATE/registry
-registry_ready() { curl -fsS -o /dev/null "http://$REGISTRY_ADDR/v2/" 2>/dev/null; }
+registry_ready() { curl -fsS --max-time 2 -o /dev/null "http://$REGISTRY_ADDR/v2/" 2>/dev/null; }
 
 if registry_ready; then
   log "reusing registry on $REGISTRY_ADDR"
@@ -207,9 +210,9 @@ EOF
     sleep 1
   fi
   log "starting registry on $REGISTRY_ADDR (log: $REG_DIR/registry.log)"
-  setsid /usr/bin/docker-registry serve "$REG_DIR/config.yml" </dev/null >>"$REG_DIR/registry.log" 2>&1 3>&- 9>&- &
+  setsid /usr/bin/docker-registry serve "$REG_DIR/config.yml" </dev/null >"$REG_DIR/registry.log" 2>&1 3>&- 9>&- &
   echo $! >"$REG_DIR/registry.pid"
-  wait_for registry "$REG_DIR/registry.log" registry_ready
+  wait_for registry "$REG_DIR/registry.log" $! registry_ready
 fi
 
 # ------------------------------------------------------------------ images

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use berth::app::start;
 use berth::config::{Config, ServeArgs};
-use bollard::container::{Config as ContainerConfig, CreateContainerOptions, RemoveContainerOptions};
+use bollard::container::{
+    Config as ContainerConfig, CreateContainerOptions, RemoveContainerOptions,
+};
 use bollard::models::{EndpointSettings, HostConfig};
 use bollard::network::CreateNetworkOptions;
 use bollard::Docker;
@@ -102,7 +104,10 @@ async fn main() {
         if i > 0 {
             berth_times.push(took);
         }
-        http.delete(format!("{base}/v1/runtimes/{id}")).send().await.expect("rm");
+        http.delete(format!("{base}/v1/runtimes/{id}"))
+            .send()
+            .await
+            .expect("rm");
 
         // raw Docker: create + start.
         let name = format!("{owner}-raw{i}");
@@ -116,7 +121,10 @@ async fn main() {
                 ContainerConfig {
                     image: Some(image_ref.clone()),
                     env: Some(vec![format!("BERTH_RUNTIME_ID={name}")]),
-                    labels: Some(HashMap::from([("io.berth.owner".to_string(), owner.clone())])),
+                    labels: Some(HashMap::from([(
+                        "io.berth.owner".to_string(),
+                        owner.clone(),
+                    )])),
                     host_config: Some(HostConfig {
                         binds: Some(vec![format!("{}:/var/lib/runtime", raw_state.display())]),
                         network_mode: Some(raw_network.clone()),
@@ -157,10 +165,21 @@ async fn main() {
     }
 
     let (bm, rm) = (median(&mut berth_times), median(&mut raw_times));
-    let (b90, r90) = (percentile(&mut berth_times, 0.9), percentile(&mut raw_times, 0.9));
+    let (b90, r90) = (
+        percentile(&mut berth_times, 0.9),
+        percentile(&mut raw_times, 0.9),
+    );
     println!("start overhead, {samples} samples each, interleaved");
-    println!("  raw Docker create+start : median {:7.1} ms   p90 {:7.1} ms", ms(rm), ms(r90));
-    println!("  berth API start→running : median {:7.1} ms   p90 {:7.1} ms", ms(bm), ms(b90));
+    println!(
+        "  raw Docker create+start : median {:7.1} ms   p90 {:7.1} ms",
+        ms(rm),
+        ms(r90)
+    );
+    println!(
+        "  berth API start→running : median {:7.1} ms   p90 {:7.1} ms",
+        ms(bm),
+        ms(b90)
+    );
     println!(
         "  ratio (medians)         : {:.3}x   (target <= 1.10x)",
         bm.as_secs_f64() / rm.as_secs_f64()

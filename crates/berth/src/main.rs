@@ -1,16 +1,41 @@
-// Temporary until the CLI module lands.
+//! The `berth` binary: `berth serve`, or a CLI client of the HTTP API.
+
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use berth::cli::{Cli, Command};
+use berth::config::Config;
 use clap::Parser;
-#[derive(Parser)]
-struct Args {
-    #[command(flatten)]
-    serve: berth::config::ServeArgs,
-}
-#[tokio::main]
-async fn main() {
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
-    let a = Args::parse();
-    let c = berth::config::Config::load(&a.serve).unwrap();
-    berth::app::serve(c).await.unwrap();
+}
+
+async fn serve(args: berth::config::ServeArgs) -> anyhow::Result<()> {
+    let config = Config::load(&args).context("invalid configuration")?;
+    berth::app::serve(config).await?;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => {
+            init_tracing();
+            match serve(args).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        _ => ExitCode::from(berth::cli::run(cli).await.clamp(0, 255) as u8),
+    }
 }

@@ -65,6 +65,7 @@ impl Berth {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let _ = self.child.kill();
+        let _ = self.child.wait();
         panic!("berth did not exit after SIGTERM");
     }
 }
@@ -72,11 +73,17 @@ impl Berth {
 impl Drop for Berth {
     fn drop(&mut self) {
         let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
 fn cleanup(owner: &str) {
-    let ids = docker_lines(&["ps", "-aq", "--filter", &format!("label=io.berth.owner={owner}")]);
+    let ids = docker_lines(&[
+        "ps",
+        "-aq",
+        "--filter",
+        &format!("label=io.berth.owner={owner}"),
+    ]);
     if !ids.is_empty() {
         let mut args = vec!["rm", "-f"];
         args.extend(ids.iter().map(String::as_str));
@@ -113,7 +120,10 @@ async fn sigterm_lets_an_operation_in_flight_finish() {
     // Let the request reach berth, then ask it to stop while Docker works.
     tokio::time::sleep(Duration::from_millis(60)).await;
     berth.sigterm();
-    let answer = start.await.unwrap().expect("the request in flight is answered");
+    let answer = start
+        .await
+        .unwrap()
+        .expect("the request in flight is answered");
     assert_eq!(answer.status(), 201);
     let status = berth.wait_exit().await;
     assert!(status.success(), "berth exits cleanly on SIGTERM: {status}");
@@ -151,10 +161,17 @@ async fn boot_records_interrupted_operations_as_failed() {
     // Leave what a crash mid-start leaves: a `starting` record and an
     // operation `in_progress`, and no container.
     {
-        let store = SqliteStore::open(&data.path().join("berth.db")).await.unwrap();
+        let store = SqliteStore::open(&data.path().join("berth.db"))
+            .await
+            .unwrap();
         let rec = RuntimeRecord::new("crashed", "engine", Default::default(), 1_000);
-        let op = Operation::begin("op-crashed".into(), OperationKind::Start, Source::Api, 1_000)
-            .for_runtime("crashed", "engine");
+        let op = Operation::begin(
+            "op-crashed".into(),
+            OperationKind::Start,
+            Source::Api,
+            1_000,
+        )
+        .for_runtime("crashed", "engine");
         store.record(Some(&rec), &op).await.unwrap();
         store.close().await;
     }

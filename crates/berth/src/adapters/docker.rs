@@ -5,10 +5,10 @@
 //! and an idle deadline between the lines of a pull's progress stream.
 
 use std::collections::{BTreeMap, HashMap};
-use std::hash::{BuildHasher, Hasher, RandomState};
-use std::sync::Arc;
 use std::error::Error as _;
 use std::future::Future;
+use std::hash::{BuildHasher, Hasher, RandomState};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -475,7 +475,10 @@ impl Engine for DockerEngine {
                 Err(e) => return Err(self.map_err(e)),
             };
             let same = self.networks_named(name).await?;
-            if same.iter().all(|n| n.id.as_deref() == Some(created.as_str())) {
+            if same
+                .iter()
+                .all(|n| n.id.as_deref() == Some(created.as_str()))
+            {
                 return Ok(());
             }
             // Another process created one too: yield ours to it. If it

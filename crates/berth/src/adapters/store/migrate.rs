@@ -65,11 +65,16 @@ const INSERT: &str =
     "INSERT INTO berth_migrations (version, name, applied_at_ms) VALUES ($1, $2, $3)";
 const DELETE: &str = "DELETE FROM berth_migrations WHERE version = $1";
 
-/// Serialises migration transactions across PostgreSQL clients
-/// (an arbitrary constant key: "berth" in ASCII).
-const POSTGRES_LOCK: Option<&str> = Some("SELECT pg_advisory_xact_lock(426870498408)");
+/// Run first in every PostgreSQL migration transaction: an advisory lock
+/// that serialises migrations across clients (an arbitrary constant key:
+/// "berth" in ASCII), and no NOTICE chatter ("relation … already exists,
+/// skipping") in the logs.
+const POSTGRES_PRELUDE: &[&str] = &[
+    "SELECT pg_advisory_xact_lock(426870498408)",
+    "SET LOCAL client_min_messages = warning",
+];
 /// SQLite's `BEGIN IMMEDIATE` already holds the database's write lock.
-const SQLITE_LOCK: Option<&str> = None;
+const SQLITE_PRELUDE: &[&str] = &[];
 
 fn now_ms() -> i64 {
     // The bookkeeping timestamp only; a clock before 1970 records 0.
@@ -102,7 +107,7 @@ fn check_known(applied: &[i64], list: &[Migration]) -> Result<(), StoreError> {
 }
 
 macro_rules! runner {
-    ($module:ident, $db:ty, $list:expr, $begin:path, $lock:expr) => {
+    ($module:ident, $db:ty, $list:expr, $begin:path, $prelude:expr) => {
         pub(crate) mod $module {
             use super::{
                 check_known, migration_err, now_ms, Migration, CREATE_TABLE, DELETE, INSERT,
@@ -120,8 +125,11 @@ macro_rules! runner {
 
             async fn begin_locked(pool: &Pool) -> Result<Tx, StoreError> {
                 let mut tx = $begin(pool).await?;
-                if let Some(lock) = $lock {
-                    sqlx::query(lock).execute(&mut *tx).await.map_err(db_err)?;
+                for statement in $prelude {
+                    sqlx::query(statement)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db_err)?;
                 }
                 Ok(tx)
             }
@@ -222,14 +230,14 @@ runner!(
     sqlx::Sqlite,
     super::SQLITE,
     crate::adapters::store::sqlite::begin_immediate,
-    super::SQLITE_LOCK
+    super::SQLITE_PRELUDE
 );
 runner!(
     postgres,
     sqlx::Postgres,
     super::POSTGRES,
     crate::adapters::store::postgres::begin,
-    super::POSTGRES_LOCK
+    super::POSTGRES_PRELUDE
 );
 
 #[cfg(test)]
