@@ -38,15 +38,19 @@ impl Berth {
             .stderr(Stdio::null())
             .spawn()
             .expect("berth binary runs");
-        let base = format!("http://127.0.0.1:{port}");
+        // Owned by `Berth` at once, so that Drop reaps it on every path.
+        let berth = Berth {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+        };
         let client = reqwest::Client::new();
         for _ in 0..300 {
-            if client.get(format!("{base}/healthz")).send().await.is_ok() {
-                return Berth { child, base };
+            if client.get(format!("{}/healthz", berth.base)).send().await.is_ok() {
+                return berth;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        panic!("berth did not come up on {base}");
+        panic!("berth did not come up on {}", berth.base);
     }
 
     fn sigterm(&self) {

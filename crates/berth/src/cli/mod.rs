@@ -77,12 +77,14 @@ pub enum TemplateCommand {
     Ls,
     /// Show one template
     Show {
+        /// Template name
         #[arg(value_parser = parse_path_segment)]
         name: String,
     },
     /// Remove a template (refused while runtimes use it)
     #[command(visible_alias = "remove")]
     Rm {
+        /// Template name
         #[arg(value_parser = parse_path_segment)]
         name: String,
     },
@@ -91,6 +93,7 @@ pub enum TemplateCommand {
 #[derive(Debug, clap::Args)]
 #[command(group(clap::ArgGroup::new("source").required(true).args(["file", "image"])))]
 pub struct TemplatePutArgs {
+    /// Template name
     #[arg(value_parser = parse_path_segment)]
     pub name: String,
     /// The whole template as JSON, as the API takes it; `-` reads standard input
@@ -120,13 +123,16 @@ pub struct TemplatePutArgs {
 pub enum PinCommand {
     /// Show the pinned digest of a template
     Show {
+        /// Template name
         #[arg(value_parser = parse_path_segment)]
         template: String,
     },
     /// Pin a template to an image digest (sha256:…)
     Promote {
+        /// Template name
         #[arg(value_parser = parse_path_segment)]
         template: String,
+        /// Image digest, sha256: and 64 hex digits
         digest: String,
         /// Why, kept in the pin history
         #[arg(long)]
@@ -134,6 +140,7 @@ pub enum PinCommand {
     },
     /// Promotions and unpins of a template, newest first
     History {
+        /// Template name
         #[arg(value_parser = parse_path_segment)]
         template: String,
         /// At most this many entries (1 to 1000)
@@ -143,6 +150,7 @@ pub enum PinCommand {
     /// Unpin a template: runtimes then use its tag again
     #[command(visible_alias = "remove")]
     Rm {
+        /// Template name
         #[arg(value_parser = parse_path_segment)]
         template: String,
         /// Why, kept in the pin history
@@ -155,6 +163,7 @@ pub enum PinCommand {
 pub enum RuntimeCommand {
     /// Start a runtime from a template (creating it if needed)
     Start {
+        /// Runtime id
         #[arg(value_parser = parse_path_segment)]
         id: String,
         /// Template to start it from
@@ -179,22 +188,26 @@ pub enum RuntimeCommand {
     },
     /// Show one runtime
     Show {
+        /// Runtime id
         #[arg(value_parser = parse_path_segment)]
         id: String,
     },
     /// Stop a runtime's container (the runtime can be started again)
     Stop {
+        /// Runtime id
         #[arg(value_parser = parse_path_segment)]
         id: String,
     },
     /// Recreate a runtime's container from its template's current image
     Restart {
+        /// Runtime id
         #[arg(value_parser = parse_path_segment)]
         id: String,
     },
     /// Remove a runtime's container; the record stays as `removed`
     #[command(visible_alias = "remove")]
     Rm {
+        /// Runtime id
         #[arg(value_parser = parse_path_segment)]
         id: String,
     },
@@ -820,7 +833,7 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(
             lines[0],
-            "ID     TEMPLATE   STATUS    IMAGE                                           DIGEST         ENDPOINT          UPDATED"
+            "ID     TEMPLATE   STATUS    IMAGE                                         DIGEST         ENDPOINT          UPDATED"
         );
         assert_eq!(
             lines[1],
@@ -828,7 +841,7 @@ mod tests {
         );
         assert_eq!(
             lines[2],
-            "ws-2   engine     stopped   -                                               -              -                 2023-11-14 22:13:20"
+            "ws-2   engine     stopped   -                                             -              -                 2023-11-14 22:13:20"
         );
     }
 

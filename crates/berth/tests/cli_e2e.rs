@@ -1,0 +1,85 @@
+//! The real `berth` binary as a client of a real server.
+
+mod common;
+
+use std::process::Output;
+
+use common::*;
+use serde_json::Value;
+
+fn berth(t: &TestServer, args: &[&str]) -> Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+        .arg("--api-url")
+        .arg(&t.base)
+        .args(args)
+        .env_remove("BERTH_API_TOKEN")
+        .output()
+        .expect("berth binary runs")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+#[tokio::test]
+async fn cli_drives_templates_pins_runtimes_and_ops() {
+    let t = TestServer::start().await;
+    let image = test_image();
+    let v1 = registry_digest(&image, "v1").await;
+
+    let out = berth(&t, &["template", "put", "engine", "--image", &image, "--tag", "v1", "--port", "8080"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = berth(&t, &["pin", "promote", "engine", &v1, "--reason", "vetted"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let out = berth(&t, &["runtime", "start", "cli-1", "--template", "engine", "--env", "MODE=dev"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("running"), "{}", stdout(&out));
+
+    // Tables for people, JSON for scripts.
+    let out = berth(&t, &["runtime", "ls"]);
+    assert!(out.status.success());
+    let table = stdout(&out);
+    assert!(table.lines().next().unwrap().contains("STATUS"), "{table}");
+    assert!(table.contains("cli-1") && table.contains("running"), "{table}");
+    let out = berth(&t, &["--output", "json", "runtime", "ls"]);
+    let json: Value = serde_json::from_slice(&out.stdout).expect("JSON output");
+    assert_eq!(json["runtimes"][0]["id"], "cli-1");
+    assert_eq!(json["runtimes"][0]["image_digest"], v1.as_str());
+
+    let out = berth(&t, &["runtime", "rm", "cli-1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // The log marks the CLI as the source.
+    let out = berth(&t, &["--output", "json", "ops", "--runtime", "cli-1"]);
+    let ops: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ops = ops["operations"].as_array().unwrap();
+    assert_eq!(ops.len(), 2);
+    assert!(ops.iter().all(|o| o["source"] == "cli"), "{ops:?}");
+
+    // API errors: the message and code on stderr, a non-zero exit.
+    let out = berth(&t, &["runtime", "show", "nobody"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("runtime_not_found"), "{}", stderr(&out));
+    let out = berth(&t, &["runtime", "start", "cli-1", "--template", "engine"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("runtime_removed"), "{}", stderr(&out));
+    // Bad CLI input is refused before any request.
+    let out = berth(&t, &["runtime", "start", "x", "--template", "engine", "--env", "NOEQUALS"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    t.shutdown().await;
+}
+
+#[test]
+fn cli_says_when_berth_is_not_running() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["--api-url", "http://127.0.0.1:9", "runtime", "ls"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("cannot reach berth"), "{}", stderr(&out));
+}
