@@ -31,12 +31,28 @@ async fn cli_drives_templates_pins_runtimes_and_ops() {
     let image = test_image();
     let v1 = registry_digest(&image, "v1").await;
 
-    let out = berth(&t, &["template", "put", "engine", "--image", &image, "--tag", "v1", "--port", "8080"]);
+    let out = berth(
+        &t,
+        &[
+            "template", "put", "engine", "--image", &image, "--tag", "v1", "--port", "8080",
+        ],
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     let out = berth(&t, &["pin", "promote", "engine", &v1, "--reason", "vetted"]);
     assert!(out.status.success(), "{}", stderr(&out));
 
-    let out = berth(&t, &["runtime", "start", "cli-1", "--template", "engine", "--env", "MODE=dev"]);
+    let out = berth(
+        &t,
+        &[
+            "runtime",
+            "start",
+            "cli-1",
+            "--template",
+            "engine",
+            "--env",
+            "MODE=dev",
+        ],
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).contains("running"), "{}", stdout(&out));
 
@@ -45,7 +61,10 @@ async fn cli_drives_templates_pins_runtimes_and_ops() {
     assert!(out.status.success());
     let table = stdout(&out);
     assert!(table.lines().next().unwrap().contains("STATUS"), "{table}");
-    assert!(table.contains("cli-1") && table.contains("running"), "{table}");
+    assert!(
+        table.contains("cli-1") && table.contains("running"),
+        "{table}"
+    );
     let out = berth(&t, &["--output", "json", "runtime", "ls"]);
     let json: Value = serde_json::from_slice(&out.stdout).expect("JSON output");
     assert_eq!(json["runtimes"][0]["id"], "cli-1");
@@ -64,12 +83,27 @@ async fn cli_drives_templates_pins_runtimes_and_ops() {
     // API errors: the message and code on stderr, a non-zero exit.
     let out = berth(&t, &["runtime", "show", "nobody"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("runtime_not_found"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("runtime_not_found"),
+        "{}",
+        stderr(&out)
+    );
     let out = berth(&t, &["runtime", "start", "cli-1", "--template", "engine"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("runtime_removed"), "{}", stderr(&out));
     // Bad CLI input is refused before any request.
-    let out = berth(&t, &["runtime", "start", "x", "--template", "engine", "--env", "NOEQUALS"]);
+    let out = berth(
+        &t,
+        &[
+            "runtime",
+            "start",
+            "x",
+            "--template",
+            "engine",
+            "--env",
+            "NOEQUALS",
+        ],
+    );
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     t.shutdown().await;
 }
@@ -81,5 +115,9 @@ fn cli_says_when_berth_is_not_running() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("cannot reach berth"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("cannot reach berth"),
+        "{}",
+        stderr(&out)
+    );
 }

@@ -45,7 +45,12 @@ impl Berth {
         };
         let client = reqwest::Client::new();
         for _ in 0..300 {
-            if client.get(format!("{}/healthz", berth.base)).send().await.is_ok() {
+            if client
+                .get(format!("{}/healthz", berth.base))
+                .send()
+                .await
+                .is_ok()
+            {
                 return berth;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
