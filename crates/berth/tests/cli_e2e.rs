@@ -25,7 +25,9 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).to_string()
 }
 
-#[tokio::test]
+// The CLI runs as a blocking child process; a second worker keeps the
+// in-process server answering meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_drives_templates_pins_runtimes_and_ops() {
     let t = TestServer::start().await;
     let image = test_image();
