@@ -8,7 +8,7 @@ use axum::Json;
 use super::dto::*;
 use super::extract::{ApiJson, ApiQuery};
 use super::{caller, ApiError, AppState};
-use crate::services::lifecycle::{ListQuery, StartOutcome, StartRequest};
+use crate::services::lifecycle::{ListQuery, RuntimeAction, StartOutcome, StartRequest};
 use crate::template_doc::TemplateDoc;
 
 type ApiResult<T> = Result<T, ApiError>;
@@ -171,6 +171,21 @@ pub async fn list_runtimes(
     }))
 }
 
+/// Runs a stop, restart or remove detached from the request.
+async fn act(
+    state: AppState,
+    headers: &HeaderMap,
+    id: String,
+    action: RuntimeAction,
+) -> ApiResult<Json<RuntimeView>> {
+    let caller = caller(headers);
+    let services = state.services.clone();
+    let rec = state
+        .run(async move { services.runtimes.act(action, &id, &caller).await })
+        .await?;
+    Ok(Json(rec.into()))
+}
+
 fn start_response(outcome: StartOutcome) -> (StatusCode, Json<RuntimeView>) {
     match outcome {
         StartOutcome::Started(r) => (StatusCode::CREATED, Json(r.into())),
@@ -244,12 +259,7 @@ pub async fn stop_runtime(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> ApiResult<Json<RuntimeView>> {
-    let caller = caller(&headers);
-    let services = state.services.clone();
-    let rec = state
-        .run(async move { services.runtimes.stop(&id, &caller).await })
-        .await?;
-    Ok(Json(rec.into()))
+    act(state, &headers, id, RuntimeAction::Stop).await
 }
 
 #[utoipa::path(post, path = "/v1/runtimes/{id}/restart", tag = "runtimes",
@@ -260,12 +270,7 @@ pub async fn restart_runtime(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> ApiResult<Json<RuntimeView>> {
-    let caller = caller(&headers);
-    let services = state.services.clone();
-    let rec = state
-        .run(async move { services.runtimes.restart(&id, &caller).await })
-        .await?;
-    Ok(Json(rec.into()))
+    act(state, &headers, id, RuntimeAction::Restart).await
 }
 
 #[utoipa::path(delete, path = "/v1/runtimes/{id}", tag = "runtimes",
@@ -276,12 +281,7 @@ pub async fn remove_runtime(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> ApiResult<Json<RuntimeView>> {
-    let caller = caller(&headers);
-    let services = state.services.clone();
-    let rec = state
-        .run(async move { services.runtimes.remove(&id, &caller).await })
-        .await?;
-    Ok(Json(rec.into()))
+    act(state, &headers, id, RuntimeAction::Remove).await
 }
 
 #[utoipa::path(get, path = "/v1/operations", tag = "operations", params(OperationQuery),

@@ -43,6 +43,14 @@ pub enum StartOutcome {
     AlreadyRunning(RuntimeRecord),
 }
 
+/// The operations on an existing runtime that need no request body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuntimeAction {
+    Stop,
+    Restart,
+    Remove,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ListQuery {
     pub template: Option<String>,
@@ -515,6 +523,19 @@ impl LifecycleService {
             .await?
             .map(|t| t.stop_grace)
             .unwrap_or(berth_core::template::DEFAULT_STOP_GRACE))
+    }
+
+    pub async fn act(
+        &self,
+        action: RuntimeAction,
+        id: &str,
+        caller: &Caller,
+    ) -> Result<RuntimeRecord> {
+        match action {
+            RuntimeAction::Stop => self.stop(id, caller).await,
+            RuntimeAction::Restart => self.restart(id, caller).await,
+            RuntimeAction::Remove => self.remove(id, caller).await,
+        }
     }
 
     /// Stops a runtime; stopping a stopped runtime changes nothing.

@@ -56,22 +56,7 @@ impl PinService {
         self.require_template(template).await?;
         let previous = self.ctx.store.get_pin(template).await?.map(|p| p.digest);
         let now = self.ctx.now_ms();
-        let pin = Pin {
-            template: template.to_string(),
-            digest: digest.clone(),
-            promoted_at_ms: now,
-            promoted_by: caller.by.clone(),
-            reason: reason.clone(),
-        };
-        let entry = PinHistoryEntry {
-            template: template.to_string(),
-            action: PinAction::Promote,
-            digest: Some(digest.clone()),
-            previous_digest: previous.clone(),
-            at_ms: now,
-            by: caller.by.clone(),
-            reason,
-        };
+        let (pin, entry) = promotion(template, &digest, previous.clone(), reason, caller, now);
         let mut op = self
             .ctx
             .begin_op(OperationKind::PinPromote, caller)
@@ -92,22 +77,8 @@ impl PinService {
     /// promoted. Returns whether it seeded.
     pub async fn seed(&self, template: &str, digest: &Digest, caller: &Caller) -> Result<bool> {
         let now = self.ctx.now_ms();
-        let pin = Pin {
-            template: template.to_string(),
-            digest: digest.clone(),
-            promoted_at_ms: now,
-            promoted_by: caller.by.clone(),
-            reason: Some("seeded from configuration".to_string()),
-        };
-        let entry = PinHistoryEntry {
-            template: template.to_string(),
-            action: PinAction::Promote,
-            digest: Some(digest.clone()),
-            previous_digest: None,
-            at_ms: now,
-            by: caller.by.clone(),
-            reason: pin.reason.clone(),
-        };
+        let reason = Some("seeded from configuration".to_string());
+        let (pin, entry) = promotion(template, digest, None, reason, caller, now);
         let mut op = self
             .ctx
             .begin_op(OperationKind::PinPromote, caller)
@@ -161,6 +132,34 @@ impl PinService {
         self.require_template(template).await?;
         Ok(self.ctx.store.pin_history(template, limit).await?)
     }
+}
+
+/// The pin and its history entry for promoting `digest`.
+fn promotion(
+    template: &str,
+    digest: &Digest,
+    previous: Option<Digest>,
+    reason: Option<String>,
+    caller: &Caller,
+    now: i64,
+) -> (Pin, PinHistoryEntry) {
+    let pin = Pin {
+        template: template.to_string(),
+        digest: digest.clone(),
+        promoted_at_ms: now,
+        promoted_by: caller.by.clone(),
+        reason: reason.clone(),
+    };
+    let entry = PinHistoryEntry {
+        template: template.to_string(),
+        action: PinAction::Promote,
+        digest: Some(digest.clone()),
+        previous_digest: previous,
+        at_ms: now,
+        by: caller.by.clone(),
+        reason,
+    };
+    (pin, entry)
 }
 
 fn check_reason(reason: Option<&str>) -> Result<Option<String>> {

@@ -66,6 +66,11 @@ pub struct Options {
     pub backend: Backend,
     pub token: Option<String>,
     pub operation_timeout: Option<String>,
+    /// The text of `berth.toml`.
+    pub toml: String,
+    /// Reuse a data directory (to restart "the same" berth).
+    pub data_dir: Option<tempfile::TempDir>,
+    pub owner: Option<String>,
 }
 
 impl Default for Options {
@@ -74,6 +79,9 @@ impl Default for Options {
             backend: Backend::Sqlite,
             token: None,
             operation_timeout: None,
+            toml: String::new(),
+            data_dir: None,
+            owner: None,
         }
     }
 }
@@ -84,8 +92,11 @@ impl TestServer {
     }
 
     pub async fn start_with(opts: Options) -> TestServer {
-        let data_dir = tempfile::tempdir().expect("tempdir");
-        let owner = unique("bt-");
+        let data_dir = match opts.data_dir {
+            Some(d) => d,
+            None => tempfile::tempdir().expect("tempdir"),
+        };
+        let owner = opts.owner.clone().unwrap_or_else(|| unique("bt-"));
         let database_url = match opts.backend {
             Backend::Sqlite => None,
             Backend::Postgres => Some(fresh_postgres_database().await),
@@ -101,7 +112,7 @@ impl TestServer {
             shutdown_timeout: Some("30s".into()),
             ..Default::default()
         };
-        let config = Config::from_toml(&args, "", "test").expect("config");
+        let config = Config::from_toml(&args, &opts.toml, "test").expect("config");
         let server = start(config).await.expect("berth starts");
         let base = format!("http://{}", server.addr);
         TestServer {
@@ -195,6 +206,20 @@ impl TestServer {
         if let Some(s) = self.server.take() {
             s.shutdown().await;
         }
+    }
+
+    /// Stops the server but keeps its data directory and containers, to
+    /// boot "the same" berth again.
+    pub async fn stop_keeping_data(mut self) -> (tempfile::TempDir, String) {
+        if let Some(s) = self.server.take() {
+            s.shutdown().await;
+        }
+        let dir = std::mem::replace(&mut self.data_dir, tempfile::tempdir().expect("tempdir"));
+        let owner = self.owner.clone();
+        // The next server with this owner cleans up; this one must not.
+        self.owner = unique("bt-gone-");
+        self.network = self.owner.clone();
+        (dir, owner)
     }
 }
 
