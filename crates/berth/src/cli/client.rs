@@ -78,6 +78,13 @@ impl Client {
     pub fn new(base: &str, token: Option<&str>) -> Result<Self, CliError> {
         let mut headers = HeaderMap::new();
         headers.insert("x-berth-source", HeaderValue::from_static("cli"));
+        // Names the person in pin history ("promoted_by"); the server
+        // falls back to "cli" without it.
+        if let Some(user) = std::env::var("USER").ok().filter(|u| !u.trim().is_empty()) {
+            if let Ok(value) = HeaderValue::from_str(&format!("cli:{}", user.trim())) {
+                headers.insert("x-berth-actor", value);
+            }
+        }
         if let Some(token) = token.map(str::trim).filter(|t| !t.is_empty()) {
             let mut value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
                 CliError::Other("the token contains characters a header cannot carry".into())
