@@ -1,10 +1,12 @@
 //! One small trait per outside system. Services depend on these, never on
 //! an adapter directly, so that decisions can be unit-tested with fakes.
 
+pub mod bus;
 pub mod clock;
 pub mod engine;
 pub mod store;
 
+pub use bus::{Bus, BusError, StreamEntry};
 pub use clock::{Clock, SystemClock};
 pub use engine::{ContainerInfo, Engine, EngineError, ImageInfo, PullProgress};
 pub use store::{OperationFilter, RuntimeFilter, Store, StoreError};
