@@ -12,6 +12,7 @@ pub mod id;
 pub mod image;
 pub mod operation;
 pub mod pin;
+pub mod reconcile;
 pub mod runtime;
 pub mod status;
 pub mod template;
