@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use crate::container::RuntimeLabels;
+use crate::container::{RuntimeLabels, LABEL_OWNER, LABEL_RUNTIME_ID, LABEL_TEMPLATE};
 use crate::id::{validate_runtime_id, validate_template_name};
 use crate::runtime::RuntimeRecord;
 use crate::status::RuntimeStatus;
@@ -147,6 +147,21 @@ impl Action {
     }
 }
 
+/// The two labels the plan needs, borrowed from a container.
+struct Labels<'a> {
+    runtime_id: &'a str,
+    template: &'a str,
+}
+
+impl<'a> Labels<'a> {
+    fn of(c: &'a ObservedContainer) -> Option<Self> {
+        Some(Labels {
+            runtime_id: c.labels.get(LABEL_RUNTIME_ID)?,
+            template: c.labels.get(LABEL_TEMPLATE)?,
+        })
+    }
+}
+
 fn wants_restart(policy: RestartPolicy, exit_code: Option<i64>) -> bool {
     match policy {
         RestartPolicy::Never => false,
@@ -160,23 +175,25 @@ fn wants_restart(policy: RestartPolicy, exit_code: Option<i64>) -> bool {
 pub fn plan(input: &PlanInput<'_>) -> Vec<Action> {
     let mut actions = Vec::new();
     // Our containers only; another owner's are invisible to the plan.
-    let ours: Vec<(&ObservedContainer, Option<RuntimeLabels>)> = input
+    // Labels are borrowed, not parsed into owned values: this loop runs
+    // once per container on every tick.
+    let ours: Vec<(&ObservedContainer, Option<Labels<'_>>)> = input
         .containers
         .iter()
-        .filter(|c| {
-            c.labels
-                .get(crate::container::LABEL_OWNER)
-                .map(String::as_str)
-                == Some(input.owner)
-        })
-        .map(|c| (c, RuntimeLabels::from_labels(&c.labels)))
+        .filter(|c| c.labels.get(LABEL_OWNER).map(String::as_str) == Some(input.owner))
+        .map(|c| (c, Labels::of(c)))
         .collect();
     let by_container_id: HashMap<&str, &ObservedContainer> =
         ours.iter().map(|(c, _)| (c.id.as_str(), *c)).collect();
-    let mut by_runtime: HashMap<&str, Vec<&ObservedContainer>> = HashMap::new();
+    // Per labelled runtime id: the smallest id among its running
+    // containers, so that only one of several claimants is adopted.
+    let mut by_runtime: HashMap<&str, Option<&str>> = HashMap::with_capacity(ours.len());
     for (c, labels) in &ours {
         if let Some(l) = labels {
-            by_runtime.entry(l.runtime_id.as_str()).or_default().push(c);
+            let first = by_runtime.entry(l.runtime_id).or_default();
+            if c.running && first.is_none_or(|f| c.id.as_str() < f) {
+                *first = Some(c.id.as_str());
+            }
         }
     }
     let records: HashMap<&str, &RuntimeRecord> =
@@ -264,35 +281,34 @@ pub fn plan(input: &PlanInput<'_>) -> Vec<Action> {
         }) else {
             if !young {
                 actions.push(Action::Report {
-                    runtime_id: labels.as_ref().map(|l| l.runtime_id.clone()),
+                    runtime_id: labels.as_ref().map(|l| l.runtime_id.to_string()),
                     container_id: c.id.clone(),
                     reason: ReportReason::InvalidLabels,
                 });
             }
             continue;
         };
-        if young || input.in_flight.contains(&l.runtime_id) {
+        if young || input.in_flight.contains(l.runtime_id) {
             continue;
         }
-        match records.get(l.runtime_id.as_str()) {
+        match records.get(l.runtime_id) {
             Some(rec) if rec.status == RuntimeStatus::Removed => actions.push(Action::Report {
-                runtime_id: Some(l.runtime_id.clone()),
+                runtime_id: Some(l.runtime_id.to_string()),
                 container_id: c.id.clone(),
                 reason: ReportReason::RemovedRuntime,
             }),
             Some(_) => {}
             None if c.running => {
                 // Only one adoption per runtime id, even if two containers claim it.
-                let first = by_runtime
-                    .get(l.runtime_id.as_str())
-                    .and_then(|cs| cs.iter().filter(|x| x.running).map(|x| x.id.as_str()).min());
+                let first = by_runtime.get(l.runtime_id).copied().flatten();
                 if first == Some(c.id.as_str()) {
+                    let labels = RuntimeLabels::from_labels(&c.labels);
                     actions.push(Action::Adopt {
-                        runtime_id: l.runtime_id.clone(),
-                        template: l.template.clone(),
+                        runtime_id: l.runtime_id.to_string(),
+                        template: l.template.to_string(),
                         container_id: c.id.clone(),
-                        image_ref: l.image_ref.clone(),
-                        generation: l.generation,
+                        image_ref: labels.as_ref().and_then(|x| x.image_ref.clone()),
+                        generation: labels.and_then(|x| x.generation),
                     });
                 }
             }
@@ -306,7 +322,6 @@ pub fn plan(input: &PlanInput<'_>) -> Vec<Action> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::container::{LABEL_OWNER, LABEL_RUNTIME_ID, LABEL_TEMPLATE};
     use proptest::prelude::*;
 
     const OWNER: &str = "berth";
