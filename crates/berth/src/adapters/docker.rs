@@ -3,13 +3,15 @@
 //! Every request carries a timeout: bollard's own client timeout (which ends
 //! once response headers arrive) plus a tokio deadline around the whole call,
 //! and an idle deadline between the lines of a pull's progress stream.
+//! The events stream is the exception: it is meant to stay open, so only its
+//! response headers are bounded (see `Engine::events` below).
 
 use std::collections::{BTreeMap, HashMap};
 use std::error::Error as _;
 use std::future::Future;
 use std::hash::{BuildHasher, Hasher, RandomState};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use berth_core::container::{ContainerSpec, LABEL_OWNER};
@@ -20,15 +22,18 @@ use bollard::container::{
 use bollard::errors::Error as DockerError;
 use bollard::image::CreateImageOptions;
 use bollard::models::{
-    ContainerInspectResponse, ContainerSummary, CreateImageInfo, EndpointSettings, HostConfig,
-    Network, RestartPolicy, RestartPolicyNameEnum,
+    ContainerInspectResponse, ContainerSummary, CreateImageInfo, EndpointSettings, EventMessage,
+    EventMessageTypeEnum, HostConfig, Network, RestartPolicy, RestartPolicyNameEnum,
 };
 use bollard::network::{CreateNetworkOptions, ListNetworksOptions};
+use bollard::system::EventsOptions;
 use bollard::{ClientVersion, Docker, API_DEFAULT_VERSION};
+use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
 
 use crate::ports::engine::{
-    ContainerInfo, Engine, EngineError, ImageInfo, ProgressFn, PullProgress,
+    ContainerInfo, Engine, EngineError, EngineEvent, EngineEventKind, ImageInfo, ProgressFn,
+    PullProgress,
 };
 
 /// Timeout of every Docker request (and the idle limit of a pull stream).
@@ -48,6 +53,14 @@ const FLOOR_VERSION: ClientVersion = ClientVersion {
 const NETWORK_ATTEMPTS: u32 = 5;
 
 const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
+
+/// The container events berth listens to. Docker matches `health_status`
+/// as a prefix of `health_status: healthy` and the like.
+const EVENT_ACTIONS: [&str; 5] = ["start", "die", "oom", "destroy", "health_status"];
+
+/// Attributes Docker adds to a container event beside the container's
+/// labels.
+const EVENT_OWN_ATTRIBUTES: [&str; 5] = ["name", "image", "exitCode", "execDuration", "signal"];
 
 /// Where the daemon listens, as the operator wrote it.
 #[derive(Debug, Clone)]
@@ -258,6 +271,18 @@ impl DockerEngine {
             .collect())
     }
 
+    fn events_error(&self, e: DockerError) -> EngineError {
+        match e {
+            DockerError::RequestTimeoutError => self.unavailable(&e),
+            other if is_transport(&other) => EngineError::Unavailable(format!(
+                "the events stream from Docker at {} broke: {}",
+                self.host,
+                chain(&other)
+            )),
+            other => self.map_err(other),
+        }
+    }
+
     fn pull_error(&self, image: &str, e: DockerError) -> EngineError {
         match e {
             DockerError::DockerStreamError { error } => EngineError::PullFailed {
@@ -398,6 +423,125 @@ fn labels_map(labels: Option<HashMap<String, String>>) -> BTreeMap<String, Strin
     labels.unwrap_or_default().into_iter().collect()
 }
 
+/// Milliseconds since the epoch of an RFC 3339 time such as Docker's
+/// `2024-05-01T12:34:56.123456789Z`. `None` when unreadable, and for times
+/// not after the epoch: Go's zero time (`0001-01-01T00:00:00Z`) means
+/// "unknown".
+fn parse_rfc3339_ms(text: &str) -> Option<i64> {
+    fn number(text: &str, width: usize) -> Option<i64> {
+        if text.len() != width || !text.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        text.parse().ok()
+    }
+    let (date, time) = text.trim().split_once(['T', 't', ' '])?;
+    let mut date_parts = date.split('-');
+    let (year, month, day) = (
+        number(date_parts.next()?, 4)?,
+        number(date_parts.next()?, 2)?,
+        number(date_parts.next()?, 2)?,
+    );
+    if date_parts.next().is_some() || !(1..=12).contains(&month) || !(1..=31).contains(&day) {
+        return None;
+    }
+    let (clock, offset_secs) = match time.strip_suffix(['Z', 'z']) {
+        Some(clock) => (clock, 0),
+        None => {
+            let at = time.rfind(['+', '-'])?;
+            let (clock, offset) = time.split_at(at);
+            let sign = if offset.starts_with('-') { -1 } else { 1 };
+            let (hours, minutes) = offset[1..].split_once(':')?;
+            let (hours, minutes) = (number(hours, 2)?, number(minutes, 2)?);
+            (clock, sign * (hours * 3600 + minutes * 60))
+        }
+    };
+    let (hms, fraction) = clock.split_once('.').unwrap_or((clock, ""));
+    if !fraction.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let mut hms_parts = hms.split(':');
+    let (hour, minute, second) = (
+        number(hms_parts.next()?, 2)?,
+        number(hms_parts.next()?, 2)?,
+        number(hms_parts.next()?, 2)?,
+    );
+    if hms_parts.next().is_some() || hour > 23 || minute > 59 || second > 60 {
+        return None;
+    }
+    let millis = format!("{fraction:0<3}")[..3].parse::<i64>().ok()?;
+    // Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's
+    // `days_from_civil`).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let year_of_era = y - era * 400;
+    let day_of_year = (153 * ((month + 9) % 12) + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    let days = era * 146_097 + day_of_era - 719_468;
+    let secs = days * 86_400 + hour * 3600 + minute * 60 + second - offset_secs;
+    let ms = secs * 1000 + millis;
+    (ms > 0).then_some(ms)
+}
+
+/// The wall clock, only for an event that arrives without a timestamp.
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Docker's `since` parameter (`<seconds>.<nanoseconds>`) for `at`.
+fn since_param(at: SystemTime) -> String {
+    let since = at.duration_since(UNIX_EPOCH).unwrap_or_default();
+    format!("{}.{:09}", since.as_secs(), since.subsec_nanos())
+}
+
+/// A container event of `owner`, or `None` for anything else (other owners,
+/// other object types, actions berth does not follow such as
+/// `health_status: starting`).
+fn to_event(message: EventMessage, owner: &str) -> Option<EngineEvent> {
+    if !matches!(message.typ, None | Some(EventMessageTypeEnum::CONTAINER)) {
+        return None;
+    }
+    let actor = message.actor?;
+    let container_id = actor.id.filter(|id| !id.is_empty())?;
+    let attributes = actor.attributes.unwrap_or_default();
+    // Docker filtered by owner already; this guards the invariant anyway.
+    if attributes.get(LABEL_OWNER).map(String::as_str) != Some(owner) {
+        return None;
+    }
+    let action = message.action.unwrap_or_default();
+    let kind = match action.as_str() {
+        "start" => EngineEventKind::Started,
+        "die" => EngineEventKind::Died {
+            exit_code: attributes.get("exitCode").and_then(|c| c.parse().ok()),
+        },
+        "oom" => EngineEventKind::OomKilled,
+        "destroy" => EngineEventKind::Destroyed,
+        other => match other.strip_prefix("health_status:").map(str::trim) {
+            Some("healthy") => EngineEventKind::HealthStatus { healthy: true },
+            Some("unhealthy") => EngineEventKind::HealthStatus { healthy: false },
+            _ => return None,
+        },
+    };
+    let at_ms = message
+        .time_nano
+        .filter(|n| *n > 0)
+        .map(|n| n / 1_000_000)
+        .or_else(|| message.time.filter(|s| *s > 0).map(|s| s * 1000))
+        .unwrap_or_else(now_ms);
+    let labels = attributes
+        .into_iter()
+        .filter(|(key, _)| !EVENT_OWN_ATTRIBUTES.contains(&key.as_str()))
+        .collect();
+    Some(EngineEvent {
+        kind,
+        container_id,
+        labels,
+        at_ms,
+    })
+}
+
 fn from_inspect(found: ContainerInspectResponse) -> ContainerInfo {
     let state = found.state.unwrap_or_default();
     ContainerInfo {
@@ -413,11 +557,13 @@ fn from_inspect(found: ContainerInspectResponse) -> ContainerInfo {
         exit_code: state.exit_code,
         oom_killed: state.oom_killed.unwrap_or(false),
         image_id: found.image.unwrap_or_default(),
+        created_at_ms: found.created.as_deref().and_then(parse_rfc3339_ms),
     }
 }
 
 /// From the list summary, which has no exit code or OOM flag: those stay
-/// `None`/`false` here; callers that need them inspect the container.
+/// `None`/`false` here; callers that need them inspect the container. Its
+/// creation time has whole seconds only (inspect has nanoseconds).
 fn from_summary(summary: ContainerSummary) -> ContainerInfo {
     let state = summary.state.unwrap_or_default();
     ContainerInfo {
@@ -434,6 +580,10 @@ fn from_summary(summary: ContainerSummary) -> ContainerInfo {
         exit_code: None,
         oom_killed: false,
         image_id: summary.image_id.unwrap_or_default(),
+        created_at_ms: summary
+            .created
+            .filter(|secs| *secs > 0)
+            .and_then(|secs| secs.checked_mul(1000)),
     }
 }
 
@@ -666,6 +816,51 @@ impl Engine for DockerEngine {
             .map_err(|e| self.map_err(e))?;
         Ok(summaries.into_iter().map(from_summary).collect())
     }
+
+    fn events(&self) -> BoxStream<'static, Result<EngineEvent, EngineError>> {
+        // The request goes out only when the stream is first polled; `since`
+        // (this moment, on the daemon's clock, which is ours for a local
+        // socket) makes Docker replay from its buffer what happened in
+        // between, so a caller may subscribe, relist, and only then poll.
+        let options = EventsOptions::<String> {
+            since: Some(since_param(SystemTime::now())),
+            until: None,
+            filters: HashMap::from([
+                ("type".to_string(), vec!["container".to_string()]),
+                (
+                    "label".to_string(),
+                    vec![format!("{LABEL_OWNER}={}", self.owner)],
+                ),
+                (
+                    "event".to_string(),
+                    EVENT_ACTIONS.iter().map(|a| a.to_string()).collect(),
+                ),
+            ]),
+        };
+        // bollard's request timeout ends once the response headers arrive,
+        // and Docker sends those at once (before any event), so it bounds
+        // subscribing but never cuts the open stream. No idle deadline
+        // either: a quiet stream is normal.
+        let raw = self.docker.events(Some(options));
+        let engine = self.clone();
+        // Ends after the first error: bollard's stream is not worth polling
+        // after a broken connection or an undecodable line.
+        futures_util::stream::unfold(Some((raw, engine)), |state| async move {
+            let (mut raw, engine) = state?;
+            loop {
+                match raw.next().await {
+                    None => return None,
+                    Some(Err(e)) => return Some((Err(engine.events_error(e)), None)),
+                    Some(Ok(message)) => {
+                        if let Some(event) = to_event(message, &engine.owner) {
+                            return Some((Ok(event), Some((raw, engine))));
+                        }
+                    }
+                }
+            }
+        })
+        .boxed()
+    }
 }
 
 #[cfg(test)]
@@ -697,6 +892,121 @@ mod tests {
         let pinned = format!("127.0.0.1:55000/a/b@sha256:{}", "0".repeat(64));
         assert_eq!(pull_reference(&pinned), pinned);
         assert_eq!(pull_reference("busybox"), "busybox:latest");
+    }
+
+    #[test]
+    fn rfc3339_times_parse_to_milliseconds() {
+        assert_eq!(parse_rfc3339_ms("1970-01-01T00:00:01Z"), Some(1000));
+        assert_eq!(
+            parse_rfc3339_ms("2024-05-01T12:34:56.789123456Z"),
+            Some(1_714_566_896_789)
+        );
+        assert_eq!(
+            parse_rfc3339_ms("2024-02-29T00:00:00.5Z"),
+            Some(1_709_164_800_500)
+        );
+        assert_eq!(
+            parse_rfc3339_ms("2024-05-01T14:34:56+02:00"),
+            Some(1_714_566_896_000)
+        );
+        assert_eq!(
+            parse_rfc3339_ms("2024-05-01T07:34:56.1-05:00"),
+            Some(1_714_566_896_100)
+        );
+        // Go's zero time: Docker's "unknown".
+        assert_eq!(parse_rfc3339_ms("0001-01-01T00:00:00Z"), None);
+        for bad in [
+            "",
+            "2024-05-01",
+            "2024-13-01T00:00:00Z",
+            "2024-05-01T25:00:00Z",
+            "2024-05-01T12:34:56",
+            "2024-05-01T12:34:56.x1Z",
+            "24-05-01T12:34:56Z",
+        ] {
+            assert_eq!(parse_rfc3339_ms(bad), None, "{bad:?}");
+        }
+    }
+
+    fn event(action: &str, attributes: &[(&str, &str)]) -> EventMessage {
+        EventMessage {
+            typ: Some(EventMessageTypeEnum::CONTAINER),
+            action: Some(action.to_string()),
+            actor: Some(bollard::models::EventActor {
+                id: Some("abc".to_string()),
+                attributes: Some(
+                    attributes
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                ),
+            }),
+            scope: None,
+            time: Some(1_700_000_000),
+            time_nano: Some(1_700_000_000_123_456_789),
+        }
+    }
+
+    #[test]
+    fn events_map_actions_labels_and_times() {
+        let mine = [(LABEL_OWNER, "me"), ("name", "me-x"), ("image", "img")];
+        let started = to_event(event("start", &mine), "me").unwrap();
+        assert_eq!(started.kind, EngineEventKind::Started);
+        assert_eq!(started.container_id, "abc");
+        assert_eq!(started.at_ms, 1_700_000_000_123);
+        assert_eq!(
+            started.labels,
+            BTreeMap::from([(LABEL_OWNER.to_string(), "me".to_string())])
+        );
+
+        let died = [(LABEL_OWNER, "me"), ("exitCode", "137")];
+        assert_eq!(
+            to_event(event("die", &died), "me").unwrap().kind,
+            EngineEventKind::Died {
+                exit_code: Some(137)
+            }
+        );
+        assert_eq!(
+            to_event(event("die", &mine), "me").unwrap().kind,
+            EngineEventKind::Died { exit_code: None }
+        );
+        assert_eq!(
+            to_event(event("oom", &mine), "me").unwrap().kind,
+            EngineEventKind::OomKilled
+        );
+        assert_eq!(
+            to_event(event("destroy", &mine), "me").unwrap().kind,
+            EngineEventKind::Destroyed
+        );
+        assert_eq!(
+            to_event(event("health_status: healthy", &mine), "me")
+                .unwrap()
+                .kind,
+            EngineEventKind::HealthStatus { healthy: true }
+        );
+        assert_eq!(
+            to_event(event("health_status: unhealthy", &mine), "me")
+                .unwrap()
+                .kind,
+            EngineEventKind::HealthStatus { healthy: false }
+        );
+        assert_eq!(to_event(event("health_status: starting", &mine), "me"), None);
+        assert_eq!(to_event(event("kill", &mine), "me"), None);
+        assert_eq!(to_event(event("start", &mine), "someone-else"), None);
+        assert_eq!(to_event(event("start", &[]), "me"), None);
+
+        let mut seconds_only = event("start", &mine);
+        seconds_only.time_nano = None;
+        assert_eq!(
+            to_event(seconds_only, "me").unwrap().at_ms,
+            1_700_000_000_000
+        );
+    }
+
+    #[test]
+    fn since_has_nanoseconds() {
+        let at = UNIX_EPOCH + Duration::new(1_700_000_000, 5);
+        assert_eq!(since_param(at), "1700000000.000000005");
     }
 
     #[test]

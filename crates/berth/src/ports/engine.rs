@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use berth_core::container::ContainerSpec;
+use futures_util::stream::BoxStream;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum EngineError {
@@ -45,6 +46,41 @@ pub struct ContainerInfo {
     pub exit_code: Option<i64>,
     pub oom_killed: bool,
     pub image_id: String,
+    /// When Docker created the container (ms since the epoch); `None` when
+    /// Docker did not say.
+    pub created_at_ms: Option<i64>,
+}
+
+/// What happened to a container, as Docker's events report it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EngineEventKind {
+    Started,
+    /// The main process exited; `exit_code` as Docker reported it (137 after
+    /// SIGKILL, including an OOM kill).
+    Died {
+        exit_code: Option<i64>,
+    },
+    /// The kernel's OOM killer hit the container (a `Died` follows).
+    OomKilled,
+    /// The container was removed.
+    Destroyed,
+    /// The image's health check changed state.
+    HealthStatus {
+        healthy: bool,
+    },
+}
+
+/// One container event. A hint, not a record: Docker drops events a slow
+/// listener does not take, so the listener relists after every reconnect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineEvent {
+    pub kind: EngineEventKind,
+    pub container_id: String,
+    /// The container's labels (the event's attributes without Docker's own
+    /// keys such as `name`, `image` and `exitCode`).
+    pub labels: BTreeMap<String, String>,
+    /// When Docker emitted the event (ms since the epoch).
+    pub at_ms: i64,
 }
 
 /// One line of pull progress, as Docker reports it.
@@ -91,4 +127,14 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Every container, in any state, that carries this instance's owner label.
     async fn list_containers(&self) -> Result<Vec<ContainerInfo>, EngineError>;
+
+    /// Container events (start, die, oom, destroy, health status) of this
+    /// owner's containers only, from now on.
+    ///
+    /// The stream ends, possibly after one `Err`, when the connection to the
+    /// daemon breaks; it is never cut by a request timeout. The caller
+    /// reconnects with backoff and then relists: events missed while
+    /// disconnected, or dropped by the daemon for a slow listener, are not
+    /// replayed.
+    fn events(&self) -> BoxStream<'static, Result<EngineEvent, EngineError>>;
 }

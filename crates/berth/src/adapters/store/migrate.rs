@@ -54,8 +54,14 @@ macro_rules! migration {
 }
 
 /// Oldest first. Add to both lists, with the same version and name.
-pub(crate) static SQLITE: &[Migration] = &[migration!("sqlite", 1, "0001", "init")];
-pub(crate) static POSTGRES: &[Migration] = &[migration!("postgres", 1, "0001", "init")];
+pub(crate) static SQLITE: &[Migration] = &[
+    migration!("sqlite", 1, "0001", "init"),
+    migration!("sqlite", 2, "0002", "events_outbox"),
+];
+pub(crate) static POSTGRES: &[Migration] = &[
+    migration!("postgres", 1, "0001", "init"),
+    migration!("postgres", 2, "0002", "events_outbox"),
+];
 
 const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS berth_migrations (\
      version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at_ms BIGINT NOT NULL)";
@@ -251,7 +257,26 @@ mod tests {
 
     use super::*;
 
-    const TABLES: [&str; 5] = ["templates", "pins", "pin_history", "runtimes", "operations"];
+    /// The tables of 0001, then of 0002.
+    const TABLES_0001: [&str; 5] = ["templates", "pins", "pin_history", "runtimes", "operations"];
+    const TABLES_0002: [&str; 4] = ["health_events", "notifications", "job_results", "outbox"];
+    const TABLES: [&str; 9] = [
+        "templates",
+        "pins",
+        "pin_history",
+        "runtimes",
+        "operations",
+        "health_events",
+        "notifications",
+        "job_results",
+        "outbox",
+    ];
+
+    #[test]
+    fn the_table_lists_agree() {
+        let both: Vec<&str> = TABLES_0001.iter().chain(&TABLES_0002).copied().collect();
+        assert_eq!(both, TABLES);
+    }
 
     fn unique_versions(list: &[Migration]) -> Result<(), String> {
         let mut seen = BTreeSet::new();
@@ -366,6 +391,19 @@ mod tests {
                     .is_ok()
             }
         };
+        // Every table and index with its SQL.
+        let schema = || {
+            let pool = pool.clone();
+            async move {
+                sqlx::query_as::<_, (String, String, Option<String>)>(
+                    "SELECT type, name, sql FROM sqlite_master \
+                     WHERE name NOT LIKE 'sqlite_%' ORDER BY type, name",
+                )
+                .fetch_all(&pool)
+                .await
+                .unwrap()
+            }
+        };
 
         sqlite::migrate_up(&pool).await.unwrap();
         sqlite::migrate_up(&pool).await.unwrap(); // idempotent
@@ -373,6 +411,19 @@ mod tests {
         for t in TABLES {
             assert!(count(t).await, "{t} missing after up");
         }
+        let full = schema().await;
+
+        // One step down: 0002's tables go, 0001's stay.
+        sqlite::migrate_down_to(&pool, 1).await.unwrap();
+        assert_eq!(sqlite::applied_versions(&pool).await.unwrap(), [1]);
+        for t in TABLES_0001 {
+            assert!(count(t).await, "{t} missing after down to 1");
+        }
+        for t in TABLES_0002 {
+            assert!(!count(t).await, "{t} still there after down to 1");
+        }
+        sqlite::migrate_up(&pool).await.unwrap();
+        assert_eq!(schema().await, full, "down to 1 and up again");
 
         sqlite::migrate_down_to(&pool, 0).await.unwrap();
         assert!(sqlite::applied_versions(&pool).await.unwrap().is_empty());
@@ -394,6 +445,7 @@ mod tests {
         for t in TABLES {
             assert!(count(t).await, "{t} missing after up again");
         }
+        assert_eq!(schema().await, full, "up → down → up is the same schema");
     }
 
     #[tokio::test]
@@ -450,6 +502,29 @@ mod tests {
                             .is_ok()
                     }
                 };
+                // Every column and index of the public schema.
+                let schema = || {
+                    let pool = pool.clone();
+                    async move {
+                        let columns: Vec<String> = sqlx::query_scalar(
+                            "SELECT concat_ws(' ', table_name, column_name, data_type, \
+                             is_nullable, column_default, collation_name) \
+                             FROM information_schema.columns WHERE table_schema = 'public' \
+                             ORDER BY table_name, column_name",
+                        )
+                        .fetch_all(&pool)
+                        .await
+                        .unwrap();
+                        let indexes: Vec<String> = sqlx::query_scalar(
+                            "SELECT indexdef FROM pg_indexes WHERE schemaname = 'public' \
+                             ORDER BY indexname",
+                        )
+                        .fetch_all(&pool)
+                        .await
+                        .unwrap();
+                        (columns, indexes)
+                    }
+                };
                 // Two runners at once: the advisory lock lets one apply each migration.
                 let (a, b) = tokio::join!(postgres::migrate_up(&pool), postgres::migrate_up(&pool));
                 a.unwrap();
@@ -461,6 +536,20 @@ mod tests {
                 for t in TABLES {
                     assert!(count(t).await, "{t} missing after up");
                 }
+                let full = schema().await;
+
+                // One step down: 0002's tables go, 0001's stay.
+                postgres::migrate_down_to(&pool, 1).await.unwrap();
+                assert_eq!(postgres::applied_versions(&pool).await.unwrap(), [1]);
+                for t in TABLES_0001 {
+                    assert!(count(t).await, "{t} missing after down to 1");
+                }
+                for t in TABLES_0002 {
+                    assert!(!count(t).await, "{t} still there after down to 1");
+                }
+                postgres::migrate_up(&pool).await.unwrap();
+                assert_eq!(schema().await, full, "down to 1 and up again");
+
                 postgres::migrate_down_to(&pool, 0).await.unwrap();
                 assert!(postgres::applied_versions(&pool).await.unwrap().is_empty());
                 for t in TABLES {
@@ -482,6 +571,7 @@ mod tests {
                 for t in TABLES {
                     assert!(count(t).await, "{t} missing after up again");
                 }
+                assert_eq!(schema().await, full, "up → down → up is the same schema");
             })
             .catch_unwind()
             .await

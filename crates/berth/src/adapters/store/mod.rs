@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
+use berth_core::event::{HealthEvent, HealthEventType, JobResult, Notification};
 use berth_core::image::Digest;
 use berth_core::operation::{Operation, OperationKind, Outcome, Source};
 use berth_core::pin::{Pin, PinAction, PinHistoryEntry};
@@ -19,7 +20,7 @@ use berth_core::status::RuntimeStatus;
 use berth_core::template::Template;
 use sqlx::Row;
 
-use crate::ports::store::{Store, StoreError};
+use crate::ports::store::{OutboxMessage, OutboxRow, Store, StoreError};
 use crate::template_doc::TemplateDoc;
 
 mod migrate;
@@ -63,6 +64,15 @@ pub(crate) fn db_err(e: sqlx::Error) -> StoreError {
     StoreError::Database(e.to_string())
 }
 
+/// A unique key already taken becomes `Conflict` with `message`; any other
+/// error stays a database error.
+pub(crate) fn unique_err(e: sqlx::Error, message: impl FnOnce() -> String) -> StoreError {
+    match &e {
+        sqlx::Error::Database(d) if d.is_unique_violation() => StoreError::Conflict(message()),
+        _ => db_err(e),
+    }
+}
+
 pub(crate) fn corrupt(table: &str, column: &str, why: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("{table}.{column}: {why}"))
 }
@@ -76,6 +86,7 @@ pub(crate) trait Columns {
     fn opt_text(&self, table: &str, column: &str) -> Result<Option<String>, StoreError>;
     fn int(&self, table: &str, column: &str) -> Result<i64, StoreError>;
     fn opt_int(&self, table: &str, column: &str) -> Result<Option<i64>, StoreError>;
+    fn boolean(&self, table: &str, column: &str) -> Result<bool, StoreError>;
 }
 
 macro_rules! impl_columns {
@@ -95,6 +106,10 @@ macro_rules! impl_columns {
             }
             fn opt_int(&self, table: &str, column: &str) -> Result<Option<i64>, StoreError> {
                 self.try_get::<Option<i64>, _>(column)
+                    .map_err(|e| corrupt(table, column, e))
+            }
+            fn boolean(&self, table: &str, column: &str) -> Result<bool, StoreError> {
+                self.try_get::<bool, _>(column)
                     .map_err(|e| corrupt(table, column, e))
             }
         }
@@ -127,6 +142,16 @@ fn decode_map(
     table: &str,
     column: &str,
 ) -> Result<BTreeMap<String, String>, StoreError> {
+    serde_json::from_str(text).map_err(|e| corrupt(table, column, e))
+}
+
+/// `outbox.fields`: a JSON array of `[name, value]` pairs, order kept.
+pub(crate) fn encode_fields(fields: &[(String, String)]) -> Result<String, StoreError> {
+    serde_json::to_string(fields)
+        .map_err(|e| StoreError::Database(format!("cannot encode outbox fields as JSON: {e}")))
+}
+
+fn decode_fields(text: &str, table: &str, column: &str) -> Result<Vec<(String, String)>, StoreError> {
     serde_json::from_str(text).map_err(|e| corrupt(table, column, e))
 }
 
@@ -243,6 +268,78 @@ pub(crate) fn operation_from_row(row: &impl Columns) -> Result<Operation, StoreE
         finished_at_ms: row.opt_int(T, "finished_at_ms")?,
         details: decode_map(&row.text(T, "details")?, T, "details")?,
     })
+}
+
+pub(crate) fn health_event_from_row(row: &impl Columns) -> Result<HealthEvent, StoreError> {
+    const T: &str = "health_events";
+    let event_type = row.text(T, "event_type")?;
+    Ok(HealthEvent {
+        id: row.text(T, "id")?,
+        runtime_id: row.text(T, "runtime_id")?,
+        event_type: HealthEventType::parse(&event_type).ok_or_else(|| {
+            corrupt(
+                T,
+                "event_type",
+                format!("unknown health event type {event_type:?}"),
+            )
+        })?,
+        container_id: row.opt_text(T, "container_id")?,
+        at_ms: row.int(T, "at_ms")?,
+        details: decode_map(&row.text(T, "details")?, T, "details")?,
+    })
+}
+
+pub(crate) fn notification_from_row(row: &impl Columns) -> Result<Notification, StoreError> {
+    const T: &str = "notifications";
+    Ok(Notification {
+        id: row.text(T, "id")?,
+        notification_type: row.text(T, "notification_type")?,
+        audience: row.text(T, "audience")?,
+        payload: decode_map(&row.text(T, "payload")?, T, "payload")?,
+        created_at_ms: row.int(T, "created_at_ms")?,
+    })
+}
+
+pub(crate) fn job_result_from_row(row: &impl Columns) -> Result<JobResult, StoreError> {
+    const T: &str = "job_results";
+    Ok(JobResult {
+        job_id: row.text(T, "job_id")?,
+        runtime_id: row.text(T, "runtime_id")?,
+        kind: row.text(T, "kind")?,
+        success: row.boolean(T, "success")?,
+        container_id: row.opt_text(T, "container_id")?,
+        engine_endpoint: row.opt_text(T, "engine_endpoint")?,
+        error_code: row.opt_text(T, "error_code")?,
+        error_message: row.opt_text(T, "error_message")?,
+        finished_at_ms: row.int(T, "finished_at_ms")?,
+    })
+}
+
+pub(crate) fn outbox_row_from_row(row: &impl Columns) -> Result<OutboxRow, StoreError> {
+    const T: &str = "outbox";
+    Ok(OutboxRow {
+        seq: row.int(T, "seq")?,
+        message: OutboxMessage {
+            stream: row.text(T, "stream")?,
+            partition_key: row.text(T, "partition_key")?,
+            fields: decode_fields(&row.text(T, "fields")?, T, "fields")?,
+            created_at_ms: row.int(T, "created_at_ms")?,
+        },
+        attempts: row.int(T, "attempts")?,
+    })
+}
+
+/// `outbox_delete` removes at most this many rows per statement (SQLite
+/// allows 32,766 parameters, PostgreSQL 65,535).
+pub(crate) const OUTBOX_DELETE_CHUNK: usize = 500;
+
+/// `DELETE FROM outbox WHERE seq IN ($1, …, $n)`.
+pub(crate) fn outbox_delete_sql(n: usize) -> String {
+    let placeholders: Vec<String> = (1..=n).map(|i| format!("${i}")).collect();
+    format!(
+        "DELETE FROM outbox WHERE seq IN ({})",
+        placeholders.join(", ")
+    )
 }
 
 /// The time a change happened, as far as the store is concerned: the
@@ -386,6 +483,92 @@ pub(crate) mod sql {
         operation_cols!(),
         " FROM operations WHERE runtime_id = $1 AND kind = $2 ORDER BY seq DESC LIMIT $3"
     );
+    macro_rules! health_event_cols {
+        () => {
+            "id, runtime_id, event_type, container_id, at_ms, details"
+        };
+    }
+    macro_rules! notification_cols {
+        () => {
+            "id, notification_type, audience, payload, created_at_ms"
+        };
+    }
+    macro_rules! job_result_cols {
+        () => {
+            "job_id, runtime_id, kind, success, container_id, engine_endpoint, error_code, \
+             error_message, finished_at_ms"
+        };
+    }
+    macro_rules! outbox_cols {
+        () => {
+            "seq, stream, partition_key, fields, created_at_ms, attempts"
+        };
+    }
+
+    pub const INSERT_HEALTH_EVENT: &str = concat!(
+        "INSERT INTO health_events (",
+        health_event_cols!(),
+        ") VALUES ($1, $2, $3, $4, $5, $6)"
+    );
+    pub const LIST_HEALTH_EVENTS: &str = concat!(
+        "SELECT ",
+        health_event_cols!(),
+        " FROM health_events ORDER BY seq DESC LIMIT $1"
+    );
+    pub const LIST_HEALTH_EVENTS_BY_RUNTIME: &str = concat!(
+        "SELECT ",
+        health_event_cols!(),
+        " FROM health_events WHERE runtime_id = $1 ORDER BY seq DESC LIMIT $2"
+    );
+    pub const LIST_HEALTH_EVENTS_BY_TYPE: &str = concat!(
+        "SELECT ",
+        health_event_cols!(),
+        " FROM health_events WHERE event_type = $1 ORDER BY seq DESC LIMIT $2"
+    );
+    pub const LIST_HEALTH_EVENTS_BY_RUNTIME_AND_TYPE: &str = concat!(
+        "SELECT ",
+        health_event_cols!(),
+        " FROM health_events WHERE runtime_id = $1 AND event_type = $2 \
+         ORDER BY seq DESC LIMIT $3"
+    );
+    pub const HEALTH_EVENT_EXISTS: &str = "SELECT 1 AS one FROM health_events \
+         WHERE runtime_id = $1 AND container_id = $2 AND event_type = $3 LIMIT 1";
+
+    pub const INSERT_NOTIFICATION: &str = concat!(
+        "INSERT INTO notifications (",
+        notification_cols!(),
+        ") VALUES ($1, $2, $3, $4, $5)"
+    );
+    pub const LIST_NOTIFICATIONS: &str = concat!(
+        "SELECT ",
+        notification_cols!(),
+        " FROM notifications ORDER BY seq DESC LIMIT $1"
+    );
+
+    /// Inserts nothing when the job id already has a result: the caller
+    /// sees 0 rows affected (no unique-violation error, which would abort
+    /// a PostgreSQL transaction).
+    pub const INSERT_JOB_RESULT: &str = concat!(
+        "INSERT INTO job_results (",
+        job_result_cols!(),
+        ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (job_id) DO NOTHING"
+    );
+    pub const GET_JOB_RESULT: &str = concat!(
+        "SELECT ",
+        job_result_cols!(),
+        " FROM job_results WHERE job_id = $1"
+    );
+
+    pub const INSERT_OUTBOX: &str = "INSERT INTO outbox \
+         (stream, partition_key, fields, created_at_ms) VALUES ($1, $2, $3, $4)";
+    pub const OUTBOX_PENDING: &str = concat!(
+        "SELECT ",
+        outbox_cols!(),
+        " FROM outbox ORDER BY seq LIMIT $1"
+    );
+    pub const OUTBOX_FAILED: &str =
+        "UPDATE outbox SET attempts = attempts + 1, last_error = $2 WHERE seq = $1";
+
     pub const FAIL_IN_PROGRESS_OPERATIONS: &str = concat!(
         "UPDATE operations SET outcome = 'failure', error_code = $1, error_message = $2, \
          finished_at_ms = $3 WHERE outcome = 'in_progress' RETURNING seq, ",
@@ -394,23 +577,36 @@ pub(crate) mod sql {
 }
 
 /// Generates `impl Store for $store` over the concrete sqlx database `$db`.
-/// `$store` must have a `pool: sqlx::Pool<$db>` field and an inherent
-/// `async fn begin_write(&self) -> Result<sqlx::Transaction<'static, $db>, StoreError>`.
+/// `$store` must have a `pool: sqlx::Pool<$db>` field, an inherent
+/// `async fn begin_write(&self) -> Result<sqlx::Transaction<'static, $db>, StoreError>`,
+/// and an associated
+/// `async fn lock_partitions(tx: &mut sqlx::Transaction<'static, $db>, keys: &[&str]) -> Result<(), StoreError>`
+/// that makes writers of one outbox partition key take turns until commit
+/// (sorted, deduplicated keys; a no-op where `begin_write` already
+/// serialises every writer).
 macro_rules! impl_store {
     ($store:ty, $db:ty) => {
         const _: () = {
             use async_trait::async_trait;
+            use berth_core::event::{
+                HealthEvent, HealthEventType, JobResult, Notification,
+            };
             use berth_core::operation::{Operation, OperationKind};
             use berth_core::pin::{Pin, PinHistoryEntry};
             use berth_core::runtime::RuntimeRecord;
             use berth_core::template::Template;
 
             use $crate::adapters::store::{
-                db_err, encode_map, encode_template, op_time, operation_from_row,
-                pin_entry_from_row, pin_from_row, runtime_from_row, sql, template_from_row,
-                Columns,
+                db_err, encode_fields, encode_map, encode_template, health_event_from_row,
+                job_result_from_row, notification_from_row, op_time, operation_from_row,
+                outbox_delete_sql, outbox_row_from_row, pin_entry_from_row, pin_from_row,
+                runtime_from_row, sql, template_from_row, unique_err, Columns,
+                OUTBOX_DELETE_CHUNK,
             };
-            use $crate::ports::store::{OperationFilter, RuntimeFilter, Store, StoreError};
+            use $crate::ports::store::{
+                Change, EventFilter, OperationFilter, OutboxMessage, OutboxRow, RuntimeFilter,
+                Store, StoreError,
+            };
 
             type Tx = sqlx::Transaction<'static, $db>;
 
@@ -486,6 +682,119 @@ macro_rules! impl_store {
                     .execute(&mut **tx)
                     .await
                     .map_err(db_err)?;
+                Ok(())
+            }
+
+            async fn insert_health_event(tx: &mut Tx, e: &HealthEvent) -> Result<(), StoreError> {
+                sqlx::query(sql::INSERT_HEALTH_EVENT)
+                    .bind(&e.id)
+                    .bind(&e.runtime_id)
+                    .bind(e.event_type.as_str())
+                    .bind(e.container_id.as_deref())
+                    .bind(e.at_ms)
+                    .bind(encode_map(&e.details)?)
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(|err| {
+                        unique_err(err, || format!("health event {:?} is already stored", e.id))
+                    })?;
+                Ok(())
+            }
+
+            async fn insert_notification(
+                tx: &mut Tx,
+                n: &Notification,
+            ) -> Result<(), StoreError> {
+                sqlx::query(sql::INSERT_NOTIFICATION)
+                    .bind(&n.id)
+                    .bind(&n.notification_type)
+                    .bind(&n.audience)
+                    .bind(encode_map(&n.payload)?)
+                    .bind(n.created_at_ms)
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(|err| {
+                        unique_err(err, || format!("notification {:?} is already stored", n.id))
+                    })?;
+                Ok(())
+            }
+
+            /// Returns false (inserting nothing) when the job id already
+            /// has a result.
+            async fn insert_job_result(tx: &mut Tx, j: &JobResult) -> Result<bool, StoreError> {
+                let inserted = sqlx::query(sql::INSERT_JOB_RESULT)
+                    .bind(&j.job_id)
+                    .bind(&j.runtime_id)
+                    .bind(&j.kind)
+                    .bind(j.success)
+                    .bind(j.container_id.as_deref())
+                    .bind(j.engine_endpoint.as_deref())
+                    .bind(j.error_code.as_deref())
+                    .bind(j.error_message.as_deref())
+                    .bind(j.finished_at_ms)
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(db_err)?
+                    .rows_affected();
+                Ok(inserted == 1)
+            }
+
+            async fn insert_outbox(tx: &mut Tx, m: &OutboxMessage) -> Result<(), StoreError> {
+                sqlx::query(sql::INSERT_OUTBOX)
+                    .bind(&m.stream)
+                    .bind(&m.partition_key)
+                    .bind(encode_fields(&m.fields)?)
+                    .bind(m.created_at_ms)
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(db_err)?;
+                Ok(())
+            }
+
+            fn is_empty(change: &Change<'_>) -> bool {
+                change.runtime.is_none()
+                    && change.operation.is_none()
+                    && change.health_events.is_empty()
+                    && change.notifications.is_empty()
+                    && change.job_result.is_none()
+                    && change.outbox.is_empty()
+            }
+
+            /// The one write path of `record` and `commit`. On `Err` the
+            /// caller drops (rolls back) `tx`.
+            async fn write_change(tx: &mut Tx, change: &Change<'_>) -> Result<(), StoreError> {
+                // Locks first, before any row lock, in one order for all.
+                let mut keys: Vec<&str> =
+                    change.outbox.iter().map(|m| m.partition_key.as_str()).collect();
+                keys.sort_unstable();
+                keys.dedup();
+                if !keys.is_empty() {
+                    <$store>::lock_partitions(tx, &keys).await?;
+                }
+                // The one part that may refuse the change: before the rest.
+                if let Some(job) = change.job_result {
+                    if !insert_job_result(tx, job).await? {
+                        return Err(StoreError::Conflict(format!(
+                            "job {:?} already has a result",
+                            job.job_id
+                        )));
+                    }
+                }
+                if let Some(runtime) = change.runtime {
+                    upsert_runtime(tx, runtime).await?;
+                }
+                if let Some(op) = change.operation {
+                    upsert_operation(tx, op).await?;
+                }
+                for e in change.health_events {
+                    insert_health_event(tx, e).await?;
+                }
+                for n in change.notifications {
+                    insert_notification(tx, n).await?;
+                }
+                for m in change.outbox {
+                    insert_outbox(tx, m).await?;
+                }
                 Ok(())
             }
 
@@ -728,12 +1037,12 @@ macro_rules! impl_store {
                     runtime: Option<&RuntimeRecord>,
                     op: &Operation,
                 ) -> Result<(), StoreError> {
-                    let mut tx = self.begin_write().await?;
-                    if let Some(runtime) = runtime {
-                        upsert_runtime(&mut tx, runtime).await?;
-                    }
-                    upsert_operation(&mut tx, op).await?;
-                    commit(tx).await
+                    let change = Change {
+                        runtime,
+                        operation: Some(op),
+                        ..Change::default()
+                    };
+                    Store::commit(self, &change).await
                 }
 
                 async fn list_operations(
@@ -786,6 +1095,132 @@ macro_rules! impl_store {
                         .collect::<Result<Vec<_>, StoreError>>()?;
                     changed.sort_by_key(|(seq, _)| *seq);
                     Ok(changed.into_iter().map(|(_, op)| op).collect())
+                }
+
+                async fn commit(&self, change: &Change<'_>) -> Result<(), StoreError> {
+                    if is_empty(change) {
+                        return Ok(());
+                    }
+                    let mut tx = self.begin_write().await?;
+                    match write_change(&mut tx, change).await {
+                        Ok(()) => commit(tx).await,
+                        Err(e) => {
+                            // Release the lock now; the error is the news.
+                            let _ = rollback(tx).await;
+                            Err(e)
+                        }
+                    }
+                }
+
+                async fn list_health_events(
+                    &self,
+                    filter: &EventFilter,
+                ) -> Result<Vec<HealthEvent>, StoreError> {
+                    let limit = i64::from(filter.limit);
+                    let event_type = filter.event_type.map(HealthEventType::as_str);
+                    let query = match (filter.runtime_id.as_deref(), event_type) {
+                        (None, None) => sqlx::query(sql::LIST_HEALTH_EVENTS).bind(limit),
+                        (Some(r), None) => sqlx::query(sql::LIST_HEALTH_EVENTS_BY_RUNTIME)
+                            .bind(r)
+                            .bind(limit),
+                        (None, Some(t)) => sqlx::query(sql::LIST_HEALTH_EVENTS_BY_TYPE)
+                            .bind(t)
+                            .bind(limit),
+                        (Some(r), Some(t)) => {
+                            sqlx::query(sql::LIST_HEALTH_EVENTS_BY_RUNTIME_AND_TYPE)
+                                .bind(r)
+                                .bind(t)
+                                .bind(limit)
+                        }
+                    };
+                    query
+                        .fetch_all(&self.pool)
+                        .await
+                        .map_err(db_err)?
+                        .iter()
+                        .map(health_event_from_row)
+                        .collect()
+                }
+
+                async fn has_health_event(
+                    &self,
+                    runtime_id: &str,
+                    container_id: &str,
+                    event_type: HealthEventType,
+                ) -> Result<bool, StoreError> {
+                    Ok(sqlx::query(sql::HEALTH_EVENT_EXISTS)
+                        .bind(runtime_id)
+                        .bind(container_id)
+                        .bind(event_type.as_str())
+                        .fetch_optional(&self.pool)
+                        .await
+                        .map_err(db_err)?
+                        .is_some())
+                }
+
+                async fn list_notifications(
+                    &self,
+                    limit: u32,
+                ) -> Result<Vec<Notification>, StoreError> {
+                    sqlx::query(sql::LIST_NOTIFICATIONS)
+                        .bind(i64::from(limit))
+                        .fetch_all(&self.pool)
+                        .await
+                        .map_err(db_err)?
+                        .iter()
+                        .map(notification_from_row)
+                        .collect()
+                }
+
+                async fn get_job_result(
+                    &self,
+                    job_id: &str,
+                ) -> Result<Option<JobResult>, StoreError> {
+                    sqlx::query(sql::GET_JOB_RESULT)
+                        .bind(job_id)
+                        .fetch_optional(&self.pool)
+                        .await
+                        .map_err(db_err)?
+                        .map(|row| job_result_from_row(&row))
+                        .transpose()
+                }
+
+                async fn outbox_pending(&self, limit: u32) -> Result<Vec<OutboxRow>, StoreError> {
+                    sqlx::query(sql::OUTBOX_PENDING)
+                        .bind(i64::from(limit))
+                        .fetch_all(&self.pool)
+                        .await
+                        .map_err(db_err)?
+                        .iter()
+                        .map(outbox_row_from_row)
+                        .collect()
+                }
+
+                async fn outbox_delete(&self, seqs: &[i64]) -> Result<(), StoreError> {
+                    if seqs.is_empty() {
+                        return Ok(());
+                    }
+                    let mut tx = self.begin_write().await?;
+                    for chunk in seqs.chunks(OUTBOX_DELETE_CHUNK) {
+                        let statement = outbox_delete_sql(chunk.len());
+                        let mut query = sqlx::query(&statement);
+                        for seq in chunk {
+                            query = query.bind(*seq);
+                        }
+                        query.execute(&mut *tx).await.map_err(db_err)?;
+                    }
+                    commit(tx).await
+                }
+
+                async fn outbox_failed(&self, seq: i64, error: &str) -> Result<(), StoreError> {
+                    let mut tx = self.begin_write().await?;
+                    sqlx::query(sql::OUTBOX_FAILED)
+                        .bind(seq)
+                        .bind(error)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db_err)?;
+                    commit(tx).await
                 }
             }
         };

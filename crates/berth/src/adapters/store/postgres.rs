@@ -11,6 +11,10 @@ use crate::ports::store::StoreError;
 
 const MAX_CONNECTIONS: u32 = 10;
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The first key of the outbox partition advisory locks ("outb" in ASCII);
+/// the two-key form never collides with the migrations' one-key lock.
+const OUTBOX_LOCK_CLASS: i32 = 0x6F75_7462;
+const LOCK_PARTITION: &str = "SELECT pg_advisory_xact_lock($1, hashtext($2))";
 
 pub struct PostgresStore {
     pool: PgPool,
@@ -55,6 +59,28 @@ impl PostgresStore {
 
     async fn begin_write(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
         begin(&self.pool).await
+    }
+
+    /// Makes the writers of each outbox partition key take turns until they
+    /// commit. A `BIGSERIAL` value is drawn at insert time but becomes
+    /// visible at commit, so without this a relay could see (and publish)
+    /// a runtime's message 5 while its message 4 is still uncommitted. With
+    /// it, within one key, a later `seq` always commits later. `keys` come
+    /// sorted, so two changes never wait on each other in a cycle; a hash
+    /// collision only makes two keys share turns.
+    async fn lock_partitions(
+        tx: &mut Transaction<'static, Postgres>,
+        keys: &[&str],
+    ) -> Result<(), StoreError> {
+        for key in keys {
+            sqlx::query(LOCK_PARTITION)
+                .bind(OUTBOX_LOCK_CLASS)
+                .bind(*key)
+                .execute(&mut **tx)
+                .await
+                .map_err(db_err)?;
+        }
+        Ok(())
     }
 }
 

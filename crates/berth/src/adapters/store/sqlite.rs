@@ -92,6 +92,15 @@ impl SqliteStore {
     async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
         begin_immediate(&self.pool).await
     }
+
+    /// Nothing to do: `BEGIN IMMEDIATE` already makes every writer take
+    /// turns, so outbox `seq` order is commit order.
+    async fn lock_partitions(
+        _tx: &mut Transaction<'static, Sqlite>,
+        _keys: &[&str],
+    ) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// A write transaction that holds the database's write lock from its start.
