@@ -276,8 +276,7 @@ pub fn plan(input: &PlanInput<'_>) -> Vec<Action> {
             .created_at_ms
             .is_some_and(|created| input.now_ms - created < input.grace_ms);
         let Some(l) = labels.as_ref().filter(|l| {
-            validate_runtime_id(l.runtime_id).is_ok()
-                && validate_template_name(l.template).is_ok()
+            validate_runtime_id(l.runtime_id).is_ok() && validate_template_name(l.template).is_ok()
         }) else {
             if !young {
                 actions.push(Action::Report {

@@ -61,7 +61,9 @@ pub async fn build_services(config: &Config) -> Result<Arc<Services>, BootError>
             network: config.network.clone(),
             data_dir,
             operation_deadline: config.operation_timeout,
+            publish_outbox: config.redis_url.is_some(),
         },
+        outbox_wakeup: Default::default(),
     }))
 }
 
@@ -91,6 +93,8 @@ pub struct RunningServer {
     pub services: Arc<Services>,
     stop: CancellationToken,
     tracker: TaskTracker,
+    background: CancellationToken,
+    loops: TaskTracker,
     task: JoinHandle<std::io::Result<()>>,
     shutdown_timeout: std::time::Duration,
 }
@@ -107,6 +111,17 @@ pub async fn start(config: Config) -> Result<RunningServer, BootError> {
             "recorded operations interrupted by the last shutdown as failed"
         );
     }
+    // Background loops: the reconciler (its first pass runs at once) and
+    // the Docker events listener. They stop when `background` is cancelled.
+    let background = CancellationToken::new();
+    let loops = TaskTracker::new();
+    loops.spawn(
+        services
+            .reconciler
+            .clone()
+            .run_loop(config.reconcile_interval, background.clone()),
+    );
+    loops.spawn(services.events.clone().run(background.clone()));
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|e| BootError::Io(format!("cannot listen on {}: {e}", config.listen)))?;
@@ -133,6 +148,8 @@ pub async fn start(config: Config) -> Result<RunningServer, BootError> {
         services,
         stop,
         tracker,
+        background,
+        loops,
         task,
         shutdown_timeout: config.shutdown_timeout,
     })
@@ -145,12 +162,21 @@ impl RunningServer {
     /// the next boot.
     pub async fn shutdown(self) {
         self.stop.cancel();
+        self.background.cancel();
+        self.loops.close();
         self.tracker.close();
         if tokio::time::timeout(self.shutdown_timeout, self.tracker.wait())
             .await
             .is_err()
         {
             tracing::warn!("operations still in flight at the shutdown timeout; they will be recorded as interrupted at the next start");
+        }
+        // A loop cancelled mid-pass finishes its current action first.
+        if tokio::time::timeout(self.shutdown_timeout, self.loops.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("background loops did not stop within the shutdown timeout");
         }
         match tokio::time::timeout(self.shutdown_timeout, self.task).await {
             Ok(Ok(Ok(()))) => {}

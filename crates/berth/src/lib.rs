@@ -13,4 +13,5 @@ pub mod http;
 pub mod metrics;
 pub mod ports;
 pub mod services;
+pub mod streams;
 pub mod template_doc;

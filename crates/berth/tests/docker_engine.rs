@@ -7,15 +7,20 @@
 use std::collections::{BTreeMap, HashMap};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use berth::adapters::docker::DockerEngine;
-use berth::ports::engine::{Engine, EngineError, PullProgress};
-use berth_core::container::{plan_container, Bind, ContainerSpec, Placement, LABEL_OWNER};
+use berth::ports::engine::{Engine, EngineError, EngineEvent, EngineEventKind, PullProgress};
+use berth_core::container::{
+    plan_container, Bind, ContainerSpec, Placement, LABEL_OWNER, LABEL_RUNTIME_ID,
+};
 use berth_core::image::Repository;
 use berth_core::runtime::RuntimeRecord;
 use berth_core::template::Template;
-use bollard::container::{Config, CreateContainerOptions, StartContainerOptions};
+use bollard::container::{
+    Config, CreateContainerOptions, KillContainerOptions, RemoveContainerOptions,
+    StartContainerOptions,
+};
 use bollard::exec::{CreateExecOptions, StartExecResults};
 use bollard::network::ListNetworksOptions;
 use bollard::Docker;
@@ -647,4 +652,269 @@ async fn unreachable_daemon_is_unavailable() {
         .unwrap();
     local.ping().await.unwrap();
     engine("bt-none").await.ping().await.unwrap();
+}
+
+fn now_ms() -> i64 {
+    let since = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    i64::try_from(since.as_millis()).unwrap()
+}
+
+type Events = futures_util::stream::BoxStream<'static, Result<EngineEvent, EngineError>>;
+
+/// The next event, failing (not hanging) when none comes within 10 s.
+async fn next_event(events: &mut Events, waiting_for: &str) -> EngineEvent {
+    match tokio::time::timeout(Duration::from_secs(10), events.next()).await {
+        Ok(Some(Ok(event))) => event,
+        Ok(Some(Err(e))) => panic!("events stream failed while waiting for {waiting_for}: {e}"),
+        Ok(None) => panic!("events stream ended while waiting for {waiting_for}"),
+        Err(_) => panic!("no event within 10 s while waiting for {waiting_for}"),
+    }
+}
+
+async fn kill(docker: &Docker, id: &str) {
+    docker
+        .kill_container(id, Some(KillContainerOptions { signal: "KILL" }))
+        .await
+        .unwrap();
+}
+
+async fn force_remove(docker: &Docker, id: &str) {
+    let options = RemoveContainerOptions {
+        force: true,
+        ..Default::default()
+    };
+    docker.remove_container(id, Some(options)).await.unwrap();
+}
+
+#[tokio::test]
+async fn events_report_this_owners_container_lifecycle_only() {
+    let owner = unique("bt");
+    let other = unique("bt");
+    let name = format!("{owner}-events");
+    let foreign_name = format!("{other}-events");
+    let _cleanup = Cleanup {
+        owners: vec![owner.clone(), other.clone()],
+        names: vec![],
+        networks: vec![],
+    };
+    let engine = engine(&owner).await;
+    let other_engine = self::engine(&other).await;
+    let docker = engine.client().clone();
+    let image_ref = format!("{}:v1", test_image());
+    engine
+        .pull_image(&image_ref, &ignore_progress)
+        .await
+        .unwrap();
+
+    // Subscribed here, but not polled until everything below has happened:
+    // the stream must still deliver what happened since `events()`.
+    let mut events = engine.events();
+    let mut other_events = other_engine.events();
+
+    // Another owner's whole lifecycle first: since events arrive in order,
+    // a leak would show up before this owner's own events.
+    create_raw(
+        &docker,
+        &foreign_name,
+        &image_ref,
+        HashMap::from([(LABEL_OWNER.to_string(), other.clone())]),
+    )
+    .await;
+    docker
+        .start_container(&foreign_name, None::<StartContainerOptions<String>>)
+        .await
+        .unwrap();
+    kill(&docker, &foreign_name).await;
+    force_remove(&docker, &foreign_name).await;
+
+    let before_create = now_ms();
+    create_raw(
+        &docker,
+        &name,
+        &image_ref,
+        HashMap::from([
+            (LABEL_OWNER.to_string(), owner.clone()),
+            (LABEL_RUNTIME_ID.to_string(), "rt-events".to_string()),
+        ]),
+    )
+    .await;
+    let after_create = now_ms();
+    let id = engine.inspect_container(&name).await.unwrap().unwrap().id;
+    engine.start_container(&id).await.unwrap();
+
+    // Creation times: inspect has sub-second precision, the list whole
+    // seconds (truncated).
+    let inspected = engine.inspect_container(&id).await.unwrap().unwrap();
+    let created = inspected
+        .created_at_ms
+        .expect("inspect has a creation time");
+    assert!(
+        (before_create - 2000..=after_create + 2000).contains(&created),
+        "inspect created_at_ms {created} vs {before_create}..{after_create}"
+    );
+    let listed = engine.list_containers().await.unwrap();
+    assert_eq!(listed.len(), 1);
+    let listed_created = listed[0]
+        .created_at_ms
+        .expect("the list has a creation time");
+    assert_eq!(listed_created % 1000, 0);
+    assert!(
+        (created - 1000..=created).contains(&listed_created),
+        "list created_at_ms {listed_created} vs inspect {created}"
+    );
+
+    let started = next_event(&mut events, "start").await;
+    assert_eq!(started.kind, EngineEventKind::Started, "{started:?}");
+    assert_eq!(started.container_id, id);
+    assert_eq!(started.labels.get(LABEL_OWNER), Some(&owner));
+    assert_eq!(
+        started.labels.get(LABEL_RUNTIME_ID).map(String::as_str),
+        Some("rt-events")
+    );
+    assert!(!started.labels.contains_key("name"), "{:?}", started.labels);
+    // Milliseconds, from Docker's clock (the same machine): a sanity check
+    // of the unit, not of latency.
+    assert!(
+        (before_create - 60_000..=now_ms() + 60_000).contains(&started.at_ms),
+        "at_ms {} vs now {}",
+        started.at_ms,
+        now_ms()
+    );
+
+    // busybox httpd as PID 1 ignores SIGTERM; SIGKILL exits with 137.
+    kill(&docker, &id).await;
+    let died = next_event(&mut events, "die").await;
+    assert_eq!(
+        died.kind,
+        EngineEventKind::Died {
+            exit_code: Some(137)
+        },
+        "{died:?}"
+    );
+    assert_eq!(died.container_id, id);
+    assert!(died.at_ms >= started.at_ms);
+
+    force_remove(&docker, &id).await;
+    let destroyed = next_event(&mut events, "destroy").await;
+    assert_eq!(destroyed.kind, EngineEventKind::Destroyed, "{destroyed:?}");
+    assert_eq!(destroyed.container_id, id);
+    assert_eq!(destroyed.labels.get(LABEL_OWNER), Some(&owner));
+
+    // The other owner's stream saw its own container, and only that.
+    let foreign_started = next_event(&mut other_events, "the other owner's start").await;
+    assert_eq!(foreign_started.kind, EngineEventKind::Started);
+    assert_eq!(foreign_started.labels.get(LABEL_OWNER), Some(&other));
+    assert_ne!(foreign_started.container_id, id);
+}
+
+/// Forwards TCP connections on loopback to the local Docker socket, and can
+/// cut them all, standing in for a daemon restart or a broken network.
+struct Proxy {
+    addr: std::net::SocketAddr,
+    open: Arc<Mutex<Vec<std::net::TcpStream>>>,
+    upstream: Arc<Mutex<Vec<std::os::unix::net::UnixStream>>>,
+}
+
+impl Proxy {
+    fn start() -> Proxy {
+        use std::net::{Shutdown, TcpListener};
+        use std::os::unix::net::UnixStream;
+        let socket = match std::env::var("DOCKER_HOST") {
+            Ok(h) if !h.is_empty() => h
+                .strip_prefix("unix://")
+                .unwrap_or_else(|| panic!("this test proxies a unix socket, not {h}"))
+                .to_string(),
+            _ => "/var/run/docker.sock".to_string(),
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let open: Arc<Mutex<Vec<std::net::TcpStream>>> = Arc::default();
+        let upstream: Arc<Mutex<Vec<UnixStream>>> = Arc::default();
+        let (open_list, upstream_list) = (open.clone(), upstream.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { break };
+                let daemon = UnixStream::connect(&socket).unwrap();
+                open_list.lock().unwrap().push(client.try_clone().unwrap());
+                upstream_list
+                    .lock()
+                    .unwrap()
+                    .push(daemon.try_clone().unwrap());
+                let (mut from_client, mut to_daemon) =
+                    (client.try_clone().unwrap(), daemon.try_clone().unwrap());
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut from_client, &mut to_daemon);
+                    let _ = to_daemon.shutdown(Shutdown::Write);
+                });
+                let (mut from_daemon, mut to_client) = (daemon, client);
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut from_daemon, &mut to_client);
+                    let _ = to_client.shutdown(Shutdown::Both);
+                });
+            }
+        });
+        Proxy {
+            addr,
+            open,
+            upstream,
+        }
+    }
+
+    fn cut(&self) {
+        for stream in self.open.lock().unwrap().drain(..) {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+        for stream in self.upstream.lock().unwrap().drain(..) {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+#[tokio::test]
+async fn events_stream_ends_when_the_connection_breaks() {
+    let owner = unique("bt");
+    let name = format!("{owner}-cut");
+    let _cleanup = Cleanup {
+        owners: vec![owner.clone()],
+        names: vec![],
+        networks: vec![],
+    };
+    let proxy = Proxy::start();
+    let engine = DockerEngine::connect(Some(&format!("tcp://{}", proxy.addr)), &owner)
+        .await
+        .unwrap();
+    let docker = engine.client().clone();
+    let image_ref = format!("{}:v1", test_image());
+    engine
+        .pull_image(&image_ref, &ignore_progress)
+        .await
+        .unwrap();
+
+    let mut events = engine.events();
+    create_raw(
+        &docker,
+        &name,
+        &image_ref,
+        HashMap::from([(LABEL_OWNER.to_string(), owner.clone())]),
+    )
+    .await;
+    engine.start_container(&name).await.unwrap();
+    // The stream is connected and delivering.
+    let started = next_event(&mut events, "start").await;
+    assert_eq!(started.kind, EngineEventKind::Started);
+
+    proxy.cut();
+    match tokio::time::timeout(Duration::from_secs(10), events.next()).await {
+        Ok(None) => {}
+        Ok(Some(Err(EngineError::Unavailable(message)))) => {
+            assert!(message.contains(&proxy.addr.to_string()), "{message}");
+            let after = tokio::time::timeout(Duration::from_secs(10), events.next()).await;
+            assert!(
+                matches!(after, Ok(None)),
+                "the stream ends after its error: {after:?}"
+            );
+        }
+        Ok(other) => panic!("after the connection broke: {other:?}"),
+        Err(_) => panic!("the events stream did not end within 10 s of the connection breaking"),
+    }
 }

@@ -13,8 +13,12 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use berth::adapters::store::{self, PostgresStore, SqliteStore};
-use berth::ports::store::{OperationFilter, RuntimeFilter, Store, StoreError};
+use berth::ports::store::{
+    Change, EventFilter, OperationFilter, OutboxMessage, OutboxRow, RuntimeFilter, Store,
+    StoreError,
+};
 use berth::template_doc::TemplateDoc;
+use berth_core::event::{HealthEvent, HealthEventType, JobResult, Notification};
 use berth_core::image::Digest;
 use berth_core::operation::{Operation, OperationKind, Outcome, Source};
 use berth_core::pin::{Pin, PinAction, PinHistoryEntry};
@@ -56,6 +60,28 @@ impl Ctx {
                 let mut conn = options.connect().await.unwrap();
                 conn.execute(sql).await.unwrap();
                 conn.close().await.unwrap();
+            }
+        }
+    }
+
+    /// Reads one nullable text value with `sql`, behind the store's back.
+    async fn text(&self, sql: &str) -> Option<String> {
+        match &self.backend {
+            Backend::Sqlite(path) => {
+                let mut conn = SqliteConnectOptions::new()
+                    .filename(path)
+                    .connect()
+                    .await
+                    .unwrap();
+                let value = sqlx::query_scalar(sql).fetch_one(&mut conn).await.unwrap();
+                conn.close().await.unwrap();
+                value
+            }
+            Backend::Postgres(options) => {
+                let mut conn = options.connect().await.unwrap();
+                let value = sqlx::query_scalar(sql).fetch_one(&mut conn).await.unwrap();
+                conn.close().await.unwrap();
+                value
             }
         }
     }
@@ -173,6 +199,16 @@ contract!(
     every_change_writes_its_operation_row,
     concurrent_writes_all_succeed,
     corrupt_rows_are_reported,
+    commit_writes_everything_in_one_transaction,
+    commit_rolls_back_everything_on_a_conflict,
+    health_events_newest_first_with_filters,
+    has_health_event_matches_runtime_container_and_type,
+    notifications_newest_first,
+    job_results_round_trip,
+    outbox_oldest_first_delete_and_failed,
+    json_columns_round_trip,
+    outbox_seq_order_is_commit_order_per_key,
+    corrupt_event_rows_are_reported,
 );
 
 // --- fixtures ---------------------------------------------------------------
@@ -256,6 +292,90 @@ fn all_ops() -> OperationFilter {
 
 async fn op_count(store: &dyn Store) -> usize {
     store.list_operations(&all_ops()).await.unwrap().len()
+}
+
+fn health_event(
+    id: &str,
+    runtime_id: &str,
+    event_type: HealthEventType,
+    container_id: Option<&str>,
+    at_ms: i64,
+) -> HealthEvent {
+    HealthEvent {
+        id: id.to_string(),
+        runtime_id: runtime_id.to_string(),
+        event_type,
+        container_id: container_id.map(str::to_string),
+        at_ms,
+        details: [("source".to_string(), "docker_events".to_string())].into(),
+    }
+}
+
+fn notification(id: &str, notification_type: &str, at_ms: i64) -> Notification {
+    Notification {
+        id: id.to_string(),
+        notification_type: notification_type.to_string(),
+        audience: "admin".to_string(),
+        payload: [("runtime_id".to_string(), "r1".to_string())].into(),
+        created_at_ms: at_ms,
+    }
+}
+
+fn job_result(job_id: &str, runtime_id: &str, at_ms: i64) -> JobResult {
+    JobResult {
+        job_id: job_id.to_string(),
+        runtime_id: runtime_id.to_string(),
+        kind: "start".to_string(),
+        success: true,
+        container_id: Some("c0ffee".to_string()),
+        engine_endpoint: Some(format!("http://berth-{runtime_id}:8080")),
+        error_code: None,
+        error_message: None,
+        finished_at_ms: at_ms,
+    }
+}
+
+fn message(stream: &str, key: &str, fields: &[(&str, &str)], at_ms: i64) -> OutboxMessage {
+    OutboxMessage {
+        stream: stream.to_string(),
+        partition_key: key.to_string(),
+        fields: fields
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        created_at_ms: at_ms,
+    }
+}
+
+fn events(
+    runtime_id: Option<&str>,
+    event_type: Option<HealthEventType>,
+    limit: u32,
+) -> EventFilter {
+    EventFilter {
+        runtime_id: runtime_id.map(str::to_string),
+        event_type,
+        limit,
+    }
+}
+
+async fn all_events(store: &dyn Store) -> Vec<HealthEvent> {
+    store
+        .list_health_events(&events(None, None, 10_000))
+        .await
+        .unwrap()
+}
+
+async fn all_outbox(store: &dyn Store) -> Vec<OutboxRow> {
+    store.outbox_pending(10_000).await.unwrap()
+}
+
+fn messages(rows: &[OutboxRow]) -> Vec<OutboxMessage> {
+    rows.iter().map(|r| r.message.clone()).collect()
+}
+
+fn event_ids(events: &[HealthEvent]) -> Vec<&str> {
+    events.iter().map(|e| e.id.as_str()).collect()
 }
 
 fn ids(runtimes: &[RuntimeRecord]) -> Vec<&str> {
@@ -961,6 +1081,848 @@ mod cases {
             .await;
         expect_corrupt(s.list_operations(&all_ops()).await, "operations.details").await;
     }
+
+    pub async fn commit_writes_everything_in_one_transaction(ctx: Ctx) {
+        let s = ctx.store.as_ref();
+        // An empty change writes nothing, and is no error.
+        s.commit(&Change::default()).await.unwrap();
+        assert_eq!(op_count(s).await, 0);
+
+        let mut r = runtime("r1", "t", RuntimeStatus::Running, 10);
+        r.container_id = Some("c0ffee".into());
+        let o = done(
+            op("start-r1", OperationKind::Start, 10).for_runtime("r1", "t"),
+            11,
+        );
+        let evs = [
+            health_event(
+                "e1",
+                "r1",
+                HealthEventType::ContainerStarted,
+                Some("c0ffee"),
+                11,
+            ),
+            health_event(
+                "e2",
+                "r1",
+                HealthEventType::HealthHealthy,
+                Some("c0ffee"),
+                12,
+            ),
+        ];
+        let notes = [notification("n1", "runtime.started", 11)];
+        let job = job_result("job-1", "r1", 11);
+        let out = [
+            message(
+                "runtime:job_results",
+                "r1",
+                &[("job_id", "job-1"), ("outcome", "success")],
+                11,
+            ),
+            message(
+                "runtime:health_events",
+                "r1",
+                &[("runtime_id", "r1"), ("type", "container_started")],
+                11,
+            ),
+        ];
+        s.commit(&Change {
+            runtime: Some(&r),
+            operation: Some(&o),
+            health_events: &evs,
+            notifications: &notes,
+            job_result: Some(&job),
+            outbox: &out,
+        })
+        .await
+        .unwrap();
+
+        assert_eq!(s.get_runtime("r1").await.unwrap(), Some(r.clone()));
+        assert_eq!(
+            s.list_operations(&all_ops()).await.unwrap(),
+            vec![o.clone()]
+        );
+        assert_eq!(
+            all_events(s).await,
+            vec![evs[1].clone(), evs[0].clone()],
+            "newest first"
+        );
+        assert_eq!(s.list_notifications(100).await.unwrap(), notes.to_vec());
+        assert_eq!(s.get_job_result("job-1").await.unwrap(), Some(job));
+        let rows = all_outbox(s).await;
+        assert_eq!(
+            messages(&rows),
+            out.to_vec(),
+            "oldest first, in slice order"
+        );
+        assert!(rows.iter().all(|row| row.attempts == 0));
+        assert!(rows[0].seq < rows[1].seq);
+
+        // Parts alone: events and an outbox message without an operation.
+        let lone = [health_event(
+            "e3",
+            "r2",
+            HealthEventType::ContainerDisappeared,
+            None,
+            20,
+        )];
+        let lone_out = [message("runtime:health_events", "r2", &[("type", "x")], 20)];
+        s.commit(&Change {
+            health_events: &lone,
+            outbox: &lone_out,
+            ..Change::default()
+        })
+        .await
+        .unwrap();
+        assert_eq!(op_count(s).await, 1, "no operation given, none written");
+        assert_eq!(all_events(s).await[0], lone[0]);
+        assert_eq!(all_outbox(s).await.len(), 3);
+
+        // An operation update through commit keeps its place, like record.
+        let o2 = op("other", OperationKind::Stop, 30);
+        s.record(None, &o2).await.unwrap();
+        let mut o_again = o.clone();
+        o_again.fail("late", "changed", 31);
+        s.commit(&Change {
+            operation: Some(&o_again),
+            ..Change::default()
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            s.list_operations(&all_ops()).await.unwrap(),
+            vec![o2, o_again]
+        );
+    }
+
+    pub async fn commit_rolls_back_everything_on_a_conflict(ctx: Ctx) {
+        let s = ctx.store.as_ref();
+        let r1 = runtime("r1", "t", RuntimeStatus::Running, 10);
+        let o1 = op("o1", OperationKind::Start, 10).for_runtime("r1", "t");
+        let first_job = job_result("job-1", "r1", 10);
+        let first_events = [health_event(
+            "e1",
+            "r1",
+            HealthEventType::ContainerStarted,
+            Some("c1"),
+            10,
+        )];
+        let first_notes = [notification("n1", "runtime.started", 10)];
+        let first_out = [message(
+            "runtime:job_results",
+            "r1",
+            &[("job_id", "job-1")],
+            10,
+        )];
+        s.commit(&Change {
+            runtime: Some(&r1),
+            operation: Some(&o1),
+            health_events: &first_events,
+            notifications: &first_notes,
+            job_result: Some(&first_job),
+            outbox: &first_out,
+        })
+        .await
+        .unwrap();
+
+        let snapshot = || async {
+            (
+                s.list_runtimes(&RuntimeFilter::default()).await.unwrap(),
+                s.list_operations(&all_ops()).await.unwrap(),
+                all_events(s).await,
+                s.list_notifications(1000).await.unwrap(),
+                all_outbox(s).await,
+                s.get_job_result("job-1").await.unwrap(),
+            )
+        };
+        let before = snapshot().await;
+
+        // A redelivered job: same job id, a new runtime, an update of r1,
+        // an operation, events, a notification and outbox messages.
+        let r2 = runtime("r2", "t", RuntimeStatus::Running, 20);
+        let o2 = op("o2", OperationKind::Start, 20).for_runtime("r2", "t");
+        let mut second_job = job_result("job-1", "r2", 20);
+        second_job.success = false;
+        let second_events = [health_event(
+            "e2",
+            "r2",
+            HealthEventType::ContainerStarted,
+            Some("c2"),
+            20,
+        )];
+        let second_notes = [notification("n2", "runtime.start_failed", 20)];
+        let second_out = [
+            message("runtime:job_results", "r2", &[("job_id", "job-1")], 20),
+            message("runtime:job_results", "", &[("job_id", "job-1")], 20),
+        ];
+        match s
+            .commit(&Change {
+                runtime: Some(&r2),
+                operation: Some(&o2),
+                health_events: &second_events,
+                notifications: &second_notes,
+                job_result: Some(&second_job),
+                outbox: &second_out,
+            })
+            .await
+        {
+            Err(StoreError::Conflict(msg)) => assert!(msg.contains("job-1"), "{msg}"),
+            other => panic!("expected a conflict, got {other:?}"),
+        }
+        // The same, changing the existing runtime and operation instead.
+        let mut r1_changed = r1.clone();
+        r1_changed.status = RuntimeStatus::Failed;
+        let mut o1_changed = o1.clone();
+        o1_changed.fail("x", "y", 21);
+        assert!(matches!(
+            s.commit(&Change {
+                runtime: Some(&r1_changed),
+                operation: Some(&o1_changed),
+                job_result: Some(&second_job),
+                outbox: &second_out,
+                ..Change::default()
+            })
+            .await,
+            Err(StoreError::Conflict(_))
+        ));
+        assert_eq!(snapshot().await, before, "nothing of the refused changes");
+        assert_eq!(s.get_runtime("r2").await.unwrap(), None);
+        assert_eq!(s.get_job_result("job-1").await.unwrap(), Some(first_job));
+
+        // A duplicate event or notification id refuses the whole change too.
+        let r3 = runtime("r3", "t", RuntimeStatus::Running, 30);
+        let o3 = op("o3", OperationKind::Start, 30);
+        let dup_event = [
+            health_event("e-new", "r3", HealthEventType::ContainerStarted, None, 30),
+            health_event("e1", "r3", HealthEventType::ContainerStarted, None, 30),
+        ];
+        match s
+            .commit(&Change {
+                runtime: Some(&r3),
+                operation: Some(&o3),
+                health_events: &dup_event,
+                job_result: Some(&job_result("job-3", "r3", 30)),
+                outbox: &second_out,
+                ..Change::default()
+            })
+            .await
+        {
+            Err(StoreError::Conflict(msg)) => assert!(msg.contains("e1"), "{msg}"),
+            other => panic!("expected a conflict, got {other:?}"),
+        }
+        let dup_note = [notification("n1", "again", 30)];
+        assert!(matches!(
+            s.commit(&Change {
+                runtime: Some(&r3),
+                operation: Some(&o3),
+                notifications: &dup_note,
+                ..Change::default()
+            })
+            .await,
+            Err(StoreError::Conflict(_))
+        ));
+        assert_eq!(snapshot().await, before);
+        assert_eq!(s.get_job_result("job-3").await.unwrap(), None);
+
+        // The store is still usable, and the new job id goes through.
+        let j2 = job_result("job-2", "r2", 40);
+        s.commit(&Change {
+            runtime: Some(&r2),
+            operation: Some(&o2),
+            job_result: Some(&j2),
+            ..Change::default()
+        })
+        .await
+        .unwrap();
+        assert_eq!(s.get_job_result("job-2").await.unwrap(), Some(j2));
+        assert_eq!(s.get_runtime("r2").await.unwrap(), Some(r2));
+    }
+
+    pub async fn health_events_newest_first_with_filters(ctx: Ctx) {
+        let s = ctx.store.as_ref();
+        assert!(all_events(s).await.is_empty());
+        use HealthEventType::*;
+        // `at_ms` out of order: newest first is the order of writing.
+        let plan = [
+            ("e1", "r1", ContainerStarted),
+            ("e2", "r2", ContainerStarted),
+            ("e3", "r1", ContainerExited),
+            ("e4", "r1", ContainerStarted),
+            ("e5", "r2", ContainerOom),
+            ("e6", "r-1", ContainerStarted),
+        ];
+        // Some written together, in slice order.
+        let written: Vec<HealthEvent> = plan
+            .iter()
+            .enumerate()
+            .map(|(i, (id, r, t))| health_event(id, r, *t, Some("c"), 1000 - i as i64))
+            .collect();
+        s.commit(&Change {
+            health_events: &written[..3],
+            ..Change::default()
+        })
+        .await
+        .unwrap();
+        for e in &written[3..] {
+            s.commit(&Change {
+                health_events: std::slice::from_ref(e),
+                ..Change::default()
+            })
+            .await
+            .unwrap();
+        }
+        let list = |r: Option<&str>, t: Option<HealthEventType>, limit: u32| {
+            let filter = events(r, t, limit);
+            async move { s.list_health_events(&filter).await.unwrap() }
+        };
+        let everything = list(None, None, 100).await;
+        assert_eq!(event_ids(&everything), ["e6", "e5", "e4", "e3", "e2", "e1"]);
+        assert_eq!(everything[5], written[0]);
+        assert_eq!(event_ids(&list(None, None, 2).await), ["e6", "e5"]);
+        assert_eq!(
+            event_ids(&list(Some("r1"), None, 100).await),
+            ["e4", "e3", "e1"]
+        );
+        assert_eq!(event_ids(&list(Some("r1"), None, 1).await), ["e4"]);
+        assert_eq!(
+            event_ids(&list(None, Some(ContainerStarted), 100).await),
+            ["e6", "e4", "e2", "e1"]
+        );
+        assert_eq!(
+            event_ids(&list(None, Some(ContainerStarted), 3).await),
+            ["e6", "e4", "e2"]
+        );
+        assert_eq!(
+            event_ids(&list(Some("r1"), Some(ContainerStarted), 100).await),
+            ["e4", "e1"]
+        );
+        assert_eq!(
+            event_ids(&list(Some("r2"), Some(ContainerOom), 100).await),
+            ["e5"]
+        );
+        assert!(list(Some("r3"), None, 100).await.is_empty());
+        assert!(list(None, Some(HealthUnhealthy), 100).await.is_empty());
+        assert!(list(Some("r2"), Some(ContainerExited), 100)
+            .await
+            .is_empty());
+        assert!(list(None, None, 0).await.is_empty());
+
+        // Every type survives the trip, with and without a container.
+        let mut all_types = Vec::new();
+        for (i, t) in HealthEventType::ALL.iter().enumerate() {
+            let container = (i % 2 == 0).then_some("c0ffee");
+            all_types.push(health_event(
+                &format!("t{i}"),
+                "rt",
+                *t,
+                container,
+                i as i64,
+            ));
+        }
+        s.commit(&Change {
+            health_events: &all_types,
+            ..Change::default()
+        })
+        .await
+        .unwrap();
+        let mut read = list(Some("rt"), None, 100).await;
+        read.reverse();
+        assert_eq!(read, all_types);
+    }
+
+    pub async fn has_health_event_matches_runtime_container_and_type(ctx: Ctx) {
+        let s = ctx.store.as_ref();
+        use HealthEventType::*;
+        assert!(!s
+            .has_health_event("r1", "c1", ContainerDisappeared)
+            .await
+            .unwrap());
+        let evs = [
+            health_event("e1", "r1", ContainerDisappeared, Some("c1"), 1),
+            health_event("e2", "r1", ContainerStarted, Some("c2"), 2),
+            health_event("e3", "r2", ContainerExited, None, 3),
+        ];
+        s.commit(&Change {
+            health_events: &evs,
+            ..Change::default()
+        })
+        .await
+        .unwrap();
+        assert!(s
+            .has_health_event("r1", "c1", ContainerDisappeared)
+            .await
+            .unwrap());
+        assert!(s
+            .has_health_event("r1", "c2", ContainerStarted)
+            .await
+            .unwrap());
+        // Each of the three must match.
+        assert!(!s
+            .has_health_event("r1", "c1", ContainerStarted)
+            .await
+            .unwrap());
+        assert!(!s
+            .has_health_event("r1", "c2", ContainerDisappeared)
+            .await
+            .unwrap());
+        assert!(!s
+            .has_health_event("r2", "c1", ContainerDisappeared)
+            .await
+            .unwrap());
+        // An event with no container matches no container id, not even "".
+        assert!(!s.has_health_event("r2", "", ContainerExited).await.unwrap());
+        // Two of a kind are fine.
+        s.commit(&Change {
+            health_events: &[health_event(
+                "e4",
+                "r1",
+                ContainerDisappeared,
+                Some("c1"),
+                4,
+            )],
+            ..Change::default()
+        })
+        .await
+        .unwrap();
+        assert!(s
+            .has_health_event("r1", "c1", ContainerDisappeared)
+            .await
+            .unwrap());
+    }
+
+    pub async fn notifications_newest_first(ctx: Ctx) {
+        let s = ctx.store.as_ref();
+        assert!(s.list_notifications(10).await.unwrap().is_empty());
+        let mut expected = Vec::new();
+        for i in 0..5 {
+            // created_at_ms descending: the order of writing decides.
+            let mut n = notification(&format!("n{i}"), "image.update_available", 100 - i);
+            n.payload.insert("i".into(), i.to_string());
+            expected.push(n);
+        }
+        s.commit(&Change {
+            notifications: &expected[..2],
+            ..Change::default()
+        })
+        .await
+        .unwrap();
+        for n in &expected[2..] {
+            let o = op(&format!("o-{}", n.id), OperationKind::Refresh, 1);
+            s.commit(&Change {
+                operation: Some(&o),
+                notifications: std::slice::from_ref(n),
+                ..Change::default()
+            })
+            .await
+            .unwrap();
+        }
+        expected.reverse();
+        assert_eq!(s.list_notifications(100).await.unwrap(), expected);
+        assert_eq!(
+            s.list_notifications(2).await.unwrap(),
+            expected[..2].to_vec()
+        );
+        assert!(s.list_notifications(0).await.unwrap().is_empty());
+    }
+
+    pub async fn job_results_round_trip(ctx: Ctx) {
+        let s = ctx.store.as_ref();
+        assert_eq!(s.get_job_result("nope").await.unwrap(), None);
+        let ok = job_result("j-ok", "r1", 1_700_000_000_123);
+        let failed = JobResult {
+            job_id: "j-failed".into(),
+            runtime_id: "r2".into(),
+            kind: "stop".into(),
+            success: false,
+            container_id: None,
+            engine_endpoint: None,
+            error_code: Some("image_pull_failed".into()),
+            error_message: Some("pull failed: \"manifest unknown\" — ünïcode".into()),
+            finished_at_ms: 2,
+        };
+        for j in [&ok, &failed] {
+            s.commit(&Change {
+                job_result: Some(j),
+                ..Change::default()
+            })
+            .await
+            .unwrap();
+        }
+        assert_eq!(s.get_job_result("j-ok").await.unwrap(), Some(ok));
+        assert_eq!(s.get_job_result("j-failed").await.unwrap(), Some(failed));
+        assert_eq!(
+            s.get_job_result("J-OK").await.unwrap(),
+            None,
+            "ids are exact"
+        );
+    }
+
+    pub async fn outbox_oldest_first_delete_and_failed(ctx: Ctx) {
+        let s = ctx.store.as_ref();
+        assert!(all_outbox(s).await.is_empty());
+        s.outbox_delete(&[]).await.unwrap();
+
+        let written: Vec<OutboxMessage> = (0..6)
+            .map(|i| {
+                message(
+                    "runtime:health_events",
+                    if i % 2 == 0 { "r1" } else { "r2" },
+                    &[("i", &i.to_string())],
+                    // created_at_ms descending: the order of writing decides.
+                    100 - i,
+                )
+            })
+            .collect();
+        s.commit(&Change {
+            outbox: &written[..3],
+            ..Change::default()
+        })
+        .await
+        .unwrap();
+        s.commit(&Change {
+            outbox: &written[3..],
+            ..Change::default()
+        })
+        .await
+        .unwrap();
+        let rows = all_outbox(s).await;
+        assert_eq!(messages(&rows), written);
+        assert!(rows.windows(2).all(|w| w[0].seq < w[1].seq));
+        assert_eq!(
+            messages(&s.outbox_pending(2).await.unwrap()),
+            written[..2].to_vec()
+        );
+        assert!(s.outbox_pending(0).await.unwrap().is_empty());
+
+        // A failed publish counts, keeps the error, and keeps the message's
+        // place.
+        s.outbox_failed(rows[0].seq, "redis: connection refused")
+            .await
+            .unwrap();
+        s.outbox_failed(rows[0].seq, "redis: \"timeout\" ü")
+            .await
+            .unwrap();
+        s.outbox_failed(rows[2].seq, "once").await.unwrap();
+        s.outbox_failed(999_999, "unknown seq is ignored")
+            .await
+            .unwrap();
+        let after = all_outbox(s).await;
+        assert_eq!(messages(&after), written);
+        let attempts: Vec<i64> = after.iter().map(|r| r.attempts).collect();
+        assert_eq!(attempts, [2, 0, 1, 0, 0, 0]);
+        assert_eq!(
+            ctx.text(&format!(
+                "SELECT last_error FROM outbox WHERE seq = {}",
+                rows[0].seq
+            ))
+            .await
+            .as_deref(),
+            Some("redis: \"timeout\" ü")
+        );
+        assert_eq!(
+            ctx.text(&format!(
+                "SELECT last_error FROM outbox WHERE seq = {}",
+                rows[1].seq
+            ))
+            .await,
+            None
+        );
+
+        // Delete what was published; unknown seqs are ignored.
+        s.outbox_delete(&[rows[1].seq, rows[3].seq, 999_999])
+            .await
+            .unwrap();
+        let left = all_outbox(s).await;
+        assert_eq!(
+            left.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            [rows[0].seq, rows[2].seq, rows[4].seq, rows[5].seq]
+        );
+        assert_eq!(left[0].attempts, 2);
+        s.outbox_delete(&[rows[1].seq]).await.unwrap(); // again: nothing
+        let seqs: Vec<i64> = left.iter().map(|r| r.seq).collect();
+        s.outbox_delete(&seqs).await.unwrap();
+        assert!(all_outbox(s).await.is_empty());
+
+        // Many at once (more than one DELETE statement's worth).
+        let many: Vec<OutboxMessage> = (0..1200)
+            .map(|i| message("s", "k", &[("i", &i.to_string())], i))
+            .collect();
+        s.commit(&Change {
+            outbox: &many,
+            ..Change::default()
+        })
+        .await
+        .unwrap();
+        let rows = all_outbox(s).await;
+        assert_eq!(messages(&rows), many);
+        let mut seqs: Vec<i64> = rows.iter().map(|r| r.seq).collect();
+        let kept = seqs.remove(700);
+        s.outbox_delete(&seqs).await.unwrap();
+        let left = all_outbox(s).await;
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].seq, kept);
+        assert_eq!(left[0].message, many[700]);
+
+        // A new message after deletes still sorts last.
+        let last = message("s", "k", &[("last", "1")], 0);
+        s.commit(&Change {
+            outbox: std::slice::from_ref(&last),
+            ..Change::default()
+        })
+        .await
+        .unwrap();
+        let rows = all_outbox(s).await;
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[1].message, last);
+        assert!(rows[1].seq > rows.iter().map(|r| r.seq).min().unwrap());
+    }
+
+    pub async fn json_columns_round_trip(ctx: Ctx) {
+        let s = ctx.store.as_ref();
+        let tricky = [
+            "",
+            "plain",
+            "\"double\" and 'single' quotes",
+            "back\\slash \\\" and \\n escaped",
+            "line\nbreak\ttab\r\u{0001}",
+            "ünïcödé — 日本語 — emoji 🚢⚓",
+            "{\"looks\": [\"like\", \"json\"]}",
+            "'); DROP TABLE outbox; --",
+        ];
+        let map: BTreeMap<String, String> = tricky
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (format!("k{i} \"{v}\""), v.to_string()))
+            .collect();
+
+        let mut e = health_event(
+            "ev-\"1\"-ü",
+            "rü'ntime",
+            HealthEventType::ContainerExited,
+            Some("c\"0"),
+            1,
+        );
+        e.details = map.clone();
+        let mut empty = health_event("ev-empty", "r", HealthEventType::ContainerOom, None, 2);
+        empty.details = BTreeMap::new();
+        let mut n = notification("nö-\"1\"", "rollout.halted ✋", 3);
+        n.audience = "ädmin".into();
+        n.payload = map.clone();
+        let mut n_empty = notification("n-empty", "x", 4);
+        n_empty.payload = BTreeMap::new();
+        // Fields keep their order; names may repeat; empty lists are fine.
+        let mut fields: Vec<(String, String)> = tricky
+            .iter()
+            .map(|v| (format!("f {v}"), v.to_string()))
+            .collect();
+        fields.push(("f ".into(), "repeated name".into()));
+        fields.insert(0, ("z-first".into(), "\"".into()));
+        let m = OutboxMessage {
+            stream: "notification:intents".into(),
+            partition_key: "rü'ntime".into(),
+            fields: fields.clone(),
+            created_at_ms: 5,
+        };
+        let m_empty = OutboxMessage {
+            stream: "s".into(),
+            partition_key: String::new(),
+            fields: Vec::new(),
+            created_at_ms: 6,
+        };
+        let j = JobResult {
+            error_message: Some(tricky.join(" | ")),
+            error_code: Some("ü\"".into()),
+            ..job_result("jöb \"1\"", "rü'ntime", 7)
+        };
+        s.commit(&Change {
+            health_events: &[e.clone(), empty.clone()],
+            notifications: &[n.clone(), n_empty.clone()],
+            job_result: Some(&j),
+            outbox: &[m.clone(), m_empty.clone()],
+            ..Change::default()
+        })
+        .await
+        .unwrap();
+
+        assert_eq!(all_events(s).await, vec![empty, e.clone()]);
+        assert_eq!(
+            s.list_health_events(&events(Some("rü'ntime"), None, 10))
+                .await
+                .unwrap(),
+            vec![e]
+        );
+        assert!(s
+            .has_health_event("rü'ntime", "c\"0", HealthEventType::ContainerExited)
+            .await
+            .unwrap());
+        assert_eq!(s.list_notifications(10).await.unwrap(), vec![n_empty, n]);
+        assert_eq!(s.get_job_result("jöb \"1\"").await.unwrap(), Some(j));
+        assert_eq!(messages(&all_outbox(s).await), vec![m, m_empty]);
+
+        // The stored texts are the documented JSON shapes.
+        let fields_json = ctx
+            .text("SELECT fields FROM outbox WHERE stream = 's'")
+            .await
+            .unwrap();
+        assert_eq!(fields_json, "[]");
+        let fields_json = ctx
+            .text("SELECT fields FROM outbox WHERE stream = 'notification:intents'")
+            .await
+            .unwrap();
+        let value: serde_json::Value = serde_json::from_str(&fields_json).unwrap();
+        assert_eq!(value[0], serde_json::json!(["z-first", "\""]));
+        let details = ctx
+            .text("SELECT details FROM health_events WHERE id = 'ev-empty'")
+            .await
+            .unwrap();
+        assert_eq!(details, "{}");
+        let payload = ctx
+            .text("SELECT payload FROM notifications WHERE id = 'n-empty'")
+            .await
+            .unwrap();
+        assert_eq!(payload, "{}");
+    }
+
+    /// A relay reading while changes commit never sees a key's later
+    /// message before an earlier one: what it sees of a key is always a
+    /// prefix (by seq) of what that key finally holds.
+    pub async fn outbox_seq_order_is_commit_order_per_key(ctx: Ctx) {
+        const KEYS: usize = 3;
+        const WRITERS_PER_KEY: usize = 3;
+        const COMMITS: usize = 8;
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reader = {
+            let store = ctx.store.clone();
+            let done = done.clone();
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                    seen.push(store.outbox_pending(100_000).await.unwrap());
+                    tokio::task::yield_now().await;
+                }
+                seen
+            })
+        };
+        let mut writers = Vec::new();
+        for key in 0..KEYS {
+            for w in 0..WRITERS_PER_KEY {
+                let store = ctx.store.clone();
+                writers.push(tokio::spawn(async move {
+                    let key = format!("r{key}");
+                    for i in 0..COMMITS {
+                        let o = op(&format!("{key}-{w}-{i}"), OperationKind::Start, 1)
+                            .for_runtime(&key, "t");
+                        let m = [
+                            message(
+                                "s",
+                                &key,
+                                &[("w", &w.to_string()), ("i", &i.to_string())],
+                                1,
+                            ),
+                            message("s", "", &[("w", &w.to_string())], 1),
+                        ];
+                        store
+                            .commit(&Change {
+                                operation: Some(&o),
+                                outbox: &m,
+                                ..Change::default()
+                            })
+                            .await?;
+                    }
+                    Ok::<_, StoreError>(())
+                }));
+            }
+        }
+        for w in writers {
+            w.await.unwrap().unwrap();
+        }
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        let seen = reader.await.unwrap();
+        let last = all_outbox(ctx.store.as_ref()).await;
+        assert_eq!(last.len(), KEYS * WRITERS_PER_KEY * COMMITS * 2);
+        let by_key = |rows: &[OutboxRow], key: &str| -> Vec<i64> {
+            rows.iter()
+                .filter(|r| r.message.partition_key == key)
+                .map(|r| r.seq)
+                .collect()
+        };
+        let mut keys: Vec<String> = (0..KEYS).map(|k| format!("r{k}")).collect();
+        keys.push(String::new());
+        for key in &keys {
+            let all = by_key(&last, key);
+            for snapshot in &seen {
+                let part = by_key(snapshot, key);
+                assert_eq!(
+                    part,
+                    all[..part.len()],
+                    "key {key:?}: the relay saw a later message before an earlier one"
+                );
+            }
+        }
+        // Each writer's messages are in its own commit order.
+        for key in 0..KEYS {
+            for w in 0..WRITERS_PER_KEY {
+                let is: Vec<String> = last
+                    .iter()
+                    .filter(|r| {
+                        r.message.partition_key == format!("r{key}")
+                            && r.message.fields[0].1 == w.to_string()
+                    })
+                    .map(|r| r.message.fields[1].1.clone())
+                    .collect();
+                let expected: Vec<String> = (0..COMMITS).map(|i| i.to_string()).collect();
+                assert_eq!(is, expected);
+            }
+        }
+    }
+
+    pub async fn corrupt_event_rows_are_reported(ctx: Ctx) {
+        let s = ctx.store.as_ref();
+        s.commit(&Change {
+            health_events: &[health_event(
+                "e",
+                "r",
+                HealthEventType::ContainerStarted,
+                None,
+                1,
+            )],
+            notifications: &[notification("n", "x", 1)],
+            outbox: &[message("s", "r", &[("a", "b")], 1)],
+            ..Change::default()
+        })
+        .await
+        .unwrap();
+
+        async fn expect_corrupt<T: std::fmt::Debug>(result: Result<T, StoreError>, column: &str) {
+            match result {
+                Err(StoreError::Corrupt(msg)) => assert!(msg.contains(column), "{msg}"),
+                other => panic!("expected Corrupt naming {column}, got {other:?}"),
+            }
+        }
+
+        ctx.exec("UPDATE health_events SET event_type = 'exploded'")
+            .await;
+        expect_corrupt(
+            s.list_health_events(&events(None, None, 10)).await,
+            "health_events.event_type",
+        )
+        .await;
+        ctx.exec("UPDATE health_events SET event_type = 'container_started', details = '[]'")
+            .await;
+        expect_corrupt(
+            s.list_health_events(&events(Some("r"), None, 10)).await,
+            "health_events.details",
+        )
+        .await;
+        ctx.exec("UPDATE notifications SET payload = '{\"n\": 1}'")
+            .await;
+        expect_corrupt(s.list_notifications(10).await, "notifications.payload").await;
+        ctx.exec("UPDATE outbox SET fields = '{\"a\": \"b\"}'")
+            .await;
+        expect_corrupt(s.outbox_pending(10).await, "outbox.fields").await;
+        ctx.exec("UPDATE outbox SET fields = '[[\"a\"]]'").await;
+        expect_corrupt(s.outbox_pending(10).await, "outbox.fields").await;
+    }
 }
 
 // --- opening stores -----------------------------------------------------------
@@ -982,7 +1944,7 @@ async fn connect_opens_sqlite_urls_and_refuses_unknown_schemes() {
     // Reopening finds the data and migrates nothing twice.
     let again = SqliteStore::open(&file).await.unwrap();
     assert!(again.get_template("t").await.unwrap().is_some());
-    assert_eq!(again.schema_versions().await.unwrap(), [1]);
+    assert_eq!(again.schema_versions().await.unwrap(), [1, 2]);
 
     let mem = store::connect("sqlite::memory:", dir.path()).await.unwrap();
     mem.put_template(
@@ -1010,13 +1972,38 @@ async fn sqlite_migrates_down_and_up_again() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("berth.db");
     let s = SqliteStore::open(&file).await.unwrap();
+    s.put_template(
+        &template("t", "v1"),
+        &op("p", OperationKind::TemplatePut, 1),
+    )
+    .await
+    .unwrap();
+    s.commit(&Change {
+        outbox: &[message("s", "", &[("a", "b")], 1)],
+        ..Change::default()
+    })
+    .await
+    .unwrap();
+
+    // Down one step: 0002's tables go, 0001's data stays.
+    s.migrate_down_to(1).await.unwrap();
+    assert_eq!(s.schema_versions().await.unwrap(), [1]);
+    assert!(s.outbox_pending(10).await.is_err(), "the outbox is gone");
+    assert!(s.get_template("t").await.unwrap().is_some());
+    s.close().await;
+    let s = SqliteStore::open(&file).await.unwrap();
+    assert_eq!(s.schema_versions().await.unwrap(), [1, 2]);
+    assert!(s.outbox_pending(10).await.unwrap().is_empty());
+    assert!(s.get_template("t").await.unwrap().is_some());
+
     s.migrate_down_to(0).await.unwrap();
     assert!(s.schema_versions().await.unwrap().is_empty());
     assert!(s.list_templates().await.is_err(), "the tables are gone");
     s.close().await;
     let s = SqliteStore::open(&file).await.unwrap();
-    assert_eq!(s.schema_versions().await.unwrap(), [1]);
+    assert_eq!(s.schema_versions().await.unwrap(), [1, 2]);
     assert!(s.list_templates().await.unwrap().is_empty());
+    assert!(s.outbox_pending(10).await.unwrap().is_empty());
 }
 
 /// `connect` with a `postgres://` URL (the contract cases use parsed
@@ -1052,12 +2039,12 @@ async fn postgres_connect_by_url() {
         }
         let s = PostgresStore::connect(&url).await.unwrap();
         assert_eq!(op_count(&s).await, 2, "both URLs reached the same database");
-        assert_eq!(s.schema_versions().await.unwrap(), [1]);
+        assert_eq!(s.schema_versions().await.unwrap(), [1, 2]);
         s.migrate_down_to(0).await.unwrap();
         assert!(s.list_templates().await.is_err(), "the tables are gone");
         s.close().await;
         let s = PostgresStore::connect(&url).await.unwrap();
-        assert_eq!(s.schema_versions().await.unwrap(), [1]);
+        assert_eq!(s.schema_versions().await.unwrap(), [1, 2]);
         assert_eq!(op_count(&s).await, 0);
         s.close().await;
     })

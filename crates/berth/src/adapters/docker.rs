@@ -990,7 +990,10 @@ mod tests {
                 .kind,
             EngineEventKind::HealthStatus { healthy: false }
         );
-        assert_eq!(to_event(event("health_status: starting", &mine), "me"), None);
+        assert_eq!(
+            to_event(event("health_status: starting", &mine), "me"),
+            None
+        );
         assert_eq!(to_event(event("kill", &mine), "me"), None);
         assert_eq!(to_event(event("start", &mine), "someone-else"), None);
         assert_eq!(to_event(event("start", &[]), "me"), None);

@@ -216,3 +216,106 @@ pub struct LimitQuery {
 pub struct ReasonQuery {
     pub reason: Option<String>,
 }
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct HealthEventView {
+    pub id: String,
+    pub runtime_id: String,
+    /// container_started, container_exited, container_oom,
+    /// container_disappeared, health_unhealthy or health_healthy.
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub container_id: Option<String>,
+    pub at: i64,
+    pub details: BTreeMap<String, String>,
+}
+
+impl From<berth_core::event::HealthEvent> for HealthEventView {
+    fn from(e: berth_core::event::HealthEvent) -> Self {
+        HealthEventView {
+            id: e.id,
+            runtime_id: e.runtime_id,
+            event_type: e.event_type.as_str().to_string(),
+            container_id: e.container_id,
+            at: e.at_ms,
+            details: e.details,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct HealthEventList {
+    pub events: Vec<HealthEventView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct NotificationView {
+    pub id: String,
+    pub notification_type: String,
+    pub audience: String,
+    pub payload: BTreeMap<String, String>,
+    pub created_at: i64,
+}
+
+impl From<berth_core::event::Notification> for NotificationView {
+    fn from(n: berth_core::event::Notification) -> Self {
+        NotificationView {
+            id: n.id,
+            notification_type: n.notification_type,
+            audience: n.audience,
+            payload: n.payload,
+            created_at: n.created_at_ms,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct NotificationList {
+    pub notifications: Vec<NotificationView>,
+}
+
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct EventQuery {
+    pub runtime: Option<String>,
+    #[serde(rename = "type")]
+    pub event_type: Option<String>,
+    /// 1 to 1000; default 100.
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct FailedAction {
+    pub runtime_id: String,
+    pub error: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ReconcileReportView {
+    pub disposed: Vec<String>,
+    pub recreated: Vec<String>,
+    pub adopted: Vec<String>,
+    pub exited: Vec<String>,
+    pub restarted: Vec<String>,
+    /// Container ids reported and left alone.
+    pub reported: Vec<String>,
+    pub failed: Vec<FailedAction>,
+}
+
+impl From<crate::services::reconciler::ReconcileReport> for ReconcileReportView {
+    fn from(r: crate::services::reconciler::ReconcileReport) -> Self {
+        ReconcileReportView {
+            disposed: r.disposed,
+            recreated: r.recreated,
+            adopted: r.adopted,
+            exited: r.exited,
+            restarted: r.restarted,
+            reported: r.reported,
+            failed: r
+                .failed
+                .into_iter()
+                .map(|(runtime_id, error)| FailedAction { runtime_id, error })
+                .collect(),
+        }
+    }
+}

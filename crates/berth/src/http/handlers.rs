@@ -299,3 +299,41 @@ pub async fn list_operations(
         operations: ops.into_iter().map(Into::into).collect(),
     }))
 }
+
+#[utoipa::path(get, path = "/v1/events", tag = "events", params(EventQuery),
+    responses((status = 200, body = HealthEventList), (status = 400, body = ErrorBody)))]
+pub async fn list_events(
+    State(state): State<AppState>,
+    ApiQuery(q): ApiQuery<EventQuery>,
+) -> ApiResult<Json<HealthEventList>> {
+    let events = state
+        .services
+        .operations
+        .health_events(q.runtime.as_deref(), q.event_type.as_deref(), q.limit)
+        .await?;
+    Ok(Json(HealthEventList {
+        events: events.into_iter().map(Into::into).collect(),
+    }))
+}
+
+#[utoipa::path(get, path = "/v1/notifications", tag = "events", params(LimitQuery),
+    responses((status = 200, body = NotificationList), (status = 400, body = ErrorBody)))]
+pub async fn list_notifications(
+    State(state): State<AppState>,
+    ApiQuery(q): ApiQuery<LimitQuery>,
+) -> ApiResult<Json<NotificationList>> {
+    let notifications = state.services.operations.notifications(q.limit).await?;
+    Ok(Json(NotificationList {
+        notifications: notifications.into_iter().map(Into::into).collect(),
+    }))
+}
+
+#[utoipa::path(post, path = "/v1/admin/reconcile", tag = "admin",
+    responses((status = 200, body = ReconcileReportView), (status = 503, description = "docker_unavailable", body = ErrorBody)))]
+pub async fn reconcile_now(State(state): State<AppState>) -> ApiResult<Json<ReconcileReportView>> {
+    let services = state.services.clone();
+    let report = state
+        .run(async move { services.reconciler.run_once().await })
+        .await?;
+    Ok(Json(report.into()))
+}

@@ -196,6 +196,9 @@ pub fn router(state: AppState) -> Router {
         .route("/runtimes/{id}/stop", post(stop_runtime))
         .route("/runtimes/{id}/restart", post(restart_runtime))
         .route("/operations", get(list_operations))
+        .route("/events", get(list_events))
+        .route("/notifications", get(list_notifications))
+        .route("/admin/reconcile", post(reconcile_now))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
 
     Router::new()

@@ -179,8 +179,10 @@ pub trait Store: Send + Sync + 'static {
     // --- health events -------------------------------------------------
 
     /// Newest first (order of writing), at most `filter.limit`.
-    async fn list_health_events(&self, filter: &EventFilter)
-        -> Result<Vec<HealthEvent>, StoreError>;
+    async fn list_health_events(
+        &self,
+        filter: &EventFilter,
+    ) -> Result<Vec<HealthEvent>, StoreError>;
     /// Whether an event of `event_type` is stored for this runtime and
     /// container. A read only: a caller that writes the event when this
     /// says false must not race another writer of the same event.

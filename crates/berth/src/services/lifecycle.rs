@@ -23,7 +23,7 @@ use berth_core::template::{validate_env, Template};
 use berth_core::ErrorCode;
 
 use super::locks::KeyedLocks;
-use super::{Caller, Context};
+use super::{Caller, Context, Effects};
 use crate::error::{Error, Result};
 use crate::ports::engine::ProgressFn;
 use crate::ports::{EngineError, PullProgress, RuntimeFilter};
@@ -284,10 +284,37 @@ impl LifecycleService {
                     message: err.message.clone(),
                 });
                 op.fail(err.code.as_str(), &err.message, now);
-                self.ctx.record(Some(&rec), &op).await?;
+                let effects = Effects {
+                    notifications: vec![self.start_failed_notification(&rec, &err)],
+                    ..Effects::default()
+                };
+                self.ctx.commit(Some(&rec), Some(&op), &effects).await?;
                 Err(err)
             }
         }
+    }
+
+    /// `runtime.image_pull_failed` or `runtime.start_failed`, for admins.
+    fn start_failed_notification(
+        &self,
+        rec: &RuntimeRecord,
+        err: &Error,
+    ) -> berth_core::event::Notification {
+        let mut payload = vec![
+            ("runtime_id", rec.id.clone()),
+            ("template", rec.template.clone()),
+            ("error_code", err.code.as_str().to_string()),
+            ("error_message", err.message.clone()),
+        ];
+        if let Some(image) = &rec.image_ref {
+            payload.push(("image_ref", image.clone()));
+        }
+        let kind = if err.code == ErrorCode::ImagePullFailed {
+            "runtime.image_pull_failed"
+        } else {
+            "runtime.start_failed"
+        };
+        self.ctx.notification(kind, &payload)
     }
 
     /// Runs `fut` within the operation deadline.
@@ -348,6 +375,8 @@ impl LifecycleService {
             )
         })?;
         let image_ref = image.to_string();
+        // Recorded before the pull, so that a failure says what was asked for.
+        rec.image_ref = Some(image_ref.clone());
         let digest = self.ensure_image(&image, progress).await?;
         self.ensure_network().await?;
         let state_dir = self.state_dir(&rec.id);
@@ -619,8 +648,30 @@ impl LifecycleService {
         }
     }
 
+    /// Runtime ids with an operation in flight in this process.
+    pub fn busy_ids(&self) -> std::collections::HashSet<String> {
+        self.locks.held()
+    }
+
+    /// The runtime's lock, if no operation holds it (for the reconciler,
+    /// which skips busy runtimes rather than waiting for them).
+    pub fn try_lock(&self, id: &str) -> Option<super::locks::KeyGuard> {
+        self.locks.try_lock(id)
+    }
+
     /// Stops and starts the runtime's container (a new one if it is gone).
     pub async fn restart(&self, id: &str, caller: &Caller) -> Result<RuntimeRecord> {
+        self.restart_as(id, caller, OperationKind::Restart).await
+    }
+
+    /// A restart logged as `kind` (`restart`, or `recreate` when the
+    /// reconciler replaces a vanished container).
+    pub async fn restart_as(
+        &self,
+        id: &str,
+        caller: &Caller,
+        kind: OperationKind,
+    ) -> Result<RuntimeRecord> {
         validate_runtime_id(id)?;
         let _guard = self.locks.lock(id).await;
         let mut rec = self.get(id).await?;
@@ -629,7 +680,7 @@ impl LifecycleService {
         rec.updated_at_ms = self.ctx.now_ms();
         let op = self
             .ctx
-            .begin_op(OperationKind::Restart, caller)
+            .begin_op(kind, caller)
             .for_runtime(&rec.id, &rec.template);
         if let Some(cid) = rec.container_id.clone() {
             self.ctx.record(Some(&rec), &op).await?;

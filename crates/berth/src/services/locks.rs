@@ -16,6 +16,24 @@ pub struct KeyGuard {
 }
 
 impl KeyedLocks {
+    /// The lock for `key` if nobody holds it now.
+    pub fn try_lock(&self, key: &str) -> Option<KeyGuard> {
+        let lock = {
+            let mut map = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+            map.entry(key.to_string()).or_default().clone()
+        };
+        lock.try_lock_owned().ok().map(|g| KeyGuard { _guard: g })
+    }
+
+    /// Keys whose lock is held right now: operations in flight.
+    pub fn held(&self) -> std::collections::HashSet<String> {
+        let map = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+        map.iter()
+            .filter(|(_, l)| l.try_lock().is_err())
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
     pub async fn lock(&self, key: &str) -> KeyGuard {
         let lock = {
             // A poisoned map only means another thread panicked while holding

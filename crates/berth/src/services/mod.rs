@@ -2,22 +2,27 @@
 //! API, the CLI (through the API), the stream consumer and the background
 //! loops call the same code, never a second copy.
 
+pub mod events;
 pub mod lifecycle;
 pub mod locks;
 pub mod operations;
 pub mod pins;
+pub mod reconciler;
 pub mod templates;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use berth_core::event::{HealthEvent, HealthEventType, JobResult, Notification};
 use berth_core::operation::{Operation, OperationKind, Outcome, Source};
 use berth_core::runtime::RuntimeRecord;
 
 use crate::error::Result;
 use crate::metrics::Metrics;
+use crate::ports::store::Change;
 use crate::ports::{Clock, Engine, Store};
+use crate::streams;
 
 /// What the services need to know about this berth instance.
 #[derive(Debug, Clone)]
@@ -29,6 +34,9 @@ pub struct Settings {
     pub data_dir: PathBuf,
     /// The most one operation (pull included) may take.
     pub operation_deadline: Duration,
+    /// Write stream messages to the outbox (only when Redis is configured;
+    /// without it the same records are read from the API).
+    pub publish_outbox: bool,
 }
 
 /// Who asked: the operation's source and a name for the pin history.
@@ -54,6 +62,17 @@ pub struct Context {
     pub clock: Arc<dyn Clock>,
     pub metrics: Arc<Metrics>,
     pub settings: Settings,
+    /// Wakes the outbox relay after a commit that wrote messages.
+    pub outbox_wakeup: Arc<tokio::sync::Notify>,
+}
+
+/// What a change reports besides the record and its operation; written in
+/// the same transaction, and to the outbox when publishing is on.
+#[derive(Debug, Default)]
+pub struct Effects {
+    pub health_events: Vec<HealthEvent>,
+    pub notifications: Vec<Notification>,
+    pub job_result: Option<JobResult>,
 }
 
 impl Context {
@@ -73,12 +92,88 @@ impl Context {
 
     /// Writes the record and operation together; counts finished operations.
     pub async fn record(&self, runtime: Option<&RuntimeRecord>, op: &Operation) -> Result<()> {
-        self.store.record(runtime, op).await?;
-        if op.outcome != Outcome::InProgress {
+        self.commit(runtime, Some(op), &Effects::default()).await
+    }
+
+    /// Writes a record, its operation and their effects in one transaction.
+    pub async fn commit(
+        &self,
+        runtime: Option<&RuntimeRecord>,
+        op: Option<&Operation>,
+        effects: &Effects,
+    ) -> Result<()> {
+        let mut outbox = Vec::new();
+        if self.settings.publish_outbox {
+            outbox.extend(
+                effects
+                    .health_events
+                    .iter()
+                    .map(streams::health_event_message),
+            );
+            outbox.extend(
+                effects
+                    .notifications
+                    .iter()
+                    .map(streams::notification_message),
+            );
+            outbox.extend(effects.job_result.iter().map(streams::job_result_message));
+        }
+        self.store
+            .commit(&Change {
+                runtime,
+                operation: op,
+                health_events: &effects.health_events,
+                notifications: &effects.notifications,
+                job_result: effects.job_result.as_ref(),
+                outbox: &outbox,
+            })
+            .await?;
+        if !outbox.is_empty() {
+            self.outbox_wakeup.notify_one();
+        }
+        if let Some(op) = op.filter(|op| op.outcome != Outcome::InProgress) {
             self.metrics
                 .operation_finished(op.kind.as_str(), op.outcome.as_str());
         }
         Ok(())
+    }
+
+    pub fn health_event(
+        &self,
+        runtime_id: &str,
+        event_type: HealthEventType,
+        container_id: Option<&str>,
+        details: &[(&str, String)],
+    ) -> HealthEvent {
+        HealthEvent {
+            id: uuid::Uuid::now_v7().to_string(),
+            runtime_id: runtime_id.to_string(),
+            event_type,
+            container_id: container_id.map(str::to_string),
+            at_ms: self.now_ms(),
+            details: details
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+        }
+    }
+
+    /// An admin-facing notification intent.
+    pub fn notification(
+        &self,
+        notification_type: &str,
+        payload: &[(&str, String)],
+    ) -> Notification {
+        Notification {
+            id: uuid::Uuid::now_v7().to_string(),
+            notification_type: notification_type.to_string(),
+            audience: "admin".to_string(),
+            payload: payload
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+            created_at_ms: self.now_ms(),
+        }
     }
 }
 
@@ -87,18 +182,28 @@ pub struct Services {
     pub ctx: Arc<Context>,
     pub templates: templates::TemplateService,
     pub pins: pins::PinService,
-    pub runtimes: lifecycle::LifecycleService,
+    pub runtimes: Arc<lifecycle::LifecycleService>,
     pub operations: operations::OperationLog,
+    pub reconciler: Arc<reconciler::Reconciler>,
+    pub events: Arc<events::EventsListener>,
 }
 
 impl Services {
     pub fn new(ctx: Context) -> Arc<Self> {
         let ctx = Arc::new(ctx);
+        let runtimes = Arc::new(lifecycle::LifecycleService::new(ctx.clone()));
+        let reconciler = Arc::new(reconciler::Reconciler::new(ctx.clone(), runtimes.clone()));
         Arc::new(Services {
             templates: templates::TemplateService::new(ctx.clone()),
             pins: pins::PinService::new(ctx.clone()),
-            runtimes: lifecycle::LifecycleService::new(ctx.clone()),
             operations: operations::OperationLog::new(ctx.clone()),
+            events: Arc::new(events::EventsListener::new(
+                ctx.clone(),
+                runtimes.clone(),
+                reconciler.clone(),
+            )),
+            reconciler,
+            runtimes,
             ctx,
         })
     }

@@ -65,3 +65,49 @@ pub fn check_limit(limit: Option<u32>) -> Result<u32> {
         ))),
     }
 }
+
+impl OperationLog {
+    /// Health events, newest first.
+    pub async fn health_events(
+        &self,
+        runtime_id: Option<&str>,
+        event_type: Option<&str>,
+        limit: Option<u32>,
+    ) -> Result<Vec<berth_core::event::HealthEvent>> {
+        use berth_core::event::HealthEventType;
+        if let Some(id) = runtime_id {
+            validate_runtime_id(id)?;
+        }
+        let event_type = event_type
+            .map(|t| {
+                HealthEventType::parse(t).ok_or_else(|| {
+                    let known: Vec<&str> =
+                        HealthEventType::ALL.iter().map(|t| t.as_str()).collect();
+                    Error::invalid(format!(
+                        "unknown event type {t:?}; expected one of {}",
+                        known.join(", ")
+                    ))
+                })
+            })
+            .transpose()?;
+        let limit = check_limit(limit)?;
+        Ok(self
+            .ctx
+            .store
+            .list_health_events(&crate::ports::store::EventFilter {
+                runtime_id: runtime_id.map(str::to_string),
+                event_type,
+                limit,
+            })
+            .await?)
+    }
+
+    /// Notification intents, newest first.
+    pub async fn notifications(
+        &self,
+        limit: Option<u32>,
+    ) -> Result<Vec<berth_core::event::Notification>> {
+        let limit = check_limit(limit)?;
+        Ok(self.ctx.store.list_notifications(limit).await?)
+    }
+}

@@ -151,7 +151,11 @@ pub(crate) fn encode_fields(fields: &[(String, String)]) -> Result<String, Store
         .map_err(|e| StoreError::Database(format!("cannot encode outbox fields as JSON: {e}")))
 }
 
-fn decode_fields(text: &str, table: &str, column: &str) -> Result<Vec<(String, String)>, StoreError> {
+fn decode_fields(
+    text: &str,
+    table: &str,
+    column: &str,
+) -> Result<Vec<(String, String)>, StoreError> {
     serde_json::from_str(text).map_err(|e| corrupt(table, column, e))
 }
 
@@ -588,9 +592,7 @@ macro_rules! impl_store {
     ($store:ty, $db:ty) => {
         const _: () = {
             use async_trait::async_trait;
-            use berth_core::event::{
-                HealthEvent, HealthEventType, JobResult, Notification,
-            };
+            use berth_core::event::{HealthEvent, HealthEventType, JobResult, Notification};
             use berth_core::operation::{Operation, OperationKind};
             use berth_core::pin::{Pin, PinHistoryEntry};
             use berth_core::runtime::RuntimeRecord;
@@ -600,8 +602,7 @@ macro_rules! impl_store {
                 db_err, encode_fields, encode_map, encode_template, health_event_from_row,
                 job_result_from_row, notification_from_row, op_time, operation_from_row,
                 outbox_delete_sql, outbox_row_from_row, pin_entry_from_row, pin_from_row,
-                runtime_from_row, sql, template_from_row, unique_err, Columns,
-                OUTBOX_DELETE_CHUNK,
+                runtime_from_row, sql, template_from_row, unique_err, Columns, OUTBOX_DELETE_CHUNK,
             };
             use $crate::ports::store::{
                 Change, EventFilter, OperationFilter, OutboxMessage, OutboxRow, RuntimeFilter,
@@ -701,10 +702,7 @@ macro_rules! impl_store {
                 Ok(())
             }
 
-            async fn insert_notification(
-                tx: &mut Tx,
-                n: &Notification,
-            ) -> Result<(), StoreError> {
+            async fn insert_notification(tx: &mut Tx, n: &Notification) -> Result<(), StoreError> {
                 sqlx::query(sql::INSERT_NOTIFICATION)
                     .bind(&n.id)
                     .bind(&n.notification_type)
@@ -764,8 +762,11 @@ macro_rules! impl_store {
             /// caller drops (rolls back) `tx`.
             async fn write_change(tx: &mut Tx, change: &Change<'_>) -> Result<(), StoreError> {
                 // Locks first, before any row lock, in one order for all.
-                let mut keys: Vec<&str> =
-                    change.outbox.iter().map(|m| m.partition_key.as_str()).collect();
+                let mut keys: Vec<&str> = change
+                    .outbox
+                    .iter()
+                    .map(|m| m.partition_key.as_str())
+                    .collect();
                 keys.sort_unstable();
                 keys.dedup();
                 if !keys.is_empty() {
