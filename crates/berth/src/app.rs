@@ -62,6 +62,7 @@ pub async fn build_services(config: &Config) -> Result<Arc<Services>, BootError>
             data_dir,
             operation_deadline: config.operation_timeout,
             publish_outbox: config.redis_url.is_some(),
+            adoption_grace: config.adoption_grace,
         },
         outbox_wakeup: Default::default(),
     }))

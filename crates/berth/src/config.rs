@@ -50,6 +50,9 @@ pub struct ServeArgs {
     /// How often the reconciler runs [default: 30s]
     #[arg(long, env = "BERTH_RECONCILE_INTERVAL")]
     pub reconcile_interval: Option<String>,
+    /// Containers younger than this are not adopted by the reconciler [default: 30s]
+    #[arg(long, env = "BERTH_ADOPTION_GRACE")]
+    pub adoption_grace: Option<String>,
     /// Deadline of one operation, image pull included [default: 5m]
     #[arg(long, env = "BERTH_OPERATION_TIMEOUT")]
     pub operation_timeout: Option<String>,
@@ -70,6 +73,7 @@ struct FileConfig {
     api_token: Option<String>,
     redis_url: Option<String>,
     reconcile_interval: Option<String>,
+    adoption_grace: Option<String>,
     operation_timeout: Option<String>,
     shutdown_timeout: Option<String>,
     image_watch: Option<ImageWatchConfig>,
@@ -104,6 +108,7 @@ pub struct Config {
     pub api_token: Option<String>,
     pub redis_url: Option<String>,
     pub reconcile_interval: Duration,
+    pub adoption_grace: Duration,
     pub operation_timeout: Duration,
     pub shutdown_timeout: Duration,
     pub image_watch_enabled: bool,
@@ -228,6 +233,13 @@ impl Config {
                 args.reconcile_interval
                     .as_deref()
                     .or(file.reconcile_interval.as_deref()),
+                Duration::from_secs(30),
+            )?,
+            adoption_grace: duration(
+                "adoption_grace",
+                args.adoption_grace
+                    .as_deref()
+                    .or(file.adoption_grace.as_deref()),
                 Duration::from_secs(30),
             )?,
             operation_timeout: duration(

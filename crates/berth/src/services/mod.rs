@@ -37,6 +37,9 @@ pub struct Settings {
     /// Write stream messages to the outbox (only when Redis is configured;
     /// without it the same records are read from the API).
     pub publish_outbox: bool,
+    /// Containers younger than this are not adopted (a create may still be
+    /// returning).
+    pub adoption_grace: Duration,
 }
 
 /// Who asked: the operation's source and a name for the pin history.

@@ -48,9 +48,6 @@ pub struct Reconciler {
     pass: tokio::sync::Mutex<()>,
     wakeup: Notify,
     pub backoff: RestartBackoff,
-    /// Containers younger than this are not adopted (a create may still be
-    /// returning).
-    pub grace: Duration,
     last_run_ms: AtomicI64,
 }
 
@@ -67,7 +64,6 @@ impl Reconciler {
             pass: tokio::sync::Mutex::new(()),
             wakeup: Notify::new(),
             backoff: RestartBackoff::default(),
-            grace: Duration::from_secs(30),
             last_run_ms: AtomicI64::new(0),
         }
     }
@@ -177,7 +173,7 @@ impl Reconciler {
             restarts: &restarts,
             backoff: self.backoff,
             now_ms: now,
-            grace_ms: self.grace.as_millis() as i64,
+            grace_ms: ctx.settings.adoption_grace.as_millis() as i64,
         });
         let mut report = ReconcileReport::default();
         for action in actions {

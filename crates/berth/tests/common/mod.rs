@@ -71,6 +71,8 @@ pub struct Options {
     /// Reuse a data directory (to restart "the same" berth).
     pub data_dir: Option<tempfile::TempDir>,
     pub owner: Option<String>,
+    pub adoption_grace: Option<String>,
+    pub redis_url: Option<String>,
 }
 
 impl Default for Options {
@@ -82,6 +84,8 @@ impl Default for Options {
             toml: String::new(),
             data_dir: None,
             owner: None,
+            adoption_grace: None,
+            redis_url: None,
         }
     }
 }
@@ -109,6 +113,9 @@ impl TestServer {
             network: Some(owner.clone()),
             api_token: opts.token.clone(),
             operation_timeout: opts.operation_timeout.clone(),
+            adoption_grace: opts.adoption_grace.clone(),
+            redis_url: opts.redis_url.clone(),
+            reconcile_interval: Some("1s".into()),
             shutdown_timeout: Some("30s".into()),
             ..Default::default()
         };
