@@ -11,11 +11,15 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::adapters::docker::DockerEngine;
+use crate::adapters::redis_bus::RedisBus;
 use crate::config::{Config, ConfigError};
 use crate::error::Error;
 use crate::http::{router, AppState};
 use crate::metrics::Metrics;
+use crate::ports::Bus;
 use crate::ports::{EngineError, StoreError, SystemClock};
+use crate::services::jobs::JobConsumer;
+use crate::services::outbox::OutboxRelay;
 use crate::services::{Caller, Context, Services, Settings};
 
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +92,22 @@ pub async fn apply_config_templates(services: &Services, config: &Config) -> Res
     Ok(())
 }
 
+/// Connects to Redis, retrying with backoff until it answers or `cancel`.
+async fn connect_bus(url: &str, cancel: &CancellationToken) -> Option<Arc<dyn Bus>> {
+    let mut backoff = std::time::Duration::from_millis(200);
+    loop {
+        match RedisBus::connect(url).await {
+            Ok(bus) => return Some(Arc::new(bus)),
+            Err(e) => tracing::warn!(error = %e, "cannot reach Redis yet; streams wait"),
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return None,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(std::time::Duration::from_secs(10));
+    }
+}
+
 /// A server that is listening.
 pub struct RunningServer {
     pub addr: SocketAddr,
@@ -123,6 +143,28 @@ pub async fn start(config: Config) -> Result<RunningServer, BootError> {
             .run_loop(config.reconcile_interval, background.clone()),
     );
     loops.spawn(services.events.clone().run(background.clone()));
+    if let Some(url) = config.redis_url.clone() {
+        let services = services.clone();
+        let cancel = background.clone();
+        let tracker = loops.clone();
+        let claim_idle = config.job_claim_idle;
+        loops.spawn(async move {
+            // Redis may be down at boot: berth serves anyway, the outbox
+            // keeps what must be published, and this keeps trying.
+            let Some(bus) = connect_bus(&url, &cancel).await else {
+                return;
+            };
+            let relay = Arc::new(OutboxRelay::new(services.ctx.clone(), bus.clone()));
+            tracker.spawn(relay.run(cancel.clone()));
+            let consumer = Arc::new(JobConsumer::new(
+                services.ctx.clone(),
+                bus,
+                services.runtimes.clone(),
+                claim_idle,
+            ));
+            tracker.spawn(consumer.run(cancel));
+        });
+    }
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|e| BootError::Io(format!("cannot listen on {}: {e}", config.listen)))?;

@@ -53,6 +53,9 @@ pub struct ServeArgs {
     /// Containers younger than this are not adopted by the reconciler [default: 30s]
     #[arg(long, env = "BERTH_ADOPTION_GRACE")]
     pub adoption_grace: Option<String>,
+    /// Stream jobs a dead consumer left pending this long are taken over [default: 30s]
+    #[arg(long, env = "BERTH_JOB_CLAIM_IDLE")]
+    pub job_claim_idle: Option<String>,
     /// Deadline of one operation, image pull included [default: 5m]
     #[arg(long, env = "BERTH_OPERATION_TIMEOUT")]
     pub operation_timeout: Option<String>,
@@ -74,6 +77,7 @@ struct FileConfig {
     redis_url: Option<String>,
     reconcile_interval: Option<String>,
     adoption_grace: Option<String>,
+    job_claim_idle: Option<String>,
     operation_timeout: Option<String>,
     shutdown_timeout: Option<String>,
     image_watch: Option<ImageWatchConfig>,
@@ -109,6 +113,7 @@ pub struct Config {
     pub redis_url: Option<String>,
     pub reconcile_interval: Duration,
     pub adoption_grace: Duration,
+    pub job_claim_idle: Duration,
     pub operation_timeout: Duration,
     pub shutdown_timeout: Duration,
     pub image_watch_enabled: bool,
@@ -240,6 +245,13 @@ impl Config {
                 args.adoption_grace
                     .as_deref()
                     .or(file.adoption_grace.as_deref()),
+                Duration::from_secs(30),
+            )?,
+            job_claim_idle: duration(
+                "job_claim_idle",
+                args.job_claim_idle
+                    .as_deref()
+                    .or(file.job_claim_idle.as_deref()),
                 Duration::from_secs(30),
             )?,
             operation_timeout: duration(

@@ -3,9 +3,11 @@
 //! loops call the same code, never a second copy.
 
 pub mod events;
+pub mod jobs;
 pub mod lifecycle;
 pub mod locks;
 pub mod operations;
+pub mod outbox;
 pub mod pins;
 pub mod reconciler;
 pub mod templates;

@@ -73,6 +73,7 @@ pub struct Options {
     pub owner: Option<String>,
     pub adoption_grace: Option<String>,
     pub redis_url: Option<String>,
+    pub job_claim_idle: Option<String>,
 }
 
 impl Default for Options {
@@ -86,6 +87,7 @@ impl Default for Options {
             owner: None,
             adoption_grace: None,
             redis_url: None,
+            job_claim_idle: None,
         }
     }
 }
@@ -115,6 +117,7 @@ impl TestServer {
             operation_timeout: opts.operation_timeout.clone(),
             adoption_grace: opts.adoption_grace.clone(),
             redis_url: opts.redis_url.clone(),
+            job_claim_idle: opts.job_claim_idle.clone(),
             reconcile_interval: Some("1s".into()),
             shutdown_timeout: Some("30s".into()),
             ..Default::default()
@@ -291,4 +294,139 @@ pub async fn registry_digest(image: &str, tag: &str) -> String {
         .to_str()
         .expect("ascii")
         .to_string()
+}
+
+/// A throw-away redis-server of one test, on its own loopback port, with
+/// append-only persistence so that it can be stopped and started again.
+pub struct PrivateRedis {
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    child: Option<std::process::Child>,
+}
+
+impl PrivateRedis {
+    pub async fn start() -> PrivateRedis {
+        // The shared Redis proves redis-server is installed (test-env.sh).
+        required_env("BERTH_TEST_REDIS_URL");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut r = PrivateRedis {
+            port,
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+        };
+        r.resume().await;
+        r
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts (again) on the same port and data directory.
+    pub async fn resume(&mut self) {
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--appendonly",
+                "yes",
+                "--save",
+                "",
+            ])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server runs");
+        self.child = Some(child);
+        for _ in 0..100 {
+            if let Ok(mut c) = self.connection().await {
+                if redis::cmd("PING")
+                    .query_async::<String>(&mut c)
+                    .await
+                    .is_ok()
+                {
+                    return;
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("private redis-server did not start on {}", self.port);
+    }
+
+    /// Stops it, keeping its data (SHUTDOWN saves the append-only file).
+    pub async fn pause(&mut self) {
+        if let Ok(mut c) = self.connection().await {
+            let _ = redis::cmd("SHUTDOWN").query_async::<()>(&mut c).await;
+        }
+        if let Some(mut child) = self.child.take() {
+            let _ = child.wait();
+        }
+    }
+
+    pub async fn connection(&self) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+        redis::Client::open(self.url())?
+            .get_multiplexed_async_connection()
+            .await
+    }
+
+    pub async fn xadd(&self, stream: &str, fields: &[(&str, &str)]) {
+        let mut c = self.connection().await.expect("redis");
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(stream).arg("*");
+        for (k, v) in fields {
+            cmd.arg(*k).arg(*v);
+        }
+        cmd.query_async::<String>(&mut c).await.expect("XADD");
+    }
+
+    /// Every entry of `stream`, oldest first, as field maps.
+    pub async fn entries(&self, stream: &str) -> Vec<std::collections::BTreeMap<String, String>> {
+        let mut c = self.connection().await.expect("redis");
+        let v: redis::Value = redis::cmd("XRANGE")
+            .arg(stream)
+            .arg("-")
+            .arg("+")
+            .query_async(&mut c)
+            .await
+            .expect("XRANGE");
+        let text = |v: &redis::Value| match v {
+            redis::Value::BulkString(b) => String::from_utf8_lossy(b).to_string(),
+            redis::Value::SimpleString(s) => s.clone(),
+            other => panic!("unexpected {other:?}"),
+        };
+        let redis::Value::Array(items) = v else {
+            return Vec::new();
+        };
+        items
+            .iter()
+            .map(|item| {
+                let redis::Value::Array(parts) = item else {
+                    panic!("entry {item:?}")
+                };
+                let redis::Value::Array(fields) = &parts[1] else {
+                    panic!("fields {item:?}")
+                };
+                fields
+                    .chunks(2)
+                    .map(|kv| (text(&kv[0]), text(&kv[1])))
+                    .collect()
+            })
+            .collect()
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }

@@ -1,0 +1,270 @@
+//! The stream consumer: takes start and stop jobs from Redis in a consumer
+//! group, runs them through the same lifecycle service as the HTTP API, and
+//! answers each job id exactly once on `runtime:job_results` (through the
+//! outbox, in the same transaction as the result row).
+//!
+//! At-least-once intake: a job is acknowledged only after its result is
+//! stored; a redelivered job id with a stored result is acknowledged and
+//! not run again; entries a dead consumer left pending are claimed after
+//! `claim_idle`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_core::event::JobResult;
+use berth_core::operation::Source;
+use futures_util::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+use super::lifecycle::{LifecycleService, StartOutcome, StartRequest};
+use super::{Caller, Context, Effects};
+use crate::error::{Error, Result};
+use crate::ports::{Bus, BusError, StoreError, StreamEntry};
+use crate::streams::{parse_job, Job, START_JOBS, STOP_JOBS};
+
+/// Jobs run at once (different runtimes; one runtime's jobs still queue
+/// on its lock).
+const CONCURRENCY: usize = 8;
+const READ_BLOCK: Duration = Duration::from_secs(2);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+pub struct JobConsumer {
+    ctx: Arc<Context>,
+    bus: Arc<dyn Bus>,
+    runtimes: Arc<LifecycleService>,
+    pub group: String,
+    pub consumer: String,
+    pub claim_idle: Duration,
+}
+
+impl JobConsumer {
+    pub fn new(
+        ctx: Arc<Context>,
+        bus: Arc<dyn Bus>,
+        runtimes: Arc<LifecycleService>,
+        claim_idle: Duration,
+    ) -> Self {
+        // One group per berth deployment (owner); one consumer per process.
+        let group = ctx.settings.owner.clone();
+        let consumer = format!(
+            "{}-{}-{}",
+            ctx.settings.owner,
+            std::process::id(),
+            &uuid::Uuid::now_v7().simple().to_string()[22..]
+        );
+        JobConsumer {
+            ctx,
+            bus,
+            runtimes,
+            group,
+            consumer,
+            claim_idle,
+        }
+    }
+
+    async fn ensure_groups(&self) -> Result<(), BusError> {
+        self.bus.ensure_group(START_JOBS, &self.group).await?;
+        self.bus.ensure_group(STOP_JOBS, &self.group).await
+    }
+
+    pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
+        let mut backoff = Duration::from_millis(100);
+        let mut groups_ready = false;
+        let mut last_claim = tokio::time::Instant::now() - self.claim_idle;
+        loop {
+            if cancel.is_cancelled() {
+                return;
+            }
+            let step = async {
+                if !groups_ready {
+                    self.ensure_groups().await?;
+                    groups_ready = true;
+                }
+                let mut entries = Vec::new();
+                if last_claim.elapsed() >= self.claim_idle / 2 {
+                    for stream in [START_JOBS, STOP_JOBS] {
+                        entries.extend(
+                            self.bus
+                                .claim_stale(
+                                    stream,
+                                    &self.group,
+                                    &self.consumer,
+                                    self.claim_idle,
+                                    100,
+                                )
+                                .await?,
+                        );
+                    }
+                    last_claim = tokio::time::Instant::now();
+                }
+                if entries.is_empty() {
+                    entries = self
+                        .bus
+                        .read_group(
+                            &[START_JOBS, STOP_JOBS],
+                            &self.group,
+                            &self.consumer,
+                            32,
+                            READ_BLOCK,
+                        )
+                        .await?;
+                }
+                Ok::<_, BusError>(entries)
+            };
+            let entries = tokio::select! {
+                _ = cancel.cancelled() => return,
+                r = step => r,
+            };
+            match entries {
+                Ok(entries) => {
+                    backoff = Duration::from_millis(100);
+                    // Jobs in hand are finished even during shutdown: each is
+                    // acknowledged only after its result is stored.
+                    let this = &*self;
+                    futures_util::stream::iter(entries)
+                        .for_each_concurrent(CONCURRENCY, |entry| async move {
+                            if let Err(e) = this.process(&entry).await {
+                                tracing::warn!(stream = %entry.stream, entry = %entry.id, error = %e, "job not finished; it will be delivered again");
+                            }
+                        })
+                        .await;
+                }
+                Err(e) => {
+                    if matches!(&e, BusError::Rejected(m) if m.starts_with("NOGROUP")) {
+                        // Redis lost its data (restart without persistence).
+                        groups_ready = false;
+                    }
+                    tracing::warn!(error = %e, "job intake paused; will retry");
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
+            }
+        }
+    }
+
+    /// Runs one entry to a stored result, then acknowledges it.
+    pub async fn process(&self, entry: &StreamEntry) -> Result<()> {
+        let result = match parse_job(&entry.stream, &entry.id, &entry.fields) {
+            Err(bad) => Some(JobResult {
+                job_id: bad.job_id,
+                runtime_id: bad.runtime_id,
+                kind: bad.kind.to_string(),
+                success: false,
+                container_id: None,
+                engine_endpoint: None,
+                error_code: Some(bad.error.code.as_str().to_string()),
+                error_message: Some(bad.error.message),
+                finished_at_ms: self.ctx.now_ms(),
+            }),
+            Ok(job) => {
+                if self.ctx.store.get_job_result(job_id(&job)).await?.is_some() {
+                    None
+                } else {
+                    Some(self.run_job(job).await)
+                }
+            }
+        };
+        if let Some(result) = result {
+            let effects = Effects {
+                job_result: Some(result),
+                ..Effects::default()
+            };
+            match self.ctx.commit(None, None, &effects).await {
+                // Another consumer answered this job id first: one result.
+                Ok(())
+                | Err(Error {
+                    code: berth_core::ErrorCode::Conflict,
+                    ..
+                }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.bus
+            .ack(&entry.stream, &self.group, std::slice::from_ref(&entry.id))
+            .await
+            .map_err(|e| {
+                Error::new(
+                    berth_core::ErrorCode::Internal,
+                    format!("could not acknowledge: {e}"),
+                )
+            })
+    }
+
+    async fn run_job(&self, job: Job) -> JobResult {
+        let caller = Caller::new(Source::Stream);
+        let (job_id, runtime_id, kind, outcome) = match job {
+            Job::Start {
+                job_id,
+                runtime_id,
+                template,
+                env,
+            } => {
+                let request = StartRequest {
+                    id: runtime_id.clone(),
+                    template,
+                    env,
+                };
+                let outcome = self
+                    .runtimes
+                    .start(request, &caller)
+                    .await
+                    .map(|o| match o {
+                        StartOutcome::Started(r) | StartOutcome::AlreadyRunning(r) => r,
+                    });
+                (job_id, runtime_id, "start", outcome)
+            }
+            Job::Stop {
+                job_id,
+                runtime_id,
+                remove,
+            } => {
+                let outcome = if remove {
+                    self.runtimes.remove(&runtime_id, &caller).await
+                } else {
+                    self.runtimes.stop(&runtime_id, &caller).await
+                };
+                (job_id, runtime_id, "stop", outcome)
+            }
+        };
+        let finished_at_ms = self.ctx.now_ms();
+        match outcome {
+            Ok(rec) => JobResult {
+                job_id,
+                runtime_id,
+                kind: kind.to_string(),
+                success: true,
+                container_id: rec.container_id,
+                engine_endpoint: rec.engine_endpoint,
+                error_code: None,
+                error_message: None,
+                finished_at_ms,
+            },
+            Err(e) => JobResult {
+                job_id,
+                runtime_id,
+                kind: kind.to_string(),
+                success: false,
+                container_id: None,
+                engine_endpoint: None,
+                error_code: Some(e.code.as_str().to_string()),
+                error_message: Some(e.message),
+                finished_at_ms,
+            },
+        }
+    }
+}
+
+fn job_id(job: &Job) -> &str {
+    match job {
+        Job::Start { job_id, .. } | Job::Stop { job_id, .. } => job_id,
+    }
+}
+
+impl From<StoreError> for BusError {
+    fn from(e: StoreError) -> Self {
+        BusError::Unavailable(e.to_string())
+    }
+}
