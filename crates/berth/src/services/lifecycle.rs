@@ -806,6 +806,14 @@ impl LifecycleService {
             if !rec.status.is_transitional() {
                 continue;
             }
+            if rec.container_id.is_none() {
+                // A crash between create and record leaves a container no
+                // record points to; nobody was told it runs, so remove it.
+                let name = berth_core::container::container_name(&self.ctx.settings.owner, &rec.id);
+                if let Err(e) = self.remove_leftover(&name, &rec.id).await {
+                    tracing::warn!(runtime = %rec.id, error = %e, "could not remove a leftover container");
+                }
+            }
             let runs = self.container_runs(&rec).await.unwrap_or(false);
             rec.status = if runs {
                 RuntimeStatus::Running

@@ -1,0 +1,189 @@
+//! berth killed with SIGKILL in the middle of a burst of start jobs, then
+//! started again: every job gets exactly one result, no runtime has two
+//! containers, and no berth container is left without a record.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+
+fn spawn_berth(data: &std::path::Path, owner: &str, port: u16, redis_url: &str) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--data-dir")
+        .arg(data)
+        .args([
+            "--owner",
+            owner,
+            "--network",
+            owner,
+            "--redis-url",
+            redis_url,
+        ])
+        .args(["--job-claim-idle", "2s", "--reconcile-interval", "1s"])
+        .env_remove("BERTH_CONFIG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("berth binary runs")
+}
+
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn wait_healthy(base: &str) {
+    let client = reqwest::Client::new();
+    for _ in 0..300 {
+        if client.get(format!("{base}/healthz")).send().await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("berth did not come up on {base}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_burst_loses_nothing_and_duplicates_nothing() {
+    let redis = PrivateRedis::start().await;
+    let data = tempfile::tempdir().unwrap();
+    let owner = unique("bt-");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+
+    let mut berth = Reaped(spawn_berth(data.path(), &owner, port, &redis.url()));
+    wait_healthy(&base).await;
+    let resp = client
+        .put(format!("{base}/v1/templates/engine"))
+        .json(&json!({"image": test_image(), "tag": "v1", "port": 8080}))
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success());
+
+    const JOBS: usize = 12;
+    for i in 0..JOBS {
+        redis
+            .xadd(
+                "runtime:start_jobs",
+                &[
+                    ("job_id", &format!("burst-{i}")),
+                    ("runtime_id", &format!("b-{i}")),
+                    ("template", "engine"),
+                ],
+            )
+            .await;
+    }
+    // Kill it while the burst is being worked on.
+    for _ in 0..100 {
+        if !redis.entries("runtime:job_results").await.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    berth.0.kill().unwrap();
+    berth.0.wait().unwrap();
+    let before = redis.entries("runtime:job_results").await.len();
+    assert!(
+        before < JOBS,
+        "the kill came mid-burst ({before} results already)"
+    );
+
+    let _berth = Reaped(spawn_berth(data.path(), &owner, port, &redis.url()));
+    wait_healthy(&base).await;
+    let mut results = Vec::new();
+    for _ in 0..600 {
+        results = redis.entries("runtime:job_results").await;
+        let answered: BTreeSet<_> = results.iter().map(|r| r["job_id"].clone()).collect();
+        if answered.len() == JOBS {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Give a duplicate, if any, the time to show up.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    results = redis.entries("runtime:job_results").await;
+
+    let mut per_job: BTreeMap<String, usize> = BTreeMap::new();
+    for r in &results {
+        *per_job.entry(r["job_id"].clone()).or_default() += 1;
+        assert_eq!(r["outcome"], "success", "{r:?}");
+    }
+    assert_eq!(per_job.len(), JOBS, "every job answered: {per_job:?}");
+    assert!(
+        per_job.values().all(|n| *n == 1),
+        "exactly one result per job: {per_job:?}"
+    );
+
+    // One container per runtime, each one recorded.
+    let containers = docker_lines(&[
+        "ps",
+        "-a",
+        "--no-trunc",
+        "--filter",
+        &format!("label=io.berth.owner={owner}"),
+        "--format",
+        "{{.ID}} {{.Label \"io.berth.runtime_id\"}}",
+    ]);
+    let runtimes: Value = client
+        .get(format!("{base}/v1/runtimes"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let recorded: BTreeMap<String, String> = runtimes["runtimes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| {
+            Some((
+                r["id"].as_str()?.to_string(),
+                r["container_id"].as_str()?.to_string(),
+            ))
+        })
+        .collect();
+    let mut seen = BTreeSet::new();
+    for line in &containers {
+        let (cid, rid) = line.split_once(' ').unwrap();
+        assert!(
+            seen.insert(rid.to_string()),
+            "two containers for {rid}: {containers:?}"
+        );
+        assert_eq!(
+            recorded.get(rid).map(String::as_str),
+            Some(cid),
+            "container {cid} of {rid} is recorded"
+        );
+    }
+    assert_eq!(seen.len(), JOBS);
+
+    drop(_berth);
+    let ids = docker_lines(&[
+        "ps",
+        "-aq",
+        "--filter",
+        &format!("label=io.berth.owner={owner}"),
+    ]);
+    if !ids.is_empty() {
+        let mut args = vec!["rm", "-f"];
+        args.extend(ids.iter().map(String::as_str));
+        docker_lines(&args);
+    }
+    docker_lines(&["network", "rm", &owner]);
+}
