@@ -105,14 +105,24 @@ if ! docker info >/dev/null 2>&1; then
 fi
 
 # Containers of earlier crashed test runs (tests use owner names `bt-...`).
-stale=$( {
-  docker ps -aq --filter label=io.berth.test=1
-  docker ps -a --format '{{.ID}} {{.Label "io.berth.owner"}}' | awk '$2 ~ /^(bt-|berthtest)/ { print $1 }'
-} | sort -u)
+# Only those older than 30 minutes: a test run going on beside this one
+# (a developer's shell) keeps its containers.
+cutoff=$(( $(date +%s) - 1800 ))
+stale=$(docker ps -a --format '{{.ID}}|{{.Label "io.berth.owner"}}|{{.Label "io.berth.test"}}|{{.CreatedAt}}' |
+  while IFS='|' read -r id owner testlabel created; do
+    [[ $owner =~ ^(bt-|berthtest) || $testlabel == 1 ]] || continue
+    # CreatedAt looks like "2026-11-23 03:55:12 +0000 UTC".
+    ts=$(date -d "${created% *}" +%s 2>/dev/null || echo 0)
+    if (( ts < cutoff )); then echo "$id"; fi
+  done | sort -u)
 if [[ -n $stale ]]; then
   log "removing stale test containers: $(echo $stale)"
   docker rm -f $stale >/dev/null
 fi
+# Networks of crashed runs (named after their owner, bt-...), once unused.
+for net in $(docker network ls --format '{{.Name}}' | grep -E '^bt-' || true); do
+  docker network rm "$net" >/dev/null 2>&1 || true
+done
 
 # -------------------------------------------------------------- postgresql
 PG_BIN=$(pg_bindir) || die "PostgreSQL server binaries not found under /usr/lib/postgresql"

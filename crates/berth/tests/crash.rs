@@ -105,9 +105,8 @@ async fn sigkill_mid_burst_loses_nothing_and_duplicates_nothing() {
 
     let _berth = Reaped(spawn_berth(data.path(), &owner, port, &redis.url()));
     wait_healthy(&base).await;
-    let mut results = Vec::new();
     for _ in 0..600 {
-        results = redis.entries("runtime:job_results").await;
+        let results = redis.entries("runtime:job_results").await;
         let answered: BTreeSet<_> = results.iter().map(|r| r["job_id"].clone()).collect();
         if answered.len() == JOBS {
             break;
@@ -116,7 +115,7 @@ async fn sigkill_mid_burst_loses_nothing_and_duplicates_nothing() {
     }
     // Give a duplicate, if any, the time to show up.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    results = redis.entries("runtime:job_results").await;
+    let results = redis.entries("runtime:job_results").await;
 
     let mut per_job: BTreeMap<String, usize> = BTreeMap::new();
     for r in &results {

@@ -66,6 +66,12 @@ pub enum Command {
     Runtime(RuntimeCommand),
     /// List recorded operations, newest first
     Ops(OpsArgs),
+    /// List health events observed on the host, newest first
+    Events(EventsArgs),
+    /// List notification intents for admins, newest first
+    Notifications(NotificationsArgs),
+    /// Run one reconcile pass now and show what it did
+    Reconcile,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -226,6 +232,26 @@ pub struct OpsArgs {
     pub limit: Option<u32>,
 }
 
+#[derive(Debug, clap::Args)]
+pub struct EventsArgs {
+    /// Only events of this runtime
+    #[arg(long)]
+    pub runtime: Option<String>,
+    /// Only events of this type
+    #[arg(long = "type", value_parser = PossibleValuesParser::new(berth_core::event::HealthEventType::ALL.iter().map(|t| t.as_str())))]
+    pub event_type: Option<String>,
+    /// At most this many events (1 to 1000)
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct NotificationsArgs {
+    /// At most this many notifications (1 to 1000)
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub limit: Option<u32>,
+}
+
 /// `KEY=VALUE`; the value may contain `=` and may be empty.
 pub fn parse_env(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {
@@ -292,6 +318,9 @@ async fn execute(cli: Cli) -> Result<(), CliError> {
         Command::Pin(c) => pin(&ctx, c).await,
         Command::Runtime(c) => runtime(&ctx, c).await,
         Command::Ops(a) => ops(&ctx, a).await,
+        Command::Events(a) => events(&ctx, a).await,
+        Command::Notifications(a) => notifications(&ctx, a).await,
+        Command::Reconcile => reconcile(&ctx).await,
     }
 }
 
@@ -738,6 +767,96 @@ async fn ops(ctx: &Ctx, args: OpsArgs) -> Result<(), CliError> {
     }
     let answer = ctx.client.get(&["v1", "operations"], &query).await?;
     show(ctx, &answer, |list: OperationList| operation_table(&list))
+}
+
+async fn events(ctx: &Ctx, args: EventsArgs) -> Result<(), CliError> {
+    let mut query = Vec::new();
+    if let Some(r) = args.runtime {
+        query.push(("runtime", r));
+    }
+    if let Some(t) = args.event_type {
+        query.push(("type", t));
+    }
+    if let Some(l) = args.limit {
+        query.push(("limit", l.to_string()));
+    }
+    let answer = ctx.client.get(&["v1", "events"], &query).await?;
+    show(ctx, &answer, |list: crate::http::dto::HealthEventList| {
+        let mut t = Table::new(&["TIME", "TYPE", "RUNTIME", "CONTAINER", "DETAILS"]);
+        for e in &list.events {
+            let details: Vec<String> = e.details.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            t.row([
+                format_ms(e.at),
+                e.event_type.clone(),
+                e.runtime_id.clone(),
+                e.container_id
+                    .as_deref()
+                    .map(|c| c.chars().take(12).collect())
+                    .unwrap_or_else(|| "-".into()),
+                if details.is_empty() {
+                    "-".into()
+                } else {
+                    details.join(" ")
+                },
+            ]);
+        }
+        t.render()
+    })
+}
+
+async fn notifications(ctx: &Ctx, args: NotificationsArgs) -> Result<(), CliError> {
+    let mut query = Vec::new();
+    if let Some(l) = args.limit {
+        query.push(("limit", l.to_string()));
+    }
+    let answer = ctx.client.get(&["v1", "notifications"], &query).await?;
+    show(ctx, &answer, |list: crate::http::dto::NotificationList| {
+        let mut t = Table::new(&["TIME", "TYPE", "AUDIENCE", "PAYLOAD"]);
+        for n in &list.notifications {
+            let payload: Vec<String> = n.payload.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            t.row([
+                format_ms(n.created_at),
+                n.notification_type.clone(),
+                n.audience.clone(),
+                payload.join(" "),
+            ]);
+        }
+        t.render()
+    })
+}
+
+async fn reconcile(ctx: &Ctx) -> Result<(), CliError> {
+    let answer = ctx
+        .client
+        .post::<serde_json::Value>(&["v1", "admin", "reconcile"], None)
+        .await?;
+    show(ctx, &answer, |r: crate::http::dto::ReconcileReportView| {
+        let mut t = Table::new(&["ACTION", "RUNTIMES"]);
+        for (name, ids) in [
+            ("disposed", &r.disposed),
+            ("recreated", &r.recreated),
+            ("adopted", &r.adopted),
+            ("exited", &r.exited),
+            ("restarted", &r.restarted),
+            ("reported", &r.reported),
+        ] {
+            t.row([
+                name.to_string(),
+                if ids.is_empty() {
+                    "-".into()
+                } else {
+                    ids.join(", ")
+                },
+            ]);
+        }
+        for f in &r.failed {
+            t.row([
+                "failed".to_string(),
+                format!("{}: {}", f.runtime_id, f.error),
+            ]);
+        }
+        t.render()
+    })
 }
 
 fn operation_table(list: &OperationList) -> String {

@@ -85,6 +85,8 @@ impl EventsListener {
         let ctx = &self.ctx;
         let cid = Some(event.container_id.as_str());
         let health = |t, details: &[(&str, String)]| ctx.health_event(runtime_id, t, cid, details);
+        // Kept until the event is committed.
+        let mut held = None;
         let event_type_and_details = match &event.kind {
             EngineEventKind::Started => Some(health(HealthEventType::ContainerStarted, &[])),
             EngineEventKind::OomKilled => Some(health(HealthEventType::ContainerOom, &[])),
@@ -106,11 +108,17 @@ impl EventsListener {
                 // Only a destroy berth did not initiate is a disappearance:
                 // the record still points at this container and no
                 // operation of ours is under way.
+                // Holding the runtime's lock serialises this with the
+                // reconciler's dispose, so the event is written once; a
+                // busy runtime is being changed by berth itself (or being
+                // disposed, which raises the event).
+                let Some(guard) = self.runtimes.try_lock(runtime_id) else {
+                    return Ok(());
+                };
+                held = Some(guard);
                 let rec = ctx.store.get_runtime(runtime_id).await?;
                 let unexpected = rec.is_some_and(|r| {
-                    r.status != RuntimeStatus::Removed
-                        && r.container_id.as_deref() == cid
-                        && !self.runtimes.busy_ids().contains(runtime_id)
+                    r.status != RuntimeStatus::Removed && r.container_id.as_deref() == cid
                 });
                 if unexpected {
                     self.reconciler.trigger();
@@ -130,6 +138,7 @@ impl EventsListener {
             };
             ctx.commit(None, None, &effects).await?;
         }
+        drop(held);
         Ok(())
     }
 }

@@ -288,7 +288,7 @@ impl Reconciler {
                     Ok(Some(image)) => image_ref
                         .as_deref()
                         .and_then(|r| r.split('@').next())
-                        .map(|r| strip_tag(r))
+                        .map(strip_tag)
                         .and_then(|r| Repository::parse(r).ok())
                         .and_then(|repo| {
                             digest_from_repo_digests(
