@@ -3,6 +3,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -24,6 +25,18 @@ pub struct Metrics {
     pub http_requests: Family<RequestLabels, Counter>,
     pub operations: Family<OperationLabels, Counter>,
     pub image_pulls: Counter,
+    pub reconcile_passes: Counter,
+    /// Unix time (s) of the last finished reconcile pass.
+    pub reconcile_last_run: Gauge,
+    pub reconcile_actions: Family<ActionLabels, Counter>,
+    pub docker_events: Counter,
+    pub outbox_published: Counter,
+    pub stream_jobs: Family<OperationLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ActionLabels {
+    pub action: String,
 }
 
 impl Default for Metrics {
@@ -47,11 +60,53 @@ impl Default for Metrics {
             "Images pulled from a registry",
             image_pulls.clone(),
         );
+        let reconcile_passes = Counter::default();
+        registry.register(
+            "reconcile_passes",
+            "Reconcile passes finished",
+            reconcile_passes.clone(),
+        );
+        let reconcile_last_run = Gauge::default();
+        registry.register(
+            "reconcile_last_run_timestamp_seconds",
+            "When the last reconcile pass finished",
+            reconcile_last_run.clone(),
+        );
+        let reconcile_actions = Family::<ActionLabels, Counter>::default();
+        registry.register(
+            "reconcile_actions",
+            "Reconcile actions carried out",
+            reconcile_actions.clone(),
+        );
+        let docker_events = Counter::default();
+        registry.register(
+            "docker_events",
+            "Docker container events received",
+            docker_events.clone(),
+        );
+        let outbox_published = Counter::default();
+        registry.register(
+            "outbox_published",
+            "Outbox messages published to Redis",
+            outbox_published.clone(),
+        );
+        let stream_jobs = Family::<OperationLabels, Counter>::default();
+        registry.register(
+            "stream_jobs",
+            "Stream jobs answered, by kind and outcome",
+            stream_jobs.clone(),
+        );
         Metrics {
             registry,
             http_requests,
             operations,
             image_pulls,
+            reconcile_passes,
+            reconcile_last_run,
+            reconcile_actions,
+            docker_events,
+            outbox_published,
+            stream_jobs,
         }
     }
 }

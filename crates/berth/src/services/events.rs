@@ -55,6 +55,7 @@ impl EventsListener {
                 match next {
                     Some(Ok(event)) => {
                         backoff = BACKOFF_START;
+                        self.ctx.metrics.docker_events.inc();
                         if let Err(e) = self.handle(&event).await {
                             tracing::warn!(error = %e, container = %event.container_id, "could not record a Docker event");
                         }

@@ -168,6 +168,14 @@ impl JobConsumer {
             }
         };
         if let Some(result) = result {
+            self.ctx
+                .metrics
+                .stream_jobs
+                .get_or_create(&crate::metrics::OperationLabels {
+                    kind: result.kind.clone(),
+                    outcome: if result.success { "success" } else { "failure" }.into(),
+                })
+                .inc();
             let effects = Effects {
                 job_result: Some(result),
                 ..Effects::default()

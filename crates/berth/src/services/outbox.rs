@@ -66,6 +66,7 @@ impl OutboxRelay {
                     // Deleted one by one: a crash between publish and delete
                     // can repeat at most this one message.
                     self.ctx.store.outbox_delete(&[row.seq]).await?;
+                    self.ctx.metrics.outbox_published.inc();
                     published += 1;
                 }
                 Err(e) => {

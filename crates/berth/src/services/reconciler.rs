@@ -183,7 +183,28 @@ impl Reconciler {
                 report.failed.push((id, e.message));
             }
         }
-        self.last_run_ms.store(ctx.now_ms(), Ordering::Relaxed);
+        let finished = ctx.now_ms();
+        self.last_run_ms.store(finished, Ordering::Relaxed);
+        ctx.metrics.reconcile_passes.inc();
+        ctx.metrics.reconcile_last_run.set(finished / 1000);
+        for (action, n) in [
+            ("dispose", report.disposed.len()),
+            ("recreate", report.recreated.len()),
+            ("adopt", report.adopted.len()),
+            ("exited", report.exited.len()),
+            ("restart", report.restarted.len()),
+            ("report", report.reported.len()),
+            ("failed", report.failed.len()),
+        ] {
+            if n > 0 {
+                ctx.metrics
+                    .reconcile_actions
+                    .get_or_create(&crate::metrics::ActionLabels {
+                        action: action.into(),
+                    })
+                    .inc_by(n as u64);
+            }
+        }
         Ok(report)
     }
 
