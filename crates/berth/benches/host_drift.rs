@@ -53,9 +53,11 @@ async fn private_redis() -> Redis {
         .stdout(Stdio::null())
         .spawn()
         .expect("redis-server (run scripts/bench.sh)");
+    // Owned at once, so that Drop reaps it on every path.
+    let redis = Redis(child, port);
     for _ in 0..100 {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Redis(child, port);
+            return redis;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
