@@ -131,6 +131,8 @@ async fn main() {
     ] {
         let mut t = Template::new(name, berth_core::image::Repository::parse(img).unwrap());
         t.tag = tag.into();
+        // busybox as PID 1 ignores SIGTERM; don't wait 10 s per stop.
+        t.stop_grace = Duration::from_secs(1);
         s.ctx
             .store
             .put_template(
