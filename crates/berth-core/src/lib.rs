@@ -13,6 +13,7 @@ pub mod image;
 pub mod operation;
 pub mod pin;
 pub mod reconcile;
+pub mod rollout;
 pub mod runtime;
 pub mod status;
 pub mod template;

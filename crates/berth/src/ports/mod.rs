@@ -4,9 +4,11 @@
 pub mod bus;
 pub mod clock;
 pub mod engine;
+pub mod registry;
 pub mod store;
 
 pub use bus::{Bus, BusError, StreamEntry};
 pub use clock::{Clock, SystemClock};
+pub use registry::{Registry, RegistryError};
 pub use engine::{ContainerInfo, Engine, EngineError, ImageInfo, PullProgress};
 pub use store::{OperationFilter, RuntimeFilter, Store, StoreError};

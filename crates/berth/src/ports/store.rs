@@ -1,6 +1,6 @@
 //! Storage of templates, pins, runtime records, the operation log, health
-//! events, notification intents, stream job results and the transactional
-//! outbox.
+//! events, notification intents, stream job results, the transactional
+//! outbox, and the registry watcher's and rollouts' bookkeeping.
 //!
 //! Every method that changes something writes its operation row in the same
 //! transaction, so the log can never disagree with the records; [`Change`]
@@ -93,6 +93,54 @@ pub struct Change<'a> {
     pub job_result: Option<&'a JobResult>,
     /// Appended, in slice order.
     pub outbox: &'a [OutboxMessage],
+}
+
+/// The last digest the registry watcher saw for a template's tracked tag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observation {
+    pub template: String,
+    /// What was asked of the registry, `repo:tag`.
+    pub reference: String,
+    /// `sha256:` + 64 hex, as the registry answered (not validated here).
+    pub digest: String,
+    pub observed_at_ms: i64,
+}
+
+/// One rollout of a template's runtimes from one digest to another.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RolloutRow {
+    /// Unique; the rollout's key.
+    pub id: String,
+    pub template: String,
+    /// The pin before the rollout; `None` when the template was unpinned.
+    pub from_digest: Option<String>,
+    pub to_digest: String,
+    /// `running`, `paused`, `halted`, `completed` or `aborted`; stored as
+    /// given ([`Store::active_rollouts`] reads `running` and `paused`).
+    pub state: String,
+    pub batch_size: u32,
+    pub max_failures: u32,
+    pub failures: u32,
+    /// Whether a halt restores the pin to `from_digest`.
+    pub revert_pin: bool,
+    /// Who started it: an operation source (`image_watch`, `api`, …).
+    pub source: String,
+    pub message: Option<String>,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+/// One runtime's place and progress in a rollout; keyed by the rollout id
+/// and `runtime_id`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RolloutTarget {
+    pub runtime_id: String,
+    /// The order of updating, ascending.
+    pub position: u32,
+    /// `pending`, `updated`, `failed` or `skipped`; stored as given.
+    pub state: String,
+    pub error: Option<String>,
+    pub updated_at_ms: i64,
 }
 
 #[async_trait]
@@ -210,4 +258,58 @@ pub trait Store: Send + Sync + 'static {
     /// Counts a failed publish of message `seq` (`attempts` + 1) and keeps
     /// `error`; an unknown seq is ignored.
     async fn outbox_failed(&self, seq: i64, error: &str) -> Result<(), StoreError>;
+
+    // --- registry watcher ----------------------------------------------------
+    //
+    // Bookkeeping of the watcher: written without an operation row (the
+    // service records an operation when it acts on what it saw).
+
+    async fn get_observation(&self, template: &str) -> Result<Option<Observation>, StoreError>;
+    /// Inserts or replaces the template's observation.
+    async fn put_observation(&self, obs: &Observation) -> Result<(), StoreError>;
+    /// Forgets the template's observation; nothing to forget is no error.
+    async fn delete_observation(&self, template: &str) -> Result<(), StoreError>;
+    /// Marks `digest` as refused for `template` (e.g. a rollout to it
+    /// halted), so the watcher does not offer it again. Rejecting it again
+    /// replaces `reason` and `at_ms`.
+    async fn reject_digest(
+        &self,
+        template: &str,
+        digest: &str,
+        reason: &str,
+        at_ms: i64,
+    ) -> Result<(), StoreError>;
+    async fn is_rejected(&self, template: &str, digest: &str) -> Result<bool, StoreError>;
+    /// Lifts a rejection; none to lift is no error.
+    async fn clear_rejection(&self, template: &str, digest: &str) -> Result<(), StoreError>;
+
+    // --- rollouts ------------------------------------------------------------
+
+    /// Upserts `rollout` (by id; an update keeps its place in
+    /// [`Store::list_rollouts`] and replaces every other column), upserts
+    /// each of `targets` (by rollout id and runtime id; stored targets not
+    /// given stay as they are) and writes `change`, all in ONE transaction:
+    /// when `change` is refused (`Conflict`, as in [`Store::commit`]),
+    /// nothing of the rollout is written either.
+    async fn save_rollout(
+        &self,
+        rollout: &RolloutRow,
+        targets: &[RolloutTarget],
+        change: &Change<'_>,
+    ) -> Result<(), StoreError>;
+    /// The rollout and all its targets, by position (then runtime id), read
+    /// at one point in time.
+    async fn get_rollout(
+        &self,
+        id: &str,
+    ) -> Result<Option<(RolloutRow, Vec<RolloutTarget>)>, StoreError>;
+    /// Newest first (order of first saving), at most `limit`; only the
+    /// template's when `template` is given.
+    async fn list_rollouts(
+        &self,
+        template: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<RolloutRow>, StoreError>;
+    /// Every rollout in state `running` or `paused`, oldest first.
+    async fn active_rollouts(&self) -> Result<Vec<RolloutRow>, StoreError>;
 }
