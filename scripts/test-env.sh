@@ -237,7 +237,7 @@ make_context() { # dir cmd-json [version]
   local dir=$1 cmd=$2 version=${3:-}
   mkdir -p "$dir/www"
   cmp -s /bin/busybox "$dir/busybox" || cp /bin/busybox "$dir/busybox"
-  put "$dir/www/healthz" ok
+  [[ $version == broken ]] || put "$dir/www/healthz" ok
   put "$dir/www/version" "$version"
   # --install gives the image /bin/sh, wget, ... for exec and health checks.
   put "$dir/Dockerfile" "FROM scratch
@@ -251,6 +251,9 @@ HTTPD='["httpd", "-f", "-p", "8080", "-h", "/www"]'
 make_context "$IMG_DIR/app-v1" "$HTTPD" v1
 make_context "$IMG_DIR/app-v2" "$HTTPD" v2 # different /www/version => different digest
 make_context "$IMG_DIR/sleeper" '["sleep", "3600"]' sleeper
+# Runs, but fails its health check: no /healthz (a bad release).
+make_context "$IMG_DIR/app-broken" "$HTTPD" broken
+rm -f "$IMG_DIR/app-broken/www/healthz"
 
 # The classic builder needs no buildx plugin and never touches the network.
 export DOCKER_BUILDKIT=0
@@ -267,9 +270,10 @@ log "building test images"
 build "$IMG_DIR/app-v1" "$BERTH_TEST_IMAGE:v1" "$BERTH_TEST_IMAGE:latest"
 build "$IMG_DIR/app-v2" "$BERTH_TEST_IMAGE:v2"
 build "$IMG_DIR/sleeper" "$BERTH_TEST_SLEEPER:v1"
+build "$IMG_DIR/app-broken" "$BERTH_TEST_IMAGE:broken"
 
 log "pushing test images to $BERTH_TEST_REGISTRY"
-for ref in "$BERTH_TEST_IMAGE:v1" "$BERTH_TEST_IMAGE:v2" "$BERTH_TEST_IMAGE:latest" "$BERTH_TEST_SLEEPER:v1"; do
+for ref in "$BERTH_TEST_IMAGE:v1" "$BERTH_TEST_IMAGE:v2" "$BERTH_TEST_IMAGE:latest" "$BERTH_TEST_IMAGE:broken" "$BERTH_TEST_SLEEPER:v1"; do
   docker push -q "$ref" >/dev/null || die "docker push $ref failed"
   log "  $(docker inspect --format '{{index .RepoDigests 0}}' "$ref" 2>/dev/null || echo "$ref") ($ref)"
 done

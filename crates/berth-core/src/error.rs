@@ -18,6 +18,8 @@ pub enum ErrorCode {
     ImageNotPinned,
     ImagePullFailed,
     StartFailed,
+    /// A recreated container failed its health gate; the old one was restored.
+    HealthCheckFailed,
     StopFailed,
     RemoveFailed,
     DockerUnavailable,
@@ -46,6 +48,7 @@ impl ErrorCode {
             ErrorCode::ImageNotPinned => "image_not_pinned",
             ErrorCode::ImagePullFailed => "image_pull_failed",
             ErrorCode::StartFailed => "start_failed",
+            ErrorCode::HealthCheckFailed => "health_check_failed",
             ErrorCode::StopFailed => "stop_failed",
             ErrorCode::RemoveFailed => "remove_failed",
             ErrorCode::DockerUnavailable => "docker_unavailable",

@@ -30,6 +30,8 @@ pub enum BootError {
     Store(#[from] StoreError),
     #[error("cannot use Docker: {0}")]
     Engine(#[from] EngineError),
+    #[error("cannot set up the registry client: {0}")]
+    Registry(#[from] crate::ports::RegistryError),
     #[error("{0}")]
     Service(#[from] Error),
     #[error("{0}")]
@@ -58,6 +60,11 @@ pub async fn build_services(config: &Config) -> Result<Arc<Services>, BootError>
     Ok(Services::new(Context {
         store,
         engine: Arc::new(engine),
+        probe: Arc::new(
+            crate::adapters::http_probe::HttpProbe::new()
+                .map_err(|e| BootError::Io(format!("cannot build the health probe client: {e}")))?,
+        ),
+        registry: Arc::new(crate::adapters::registry::OciRegistry::new(registry_config(config))?),
         clock: Arc::new(SystemClock),
         metrics: Arc::new(Metrics::default()),
         settings: Settings {
@@ -70,6 +77,26 @@ pub async fn build_services(config: &Config) -> Result<Arc<Services>, BootError>
         },
         outbox_wakeup: Default::default(),
     }))
+}
+
+fn registry_config(config: &Config) -> crate::adapters::registry::RegistryConfig {
+    use crate::adapters::registry::{Credential, RegistryConfig};
+    let mut rc = RegistryConfig::default();
+    for (host, entry) in &config.registries {
+        if let (Some(username), Some(password)) = (&entry.username, &entry.password) {
+            rc.credentials.insert(
+                host.clone(),
+                Credential {
+                    username: username.clone(),
+                    password: password.clone(),
+                },
+            );
+        }
+        if entry.insecure {
+            rc.insecure.push(host.clone());
+        }
+    }
+    rc
 }
 
 /// Upserts `[[templates]]` and seeds their pins (never over a promote).
@@ -143,6 +170,18 @@ pub async fn start(config: Config) -> Result<RunningServer, BootError> {
             .run_loop(config.reconcile_interval, background.clone()),
     );
     loops.spawn(services.events.clone().run(background.clone()));
+    if config.image_watch_enabled {
+        loops.spawn(
+            services
+                .watcher
+                .clone()
+                .run_loop(config.image_watch_interval, background.clone()),
+        );
+    }
+    let resumed = services.rollouts.resume_active().await?;
+    if resumed > 0 {
+        tracing::info!(rollouts = resumed, "resumed rollouts interrupted by the last shutdown");
+    }
     if let Some(url) = config.redis_url.clone() {
         let services = services.clone();
         let cancel = background.clone();
@@ -214,6 +253,8 @@ impl RunningServer {
         {
             tracing::warn!("operations still in flight at the shutdown timeout; they will be recorded as interrupted at the next start");
         }
+        // Rollouts stop between recreates and resume at the next start.
+        self.services.rollouts.shutdown().await;
         // A loop cancelled mid-pass finishes its current action first.
         if tokio::time::timeout(self.shutdown_timeout, self.loops.wait())
             .await

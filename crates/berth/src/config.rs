@@ -84,6 +84,19 @@ struct FileConfig {
     plugins: Option<PluginsConfig>,
     #[serde(default)]
     templates: Vec<TemplateDoc>,
+    #[serde(default)]
+    registries: std::collections::BTreeMap<String, RegistryEntry>,
+}
+
+/// `[registries."host:port"]`: credentials and transport for one registry.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryEntry {
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// Plain HTTP (loopback registries always are).
+    #[serde(default)]
+    pub insecure: bool,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -121,6 +134,7 @@ pub struct Config {
     pub plugin_sweep_interval: Duration,
     /// `[[templates]]`, each with its name; upserted at boot.
     pub templates: Vec<TemplateDoc>,
+    pub registries: std::collections::BTreeMap<String, RegistryEntry>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -202,6 +216,13 @@ impl Config {
                 "api_token: the token must not be empty".into(),
             ));
         }
+        for (host, entry) in &file.registries {
+            if entry.username.is_some() != entry.password.is_some() {
+                return Err(ConfigError::Invalid(format!(
+                    "registries.\"{host}\": give both username and password, or neither"
+                )));
+            }
+        }
         let image_watch = file.image_watch.unwrap_or_default();
         let plugins = file.plugins.unwrap_or_default();
         let mut names = std::collections::BTreeSet::new();
@@ -280,6 +301,7 @@ impl Config {
                 Duration::from_secs(300),
             )?,
             templates: file.templates,
+            registries: file.registries,
         })
     }
 

@@ -51,7 +51,7 @@ impl Error {
             MethodNotAllowed => 405,
             RuntimeRemoved | Conflict | ImageNotPinned => 409,
             PayloadTooLarge => 413,
-            ImagePullFailed | StartFailed | StopFailed | RemoveFailed => 502,
+            ImagePullFailed | StartFailed | HealthCheckFailed | StopFailed | RemoveFailed => 502,
             DockerUnavailable | StorageUnavailable => 503,
             Timeout => 504,
             Interrupted | Internal => 500,

@@ -558,6 +558,18 @@ fn from_inspect(found: ContainerInspectResponse) -> ContainerInfo {
         oom_killed: state.oom_killed.unwrap_or(false),
         image_id: found.image.unwrap_or_default(),
         created_at_ms: found.created.as_deref().and_then(parse_rfc3339_ms),
+        addresses: found
+            .network_settings
+            .and_then(|n| n.networks)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|(net, ep)| ep.ip_address.filter(|ip| !ip.is_empty()).map(|ip| (net, ip)))
+            .collect(),
+        health: state
+            .health
+            .and_then(|h| h.status)
+            .map(|s| s.to_string())
+            .filter(|s| !s.is_empty() && s != "none"),
     }
 }
 
@@ -584,6 +596,8 @@ fn from_summary(summary: ContainerSummary) -> ContainerInfo {
             .created
             .filter(|secs| *secs > 0)
             .and_then(|secs| secs.checked_mul(1000)),
+        addresses: Default::default(),
+        health: None,
     }
 }
 
@@ -794,6 +808,19 @@ impl Engine for DockerEngine {
             }) if message.contains("already in progress") => Ok(()),
             Err(e) => Err(self.map_err(e)),
         }
+    }
+
+    async fn rename_container(&self, id: &str, new_name: &str) -> Result<(), EngineError> {
+        let Some(found) = self.owned(id).await? else {
+            return Err(EngineError::NotFound(id.to_string()));
+        };
+        let target = found.id.unwrap_or_else(|| id.to_string());
+        self.call(self.docker.rename_container(
+            &target,
+            bollard::container::RenameContainerOptions { name: new_name },
+        ))
+        .await
+        .map_err(|e| self.map_err(e))
     }
 
     async fn inspect_container(

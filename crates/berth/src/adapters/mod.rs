@@ -1,5 +1,7 @@
 //! The real implementations of the ports.
 
 pub mod docker;
+pub mod http_probe;
 pub mod redis_bus;
+pub mod registry;
 pub mod store;

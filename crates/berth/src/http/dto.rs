@@ -62,6 +62,9 @@ pub struct PromoteRequest {
     pub digest: String,
     #[serde(default)]
     pub reason: Option<String>,
+    /// Refuse a digest the registry does not have.
+    #[serde(default)]
+    pub verify: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -318,4 +321,130 @@ impl From<crate::services::reconciler::ReconcileReport> for ReconcileReportView 
                 .collect(),
         }
     }
+}
+
+#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RefreshRequest {
+    /// Templates to refresh; all when absent.
+    #[serde(default)]
+    pub templates: Option<Vec<String>>,
+    /// Also recreate running runtimes whose digest differs.
+    #[serde(default)]
+    pub recreate: bool,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TemplateFailure {
+    pub template: String,
+    pub error: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct RefreshResponse {
+    pub pulled: Vec<String>,
+    pub recreated: Vec<String>,
+    pub failed: Vec<TemplateFailure>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct WatchReportView {
+    /// Registry lookups made (one per distinct repo:tag).
+    pub lookups: usize,
+    pub seeded: Vec<String>,
+    pub notified: Vec<String>,
+    pub tracked: Vec<String>,
+    pub failed: Vec<TemplateFailure>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RolloutTargetView {
+    pub runtime_id: String,
+    /// pending, updated, failed or skipped.
+    pub state: String,
+    pub error: Option<String>,
+    pub updated_at: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RolloutProgress {
+    pub total: usize,
+    pub updated: usize,
+    pub failed: usize,
+    pub skipped: usize,
+    pub pending: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RolloutView {
+    pub id: String,
+    pub template: String,
+    pub from_digest: Option<String>,
+    pub to_digest: String,
+    /// running, paused, halted, completed or aborted.
+    pub state: String,
+    pub batch_size: u32,
+    pub max_failures: u32,
+    pub failures: u32,
+    pub source: String,
+    pub message: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<RolloutProgress>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub targets: Option<Vec<RolloutTargetView>>,
+}
+
+impl RolloutView {
+    pub fn from_row(r: crate::ports::store::RolloutRow, targets: Option<Vec<crate::ports::store::RolloutTarget>>) -> Self {
+        let progress = targets.as_ref().map(|ts| {
+            let count = |s: &str| ts.iter().filter(|t| t.state == s).count();
+            RolloutProgress {
+                total: ts.len(),
+                updated: count("updated"),
+                failed: count("failed"),
+                skipped: count("skipped"),
+                pending: count("pending"),
+            }
+        });
+        RolloutView {
+            id: r.id,
+            template: r.template,
+            from_digest: r.from_digest,
+            to_digest: r.to_digest,
+            state: r.state,
+            batch_size: r.batch_size,
+            max_failures: r.max_failures,
+            failures: r.failures,
+            source: r.source,
+            message: r.message,
+            created_at: r.created_at_ms,
+            updated_at: r.updated_at_ms,
+            progress,
+            targets: targets.map(|ts| {
+                ts.into_iter()
+                    .map(|t| RolloutTargetView {
+                        runtime_id: t.runtime_id,
+                        state: t.state,
+                        error: t.error,
+                        updated_at: t.updated_at_ms,
+                    })
+                    .collect()
+            }),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct RolloutList {
+    pub rollouts: Vec<RolloutView>,
+}
+
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutQuery {
+    pub template: Option<String>,
+    /// 1 to 1000; default 100.
+    pub limit: Option<u32>,
 }

@@ -112,6 +112,9 @@ pub async fn promote_pin(
     Path(name): Path<String>,
     ApiJson(req): ApiJson<PromoteRequest>,
 ) -> ApiResult<Json<PinView>> {
+    if req.verify {
+        state.services.pins.verify(&name, &req.digest).await?;
+    }
     let pin = state
         .services
         .pins
@@ -336,4 +339,100 @@ pub async fn reconcile_now(State(state): State<AppState>) -> ApiResult<Json<Reco
         .run(async move { services.reconciler.run_once().await })
         .await?;
     Ok(Json(report.into()))
+}
+
+#[utoipa::path(post, path = "/v1/admin/images/refresh", tag = "admin", request_body = RefreshRequest,
+    responses((status = 200, body = RefreshResponse), (status = 400, body = ErrorBody), (status = 500, description = "templates or runtimes could not be read", body = ErrorBody)))]
+pub async fn refresh_images(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiJson(req): ApiJson<RefreshRequest>,
+) -> ApiResult<Json<RefreshResponse>> {
+    let caller = caller(&headers);
+    let services = state.services.clone();
+    let result = state
+        .run(async move {
+            services
+                .refresh
+                .refresh(req.templates.as_deref(), req.recreate, &caller)
+                .await
+        })
+        .await?;
+    Ok(Json(RefreshResponse {
+        pulled: result.pulled,
+        recreated: result.recreated,
+        failed: result
+            .failed
+            .into_iter()
+            .map(|(template, error)| TemplateFailure { template, error })
+            .collect(),
+    }))
+}
+
+#[utoipa::path(post, path = "/v1/admin/images/watch", tag = "admin",
+    responses((status = 200, description = "one image-watch tick, now", body = WatchReportView)))]
+pub async fn watch_images(State(state): State<AppState>) -> ApiResult<Json<WatchReportView>> {
+    let services = state.services.clone();
+    let r = state.run(async move { services.watcher.tick().await }).await?;
+    Ok(Json(WatchReportView {
+        lookups: r.lookups,
+        seeded: r.seeded,
+        notified: r.notified,
+        tracked: r.tracked,
+        failed: r
+            .failed
+            .into_iter()
+            .map(|(template, error)| TemplateFailure { template, error })
+            .collect(),
+    }))
+}
+
+#[utoipa::path(get, path = "/v1/rollouts", tag = "rollouts", params(RolloutQuery),
+    responses((status = 200, body = RolloutList)))]
+pub async fn list_rollouts(
+    State(state): State<AppState>,
+    ApiQuery(q): ApiQuery<RolloutQuery>,
+) -> ApiResult<Json<RolloutList>> {
+    let rows = state.services.rollouts.list(q.template.as_deref(), q.limit).await?;
+    Ok(Json(RolloutList {
+        rollouts: rows.into_iter().map(|r| RolloutView::from_row(r, None)).collect(),
+    }))
+}
+
+#[utoipa::path(get, path = "/v1/rollouts/{id}", tag = "rollouts",
+    params(("id" = String, Path, description = "rollout id")),
+    responses((status = 200, body = RolloutView), (status = 404, body = ErrorBody)))]
+pub async fn get_rollout(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<RolloutView>> {
+    let (row, targets) = state.services.rollouts.get(&id).await?;
+    Ok(Json(RolloutView::from_row(row, Some(targets))))
+}
+
+async fn set_rollout_state(
+    state: AppState,
+    id: String,
+    to: berth_core::rollout::RolloutState,
+) -> ApiResult<Json<RolloutView>> {
+    let row = state.services.rollouts.set_state(&id, to).await?;
+    Ok(Json(RolloutView::from_row(row, None)))
+}
+
+#[utoipa::path(post, path = "/v1/rollouts/{id}/pause", tag = "rollouts",
+    params(("id" = String, Path, description = "rollout id")),
+    responses((status = 200, body = RolloutView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn pause_rollout(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<RolloutView>> {
+    set_rollout_state(state, id, berth_core::rollout::RolloutState::Paused).await
+}
+
+#[utoipa::path(post, path = "/v1/rollouts/{id}/resume", tag = "rollouts",
+    params(("id" = String, Path, description = "rollout id")),
+    responses((status = 200, body = RolloutView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn resume_rollout(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<RolloutView>> {
+    set_rollout_state(state, id, berth_core::rollout::RolloutState::Running).await
+}
+
+#[utoipa::path(post, path = "/v1/rollouts/{id}/abort", tag = "rollouts",
+    params(("id" = String, Path, description = "rollout id")),
+    responses((status = 200, body = RolloutView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn abort_rollout(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<RolloutView>> {
+    set_rollout_state(state, id, berth_core::rollout::RolloutState::Aborted).await
 }

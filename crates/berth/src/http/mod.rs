@@ -199,6 +199,13 @@ pub fn router(state: AppState) -> Router {
         .route("/events", get(list_events))
         .route("/notifications", get(list_notifications))
         .route("/admin/reconcile", post(reconcile_now))
+        .route("/admin/images/refresh", post(refresh_images))
+        .route("/admin/images/watch", post(watch_images))
+        .route("/rollouts", get(list_rollouts))
+        .route("/rollouts/{id}", get(get_rollout))
+        .route("/rollouts/{id}/pause", post(pause_rollout))
+        .route("/rollouts/{id}/resume", post(resume_rollout))
+        .route("/rollouts/{id}/abort", post(abort_rollout))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
 
     Router::new()

@@ -49,6 +49,12 @@ pub struct ContainerInfo {
     /// When Docker created the container (ms since the epoch); `None` when
     /// Docker did not say.
     pub created_at_ms: Option<i64>,
+    /// The container's address on each network it is attached to (inspect
+    /// only; empty from the list).
+    pub addresses: BTreeMap<String, String>,
+    /// Docker's HEALTHCHECK status (`starting`, `healthy`, `unhealthy`)
+    /// when the image has one (inspect only).
+    pub health: Option<String>,
 }
 
 /// What happened to a container, as Docker's events report it.
@@ -118,6 +124,9 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Force-removes a container of this owner; a missing one is not an error.
     async fn remove_container(&self, id: &str) -> Result<(), EngineError>;
+
+    /// Renames a container of this owner.
+    async fn rename_container(&self, id: &str, new_name: &str) -> Result<(), EngineError>;
 
     /// By id or name; `None` when there is no such container.
     async fn inspect_container(

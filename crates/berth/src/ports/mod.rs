@@ -4,6 +4,7 @@
 pub mod bus;
 pub mod clock;
 pub mod engine;
+pub mod probe;
 pub mod registry;
 pub mod store;
 

@@ -22,6 +22,8 @@ use berth_core::status::{next_status, LifecycleEvent, RuntimeStatus, TransitionE
 use berth_core::template::{validate_env, Template};
 use berth_core::ErrorCode;
 
+mod recreate;
+
 use super::locks::KeyedLocks;
 use super::{Caller, Context, Effects};
 use crate::error::{Error, Result};
@@ -98,7 +100,7 @@ fn begin(rec: &mut RuntimeRecord, event: LifecycleEvent) -> Result<()> {
     Ok(())
 }
 
-fn no_progress(_: PullProgress) {}
+pub(crate) fn no_progress(_: PullProgress) {}
 
 impl LifecycleService {
     pub fn new(ctx: Arc<Context>) -> Self {

@@ -10,7 +10,10 @@ pub mod operations;
 pub mod outbox;
 pub mod pins;
 pub mod reconciler;
+pub mod refresh;
+pub mod rollouts;
 pub mod templates;
+pub mod watcher;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -64,6 +67,8 @@ impl Caller {
 pub struct Context {
     pub store: Arc<dyn Store>,
     pub engine: Arc<dyn Engine>,
+    pub probe: Arc<dyn crate::ports::probe::HealthProbe>,
+    pub registry: Arc<dyn crate::ports::Registry>,
     pub clock: Arc<dyn Clock>,
     pub metrics: Arc<Metrics>,
     pub settings: Settings,
@@ -186,11 +191,14 @@ impl Context {
 pub struct Services {
     pub ctx: Arc<Context>,
     pub templates: templates::TemplateService,
-    pub pins: pins::PinService,
+    pub pins: Arc<pins::PinService>,
     pub runtimes: Arc<lifecycle::LifecycleService>,
     pub operations: operations::OperationLog,
     pub reconciler: Arc<reconciler::Reconciler>,
     pub events: Arc<events::EventsListener>,
+    pub refresh: Arc<refresh::RefreshService>,
+    pub rollouts: Arc<rollouts::RolloutService>,
+    pub watcher: Arc<watcher::ImageWatcher>,
 }
 
 impl Services {
@@ -198,9 +206,19 @@ impl Services {
         let ctx = Arc::new(ctx);
         let runtimes = Arc::new(lifecycle::LifecycleService::new(ctx.clone()));
         let reconciler = Arc::new(reconciler::Reconciler::new(ctx.clone(), runtimes.clone()));
+        let pins = Arc::new(pins::PinService::new(ctx.clone()));
+        let rollouts = Arc::new(rollouts::RolloutService::new(ctx.clone(), runtimes.clone(), pins.clone()));
         Arc::new(Services {
             templates: templates::TemplateService::new(ctx.clone()),
-            pins: pins::PinService::new(ctx.clone()),
+            refresh: Arc::new(refresh::RefreshService::new(ctx.clone(), runtimes.clone())),
+            watcher: Arc::new(watcher::ImageWatcher::new(
+                ctx.clone(),
+                ctx.registry.clone(),
+                pins.clone(),
+                rollouts.clone(),
+            )),
+            rollouts,
+            pins,
             operations: operations::OperationLog::new(ctx.clone()),
             events: Arc::new(events::EventsListener::new(
                 ctx.clone(),

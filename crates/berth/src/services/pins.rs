@@ -73,6 +73,26 @@ impl PinService {
         Ok(pin)
     }
 
+    /// Refuses a digest the template's registry repository does not have.
+    pub async fn verify(&self, template: &str, digest: &str) -> Result<()> {
+        let digest = Digest::parse(digest)?;
+        validate_template_name(template)?;
+        let t = self
+            .ctx
+            .store
+            .get_template(template)
+            .await?
+            .ok_or_else(|| Error::template_not_found(template))?;
+        match self.ctx.registry.has_digest(&t.image, &digest).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(Error::new(
+                ErrorCode::InvalidDigest,
+                format!("the registry has no manifest {digest} in {}", t.image),
+            )),
+            Err(e) => Err(Error::new(ErrorCode::ImagePullFailed, format!("could not verify the digest: {e}"))),
+        }
+    }
+
     /// Seeds a pin from `berth.toml`; never overwrites a pin that was ever
     /// promoted. Returns whether it seeded.
     pub async fn seed(&self, template: &str, digest: &Digest, caller: &Caller) -> Result<bool> {

@@ -57,10 +57,12 @@ macro_rules! migration {
 pub(crate) static SQLITE: &[Migration] = &[
     migration!("sqlite", 1, "0001", "init"),
     migration!("sqlite", 2, "0002", "events_outbox"),
+    migration!("sqlite", 3, "0003", "watch_rollouts"),
 ];
 pub(crate) static POSTGRES: &[Migration] = &[
     migration!("postgres", 1, "0001", "init"),
     migration!("postgres", 2, "0002", "events_outbox"),
+    migration!("postgres", 3, "0003", "watch_rollouts"),
 ];
 
 const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS berth_migrations (\
@@ -257,10 +259,16 @@ mod tests {
 
     use super::*;
 
-    /// The tables of 0001, then of 0002.
+    /// The tables of 0001, of 0002, of 0003.
     const TABLES_0001: [&str; 5] = ["templates", "pins", "pin_history", "runtimes", "operations"];
     const TABLES_0002: [&str; 4] = ["health_events", "notifications", "job_results", "outbox"];
-    const TABLES: [&str; 9] = [
+    const TABLES_0003: [&str; 4] = [
+        "image_observations",
+        "rejected_digests",
+        "rollouts",
+        "rollout_targets",
+    ];
+    const TABLES: [&str; 13] = [
         "templates",
         "pins",
         "pin_history",
@@ -270,12 +278,24 @@ mod tests {
         "notifications",
         "job_results",
         "outbox",
+        "image_observations",
+        "rejected_digests",
+        "rollouts",
+        "rollout_targets",
     ];
+    /// The tables each migration adds, by version.
+    const BY_VERSION: [(i64, &[&str]); 3] =
+        [(1, &TABLES_0001), (2, &TABLES_0002), (3, &TABLES_0003)];
 
     #[test]
     fn the_table_lists_agree() {
-        let both: Vec<&str> = TABLES_0001.iter().chain(&TABLES_0002).copied().collect();
-        assert_eq!(both, TABLES);
+        let tables: Vec<&str> = BY_VERSION
+            .iter()
+            .flat_map(|(_, tables)| tables.iter().copied())
+            .collect();
+        assert_eq!(tables, TABLES);
+        let versions: Vec<i64> = BY_VERSION.iter().map(|(v, _)| *v).collect();
+        assert_eq!(versions, all(SQLITE), "a migration's tables are not listed");
     }
 
     fn unique_versions(list: &[Migration]) -> Result<(), String> {
@@ -413,17 +433,27 @@ mod tests {
         }
         let full = schema().await;
 
-        // One step down: 0002's tables go, 0001's stay.
-        sqlite::migrate_down_to(&pool, 1).await.unwrap();
-        assert_eq!(sqlite::applied_versions(&pool).await.unwrap(), [1]);
-        for t in TABLES_0001 {
-            assert!(count(t).await, "{t} missing after down to 1");
-        }
-        for t in TABLES_0002 {
-            assert!(!count(t).await, "{t} still there after down to 1");
+        // Down one version at a time, newest first, and up again from each:
+        // the newer migrations' tables go, the older ones' stay.
+        for target in all(SQLITE).into_iter().rev().skip(1) {
+            sqlite::migrate_down_to(&pool, target).await.unwrap();
+            assert_eq!(
+                sqlite::applied_versions(&pool).await.unwrap(),
+                (1..=target).collect::<Vec<_>>()
+            );
+            let (kept, gone) = tables_at(target);
+            for t in kept {
+                assert!(count(t).await, "{t} missing after down to {target}");
+            }
+            for t in gone {
+                assert!(!count(t).await, "{t} still there after down to {target}");
+            }
+            sqlite::migrate_up(&pool).await.unwrap();
+            assert_eq!(schema().await, full, "down to {target} and up again");
+            sqlite::migrate_down_to(&pool, target).await.unwrap();
         }
         sqlite::migrate_up(&pool).await.unwrap();
-        assert_eq!(schema().await, full, "down to 1 and up again");
+        assert_eq!(schema().await, full);
 
         sqlite::migrate_down_to(&pool, 0).await.unwrap();
         assert!(sqlite::applied_versions(&pool).await.unwrap().is_empty());
@@ -469,6 +499,18 @@ mod tests {
 
     fn all(list: &[Migration]) -> Vec<i64> {
         list.iter().map(|m| m.version).collect()
+    }
+
+    /// `(tables that must exist, tables that must not)` with versions up
+    /// to `version` applied.
+    fn tables_at(version: i64) -> (Vec<&'static str>, Vec<&'static str>) {
+        let (kept, gone): (Vec<_>, Vec<_>) = BY_VERSION.iter().partition(|(v, _)| *v <= version);
+        let flat = |list: Vec<&(i64, &'static [&'static str])>| {
+            list.into_iter()
+                .flat_map(|(_, tables)| tables.iter().copied())
+                .collect()
+        };
+        (flat(kept), flat(gone))
     }
 
     #[tokio::test]
@@ -538,17 +580,28 @@ mod tests {
                 }
                 let full = schema().await;
 
-                // One step down: 0002's tables go, 0001's stay.
-                postgres::migrate_down_to(&pool, 1).await.unwrap();
-                assert_eq!(postgres::applied_versions(&pool).await.unwrap(), [1]);
-                for t in TABLES_0001 {
-                    assert!(count(t).await, "{t} missing after down to 1");
-                }
-                for t in TABLES_0002 {
-                    assert!(!count(t).await, "{t} still there after down to 1");
+                // Down one version at a time, newest first, and up again
+                // from each: the newer migrations' tables go, the older
+                // ones' stay.
+                for target in all(POSTGRES).into_iter().rev().skip(1) {
+                    postgres::migrate_down_to(&pool, target).await.unwrap();
+                    assert_eq!(
+                        postgres::applied_versions(&pool).await.unwrap(),
+                        (1..=target).collect::<Vec<_>>()
+                    );
+                    let (kept, gone) = tables_at(target);
+                    for t in kept {
+                        assert!(count(t).await, "{t} missing after down to {target}");
+                    }
+                    for t in gone {
+                        assert!(!count(t).await, "{t} still there after down to {target}");
+                    }
+                    postgres::migrate_up(&pool).await.unwrap();
+                    assert_eq!(schema().await, full, "down to {target} and up again");
+                    postgres::migrate_down_to(&pool, target).await.unwrap();
                 }
                 postgres::migrate_up(&pool).await.unwrap();
-                assert_eq!(schema().await, full, "down to 1 and up again");
+                assert_eq!(schema().await, full);
 
                 postgres::migrate_down_to(&pool, 0).await.unwrap();
                 assert!(postgres::applied_versions(&pool).await.unwrap().is_empty());

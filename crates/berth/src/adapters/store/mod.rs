@@ -20,7 +20,9 @@ use berth_core::status::RuntimeStatus;
 use berth_core::template::Template;
 use sqlx::Row;
 
-use crate::ports::store::{OutboxMessage, OutboxRow, Store, StoreError};
+use crate::ports::store::{
+    Observation, OutboxMessage, OutboxRow, RolloutRow, RolloutTarget, Store, StoreError,
+};
 use crate::template_doc::TemplateDoc;
 
 mod migrate;
@@ -333,6 +335,58 @@ pub(crate) fn outbox_row_from_row(row: &impl Columns) -> Result<OutboxRow, Store
     })
 }
 
+/// A `u32` count stored as a 64-bit integer.
+fn decode_u32(value: i64, table: &str, column: &str) -> Result<u32, StoreError> {
+    u32::try_from(value).map_err(|_| corrupt(table, column, format!("{value} is not a u32")))
+}
+
+pub(crate) fn observation_from_row(row: &impl Columns) -> Result<Observation, StoreError> {
+    const T: &str = "image_observations";
+    Ok(Observation {
+        template: row.text(T, "template")?,
+        reference: row.text(T, "reference")?,
+        digest: row.text(T, "digest")?,
+        observed_at_ms: row.int(T, "observed_at_ms")?,
+    })
+}
+
+pub(crate) fn rollout_from_row(row: &impl Columns) -> Result<RolloutRow, StoreError> {
+    const T: &str = "rollouts";
+    Ok(RolloutRow {
+        id: row.text(T, "id")?,
+        template: row.text(T, "template")?,
+        from_digest: row.opt_text(T, "from_digest")?,
+        to_digest: row.text(T, "to_digest")?,
+        state: row.text(T, "state")?,
+        batch_size: decode_u32(row.int(T, "batch_size")?, T, "batch_size")?,
+        max_failures: decode_u32(row.int(T, "max_failures")?, T, "max_failures")?,
+        failures: decode_u32(row.int(T, "failures")?, T, "failures")?,
+        revert_pin: row.boolean(T, "revert_pin")?,
+        source: row.text(T, "source")?,
+        message: row.opt_text(T, "message")?,
+        created_at_ms: row.int(T, "created_at_ms")?,
+        updated_at_ms: row.int(T, "updated_at_ms")?,
+    })
+}
+
+/// The target in a row of [`sql::GET_ROLLOUT`] (its `target_*` columns),
+/// `None` when the rollout has no target (the LEFT JOIN's NULLs).
+pub(crate) fn rollout_target_from_row(
+    row: &impl Columns,
+) -> Result<Option<RolloutTarget>, StoreError> {
+    const T: &str = "rollout_targets";
+    let Some(runtime_id) = row.opt_text(T, "target_runtime_id")? else {
+        return Ok(None);
+    };
+    Ok(Some(RolloutTarget {
+        runtime_id,
+        position: decode_u32(row.int(T, "target_position")?, T, "target_position")?,
+        state: row.text(T, "target_state")?,
+        error: row.opt_text(T, "target_error")?,
+        updated_at_ms: row.int(T, "target_updated_at_ms")?,
+    }))
+}
+
 /// `outbox_delete` removes at most this many rows per statement (SQLite
 /// allows 32,766 parameters, PostgreSQL 65,535).
 pub(crate) const OUTBOX_DELETE_CHUNK: usize = 500;
@@ -578,6 +632,85 @@ pub(crate) mod sql {
          finished_at_ms = $3 WHERE outcome = 'in_progress' RETURNING seq, ",
         operation_cols!()
     );
+
+    macro_rules! observation_cols {
+        () => {
+            "template, reference, digest, observed_at_ms"
+        };
+    }
+    macro_rules! rollout_cols {
+        () => {
+            "id, template, from_digest, to_digest, state, batch_size, max_failures, failures, \
+             revert_pin, source, message, created_at_ms, updated_at_ms"
+        };
+    }
+
+    pub const GET_OBSERVATION: &str = concat!(
+        "SELECT ",
+        observation_cols!(),
+        " FROM image_observations WHERE template = $1"
+    );
+    pub const UPSERT_OBSERVATION: &str = concat!(
+        "INSERT INTO image_observations (",
+        observation_cols!(),
+        ") VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (template) DO UPDATE SET reference = excluded.reference, \
+         digest = excluded.digest, observed_at_ms = excluded.observed_at_ms"
+    );
+    pub const DELETE_OBSERVATION: &str = "DELETE FROM image_observations WHERE template = $1";
+
+    pub const UPSERT_REJECTION: &str = "INSERT INTO rejected_digests \
+         (template, digest, reason, rejected_at_ms) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (template, digest) DO UPDATE SET reason = excluded.reason, \
+         rejected_at_ms = excluded.rejected_at_ms";
+    pub const IS_REJECTED: &str =
+        "SELECT 1 AS one FROM rejected_digests WHERE template = $1 AND digest = $2";
+    pub const DELETE_REJECTION: &str =
+        "DELETE FROM rejected_digests WHERE template = $1 AND digest = $2";
+
+    /// Keeps `seq` (the rollout's place in the list) of an existing rollout.
+    pub const UPSERT_ROLLOUT: &str = concat!(
+        "INSERT INTO rollouts (",
+        rollout_cols!(),
+        ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+         ON CONFLICT (id) DO UPDATE SET template = excluded.template, \
+         from_digest = excluded.from_digest, to_digest = excluded.to_digest, \
+         state = excluded.state, batch_size = excluded.batch_size, \
+         max_failures = excluded.max_failures, failures = excluded.failures, \
+         revert_pin = excluded.revert_pin, source = excluded.source, \
+         message = excluded.message, created_at_ms = excluded.created_at_ms, \
+         updated_at_ms = excluded.updated_at_ms"
+    );
+    pub const UPSERT_ROLLOUT_TARGET: &str = "INSERT INTO rollout_targets \
+         (rollout_id, runtime_id, position, state, error, updated_at_ms) \
+         VALUES ($1, $2, $3, $4, $5, $6) \
+         ON CONFLICT (rollout_id, runtime_id) DO UPDATE SET position = excluded.position, \
+         state = excluded.state, error = excluded.error, updated_at_ms = excluded.updated_at_ms";
+    /// The rollout with one row per target (or one row of NULL targets),
+    /// in one statement, so that the rollout and its targets are read at
+    /// one point in time.
+    pub const GET_ROLLOUT: &str = "SELECT r.id, r.template, r.from_digest, r.to_digest, \
+         r.state, r.batch_size, r.max_failures, r.failures, r.revert_pin, r.source, r.message, \
+         r.created_at_ms, r.updated_at_ms, t.runtime_id AS target_runtime_id, \
+         t.position AS target_position, t.state AS target_state, t.error AS target_error, \
+         t.updated_at_ms AS target_updated_at_ms \
+         FROM rollouts r LEFT JOIN rollout_targets t ON t.rollout_id = r.id \
+         WHERE r.id = $1 ORDER BY t.position, t.runtime_id";
+    pub const LIST_ROLLOUTS: &str = concat!(
+        "SELECT ",
+        rollout_cols!(),
+        " FROM rollouts ORDER BY seq DESC LIMIT $1"
+    );
+    pub const LIST_ROLLOUTS_BY_TEMPLATE: &str = concat!(
+        "SELECT ",
+        rollout_cols!(),
+        " FROM rollouts WHERE template = $1 ORDER BY seq DESC LIMIT $2"
+    );
+    pub const ACTIVE_ROLLOUTS: &str = concat!(
+        "SELECT ",
+        rollout_cols!(),
+        " FROM rollouts WHERE state IN ('running', 'paused') ORDER BY seq"
+    );
 }
 
 /// Generates `impl Store for $store` over the concrete sqlx database `$db`.
@@ -600,13 +733,14 @@ macro_rules! impl_store {
 
             use $crate::adapters::store::{
                 db_err, encode_fields, encode_map, encode_template, health_event_from_row,
-                job_result_from_row, notification_from_row, op_time, operation_from_row,
-                outbox_delete_sql, outbox_row_from_row, pin_entry_from_row, pin_from_row,
-                runtime_from_row, sql, template_from_row, unique_err, Columns, OUTBOX_DELETE_CHUNK,
+                job_result_from_row, notification_from_row, observation_from_row, op_time,
+                operation_from_row, outbox_delete_sql, outbox_row_from_row, pin_entry_from_row,
+                pin_from_row, rollout_from_row, rollout_target_from_row, runtime_from_row, sql,
+                template_from_row, unique_err, Columns, OUTBOX_DELETE_CHUNK,
             };
             use $crate::ports::store::{
-                Change, EventFilter, OperationFilter, OutboxMessage, OutboxRow, RuntimeFilter,
-                Store, StoreError,
+                Change, EventFilter, Observation, OperationFilter, OutboxMessage, OutboxRow,
+                RolloutRow, RolloutTarget, RuntimeFilter, Store, StoreError,
             };
 
             type Tx = sqlx::Transaction<'static, $db>;
@@ -743,6 +877,45 @@ macro_rules! impl_store {
                     .bind(&m.partition_key)
                     .bind(encode_fields(&m.fields)?)
                     .bind(m.created_at_ms)
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(db_err)?;
+                Ok(())
+            }
+
+            async fn upsert_rollout(tx: &mut Tx, r: &RolloutRow) -> Result<(), StoreError> {
+                sqlx::query(sql::UPSERT_ROLLOUT)
+                    .bind(&r.id)
+                    .bind(&r.template)
+                    .bind(r.from_digest.as_deref())
+                    .bind(&r.to_digest)
+                    .bind(&r.state)
+                    .bind(i64::from(r.batch_size))
+                    .bind(i64::from(r.max_failures))
+                    .bind(i64::from(r.failures))
+                    .bind(r.revert_pin)
+                    .bind(&r.source)
+                    .bind(r.message.as_deref())
+                    .bind(r.created_at_ms)
+                    .bind(r.updated_at_ms)
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(db_err)?;
+                Ok(())
+            }
+
+            async fn upsert_rollout_target(
+                tx: &mut Tx,
+                rollout_id: &str,
+                t: &RolloutTarget,
+            ) -> Result<(), StoreError> {
+                sqlx::query(sql::UPSERT_ROLLOUT_TARGET)
+                    .bind(rollout_id)
+                    .bind(&t.runtime_id)
+                    .bind(i64::from(t.position))
+                    .bind(&t.state)
+                    .bind(t.error.as_deref())
+                    .bind(t.updated_at_ms)
                     .execute(&mut **tx)
                     .await
                     .map_err(db_err)?;
@@ -1222,6 +1395,171 @@ macro_rules! impl_store {
                         .await
                         .map_err(db_err)?;
                     commit(tx).await
+                }
+
+                async fn get_observation(
+                    &self,
+                    template: &str,
+                ) -> Result<Option<Observation>, StoreError> {
+                    sqlx::query(sql::GET_OBSERVATION)
+                        .bind(template)
+                        .fetch_optional(&self.pool)
+                        .await
+                        .map_err(db_err)?
+                        .map(|row| observation_from_row(&row))
+                        .transpose()
+                }
+
+                async fn put_observation(&self, obs: &Observation) -> Result<(), StoreError> {
+                    let mut tx = self.begin_write().await?;
+                    sqlx::query(sql::UPSERT_OBSERVATION)
+                        .bind(&obs.template)
+                        .bind(&obs.reference)
+                        .bind(&obs.digest)
+                        .bind(obs.observed_at_ms)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db_err)?;
+                    commit(tx).await
+                }
+
+                async fn delete_observation(&self, template: &str) -> Result<(), StoreError> {
+                    let mut tx = self.begin_write().await?;
+                    sqlx::query(sql::DELETE_OBSERVATION)
+                        .bind(template)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db_err)?;
+                    commit(tx).await
+                }
+
+                async fn reject_digest(
+                    &self,
+                    template: &str,
+                    digest: &str,
+                    reason: &str,
+                    at_ms: i64,
+                ) -> Result<(), StoreError> {
+                    let mut tx = self.begin_write().await?;
+                    sqlx::query(sql::UPSERT_REJECTION)
+                        .bind(template)
+                        .bind(digest)
+                        .bind(reason)
+                        .bind(at_ms)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db_err)?;
+                    commit(tx).await
+                }
+
+                async fn is_rejected(
+                    &self,
+                    template: &str,
+                    digest: &str,
+                ) -> Result<bool, StoreError> {
+                    Ok(sqlx::query(sql::IS_REJECTED)
+                        .bind(template)
+                        .bind(digest)
+                        .fetch_optional(&self.pool)
+                        .await
+                        .map_err(db_err)?
+                        .is_some())
+                }
+
+                async fn clear_rejection(
+                    &self,
+                    template: &str,
+                    digest: &str,
+                ) -> Result<(), StoreError> {
+                    let mut tx = self.begin_write().await?;
+                    sqlx::query(sql::DELETE_REJECTION)
+                        .bind(template)
+                        .bind(digest)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db_err)?;
+                    commit(tx).await
+                }
+
+                async fn save_rollout(
+                    &self,
+                    rollout: &RolloutRow,
+                    targets: &[RolloutTarget],
+                    change: &Change<'_>,
+                ) -> Result<(), StoreError> {
+                    let mut tx = self.begin_write().await?;
+                    let written = async {
+                        // The change first: it takes its locks before any
+                        // row lock, and it is the part that may refuse.
+                        write_change(&mut tx, change).await?;
+                        upsert_rollout(&mut tx, rollout).await?;
+                        for t in targets {
+                            upsert_rollout_target(&mut tx, &rollout.id, t).await?;
+                        }
+                        Ok::<(), StoreError>(())
+                    }
+                    .await;
+                    match written {
+                        Ok(()) => commit(tx).await,
+                        Err(e) => {
+                            // Release the lock now; the error is the news.
+                            let _ = rollback(tx).await;
+                            Err(e)
+                        }
+                    }
+                }
+
+                async fn get_rollout(
+                    &self,
+                    id: &str,
+                ) -> Result<Option<(RolloutRow, Vec<RolloutTarget>)>, StoreError> {
+                    let rows = sqlx::query(sql::GET_ROLLOUT)
+                        .bind(id)
+                        .fetch_all(&self.pool)
+                        .await
+                        .map_err(db_err)?;
+                    let Some(first) = rows.first() else {
+                        return Ok(None);
+                    };
+                    let rollout = rollout_from_row(first)?;
+                    let mut targets = Vec::with_capacity(rows.len());
+                    for row in &rows {
+                        if let Some(target) = rollout_target_from_row(row)? {
+                            targets.push(target);
+                        }
+                    }
+                    Ok(Some((rollout, targets)))
+                }
+
+                async fn list_rollouts(
+                    &self,
+                    template: Option<&str>,
+                    limit: u32,
+                ) -> Result<Vec<RolloutRow>, StoreError> {
+                    let limit = i64::from(limit);
+                    let query = match template {
+                        None => sqlx::query(sql::LIST_ROLLOUTS).bind(limit),
+                        Some(t) => sqlx::query(sql::LIST_ROLLOUTS_BY_TEMPLATE)
+                            .bind(t)
+                            .bind(limit),
+                    };
+                    query
+                        .fetch_all(&self.pool)
+                        .await
+                        .map_err(db_err)?
+                        .iter()
+                        .map(rollout_from_row)
+                        .collect()
+                }
+
+                async fn active_rollouts(&self) -> Result<Vec<RolloutRow>, StoreError> {
+                    sqlx::query(sql::ACTIVE_ROLLOUTS)
+                        .fetch_all(&self.pool)
+                        .await
+                        .map_err(db_err)?
+                        .iter()
+                        .map(rollout_from_row)
+                        .collect()
                 }
             }
         };

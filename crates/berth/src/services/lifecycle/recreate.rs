@@ -1,0 +1,229 @@
+//! Recreate that cannot lose a runtime: built from berth's own record and
+//! template (never from the old container's inspected config), the old
+//! container is stopped but kept until the new one passes the health gate;
+//! on failure the new one is removed and the old one started again.
+
+use std::time::{Duration, Instant};
+
+use berth_core::container::{container_name, engine_endpoint, plan_container, Placement};
+use berth_core::image::resolve_image;
+use berth_core::operation::OperationKind;
+use berth_core::runtime::{LastError, RuntimeRecord};
+use berth_core::status::RuntimeStatus;
+use berth_core::template::Template;
+use berth_core::ErrorCode;
+
+use super::{no_progress, LifecycleService};
+use crate::error::{Error, Result};
+use crate::services::Caller;
+
+/// Without a health path and without a Docker HEALTHCHECK, a new container
+/// counts as healthy once it has kept running this long.
+const SETTLE: Duration = Duration::from_secs(1);
+/// The most a Docker HEALTHCHECK may take to report healthy.
+const DOCKER_HEALTH_LIMIT: Duration = Duration::from_secs(60);
+
+impl LifecycleService {
+    /// Replaces a running runtime's container with one on the image its
+    /// template resolves to now (pin, else tag), health-gated.
+    pub async fn recreate(&self, id: &str, caller: &Caller) -> Result<RuntimeRecord> {
+        berth_core::id::validate_runtime_id(id)?;
+        let _guard = self.locks.lock(id).await;
+        let mut rec = self.get(id).await?;
+        let old_cid = match (&rec.container_id, rec.status) {
+            (Some(cid), RuntimeStatus::Running) => cid.clone(),
+            _ => {
+                return Err(Error::new(
+                    ErrorCode::Conflict,
+                    format!("runtime {id:?} is {}; only a running runtime is recreated", rec.status),
+                ))
+            }
+        };
+        let template = self.template(&rec.template).await?;
+        let mut op = self
+            .ctx
+            .begin_op(OperationKind::Recreate, caller)
+            .for_runtime(&rec.id, &rec.template)
+            .detail("old_container_id", old_cid.clone());
+        self.ctx.record(None, &op).await?;
+
+        let mut created = None;
+        let mut staged = rec.clone();
+        let result = self
+            .deadline(self.swap(&template, &mut staged, &old_cid, &mut created))
+            .await;
+        let now = self.ctx.now_ms();
+        match result {
+            Ok(()) => {
+                rec = staged;
+                rec.last_error = None;
+                rec.updated_at_ms = now;
+                op = op.detail("container_id", rec.container_id.clone().unwrap_or_default());
+                if let Some(r) = &rec.image_ref {
+                    op = op.detail("image_ref", r.clone());
+                }
+                if let Some(d) = &rec.image_digest {
+                    op = op.detail("image_digest", d.clone());
+                }
+                op.succeed(now);
+                self.ctx.record(Some(&rec), &op).await?;
+                Ok(rec)
+            }
+            Err(err) => {
+                // Restore: the new container goes, the old one runs again.
+                if let Some(new) = created {
+                    op = op.detail("failed_container_id", new.clone());
+                    if let Err(e) = self.ctx.engine.remove_container(&new).await {
+                        tracing::warn!(runtime = %rec.id, container = %new, error = %e, "could not remove the new container of a failed recreate");
+                    }
+                }
+                let restored = self.ctx.engine.start_container(&old_cid).await;
+                if let Err(e) = &restored {
+                    tracing::warn!(runtime = %rec.id, error = %e, "could not start the old container again");
+                    rec.status = RuntimeStatus::Failed;
+                }
+                op = op.detail("restored", restored.is_ok().to_string());
+                rec.last_error = Some(LastError {
+                    code: err.code.as_str().to_string(),
+                    message: err.message.clone(),
+                });
+                rec.updated_at_ms = self.ctx.now_ms();
+                op.fail(err.code.as_str(), &err.message, self.ctx.now_ms());
+                self.ctx.record(Some(&rec), &op).await?;
+                Err(err)
+            }
+        }
+    }
+
+    async fn swap(
+        &self,
+        template: &Template,
+        rec: &mut RuntimeRecord,
+        old_cid: &str,
+        created: &mut Option<String>,
+    ) -> Result<()> {
+        let engine = &self.ctx.engine;
+        let pin = self.ctx.store.get_pin(&template.name).await?;
+        let image = resolve_image(
+            &template.name,
+            &template.image,
+            &template.tag,
+            template.require_pin,
+            pin.as_ref().map(|p| &p.digest),
+        )
+        .map_err(|e| {
+            Error::new(
+                ErrorCode::ImageNotPinned,
+                format!("template {:?} requires a pin and has none", e.template),
+            )
+        })?;
+        let image_ref = image.to_string();
+        let digest = self.ensure_image(&image, &no_progress).await?;
+        self.ensure_network().await?;
+        let state_dir = self.state_dir(&rec.id);
+        tokio::fs::create_dir_all(&state_dir).await.map_err(|e| {
+            Error::new(
+                ErrorCode::StartFailed,
+                format!("could not create the state directory {}: {e}", state_dir.display()),
+            )
+        })?;
+
+        engine
+            .stop_container(old_cid, template.stop_grace)
+            .await
+            .map_err(|e| Error::from_engine(e, ErrorCode::StopFailed, "stop the old container"))?;
+
+        let generation = rec.generation + 1;
+        let state_dir_text = state_dir.to_string_lossy();
+        let place = Placement {
+            owner: &self.ctx.settings.owner,
+            network: &self.ctx.settings.network,
+            state_dir: &state_dir_text,
+        };
+        let mut spec = plan_container(&place, template, rec, &image_ref, generation, self.ctx.now_ms());
+        // Old and new exist side by side until the gate passes.
+        let canonical = spec.name.clone();
+        spec.name = format!("{canonical}-g{generation}");
+        let new_cid = engine
+            .create_container(&spec)
+            .await
+            .map_err(|e| Error::from_engine(e, ErrorCode::StartFailed, "create the new container"))?;
+        *created = Some(new_cid.clone());
+        engine
+            .start_container(&new_cid)
+            .await
+            .map_err(|e| Error::from_engine(e, ErrorCode::StartFailed, "start the new container"))?;
+        self.health_gate(template, &new_cid).await?;
+
+        engine
+            .remove_container(old_cid)
+            .await
+            .map_err(|e| Error::from_engine(e, ErrorCode::RemoveFailed, "remove the old container"))?;
+        *created = None;
+        if let Err(e) = engine
+            .rename_container(&new_cid, &container_name(&self.ctx.settings.owner, &rec.id))
+            .await
+        {
+            // Only cosmetic: the record holds the id, labels hold the rest.
+            tracing::warn!(runtime = %rec.id, error = %e, "could not give the new container its canonical name");
+        }
+        rec.container_id = Some(new_cid);
+        rec.generation = generation;
+        rec.image_ref = Some(image_ref);
+        rec.image_digest = digest;
+        rec.engine_endpoint = engine_endpoint(template, &rec.id);
+        rec.status = RuntimeStatus::Running;
+        Ok(())
+    }
+
+    /// The template's health check on the new container (GET on its
+    /// address and port until 2xx, within `grace`), else Docker's own
+    /// HEALTHCHECK, else "still running after a moment".
+    pub(super) async fn health_gate(&self, template: &Template, cid: &str) -> Result<()> {
+        let started = Instant::now();
+        let unhealthy = |why: String| Error::new(ErrorCode::HealthCheckFailed, why);
+        loop {
+            let info = self
+                .ctx
+                .engine
+                .inspect_container(cid)
+                .await
+                .map_err(|e| Error::from_engine(e, ErrorCode::HealthCheckFailed, "inspect the new container"))?
+                .ok_or_else(|| unhealthy("the new container disappeared during its health check".into()))?;
+            if !info.running {
+                return Err(unhealthy(format!(
+                    "the new container exited during its health check (exit code {})",
+                    info.exit_code.map(|c| c.to_string()).unwrap_or_else(|| "unknown".into())
+                )));
+            }
+            match (&template.health, template.port) {
+                (Some(h), Some(port)) => {
+                    if let Some(ip) = info.addresses.get(&self.ctx.settings.network) {
+                        let url = format!("http://{ip}:{port}{}", h.path);
+                        if self.ctx.probe.healthy(&url, h.timeout).await {
+                            return Ok(());
+                        }
+                    }
+                    if started.elapsed() >= h.grace {
+                        return Err(unhealthy(format!(
+                            "the new container did not answer 2xx on {} within {}",
+                            h.path,
+                            berth_core::duration::format_duration(h.grace)
+                        )));
+                    }
+                    tokio::time::sleep(h.interval).await;
+                }
+                _ => match info.health.as_deref() {
+                    Some("healthy") => return Ok(()),
+                    Some("unhealthy") => return Err(unhealthy("Docker's HEALTHCHECK reports unhealthy".into())),
+                    Some(_) if started.elapsed() < DOCKER_HEALTH_LIMIT => {
+                        tokio::time::sleep(Duration::from_millis(500)).await
+                    }
+                    Some(_) => return Err(unhealthy("Docker's HEALTHCHECK did not report healthy in time".into())),
+                    None if started.elapsed() >= SETTLE => return Ok(()),
+                    None => tokio::time::sleep(Duration::from_millis(250)).await,
+                },
+            }
+        }
+    }
+}
