@@ -1,0 +1,420 @@
+//! Registry drift end to end: the watcher against the real local registry,
+//! health-gated rollouts on the real engine, restore and pin revert.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+/// Points `<registry>/berth-test/<repo>:<tag>` at the test image `source`
+/// tag (v1, v2 or broken) and pushes it; returns the repository.
+fn push_as(source: &str, repo: &str, tag: &str) -> String {
+    let registry = required_env("BERTH_TEST_REGISTRY");
+    let target = format!("{registry}/berth-test/{repo}");
+    let src = format!("{}:{source}", test_image());
+    assert!(std::process::Command::new("docker")
+        .args(["tag", &src, &format!("{target}:{tag}")])
+        .status()
+        .unwrap()
+        .success());
+    let out = std::process::Command::new("docker")
+        .args(["push", "-q", &format!("{target}:{tag}")])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "push: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    target
+}
+
+async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
+    for _ in 0..600 {
+        if let Some(v) = check().await {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+async fn watch(t: &TestServer) -> Value {
+    let (status, report) = t.post("/v1/admin/images/watch", json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    report
+}
+
+async fn rollout_of(t: &TestServer, template: &str, until: &[&str]) -> Value {
+    let id = eventually("a rollout", async || {
+        let (_, list) = t.get(&format!("/v1/rollouts?template={template}")).await;
+        list["rollouts"][0]["id"].as_str().map(str::to_string)
+    })
+    .await;
+    eventually("the rollout to finish", async || {
+        let (_, r) = t.get(&format!("/v1/rollouts/{id}")).await;
+        until
+            .contains(&r["state"].as_str().unwrap_or_default())
+            .then_some(r)
+    })
+    .await
+}
+
+fn tracked_template(image: &str) -> Value {
+    json!({"image": image, "tag": "stable", "port": 8080, "watch": true, "update_policy": "track",
+           "health": {"path": "/healthz", "interval": "200ms", "timeout": "1s", "grace": "5s"},
+           "rollout": {"batch_size": 1, "max_failures": 1}, "stop_grace": "1s"})
+}
+
+#[tokio::test]
+async fn watcher_seeds_then_notifies_or_tracks() {
+    let t = TestServer::start().await;
+    let repo_n = unique("wn-");
+    let repo_t = unique("wt-");
+    let image_n = push_as("v1", &repo_n, "stable");
+    let image_t = push_as("v1", &repo_t, "stable");
+    let v1 = registry_digest(&image_t, "stable").await;
+    t.put_template(
+        "noti",
+        json!({"image": image_n, "tag": "stable", "watch": true, "stop_grace": "1s"}),
+    )
+    .await;
+    t.put_template("trk", tracked_template(&image_t)).await;
+    let (_, n1) = t.start_runtime("n-1", "noti").await;
+    let mut before = Vec::new();
+    for id in ["t-1", "t-2"] {
+        let (status, rt) = t
+            .post(
+                "/v1/runtimes",
+                json!({"id": id, "template": "trk", "env": {"FROM_REQUEST": id}}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{rt}");
+        assert_eq!(rt["image_digest"], v1.as_str());
+        let state = t
+            .data_dir
+            .path()
+            .canonicalize()
+            .unwrap()
+            .join(format!("runtimes/{id}/state"));
+        std::fs::write(state.join("marker"), id).unwrap();
+        before.push(rt);
+    }
+
+    // First sight only seeds.
+    let report = watch(&t).await;
+    let mut seeded: Vec<&str> = report["seeded"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    seeded.sort();
+    assert_eq!(seeded, ["noti", "trk"], "{report}");
+    assert_eq!(report["lookups"], 2);
+    assert_eq!(watch(&t).await["tracked"], json!([]));
+    let (status, _) = t.get("/v1/templates/trk/pin").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "seeding promotes nothing");
+
+    // The tags move.
+    push_as("v2", &repo_n, "stable");
+    push_as("v2", &repo_t, "stable");
+    let v2 = registry_digest(&image_t, "stable").await;
+    let report = watch(&t).await;
+    assert_eq!(report["notified"], json!(["noti"]), "{report}");
+    assert_eq!(report["tracked"], json!(["trk"]), "{report}");
+
+    // notify: an intent, nothing restarts.
+    let (_, notes) = t.get("/v1/notifications").await;
+    let update = notes["notifications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["notification_type"] == "image.update_available")
+        .cloned()
+        .expect("image.update_available");
+    assert_eq!(update["payload"]["template"], "noti");
+    assert_eq!(
+        update["payload"]["new_digest"],
+        registry_digest(&image_n, "stable").await.as_str()
+    );
+    let (_, n1_after) = t.get("/v1/runtimes/n-1").await;
+    assert_eq!(n1_after["container_id"], n1["container_id"]);
+
+    // track: pin promoted (source image_watch), fleet rolled to v2.
+    let (_, pin) = t.get("/v1/templates/trk/pin").await;
+    assert_eq!(pin["digest"], v2.as_str());
+    assert_eq!(pin["promoted_by"], "image_watch");
+    let rollout = rollout_of(&t, "trk", &["completed", "halted"]).await;
+    assert_eq!(rollout["state"], "completed", "{rollout}");
+    assert_eq!(rollout["progress"]["updated"], 2);
+    for (id, old) in ["t-1", "t-2"].iter().zip(&before) {
+        let (_, rt) = t.get(&format!("/v1/runtimes/{id}")).await;
+        assert_eq!(rt["image_digest"], v2.as_str(), "{rt}");
+        assert_eq!(rt["status"], "running");
+        assert_ne!(rt["container_id"], old["container_id"]);
+        assert!(
+            docker_inspect(old["container_id"].as_str().unwrap()).is_none(),
+            "old container removed"
+        );
+        let info = docker_inspect(rt["container_id"].as_str().unwrap()).unwrap();
+        assert_eq!(info["Name"], format!("/{}-{id}", t.owner), "canonical name");
+        let aliases = &info["NetworkSettings"]["Networks"][&t.network]["Aliases"];
+        assert!(
+            aliases
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|a| a == &format!("trk-{id}")),
+            "{aliases}"
+        );
+        let env: Vec<&str> = info["Config"]["Env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e.as_str().unwrap())
+            .collect();
+        assert!(
+            env.contains(&format!("FROM_REQUEST={id}").as_str()),
+            "{env:?}"
+        );
+        let out = std::process::Command::new("docker")
+            .args([
+                "exec",
+                rt["container_id"].as_str().unwrap(),
+                "cat",
+                "/var/lib/runtime/marker",
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            *id,
+            "state directory contents kept"
+        );
+    }
+    let ops = t.operations("runtime=t-1&kind=recreate").await;
+    assert_eq!(ops[0]["source"], "image_watch");
+    assert_eq!(ops[0]["outcome"], "success");
+    t.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_bad_release_halts_restores_and_reverts_the_pin() {
+    let t = TestServer::start().await;
+    let repo = unique("wb-");
+    let image = push_as("v1", &repo, "stable");
+    let v1 = registry_digest(&image, "stable").await;
+    t.put_template("trk", tracked_template(&image)).await;
+    let mut before = Vec::new();
+    for id in ["b-1", "b-2"] {
+        let (status, rt) = t.start_runtime(id, "trk").await;
+        assert_eq!(status, StatusCode::CREATED, "{rt}");
+        before.push(rt);
+    }
+    watch(&t).await;
+    push_as("broken", &repo, "stable");
+    let broken = registry_digest(&image, "stable").await;
+    assert_eq!(watch(&t).await["tracked"], json!(["trk"]));
+
+    let rollout = rollout_of(&t, "trk", &["halted", "completed"]).await;
+    assert_eq!(rollout["state"], "halted", "{rollout}");
+    assert_eq!(rollout["failures"], 1);
+    for (id, old) in ["b-1", "b-2"].iter().zip(&before) {
+        let (_, rt) = t.get(&format!("/v1/runtimes/{id}")).await;
+        assert_eq!(rt["status"], "running", "{rt}");
+        assert_eq!(rt["image_digest"], v1.as_str(), "{rt}");
+        assert_eq!(
+            rt["container_id"], old["container_id"],
+            "the old container is back"
+        );
+        assert_eq!(
+            docker_inspect(old["container_id"].as_str().unwrap()).unwrap()["State"]["Running"],
+            true
+        );
+    }
+    assert_eq!(
+        t.containers().len(),
+        2,
+        "the failed new container was removed"
+    );
+    let (_, pin) = t.get("/v1/templates/trk/pin").await;
+    assert_eq!(pin["digest"], v1.as_str(), "pin reverted");
+    let (_, history) = t.get("/v1/templates/trk/pin/history").await;
+    let pins = history["pins"].as_array().unwrap();
+    assert_eq!(
+        (pins[0]["digest"].as_str(), pins[1]["digest"].as_str()),
+        (Some(v1.as_str()), Some(broken.as_str()))
+    );
+    let (_, notes) = t.get("/v1/notifications").await;
+    let halted = notes["notifications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["notification_type"] == "rollout.halted")
+        .cloned()
+        .expect("rollout.halted");
+    assert_eq!(halted["payload"]["to_digest"], broken.as_str());
+    let failed = t.operations("runtime=b-1&kind=recreate").await;
+    assert_eq!(failed[0]["error_code"], "health_check_failed", "{failed:?}");
+
+    // The rejected digest is not retried while the tag stays on it.
+    let report = watch(&t).await;
+    assert_eq!(report["tracked"], json!([]), "{report}");
+    let (_, list) = t.get("/v1/rollouts?template=trk").await;
+    assert_eq!(list["rollouts"].as_array().unwrap().len(), 1);
+    t.shutdown().await;
+}
+
+#[tokio::test]
+async fn one_unreachable_registry_does_not_stop_the_others() {
+    let t = TestServer::start().await;
+    let repo = unique("wu-");
+    let image = push_as("v1", &repo, "stable");
+    t.put_template(
+        "up",
+        json!({"image": image, "tag": "stable", "watch": true}),
+    )
+    .await;
+    t.put_template(
+        "down",
+        json!({"image": "127.0.0.1:1/berth-test/nowhere", "tag": "stable", "watch": true}),
+    )
+    .await;
+    let report = watch(&t).await;
+    assert_eq!(report["seeded"], json!(["up"]), "{report}");
+    let failed = report["failed"].as_array().unwrap();
+    assert_eq!(failed.len(), 1, "{report}");
+    assert_eq!(failed[0]["template"], "down");
+    // The next tick tries again.
+    let report = watch(&t).await;
+    assert_eq!(report["failed"][0]["template"], "down");
+    assert_eq!(report["lookups"], 2);
+    t.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_move_while_berth_was_down_is_acted_on_at_boot() {
+    let repo = unique("wd-");
+    let image = push_as("v1", &repo, "stable");
+    let toml = "[image_watch]\nenabled = true\ninterval = \"1h\"\n".to_string();
+    let t = TestServer::start_with(Options {
+        toml: toml.clone(),
+        ..Default::default()
+    })
+    .await;
+    t.put_template(
+        "noti",
+        json!({"image": image, "tag": "stable", "watch": true}),
+    )
+    .await;
+    watch(&t).await;
+    let (data_dir, owner) = t.stop_keeping_data().await;
+
+    push_as("v2", &repo, "stable");
+    let v2 = registry_digest(&image, "stable").await;
+    let t = TestServer::start_with(Options {
+        toml,
+        data_dir: Some(data_dir),
+        owner: Some(owner),
+        ..Default::default()
+    })
+    .await;
+    // The boot tick (no request from us) notices the move.
+    let update = eventually("image.update_available after boot", async || {
+        let (_, notes) = t.get("/v1/notifications").await;
+        notes["notifications"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["notification_type"] == "image.update_available")
+            .cloned()
+    })
+    .await;
+    assert_eq!(update["payload"]["new_digest"], v2.as_str());
+    t.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_rollout_interrupted_by_a_restart_resumes() {
+    let repo = unique("wr-");
+    let image = push_as("v1", &repo, "stable");
+    let t = TestServer::start().await;
+    t.put_template("trk", tracked_template(&image)).await;
+    for i in 0..4 {
+        let (status, _) = t.start_runtime(&format!("r-{i}"), "trk").await;
+        assert_eq!(status, StatusCode::CREATED);
+    }
+    watch(&t).await;
+    push_as("v2", &repo, "stable");
+    let v2 = registry_digest(&image, "stable").await;
+    assert_eq!(watch(&t).await["tracked"], json!(["trk"]));
+    // Stop at once: the rollout is mid-way (each recreate waits for health).
+    let (data_dir, owner) = t.stop_keeping_data().await;
+    let t = TestServer::start_with(Options {
+        data_dir: Some(data_dir),
+        owner: Some(owner),
+        ..Default::default()
+    })
+    .await;
+    let (_, list) = t.get("/v1/rollouts?template=trk").await;
+    let id = list["rollouts"][0]["id"].as_str().unwrap().to_string();
+    let (_, r) = t.get(&format!("/v1/rollouts/{id}")).await;
+    assert!(
+        r["progress"]["updated"].as_u64().unwrap() < 4,
+        "the restart came mid-rollout: {r}"
+    );
+    let done = rollout_of(&t, "trk", &["completed", "halted"]).await;
+    assert_eq!(done["state"], "completed", "{done}");
+    assert_eq!(done["id"], id.as_str(), "the same rollout resumed");
+    for i in 0..4 {
+        let (_, rt) = t.get(&format!("/v1/runtimes/r-{i}")).await;
+        assert_eq!(rt["image_digest"], v2.as_str(), "{rt}");
+        assert_eq!(rt["status"], "running");
+    }
+    assert_eq!(t.containers().len(), 4);
+    t.shutdown().await;
+}
+
+#[tokio::test]
+async fn refresh_endpoint_pulls_and_recreates() {
+    let t = TestServer::start().await;
+    let repo = unique("wf-");
+    let image = push_as("v1", &repo, "stable");
+    t.put_template(
+        "app",
+        json!({"image": image, "tag": "stable", "port": 8080, "stop_grace": "1s",
+        "health": {"path": "/healthz", "interval": "200ms", "grace": "5s"}}),
+    )
+    .await;
+    t.put_template("ghost", json!({"image": format!("{}/berth-test/ghost-{repo}", required_env("BERTH_TEST_REGISTRY")), "tag": "x"}))
+        .await;
+    let (_, rt) = t.start_runtime("f-1", "app").await;
+    push_as("v2", &repo, "stable");
+    let v2 = registry_digest(&image, "stable").await;
+    let (status, result) = t
+        .post("/v1/admin/images/refresh", json!({"recreate": true}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{result}");
+    assert_eq!(result["pulled"], json!(["app"]), "{result}");
+    assert_eq!(result["recreated"], json!(["f-1"]));
+    assert_eq!(result["failed"][0]["template"], "ghost");
+    let (_, after) = t.get("/v1/runtimes/f-1").await;
+    assert_eq!(after["image_digest"], v2.as_str());
+    assert_ne!(after["container_id"], rt["container_id"]);
+    // Bad input.
+    let (status, body) = t
+        .post(
+            "/v1/admin/images/refresh",
+            json!({"templates": ["Bad Name"]}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].clone()),
+        (StatusCode::BAD_REQUEST, json!("invalid_request"))
+    );
+    t.shutdown().await;
+}
