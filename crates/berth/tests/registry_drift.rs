@@ -418,3 +418,152 @@ async fn refresh_endpoint_pulls_and_recreates() {
     );
     t.shutdown().await;
 }
+
+/// Builds an image on top of the test image with one layer of its own,
+/// pushes it as `<repo>:<tag>` and removes it locally, so that pulling it
+/// needs that layer from the registry.
+fn push_fresh_layer(repo: &str, tag: &str) {
+    let registry = required_env("BERTH_TEST_REGISTRY");
+    let target = format!("{registry}/berth-test/{repo}:{tag}");
+    let ctx = tempfile::tempdir().unwrap();
+    std::fs::write(ctx.path().join("unique"), unique("content-")).unwrap();
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        format!("FROM {}:v1\nCOPY unique /www/unique\n", test_image()),
+    )
+    .unwrap();
+    let out = std::process::Command::new("docker")
+        .env("DOCKER_BUILDKIT", "0")
+        .args(["build", "-q", "-t", &target])
+        .arg(ctx.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "build: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = std::process::Command::new("docker")
+        .args(["push", "-q", &target])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "push: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = std::process::Command::new("docker")
+        .args(["rmi", &target])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "rmi: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The compressed blob digest of the manifest's last layer.
+async fn last_layer_blob(repo: &str, tag: &str) -> String {
+    let registry = required_env("BERTH_TEST_REGISTRY");
+    let manifest: Value = reqwest::Client::new()
+        .get(format!(
+            "http://{registry}/v2/berth-test/{repo}/manifests/{tag}"
+        ))
+        .header(
+            "Accept",
+            "application/vnd.docker.distribution.manifest.v2+json",
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let layers = manifest["layers"].as_array().expect("layers");
+    layers.last().unwrap()["digest"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test]
+async fn a_failed_pull_rolls_the_observation_back_and_the_next_tick_retries() {
+    let registry = required_env("BERTH_TEST_REGISTRY");
+    let http = reqwest::Client::new();
+    let repo = unique("wp-");
+    let image = push_as("v1", &repo, "stable");
+    let v1 = registry_digest(&image, "stable").await;
+    let t = TestServer::start().await;
+    t.put_template("trk", tracked_template(&image)).await;
+    let (status, _) = t.start_runtime("p-1", "trk").await;
+    assert_eq!(status, StatusCode::CREATED);
+    watch(&t).await;
+
+    // The tag moves to an image one of whose layers the registry lost.
+    push_fresh_layer(&repo, "stable");
+    let moved = registry_digest(&image, "stable").await;
+    assert_ne!(moved, v1);
+    let blob = last_layer_blob(&repo, "stable").await;
+    let blob_url = format!("http://{registry}/v2/berth-test/{repo}/blobs/{blob}");
+    let bytes = http
+        .get(&blob_url)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let deleted = http.delete(&blob_url).send().await.unwrap();
+    assert_eq!(deleted.status(), StatusCode::ACCEPTED, "blob deleted");
+
+    let report = watch(&t).await;
+    assert_eq!(report["tracked"], json!([]), "{report}");
+    assert_eq!(report["failed"][0]["template"], "trk", "{report}");
+    let (status, _) = t.get("/v1/templates/trk/pin").await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "no pin promoted for an image that could not be pulled"
+    );
+    let (_, rt) = t.get("/v1/runtimes/p-1").await;
+    assert_eq!(rt["image_digest"], v1.as_str(), "nothing restarted");
+    let (_, notes) = t.get("/v1/notifications").await;
+    assert!(notes["notifications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|n| n["notification_type"] == "image.refresh_failed"));
+
+    // The registry has the layer again: the next tick retries and succeeds.
+    let start = http
+        .post(format!(
+            "http://{registry}/v2/berth-test/{repo}/blobs/uploads/"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(start.status(), StatusCode::ACCEPTED);
+    let location = start.headers()["location"].to_str().unwrap().to_string();
+    let location = if location.starts_with("http") {
+        location
+    } else {
+        format!("http://{registry}{location}")
+    };
+    let sep = if location.contains('?') { '&' } else { '?' };
+    let put = http
+        .put(format!("{location}{sep}digest={blob}"))
+        .header("content-type", "application/octet-stream")
+        .body(bytes)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), StatusCode::CREATED, "blob restored");
+    let report = watch(&t).await;
+    assert_eq!(report["tracked"], json!(["trk"]), "{report}");
+    let done = rollout_of(&t, "trk", &["completed", "halted"]).await;
+    assert_eq!(done["state"], "completed", "{done}");
+    let (_, rt) = t.get("/v1/runtimes/p-1").await;
+    assert_eq!(rt["image_digest"], moved.as_str());
+    t.shutdown().await;
+}
