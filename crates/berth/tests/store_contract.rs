@@ -14,8 +14,8 @@ use std::sync::Arc;
 
 use berth::adapters::store::{self, PostgresStore, SqliteStore};
 use berth::ports::store::{
-    Change, EventFilter, OperationFilter, OutboxMessage, OutboxRow, RuntimeFilter, Store,
-    StoreError,
+    Change, EventFilter, Observation, OperationFilter, OutboxMessage, OutboxRow, RolloutRow,
+    RolloutTarget, RuntimeFilter, Store, StoreError,
 };
 use berth::template_doc::TemplateDoc;
 use berth_core::event::{HealthEvent, HealthEventType, JobResult, Notification};
@@ -209,6 +209,12 @@ contract!(
     json_columns_round_trip,
     outbox_seq_order_is_commit_order_per_key,
     corrupt_event_rows_are_reported,
+    observations_put_get_delete,
+    rejected_digests_reject_check_clear,
+    rollouts_save_get_round_trip,
+    rollouts_list_newest_first_and_active_oldest_first,
+    save_rollout_is_atomic_with_its_change,
+    corrupt_rollout_rows_are_reported,
 );
 
 // --- fixtures ---------------------------------------------------------------
@@ -380,6 +386,47 @@ fn event_ids(events: &[HealthEvent]) -> Vec<&str> {
 
 fn ids(runtimes: &[RuntimeRecord]) -> Vec<&str> {
     runtimes.iter().map(|r| r.id.as_str()).collect()
+}
+
+fn observation(template: &str, tag: &str, d: u8, at: i64) -> Observation {
+    Observation {
+        template: template.to_string(),
+        reference: format!("registry.example/acme/{template}:{tag}"),
+        digest: digest(d).as_str().to_string(),
+        observed_at_ms: at,
+    }
+}
+
+fn rollout(id: &str, template: &str, state: &str, at: i64) -> RolloutRow {
+    RolloutRow {
+        id: id.to_string(),
+        template: template.to_string(),
+        from_digest: Some(digest(1).as_str().to_string()),
+        to_digest: digest(2).as_str().to_string(),
+        state: state.to_string(),
+        batch_size: 2,
+        max_failures: 1,
+        failures: 0,
+        revert_pin: true,
+        source: "image_watch".to_string(),
+        message: None,
+        created_at_ms: at,
+        updated_at_ms: at,
+    }
+}
+
+fn target(runtime_id: &str, position: u32, state: &str, at: i64) -> RolloutTarget {
+    RolloutTarget {
+        runtime_id: runtime_id.to_string(),
+        position,
+        state: state.to_string(),
+        error: None,
+        updated_at_ms: at,
+    }
+}
+
+fn rollout_ids(rollouts: &[RolloutRow]) -> Vec<&str> {
+    rollouts.iter().map(|r| r.id.as_str()).collect()
 }
 
 fn op_ids(ops: &[Operation]) -> Vec<&str> {
@@ -1923,6 +1970,377 @@ mod cases {
         ctx.exec("UPDATE outbox SET fields = '[[\"a\"]]'").await;
         expect_corrupt(s.outbox_pending(10).await, "outbox.fields").await;
     }
+
+    pub async fn observations_put_get_delete(ctx: Ctx) {
+        let s = ctx.store.as_ref();
+        assert_eq!(s.get_observation("a").await.unwrap(), None);
+        // Nothing to forget is no error.
+        s.delete_observation("a").await.unwrap();
+
+        let a1 = observation("a", "latest", 1, 10);
+        let b1 = observation("b", "stable", 3, 11);
+        s.put_observation(&a1).await.unwrap();
+        s.put_observation(&b1).await.unwrap();
+        assert_eq!(s.get_observation("a").await.unwrap(), Some(a1.clone()));
+        assert_eq!(s.get_observation("b").await.unwrap(), Some(b1.clone()));
+
+        // An upsert replaces every column of that template's observation only.
+        let a2 = observation("a", "v2", 2, 20);
+        s.put_observation(&a2).await.unwrap();
+        assert_eq!(s.get_observation("a").await.unwrap(), Some(a2));
+        assert_eq!(s.get_observation("b").await.unwrap(), Some(b1.clone()));
+
+        s.delete_observation("a").await.unwrap();
+        assert_eq!(s.get_observation("a").await.unwrap(), None);
+        assert_eq!(s.get_observation("b").await.unwrap(), Some(b1));
+        // Bookkeeping: no operation rows.
+        assert_eq!(op_count(s).await, 0);
+    }
+
+    pub async fn rejected_digests_reject_check_clear(ctx: Ctx) {
+        let s = ctx.store.as_ref();
+        let d1 = digest(1);
+        let d2 = digest(2);
+        assert!(!s.is_rejected("t", d1.as_str()).await.unwrap());
+        s.clear_rejection("t", d1.as_str()).await.unwrap(); // none to lift
+
+        s.reject_digest("t", d1.as_str(), "rollout halted", 10)
+            .await
+            .unwrap();
+        assert!(s.is_rejected("t", d1.as_str()).await.unwrap());
+        assert!(
+            !s.is_rejected("t", d2.as_str()).await.unwrap(),
+            "other digest"
+        );
+        assert!(
+            !s.is_rejected("u", d1.as_str()).await.unwrap(),
+            "other template"
+        );
+
+        // Rejecting again replaces the reason and time.
+        s.reject_digest("t", d1.as_str(), "halted again", 20)
+            .await
+            .unwrap();
+        assert!(s.is_rejected("t", d1.as_str()).await.unwrap());
+        let reason = ctx
+            .text("SELECT reason || ' ' || CAST(rejected_at_ms AS TEXT) FROM rejected_digests")
+            .await;
+        assert_eq!(reason.as_deref(), Some("halted again 20"));
+
+        s.reject_digest("u", d1.as_str(), "x", 30).await.unwrap();
+        s.clear_rejection("t", d1.as_str()).await.unwrap();
+        assert!(!s.is_rejected("t", d1.as_str()).await.unwrap());
+        assert!(
+            s.is_rejected("u", d1.as_str()).await.unwrap(),
+            "only t's lifted"
+        );
+        assert_eq!(op_count(s).await, 0);
+    }
+
+    pub async fn rollouts_save_get_round_trip(ctx: Ctx) {
+        let s = ctx.store.as_ref();
+        assert_eq!(s.get_rollout("ro-1").await.unwrap(), None);
+
+        // Targets given out of order come back by position (then runtime id).
+        let mut r = rollout("ro-1", "t", "running", 10);
+        r.batch_size = u32::MAX;
+        r.max_failures = u32::MAX;
+        let targets = [
+            target("r-c", 2, "pending", 10),
+            target("r-a", 0, "pending", 10),
+            target("r-b", 1, "pending", 10),
+            target("r-0", 1, "pending", 10),
+        ];
+        let o = op("rollout-start", OperationKind::Start, 10);
+        s.save_rollout(
+            &r,
+            &targets,
+            &Change {
+                operation: Some(&o),
+                ..Change::default()
+            },
+        )
+        .await
+        .unwrap();
+        let (got, got_targets) = s.get_rollout("ro-1").await.unwrap().unwrap();
+        assert_eq!(got, r);
+        assert_eq!(
+            got_targets,
+            vec![
+                targets[1].clone(),
+                targets[3].clone(),
+                targets[2].clone(),
+                targets[0].clone()
+            ]
+        );
+        assert_eq!(s.list_operations(&all_ops()).await.unwrap(), vec![o]);
+
+        // An update replaces the rollout's columns; only the given targets
+        // change, the others stay.
+        let mut r2 = r.clone();
+        r2.state = "halted".into();
+        r2.from_digest = None;
+        r2.failures = 1;
+        r2.revert_pin = false;
+        r2.source = "api".into();
+        r2.message = Some("r-a failed its health check".into());
+        r2.batch_size = 3;
+        r2.max_failures = 0;
+        r2.updated_at_ms = 20;
+        let mut a_failed = target("r-a", 0, "failed", 20);
+        a_failed.error = Some("health_unhealthy".into());
+        let b_updated = target("r-b", 1, "updated", 20);
+        s.save_rollout(
+            &r2,
+            &[a_failed.clone(), b_updated.clone()],
+            &Change::default(),
+        )
+        .await
+        .unwrap();
+        let (got, got_targets) = s.get_rollout("ro-1").await.unwrap().unwrap();
+        assert_eq!(got, r2);
+        assert_eq!(
+            got_targets,
+            vec![a_failed, targets[3].clone(), b_updated, targets[0].clone()]
+        );
+        assert_eq!(op_count(s).await, 1, "an empty change writes no operation");
+
+        // A rollout without targets, and one whose id is not another's.
+        let lone = rollout("ro-2", "t", "completed", 30);
+        s.save_rollout(&lone, &[], &Change::default())
+            .await
+            .unwrap();
+        assert_eq!(s.get_rollout("ro-2").await.unwrap(), Some((lone, vec![])));
+        assert_eq!(s.get_rollout("ro-1").await.unwrap().unwrap().1.len(), 4);
+        assert_eq!(s.get_rollout("ro").await.unwrap(), None);
+    }
+
+    pub async fn rollouts_list_newest_first_and_active_oldest_first(ctx: Ctx) {
+        let s = ctx.store.as_ref();
+        assert!(s.list_rollouts(None, 10).await.unwrap().is_empty());
+        assert!(s.active_rollouts().await.unwrap().is_empty());
+
+        // Saved in this order; `created_at_ms` deliberately disagrees, to
+        // show the order is that of first saving.
+        let saves = [
+            rollout("a1", "a", "running", 50),
+            rollout("b1", "b", "completed", 40),
+            rollout("a2", "a", "paused", 30),
+            rollout("b2", "b", "halted", 20),
+            rollout("a3", "a", "aborted", 10),
+            rollout("b3", "b", "running", 5),
+        ];
+        for r in &saves {
+            s.save_rollout(r, &[target("x", 0, "pending", 1)], &Change::default())
+                .await
+                .unwrap();
+        }
+        // An update keeps the rollout's place.
+        let mut a1 = saves[0].clone();
+        a1.failures = 1;
+        a1.updated_at_ms = 60;
+        s.save_rollout(&a1, &[], &Change::default()).await.unwrap();
+
+        let all = s.list_rollouts(None, 100).await.unwrap();
+        assert_eq!(rollout_ids(&all), ["b3", "a3", "b2", "a2", "b1", "a1"]);
+        assert_eq!(all[5], a1);
+        assert_eq!(
+            rollout_ids(&s.list_rollouts(None, 2).await.unwrap()),
+            ["b3", "a3"]
+        );
+        assert_eq!(
+            rollout_ids(&s.list_rollouts(Some("a"), 100).await.unwrap()),
+            ["a3", "a2", "a1"]
+        );
+        assert_eq!(
+            rollout_ids(&s.list_rollouts(Some("b"), 1).await.unwrap()),
+            ["b3"]
+        );
+        assert!(s.list_rollouts(Some("c"), 100).await.unwrap().is_empty());
+        assert!(s.list_rollouts(None, 0).await.unwrap().is_empty());
+
+        let active = s.active_rollouts().await.unwrap();
+        assert_eq!(rollout_ids(&active), ["a1", "a2", "b3"], "oldest first");
+        assert_eq!(active[0], a1);
+
+        // Leaving running/paused leaves the active list.
+        let mut a2 = saves[2].clone();
+        a2.state = "completed".into();
+        s.save_rollout(&a2, &[], &Change::default()).await.unwrap();
+        assert_eq!(
+            rollout_ids(&s.active_rollouts().await.unwrap()),
+            ["a1", "b3"]
+        );
+    }
+
+    pub async fn save_rollout_is_atomic_with_its_change(ctx: Ctx) {
+        let s = ctx.store.as_ref();
+        let first = rollout("ro-1", "t", "running", 10);
+        let first_targets = [
+            target("r1", 0, "pending", 10),
+            target("r2", 1, "pending", 10),
+        ];
+        let job = job_result("job-1", "r1", 10);
+        let o1 = op("o1", OperationKind::Start, 10).for_runtime("r1", "t");
+        let r1 = runtime("r1", "t", RuntimeStatus::Running, 10);
+        let evs = [health_event(
+            "e1",
+            "r1",
+            HealthEventType::ContainerStarted,
+            Some("c1"),
+            10,
+        )];
+        let notes = [notification("n1", "rollout.started", 10)];
+        let out = [message(
+            "notification:intents",
+            "",
+            &[("notification_type", "rollout.started")],
+            10,
+        )];
+        s.save_rollout(
+            &first,
+            &first_targets,
+            &Change {
+                runtime: Some(&r1),
+                operation: Some(&o1),
+                health_events: &evs,
+                notifications: &notes,
+                job_result: Some(&job),
+                outbox: &out,
+            },
+        )
+        .await
+        .unwrap();
+        // Every part of the change is written beside the rollout.
+        assert_eq!(s.get_runtime("r1").await.unwrap(), Some(r1.clone()));
+        assert_eq!(s.list_operations(&all_ops()).await.unwrap(), vec![o1]);
+        assert_eq!(all_events(s).await, evs.to_vec());
+        assert_eq!(s.list_notifications(10).await.unwrap(), notes.to_vec());
+        assert_eq!(s.get_job_result("job-1").await.unwrap(), Some(job));
+        assert_eq!(messages(&all_outbox(s).await), out.to_vec());
+
+        let snapshot = || async {
+            (
+                s.list_rollouts(None, 100).await.unwrap(),
+                s.get_rollout("ro-1").await.unwrap(),
+                s.get_rollout("ro-2").await.unwrap(),
+                s.list_runtimes(&RuntimeFilter::default()).await.unwrap(),
+                s.list_operations(&all_ops()).await.unwrap(),
+                all_events(s).await,
+                s.list_notifications(100).await.unwrap(),
+                all_outbox(s).await,
+            )
+        };
+        let before = snapshot().await;
+
+        // A duplicate job id refuses the change, and the rollout write with
+        // it: neither the update of ro-1 and its targets nor a new ro-2.
+        let mut halted = first.clone();
+        halted.state = "halted".into();
+        halted.failures = 1;
+        let mut r1_failed = r1.clone();
+        r1_failed.status = RuntimeStatus::Failed;
+        let o2 = op("o2", OperationKind::Start, 20);
+        let dup_job = job_result("job-1", "r2", 20);
+        let more_out = [message(
+            "runtime:job_results",
+            "r2",
+            &[("job_id", "job-1")],
+            20,
+        )];
+        for r in [&halted, &rollout("ro-2", "t", "running", 20)] {
+            match s
+                .save_rollout(
+                    r,
+                    &[
+                        target("r1", 0, "failed", 20),
+                        target("r3", 2, "pending", 20),
+                    ],
+                    &Change {
+                        runtime: Some(&r1_failed),
+                        operation: Some(&o2),
+                        job_result: Some(&dup_job),
+                        outbox: &more_out,
+                        ..Change::default()
+                    },
+                )
+                .await
+            {
+                Err(StoreError::Conflict(msg)) => assert!(msg.contains("job-1"), "{msg}"),
+                other => panic!("expected a conflict, got {other:?}"),
+            }
+        }
+        // A duplicate health event id refuses it as well.
+        let dup_event = [health_event(
+            "e1",
+            "r1",
+            HealthEventType::ContainerStarted,
+            None,
+            20,
+        )];
+        assert!(matches!(
+            s.save_rollout(
+                &halted,
+                &[target("r1", 0, "failed", 20)],
+                &Change {
+                    health_events: &dup_event,
+                    ..Change::default()
+                },
+            )
+            .await,
+            Err(StoreError::Conflict(_))
+        ));
+        assert_eq!(snapshot().await, before, "nothing of the refused saves");
+
+        // The store is still usable: the same save with a fresh job id.
+        let j2 = job_result("job-2", "r2", 30);
+        s.save_rollout(
+            &halted,
+            &[target("r1", 0, "failed", 30)],
+            &Change {
+                job_result: Some(&j2),
+                ..Change::default()
+            },
+        )
+        .await
+        .unwrap();
+        let (got, targets) = s.get_rollout("ro-1").await.unwrap().unwrap();
+        assert_eq!(got, halted);
+        assert_eq!(
+            targets,
+            vec![target("r1", 0, "failed", 30), first_targets[1].clone()]
+        );
+        assert_eq!(s.get_job_result("job-2").await.unwrap(), Some(j2));
+    }
+
+    pub async fn corrupt_rollout_rows_are_reported(ctx: Ctx) {
+        let s = ctx.store.as_ref();
+        s.save_rollout(
+            &rollout("ro", "t", "running", 1),
+            &[target("r", 0, "pending", 1)],
+            &Change::default(),
+        )
+        .await
+        .unwrap();
+
+        async fn expect_corrupt<T: std::fmt::Debug>(result: Result<T, StoreError>, column: &str) {
+            match result {
+                Err(StoreError::Corrupt(msg)) => assert!(msg.contains(column), "{msg}"),
+                other => panic!("expected Corrupt naming {column}, got {other:?}"),
+            }
+        }
+
+        ctx.exec("UPDATE rollouts SET batch_size = -1").await;
+        expect_corrupt(s.get_rollout("ro").await, "rollouts.batch_size").await;
+        expect_corrupt(s.list_rollouts(None, 10).await, "rollouts.batch_size").await;
+        expect_corrupt(s.active_rollouts().await, "rollouts.batch_size").await;
+        ctx.exec("UPDATE rollouts SET batch_size = 1, failures = 4294967296")
+            .await;
+        expect_corrupt(s.get_rollout("ro").await, "rollouts.failures").await;
+        ctx.exec("UPDATE rollouts SET failures = 0").await;
+        ctx.exec("UPDATE rollout_targets SET position = -5").await;
+        expect_corrupt(s.get_rollout("ro").await, "rollout_targets.target_position").await;
+    }
 }
 
 // --- opening stores -----------------------------------------------------------
@@ -1944,7 +2362,7 @@ async fn connect_opens_sqlite_urls_and_refuses_unknown_schemes() {
     // Reopening finds the data and migrates nothing twice.
     let again = SqliteStore::open(&file).await.unwrap();
     assert!(again.get_template("t").await.unwrap().is_some());
-    assert_eq!(again.schema_versions().await.unwrap(), [1, 2]);
+    assert_eq!(again.schema_versions().await.unwrap(), [1, 2, 3]);
 
     let mem = store::connect("sqlite::memory:", dir.path()).await.unwrap();
     mem.put_template(
@@ -1985,14 +2403,37 @@ async fn sqlite_migrates_down_and_up_again() {
     .await
     .unwrap();
 
-    // Down one step: 0002's tables go, 0001's data stays.
+    s.save_rollout(
+        &rollout("ro", "t", "running", 1),
+        &[target("r", 0, "pending", 1)],
+        &Change::default(),
+    )
+    .await
+    .unwrap();
+    s.put_observation(&observation("t", "v1", 1, 1))
+        .await
+        .unwrap();
+
+    // Down one step: 0003's tables go, older data stays.
+    s.migrate_down_to(2).await.unwrap();
+    assert_eq!(s.schema_versions().await.unwrap(), [1, 2]);
+    assert!(s.get_rollout("ro").await.is_err(), "the rollouts are gone");
+    assert!(s.get_observation("t").await.is_err());
+    assert_eq!(s.outbox_pending(10).await.unwrap().len(), 1);
+    s.close().await;
+    let s = SqliteStore::open(&file).await.unwrap();
+    assert_eq!(s.schema_versions().await.unwrap(), [1, 2, 3]);
+    assert_eq!(s.get_rollout("ro").await.unwrap(), None);
+    assert!(s.list_rollouts(None, 10).await.unwrap().is_empty());
+
+    // Down to 1: 0002's tables go too, 0001's data stays.
     s.migrate_down_to(1).await.unwrap();
     assert_eq!(s.schema_versions().await.unwrap(), [1]);
     assert!(s.outbox_pending(10).await.is_err(), "the outbox is gone");
     assert!(s.get_template("t").await.unwrap().is_some());
     s.close().await;
     let s = SqliteStore::open(&file).await.unwrap();
-    assert_eq!(s.schema_versions().await.unwrap(), [1, 2]);
+    assert_eq!(s.schema_versions().await.unwrap(), [1, 2, 3]);
     assert!(s.outbox_pending(10).await.unwrap().is_empty());
     assert!(s.get_template("t").await.unwrap().is_some());
 
@@ -2001,7 +2442,7 @@ async fn sqlite_migrates_down_and_up_again() {
     assert!(s.list_templates().await.is_err(), "the tables are gone");
     s.close().await;
     let s = SqliteStore::open(&file).await.unwrap();
-    assert_eq!(s.schema_versions().await.unwrap(), [1, 2]);
+    assert_eq!(s.schema_versions().await.unwrap(), [1, 2, 3]);
     assert!(s.list_templates().await.unwrap().is_empty());
     assert!(s.outbox_pending(10).await.unwrap().is_empty());
 }
@@ -2039,12 +2480,12 @@ async fn postgres_connect_by_url() {
         }
         let s = PostgresStore::connect(&url).await.unwrap();
         assert_eq!(op_count(&s).await, 2, "both URLs reached the same database");
-        assert_eq!(s.schema_versions().await.unwrap(), [1, 2]);
+        assert_eq!(s.schema_versions().await.unwrap(), [1, 2, 3]);
         s.migrate_down_to(0).await.unwrap();
         assert!(s.list_templates().await.is_err(), "the tables are gone");
         s.close().await;
         let s = PostgresStore::connect(&url).await.unwrap();
-        assert_eq!(s.schema_versions().await.unwrap(), [1, 2]);
+        assert_eq!(s.schema_versions().await.unwrap(), [1, 2, 3]);
         assert_eq!(op_count(&s).await, 0);
         s.close().await;
     })

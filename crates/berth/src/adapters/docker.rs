@@ -563,7 +563,11 @@ fn from_inspect(found: ContainerInspectResponse) -> ContainerInfo {
             .and_then(|n| n.networks)
             .unwrap_or_default()
             .into_iter()
-            .filter_map(|(net, ep)| ep.ip_address.filter(|ip| !ip.is_empty()).map(|ip| (net, ip)))
+            .filter_map(|(net, ep)| {
+                ep.ip_address
+                    .filter(|ip| !ip.is_empty())
+                    .map(|ip| (net, ip))
+            })
             .collect(),
         health: state
             .health
