@@ -38,7 +38,10 @@ impl RolloutState {
     }
 
     pub const fn is_finished(self) -> bool {
-        matches!(self, RolloutState::Halted | RolloutState::Completed | RolloutState::Aborted)
+        matches!(
+            self,
+            RolloutState::Halted | RolloutState::Completed | RolloutState::Aborted
+        )
     }
 }
 
@@ -63,9 +66,14 @@ impl TargetState {
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        [TargetState::Pending, TargetState::Updated, TargetState::Failed, TargetState::Skipped]
-            .into_iter()
-            .find(|x| x.as_str() == s)
+        [
+            TargetState::Pending,
+            TargetState::Updated,
+            TargetState::Failed,
+            TargetState::Skipped,
+        ]
+        .into_iter()
+        .find(|x| x.as_str() == s)
     }
 }
 
@@ -75,7 +83,9 @@ pub enum Step {
     /// Recreate these runtimes, then look again.
     Batch(Vec<String>),
     /// Too many failures: stop, restore, (under `track`) revert the pin.
-    Halt { failures: u32 },
+    Halt {
+        failures: u32,
+    },
     Complete,
     /// Paused or finished: nothing to do.
     Idle,
@@ -83,11 +93,19 @@ pub enum Step {
 
 /// `targets` in rollout order. A rollout halts once `max_failures`
 /// runtimes (at least one) failed their health gate.
-pub fn next_step(state: RolloutState, batch_size: u32, max_failures: u32, targets: &[(String, TargetState)]) -> Step {
+pub fn next_step(
+    state: RolloutState,
+    batch_size: u32,
+    max_failures: u32,
+    targets: &[(String, TargetState)],
+) -> Step {
     if state != RolloutState::Running {
         return Step::Idle;
     }
-    let failures = targets.iter().filter(|(_, s)| *s == TargetState::Failed).count() as u32;
+    let failures = targets
+        .iter()
+        .filter(|(_, s)| *s == TargetState::Failed)
+        .count() as u32;
     if failures >= max_failures.max(1) {
         return Step::Halt { failures };
     }
@@ -113,11 +131,22 @@ pub enum WatchDecision {
     /// The new digest was rejected after a halted rollout: not retried
     /// until the tag moves again or an operator steps in.
     Rejected,
-    Notify { from: Digest, to: Digest },
-    Track { from: Digest, to: Digest },
+    Notify {
+        from: Digest,
+        to: Digest,
+    },
+    Track {
+        from: Digest,
+        to: Digest,
+    },
 }
 
-pub fn decide(previous: Option<&Digest>, current: &Digest, rejected: bool, policy: UpdatePolicy) -> WatchDecision {
+pub fn decide(
+    previous: Option<&Digest>,
+    current: &Digest,
+    rejected: bool,
+    policy: UpdatePolicy,
+) -> WatchDecision {
     match previous {
         None => WatchDecision::Seed,
         Some(p) if p == current => WatchDecision::Unchanged,
@@ -159,13 +188,20 @@ mod tests {
     }
 
     fn targets(states: &[TargetState]) -> Vec<(String, TargetState)> {
-        states.iter().enumerate().map(|(i, s)| (format!("r{i}"), *s)).collect()
+        states
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (format!("r{i}"), *s))
+            .collect()
     }
 
     #[test]
     fn batches_in_order_then_completes() {
         let t = targets(&[Updated, Pending, Pending, Pending]);
-        assert_eq!(next_step(RolloutState::Running, 2, 1, &t), Step::Batch(vec!["r1".into(), "r2".into()]));
+        assert_eq!(
+            next_step(RolloutState::Running, 2, 1, &t),
+            Step::Batch(vec!["r1".into(), "r2".into()])
+        );
         let t = targets(&[Updated, Skipped, Updated]);
         assert_eq!(next_step(RolloutState::Running, 2, 1, &t), Step::Complete);
     }
@@ -173,31 +209,60 @@ mod tests {
     #[test]
     fn halts_at_max_failures() {
         let t = targets(&[Failed, Pending]);
-        assert_eq!(next_step(RolloutState::Running, 1, 1, &t), Step::Halt { failures: 1 });
-        assert_eq!(next_step(RolloutState::Running, 1, 2, &t), Step::Batch(vec!["r1".into()]));
-        assert_eq!(next_step(RolloutState::Running, 1, 0, &t), Step::Halt { failures: 1 });
+        assert_eq!(
+            next_step(RolloutState::Running, 1, 1, &t),
+            Step::Halt { failures: 1 }
+        );
+        assert_eq!(
+            next_step(RolloutState::Running, 1, 2, &t),
+            Step::Batch(vec!["r1".into()])
+        );
+        assert_eq!(
+            next_step(RolloutState::Running, 1, 0, &t),
+            Step::Halt { failures: 1 }
+        );
     }
 
     #[test]
     fn paused_and_finished_rollouts_idle() {
         let t = targets(&[Pending]);
-        for s in [RolloutState::Paused, RolloutState::Halted, RolloutState::Completed, RolloutState::Aborted] {
+        for s in [
+            RolloutState::Paused,
+            RolloutState::Halted,
+            RolloutState::Completed,
+            RolloutState::Aborted,
+        ] {
             assert_eq!(next_step(s, 1, 1, &t), Step::Idle);
         }
     }
 
     #[test]
     fn watcher_decisions() {
-        assert_eq!(decide(None, &d('a'), false, UpdatePolicy::Track), WatchDecision::Seed);
-        assert_eq!(decide(Some(&d('a')), &d('a'), false, UpdatePolicy::Track), WatchDecision::Unchanged);
-        assert_eq!(decide(Some(&d('a')), &d('b'), true, UpdatePolicy::Track), WatchDecision::Rejected);
+        assert_eq!(
+            decide(None, &d('a'), false, UpdatePolicy::Track),
+            WatchDecision::Seed
+        );
+        assert_eq!(
+            decide(Some(&d('a')), &d('a'), false, UpdatePolicy::Track),
+            WatchDecision::Unchanged
+        );
+        assert_eq!(
+            decide(Some(&d('a')), &d('b'), true, UpdatePolicy::Track),
+            WatchDecision::Rejected
+        );
         assert_eq!(
             decide(Some(&d('a')), &d('b'), false, UpdatePolicy::Notify),
-            WatchDecision::Notify { from: d('a'), to: d('b') }
+            WatchDecision::Notify {
+                from: d('a'),
+                to: d('b')
+            }
         );
         assert_eq!(
             decide(Some(&d('a')), &d('b'), false, UpdatePolicy::Track),
-            WatchDecision::Track { from: d('a'), to: d('b') }
+            WatchDecision::Track {
+                from: d('a'),
+                to: d('b')
+            }
         );
     }
 
@@ -214,7 +279,10 @@ mod tests {
         let unwatched = Template::new("d", Repository::parse("x").unwrap());
         let g = watch_groups(&[a, b, c, unwatched]);
         assert_eq!(g.len(), 2);
-        assert_eq!(g[&("r.example/a".to_string(), "latest".to_string())], ["a", "b"]);
+        assert_eq!(
+            g[&("r.example/a".to_string(), "latest".to_string())],
+            ["a", "b"]
+        );
     }
 
     #[test]

@@ -64,7 +64,9 @@ pub async fn build_services(config: &Config) -> Result<Arc<Services>, BootError>
             crate::adapters::http_probe::HttpProbe::new()
                 .map_err(|e| BootError::Io(format!("cannot build the health probe client: {e}")))?,
         ),
-        registry: Arc::new(crate::adapters::registry::OciRegistry::new(registry_config(config))?),
+        registry: Arc::new(crate::adapters::registry::OciRegistry::new(
+            registry_config(config),
+        )?),
         clock: Arc::new(SystemClock),
         metrics: Arc::new(Metrics::default()),
         settings: Settings {
@@ -180,7 +182,10 @@ pub async fn start(config: Config) -> Result<RunningServer, BootError> {
     }
     let resumed = services.rollouts.resume_active().await?;
     if resumed > 0 {
-        tracing::info!(rollouts = resumed, "resumed rollouts interrupted by the last shutdown");
+        tracing::info!(
+            rollouts = resumed,
+            "resumed rollouts interrupted by the last shutdown"
+        );
     }
     if let Some(url) = config.redis_url.clone() {
         let services = services.clone();

@@ -26,6 +26,7 @@ pub enum CliError {
     },
     TimedOut {
         url: String,
+        after: Duration,
     },
     Other(String),
 }
@@ -37,10 +38,10 @@ impl fmt::Display for CliError {
             CliError::Unreachable { url } => {
                 write!(f, "cannot reach berth at {url}: is `berth serve` running?")
             }
-            CliError::TimedOut { url } => write!(
+            CliError::TimedOut { url, after } => write!(
                 f,
                 "berth at {url} did not answer within {}s; the operation may still be running (see `berth ops`)",
-                REQUEST_TIMEOUT.as_secs()
+                after.as_secs_f64()
             ),
             CliError::Other(message) => f.write_str(message),
         }
@@ -48,6 +49,14 @@ impl fmt::Display for CliError {
 }
 
 impl std::error::Error for CliError {}
+
+impl CliError {
+    /// Worth asking again: the server did not answer (it may be
+    /// restarting), as opposed to answering no.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, CliError::Unreachable { .. } | CliError::TimedOut { .. })
+    }
+}
 
 /// An answer with a 2xx status; the body is kept as text so `--output
 /// json` can print exactly what the server wrote.
@@ -93,11 +102,11 @@ impl Client {
             value.set_sensitive(true);
             headers.insert(AUTHORIZATION, value);
         }
+        // The timeout is set per request.
         let http = reqwest::Client::builder()
             .default_headers(headers)
             .user_agent(concat!("berth-cli/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(CONNECT_TIMEOUT)
-            .timeout(REQUEST_TIMEOUT)
             .build()
             .map_err(|e| CliError::Other(format!("cannot build the HTTP client: {}", chain(&e))))?;
         Ok(Client {
@@ -117,7 +126,15 @@ impl Client {
     }
 
     pub async fn get(&self, path: &[&str], query: &[(&str, String)]) -> Result<Answer, CliError> {
-        self.send(Method::GET, path, query, None::<&()>).await
+        self.send(Method::GET, path, query, None::<&()>, REQUEST_TIMEOUT)
+            .await
+    }
+
+    /// A GET that must answer within `timeout`, for polling a local API
+    /// where a slow answer means something is wrong.
+    pub async fn get_within(&self, path: &[&str], timeout: Duration) -> Result<Answer, CliError> {
+        self.send(Method::GET, path, &[], None::<&()>, timeout)
+            .await
     }
 
     pub async fn delete(
@@ -125,7 +142,8 @@ impl Client {
         path: &[&str],
         query: &[(&str, String)],
     ) -> Result<Answer, CliError> {
-        self.send(Method::DELETE, path, query, None::<&()>).await
+        self.send(Method::DELETE, path, query, None::<&()>, REQUEST_TIMEOUT)
+            .await
     }
 
     pub async fn post<B: Serialize>(
@@ -133,11 +151,13 @@ impl Client {
         path: &[&str],
         body: Option<&B>,
     ) -> Result<Answer, CliError> {
-        self.send(Method::POST, path, &[], body).await
+        self.send(Method::POST, path, &[], body, REQUEST_TIMEOUT)
+            .await
     }
 
     pub async fn put<B: Serialize>(&self, path: &[&str], body: &B) -> Result<Answer, CliError> {
-        self.send(Method::PUT, path, &[], Some(body)).await
+        self.send(Method::PUT, path, &[], Some(body), REQUEST_TIMEOUT)
+            .await
     }
 
     async fn send<B: Serialize>(
@@ -146,20 +166,24 @@ impl Client {
         path: &[&str],
         query: &[(&str, String)],
         body: Option<&B>,
+        timeout: Duration,
     ) -> Result<Answer, CliError> {
-        let mut request = self.http.request(method, self.url(path));
+        let mut request = self.http.request(method, self.url(path)).timeout(timeout);
         if !query.is_empty() {
             request = request.query(query);
         }
         if let Some(body) = body {
             request = request.json(body);
         }
-        let response = request.send().await.map_err(|e| self.transport_error(&e))?;
+        let response = request
+            .send()
+            .await
+            .map_err(|e| self.transport_error(&e, timeout))?;
         let status = response.status();
         let body = response
             .text()
             .await
-            .map_err(|e| self.transport_error(&e))?;
+            .map_err(|e| self.transport_error(&e, timeout))?;
         if status.is_success() {
             return Ok(Answer { status, body });
         }
@@ -177,12 +201,15 @@ impl Client {
         }
     }
 
-    fn transport_error(&self, e: &reqwest::Error) -> CliError {
+    fn transport_error(&self, e: &reqwest::Error, timeout: Duration) -> CliError {
         let url = self.base.clone();
         if e.is_connect() {
             CliError::Unreachable { url }
         } else if e.is_timeout() {
-            CliError::TimedOut { url }
+            CliError::TimedOut {
+                url,
+                after: timeout,
+            }
         } else {
             CliError::Other(format!("request to {url} failed: {}", chain(e)))
         }

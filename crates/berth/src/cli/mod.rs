@@ -552,7 +552,11 @@ async fn pin(ctx: &Ctx, command: PinCommand) -> Result<(), CliError> {
             digest,
             reason,
         } => {
-            let body = PromoteRequest { digest, reason, verify: false };
+            let body = PromoteRequest {
+                digest,
+                reason,
+                verify: false,
+            };
             let answer = ctx
                 .client
                 .post(&["v1", "templates", &template, "pin"], Some(&body))

@@ -397,7 +397,10 @@ pub struct RolloutView {
 }
 
 impl RolloutView {
-    pub fn from_row(r: crate::ports::store::RolloutRow, targets: Option<Vec<crate::ports::store::RolloutTarget>>) -> Self {
+    pub fn from_row(
+        r: crate::ports::store::RolloutRow,
+        targets: Option<Vec<crate::ports::store::RolloutTarget>>,
+    ) -> Self {
         let progress = targets.as_ref().map(|ts| {
             let count = |s: &str| ts.iter().filter(|t| t.state == s).count();
             RolloutProgress {

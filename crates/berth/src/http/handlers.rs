@@ -373,7 +373,9 @@ pub async fn refresh_images(
     responses((status = 200, description = "one image-watch tick, now", body = WatchReportView)))]
 pub async fn watch_images(State(state): State<AppState>) -> ApiResult<Json<WatchReportView>> {
     let services = state.services.clone();
-    let r = state.run(async move { services.watcher.tick().await }).await?;
+    let r = state
+        .run(async move { services.watcher.tick().await })
+        .await?;
     Ok(Json(WatchReportView {
         lookups: r.lookups,
         seeded: r.seeded,
@@ -393,16 +395,26 @@ pub async fn list_rollouts(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<RolloutQuery>,
 ) -> ApiResult<Json<RolloutList>> {
-    let rows = state.services.rollouts.list(q.template.as_deref(), q.limit).await?;
+    let rows = state
+        .services
+        .rollouts
+        .list(q.template.as_deref(), q.limit)
+        .await?;
     Ok(Json(RolloutList {
-        rollouts: rows.into_iter().map(|r| RolloutView::from_row(r, None)).collect(),
+        rollouts: rows
+            .into_iter()
+            .map(|r| RolloutView::from_row(r, None))
+            .collect(),
     }))
 }
 
 #[utoipa::path(get, path = "/v1/rollouts/{id}", tag = "rollouts",
     params(("id" = String, Path, description = "rollout id")),
     responses((status = 200, body = RolloutView), (status = 404, body = ErrorBody)))]
-pub async fn get_rollout(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<RolloutView>> {
+pub async fn get_rollout(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<RolloutView>> {
     let (row, targets) = state.services.rollouts.get(&id).await?;
     Ok(Json(RolloutView::from_row(row, Some(targets))))
 }
@@ -419,20 +431,29 @@ async fn set_rollout_state(
 #[utoipa::path(post, path = "/v1/rollouts/{id}/pause", tag = "rollouts",
     params(("id" = String, Path, description = "rollout id")),
     responses((status = 200, body = RolloutView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
-pub async fn pause_rollout(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<RolloutView>> {
+pub async fn pause_rollout(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<RolloutView>> {
     set_rollout_state(state, id, berth_core::rollout::RolloutState::Paused).await
 }
 
 #[utoipa::path(post, path = "/v1/rollouts/{id}/resume", tag = "rollouts",
     params(("id" = String, Path, description = "rollout id")),
     responses((status = 200, body = RolloutView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
-pub async fn resume_rollout(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<RolloutView>> {
+pub async fn resume_rollout(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<RolloutView>> {
     set_rollout_state(state, id, berth_core::rollout::RolloutState::Running).await
 }
 
 #[utoipa::path(post, path = "/v1/rollouts/{id}/abort", tag = "rollouts",
     params(("id" = String, Path, description = "rollout id")),
     responses((status = 200, body = RolloutView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
-pub async fn abort_rollout(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<RolloutView>> {
+pub async fn abort_rollout(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<RolloutView>> {
     set_rollout_state(state, id, berth_core::rollout::RolloutState::Aborted).await
 }

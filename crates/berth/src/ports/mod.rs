@@ -10,6 +10,6 @@ pub mod store;
 
 pub use bus::{Bus, BusError, StreamEntry};
 pub use clock::{Clock, SystemClock};
-pub use registry::{Registry, RegistryError};
 pub use engine::{ContainerInfo, Engine, EngineError, ImageInfo, PullProgress};
+pub use registry::{Registry, RegistryError};
 pub use store::{OperationFilter, RuntimeFilter, Store, StoreError};

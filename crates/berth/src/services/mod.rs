@@ -207,7 +207,11 @@ impl Services {
         let runtimes = Arc::new(lifecycle::LifecycleService::new(ctx.clone()));
         let reconciler = Arc::new(reconciler::Reconciler::new(ctx.clone(), runtimes.clone()));
         let pins = Arc::new(pins::PinService::new(ctx.clone()));
-        let rollouts = Arc::new(rollouts::RolloutService::new(ctx.clone(), runtimes.clone(), pins.clone()));
+        let rollouts = Arc::new(rollouts::RolloutService::new(
+            ctx.clone(),
+            runtimes.clone(),
+            pins.clone(),
+        ));
         Arc::new(Services {
             templates: templates::TemplateService::new(ctx.clone()),
             refresh: Arc::new(refresh::RefreshService::new(ctx.clone(), runtimes.clone())),

@@ -89,7 +89,10 @@ impl PinService {
                 ErrorCode::InvalidDigest,
                 format!("the registry has no manifest {digest} in {}", t.image),
             )),
-            Err(e) => Err(Error::new(ErrorCode::ImagePullFailed, format!("could not verify the digest: {e}"))),
+            Err(e) => Err(Error::new(
+                ErrorCode::ImagePullFailed,
+                format!("could not verify the digest: {e}"),
+            )),
         }
     }
 

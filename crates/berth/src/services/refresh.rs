@@ -38,7 +38,12 @@ impl RefreshService {
     /// `templates`: the names to refresh, or all when `None`. A failure to
     /// read templates or runtimes at all is an error (500); anything per
     /// template is a soft failure in the result.
-    pub async fn refresh(&self, templates: Option<&[String]>, recreate: bool, caller: &Caller) -> Result<RefreshResult> {
+    pub async fn refresh(
+        &self,
+        templates: Option<&[String]>,
+        recreate: bool,
+        caller: &Caller,
+    ) -> Result<RefreshResult> {
         let all = self.ctx.store.list_templates().await?;
         let names: Vec<String> = match templates {
             Some(names) => {
@@ -49,11 +54,17 @@ impl RefreshService {
             }
             None => all.iter().map(|t| t.name.clone()).collect(),
         };
-        let runtimes = self.ctx.store.list_runtimes(&RuntimeFilter::default()).await?;
+        let runtimes = self
+            .ctx
+            .store
+            .list_runtimes(&RuntimeFilter::default())
+            .await?;
         let mut result = RefreshResult::default();
         for name in names {
             let Some(template) = all.iter().find(|t| t.name == name) else {
-                result.failed.push((name.clone(), Error::template_not_found(&name).message));
+                result
+                    .failed
+                    .push((name.clone(), Error::template_not_found(&name).message));
                 continue;
             };
             let digest = match self.pull(template).await {
@@ -68,11 +79,15 @@ impl RefreshService {
                 continue;
             }
             for rt in runtimes.iter().filter(|r| {
-                r.template == name && r.status == RuntimeStatus::Running && r.image_digest.as_deref() != digest.as_deref()
+                r.template == name
+                    && r.status == RuntimeStatus::Running
+                    && r.image_digest.as_deref() != digest.as_deref()
             }) {
                 match self.runtimes.recreate(&rt.id, caller).await {
                     Ok(_) => result.recreated.push(rt.id.clone()),
-                    Err(e) => result.failed.push((name.clone(), format!("runtime {}: {}", rt.id, e.message))),
+                    Err(e) => result
+                        .failed
+                        .push((name.clone(), format!("runtime {}: {}", rt.id, e.message))),
                 }
             }
         }
@@ -89,7 +104,12 @@ impl RefreshService {
             template.require_pin,
             pin.as_ref().map(|p| &p.digest),
         )
-        .map_err(|e| Error::new(ErrorCode::ImageNotPinned, format!("template {:?} requires a pin and has none", e.template)))?;
+        .map_err(|e| {
+            Error::new(
+                ErrorCode::ImageNotPinned,
+                format!("template {:?} requires a pin and has none", e.template),
+            )
+        })?;
         let reference = image.to_string();
         self.ctx
             .engine
@@ -107,7 +127,11 @@ impl RefreshService {
             .await
             .map_err(|e| Error::from_engine(e, ErrorCode::ImagePullFailed, "inspect the image"))?;
         Ok(info.and_then(|i| {
-            digest_from_repo_digests(image.repository(), i.repo_digests.iter().map(String::as_str)).map(|d| d.to_string())
+            digest_from_repo_digests(
+                image.repository(),
+                i.repo_digests.iter().map(String::as_str),
+            )
+            .map(|d| d.to_string())
         }))
     }
 }

@@ -40,14 +40,25 @@ impl RolloutService {
     }
 
     fn not_found(id: &str) -> Error {
-        Error::new(ErrorCode::NotFound, format!("rollout {id:?} does not exist"))
+        Error::new(
+            ErrorCode::NotFound,
+            format!("rollout {id:?} does not exist"),
+        )
     }
 
     pub async fn get(&self, id: &str) -> Result<(RolloutRow, Vec<RolloutTarget>)> {
-        self.ctx.store.get_rollout(id).await?.ok_or_else(|| Self::not_found(id))
+        self.ctx
+            .store
+            .get_rollout(id)
+            .await?
+            .ok_or_else(|| Self::not_found(id))
     }
 
-    pub async fn list(&self, template: Option<&str>, limit: Option<u32>) -> Result<Vec<RolloutRow>> {
+    pub async fn list(
+        &self,
+        template: Option<&str>,
+        limit: Option<u32>,
+    ) -> Result<Vec<RolloutRow>> {
         let limit = super::operations::check_limit(limit)?;
         Ok(self.ctx.store.list_rollouts(template, limit).await?)
     }
@@ -104,7 +115,10 @@ impl RolloutService {
                 updated_at_ms: now,
             })
             .collect();
-        self.ctx.store.save_rollout(&row, &targets, &Change::default()).await?;
+        self.ctx
+            .store
+            .save_rollout(&row, &targets, &Change::default())
+            .await?;
         self.spawn(row.id.clone());
         Ok(row)
     }
@@ -123,7 +137,10 @@ impl RolloutService {
     pub async fn resume_active(self: &Arc<Self>) -> Result<usize> {
         let active = self.ctx.store.active_rollouts().await?;
         let mut n = 0;
-        for r in active.into_iter().filter(|r| r.state == RolloutState::Running.as_str()) {
+        for r in active
+            .into_iter()
+            .filter(|r| r.state == RolloutState::Running.as_str())
+        {
             self.spawn(r.id);
             n += 1;
         }
@@ -138,7 +155,8 @@ impl RolloutService {
     }
 
     async fn run(&self, id: &str) -> Result<()> {
-        let caller = Caller::new(Source::parse(&self.get(id).await?.0.source).unwrap_or(Source::Api));
+        let caller =
+            Caller::new(Source::parse(&self.get(id).await?.0.source).unwrap_or(Source::Api));
         loop {
             if self.cancel.is_cancelled() {
                 return Ok(());
@@ -147,14 +165,22 @@ impl RolloutService {
             let state = RolloutState::parse(&row.state).unwrap_or(RolloutState::Aborted);
             let view: Vec<(String, TargetState)> = targets
                 .iter()
-                .map(|t| (t.runtime_id.clone(), TargetState::parse(&t.state).unwrap_or(TargetState::Skipped)))
+                .map(|t| {
+                    (
+                        t.runtime_id.clone(),
+                        TargetState::parse(&t.state).unwrap_or(TargetState::Skipped),
+                    )
+                })
                 .collect();
             match next_step(state, row.batch_size, row.max_failures, &view) {
                 Step::Idle => return Ok(()),
                 Step::Complete => {
                     row.state = RolloutState::Completed.as_str().to_string();
                     row.updated_at_ms = self.ctx.now_ms();
-                    self.ctx.store.save_rollout(&row, &[], &Change::default()).await?;
+                    self.ctx
+                        .store
+                        .save_rollout(&row, &[], &Change::default())
+                        .await?;
                     return Ok(());
                 }
                 Step::Halt { failures } => return self.halt(row, failures, &caller).await,
@@ -179,14 +205,24 @@ impl RolloutService {
                             t.error = outcome.1;
                             t.updated_at_ms = now;
                         }
-                        row.failures = targets.iter().filter(|t| t.state == TargetState::Failed.as_str()).count() as u32;
+                        row.failures = targets
+                            .iter()
+                            .filter(|t| t.state == TargetState::Failed.as_str())
+                            .count() as u32;
                         row.updated_at_ms = now;
                         // Re-read the state: a pause or abort may have come in.
                         if let Some((current, _)) = self.ctx.store.get_rollout(id).await? {
                             row.state = current.state;
                         }
-                        let changed: Vec<RolloutTarget> = targets.iter().filter(|t| t.runtime_id == rid).cloned().collect();
-                        self.ctx.store.save_rollout(&row, &changed, &Change::default()).await?;
+                        let changed: Vec<RolloutTarget> = targets
+                            .iter()
+                            .filter(|t| t.runtime_id == rid)
+                            .cloned()
+                            .collect();
+                        self.ctx
+                            .store
+                            .save_rollout(&row, &changed, &Change::default())
+                            .await?;
                     }
                 }
             }
@@ -213,7 +249,12 @@ impl RolloutService {
         if row.revert_pin {
             self.ctx
                 .store
-                .reject_digest(&row.template, &row.to_digest, "its rollout halted on failed health checks", now)
+                .reject_digest(
+                    &row.template,
+                    &row.to_digest,
+                    "its rollout halted on failed health checks",
+                    now,
+                )
                 .await?;
             if let Some(from) = row.from_digest.clone() {
                 let watcher = Caller {
@@ -221,7 +262,12 @@ impl RolloutService {
                     by: "rollout".to_string(),
                 };
                 self.pins
-                    .promote(&row.template, &from, Some(&format!("rollout {} halted", row.id)), &watcher)
+                    .promote(
+                        &row.template,
+                        &from,
+                        Some(&format!("rollout {} halted", row.id)),
+                        &watcher,
+                    )
                     .await?;
                 payload.push(("pin_reverted_to", from));
             }
@@ -232,7 +278,12 @@ impl RolloutService {
         };
         let mut outbox = Vec::new();
         if self.ctx.settings.publish_outbox {
-            outbox.extend(effects.notifications.iter().map(crate::streams::notification_message));
+            outbox.extend(
+                effects
+                    .notifications
+                    .iter()
+                    .map(crate::streams::notification_message),
+            );
         }
         self.ctx
             .store
@@ -260,19 +311,29 @@ impl RolloutService {
             (from, to),
             (RolloutState::Running, RolloutState::Paused)
                 | (RolloutState::Paused, RolloutState::Running)
-                | (RolloutState::Running | RolloutState::Paused, RolloutState::Aborted)
+                | (
+                    RolloutState::Running | RolloutState::Paused,
+                    RolloutState::Aborted
+                )
                 | (RolloutState::Halted, RolloutState::Running)
         );
         if !allowed {
             return Err(Error::new(
                 ErrorCode::Conflict,
-                format!("rollout {id:?} is {}; it cannot become {}", row.state, to.as_str()),
+                format!(
+                    "rollout {id:?} is {}; it cannot become {}",
+                    row.state,
+                    to.as_str()
+                ),
             ));
         }
         if from == RolloutState::Halted {
             // An operator resumes a halted rollout: the digest is no longer
             // rejected, and failed runtimes are tried again.
-            self.ctx.store.clear_rejection(&row.template, &row.to_digest).await?;
+            self.ctx
+                .store
+                .clear_rejection(&row.template, &row.to_digest)
+                .await?;
         }
         row.state = to.as_str().to_string();
         row.updated_at_ms = self.ctx.now_ms();
@@ -290,7 +351,10 @@ impl RolloutService {
         } else {
             Vec::new()
         };
-        self.ctx.store.save_rollout(&row, &retried, &Change::default()).await?;
+        self.ctx
+            .store
+            .save_rollout(&row, &retried, &Change::default())
+            .await?;
         if to == RolloutState::Running {
             self.spawn(row.id.clone());
         }

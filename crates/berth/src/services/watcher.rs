@@ -38,7 +38,12 @@ pub struct ImageWatcher {
 }
 
 impl ImageWatcher {
-    pub fn new(ctx: Arc<Context>, registry: Arc<dyn Registry>, pins: Arc<PinService>, rollouts: Arc<RolloutService>) -> Self {
+    pub fn new(
+        ctx: Arc<Context>,
+        registry: Arc<dyn Registry>,
+        pins: Arc<PinService>,
+        rollouts: Arc<RolloutService>,
+    ) -> Self {
         ImageWatcher {
             ctx,
             registry,
@@ -50,7 +55,9 @@ impl ImageWatcher {
     pub async fn run_loop(self: Arc<Self>, interval: Duration, cancel: CancellationToken) {
         loop {
             match self.tick().await {
-                Ok(r) if !r.failed.is_empty() => tracing::warn!(failed = ?r.failed, "image watch tick had failures"),
+                Ok(r) if !r.failed.is_empty() => {
+                    tracing::warn!(failed = ?r.failed, "image watch tick had failures")
+                }
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "image watch tick failed"),
             }
@@ -67,7 +74,11 @@ impl ImageWatcher {
         for ((repo, tag), names) in watch_groups(&templates) {
             report.lookups += 1;
             let digest = match Repository::parse(&repo) {
-                Ok(r) => self.registry.resolve_tag(&r, &tag).await.map_err(|e| e.to_string()),
+                Ok(r) => self
+                    .registry
+                    .resolve_tag(&r, &tag)
+                    .await
+                    .map_err(|e| e.to_string()),
                 Err(e) => Err(e.message),
             };
             let digest = match digest {
@@ -80,7 +91,9 @@ impl ImageWatcher {
                 }
             };
             for name in names {
-                let Some(t) = templates.iter().find(|t| t.name == name) else { continue };
+                let Some(t) = templates.iter().find(|t| t.name == name) else {
+                    continue;
+                };
                 if let Err(e) = self.observe(t, &tag, &digest, &mut report).await {
                     report.failed.push((name.clone(), e.message));
                 }
@@ -89,7 +102,13 @@ impl ImageWatcher {
         Ok(report)
     }
 
-    async fn observe(&self, t: &Template, tag: &str, digest: &Digest, report: &mut WatchReport) -> Result<()> {
+    async fn observe(
+        &self,
+        t: &Template,
+        tag: &str,
+        digest: &Digest,
+        report: &mut WatchReport,
+    ) -> Result<()> {
         let store = &self.ctx.store;
         let previous = store
             .get_observation(&t.name)
@@ -118,7 +137,14 @@ impl ImageWatcher {
                     ],
                 );
                 self.ctx
-                    .commit(None, None, &Effects { notifications: vec![n], ..Effects::default() })
+                    .commit(
+                        None,
+                        None,
+                        &Effects {
+                            notifications: vec![n],
+                            ..Effects::default()
+                        },
+                    )
                     .await?;
                 store.put_observation(&observation(&to)).await?;
                 report.notified.push(t.name.clone());
@@ -131,10 +157,21 @@ impl ImageWatcher {
                     store.put_observation(&observation(&from)).await?;
                     let n = self.ctx.notification(
                         "image.refresh_failed",
-                        &[("template", t.name.clone()), ("digest", to.to_string()), ("error", e.message.clone())],
+                        &[
+                            ("template", t.name.clone()),
+                            ("digest", to.to_string()),
+                            ("error", e.message.clone()),
+                        ],
                     );
                     self.ctx
-                        .commit(None, None, &Effects { notifications: vec![n], ..Effects::default() })
+                        .commit(
+                            None,
+                            None,
+                            &Effects {
+                                notifications: vec![n],
+                                ..Effects::default()
+                            },
+                        )
                         .await?;
                     return Err(e);
                 }
@@ -151,18 +188,40 @@ impl ImageWatcher {
             .engine
             .pull_image(&reference, &super::lifecycle::no_progress)
             .await
-            .map_err(|e| Error::from_engine(e, berth_core::ErrorCode::ImagePullFailed, "pull the new image"))?;
-        let previous_pin = self.ctx.store.get_pin(&t.name).await?.map(|p| p.digest.to_string());
+            .map_err(|e| {
+                Error::from_engine(
+                    e,
+                    berth_core::ErrorCode::ImagePullFailed,
+                    "pull the new image",
+                )
+            })?;
+        let previous_pin = self
+            .ctx
+            .store
+            .get_pin(&t.name)
+            .await?
+            .map(|p| p.digest.to_string());
         let caller = Caller {
             source: Source::ImageWatch,
             by: "image_watch".to_string(),
         };
         self.pins
-            .promote(&t.name, to.as_str(), Some(&format!("tag {} moved", t.tag)), &caller)
+            .promote(
+                &t.name,
+                to.as_str(),
+                Some(&format!("tag {} moved", t.tag)),
+                &caller,
+            )
             .await?;
         let from_pin = previous_pin.unwrap_or_else(|| from.to_string());
         self.rollouts
-            .start(&t.name, Some(&from_pin), to.as_str(), true, Source::ImageWatch)
+            .start(
+                &t.name,
+                Some(&from_pin),
+                to.as_str(),
+                true,
+                Source::ImageWatch,
+            )
             .await?;
         Ok(())
     }

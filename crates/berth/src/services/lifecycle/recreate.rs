@@ -35,7 +35,10 @@ impl LifecycleService {
             _ => {
                 return Err(Error::new(
                     ErrorCode::Conflict,
-                    format!("runtime {id:?} is {}; only a running runtime is recreated", rec.status),
+                    format!(
+                        "runtime {id:?} is {}; only a running runtime is recreated",
+                        rec.status
+                    ),
                 ))
             }
         };
@@ -124,7 +127,10 @@ impl LifecycleService {
         tokio::fs::create_dir_all(&state_dir).await.map_err(|e| {
             Error::new(
                 ErrorCode::StartFailed,
-                format!("could not create the state directory {}: {e}", state_dir.display()),
+                format!(
+                    "could not create the state directory {}: {e}",
+                    state_dir.display()
+                ),
             )
         })?;
 
@@ -140,25 +146,29 @@ impl LifecycleService {
             network: &self.ctx.settings.network,
             state_dir: &state_dir_text,
         };
-        let mut spec = plan_container(&place, template, rec, &image_ref, generation, self.ctx.now_ms());
+        let mut spec = plan_container(
+            &place,
+            template,
+            rec,
+            &image_ref,
+            generation,
+            self.ctx.now_ms(),
+        );
         // Old and new exist side by side until the gate passes.
         let canonical = spec.name.clone();
         spec.name = format!("{canonical}-g{generation}");
-        let new_cid = engine
-            .create_container(&spec)
-            .await
-            .map_err(|e| Error::from_engine(e, ErrorCode::StartFailed, "create the new container"))?;
+        let new_cid = engine.create_container(&spec).await.map_err(|e| {
+            Error::from_engine(e, ErrorCode::StartFailed, "create the new container")
+        })?;
         *created = Some(new_cid.clone());
-        engine
-            .start_container(&new_cid)
-            .await
-            .map_err(|e| Error::from_engine(e, ErrorCode::StartFailed, "start the new container"))?;
+        engine.start_container(&new_cid).await.map_err(|e| {
+            Error::from_engine(e, ErrorCode::StartFailed, "start the new container")
+        })?;
         self.health_gate(template, &new_cid).await?;
 
-        engine
-            .remove_container(old_cid)
-            .await
-            .map_err(|e| Error::from_engine(e, ErrorCode::RemoveFailed, "remove the old container"))?;
+        engine.remove_container(old_cid).await.map_err(|e| {
+            Error::from_engine(e, ErrorCode::RemoveFailed, "remove the old container")
+        })?;
         *created = None;
         if let Err(e) = engine
             .rename_container(&new_cid, &container_name(&self.ctx.settings.owner, &rec.id))
@@ -188,12 +198,18 @@ impl LifecycleService {
                 .engine
                 .inspect_container(cid)
                 .await
-                .map_err(|e| Error::from_engine(e, ErrorCode::HealthCheckFailed, "inspect the new container"))?
-                .ok_or_else(|| unhealthy("the new container disappeared during its health check".into()))?;
+                .map_err(|e| {
+                    Error::from_engine(e, ErrorCode::HealthCheckFailed, "inspect the new container")
+                })?
+                .ok_or_else(|| {
+                    unhealthy("the new container disappeared during its health check".into())
+                })?;
             if !info.running {
                 return Err(unhealthy(format!(
                     "the new container exited during its health check (exit code {})",
-                    info.exit_code.map(|c| c.to_string()).unwrap_or_else(|| "unknown".into())
+                    info.exit_code
+                        .map(|c| c.to_string())
+                        .unwrap_or_else(|| "unknown".into())
                 )));
             }
             match (&template.health, template.port) {
@@ -215,11 +231,17 @@ impl LifecycleService {
                 }
                 _ => match info.health.as_deref() {
                     Some("healthy") => return Ok(()),
-                    Some("unhealthy") => return Err(unhealthy("Docker's HEALTHCHECK reports unhealthy".into())),
+                    Some("unhealthy") => {
+                        return Err(unhealthy("Docker's HEALTHCHECK reports unhealthy".into()))
+                    }
                     Some(_) if started.elapsed() < DOCKER_HEALTH_LIMIT => {
                         tokio::time::sleep(Duration::from_millis(500)).await
                     }
-                    Some(_) => return Err(unhealthy("Docker's HEALTHCHECK did not report healthy in time".into())),
+                    Some(_) => {
+                        return Err(unhealthy(
+                            "Docker's HEALTHCHECK did not report healthy in time".into(),
+                        ))
+                    }
                     None if started.elapsed() >= SETTLE => return Ok(()),
                     None => tokio::time::sleep(Duration::from_millis(250)).await,
                 },
