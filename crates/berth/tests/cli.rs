@@ -1,8 +1,11 @@
 //! Command-line parsing of `berth`: which command lines are accepted, what
 //! they parse to, and which are refused (exit code 2, as clap does).
 
+use std::time::Duration;
+
 use berth::cli::{
-    Cli, Command, OpsArgs, Output, PinCommand, RuntimeCommand, TemplateCommand, DEFAULT_API_URL,
+    Cli, Command, OpsArgs, Output, PinCommand, RefreshArgs, RolloutCommand, RuntimeCommand,
+    TemplateCommand, DEFAULT_API_URL,
 };
 use clap::error::ErrorKind;
 use clap::{CommandFactory, Parser};
@@ -321,6 +324,135 @@ fn ops_filters() {
             limit: None
         })
     ));
+}
+
+#[test]
+fn refresh_takes_templates_and_recreate() {
+    match parse(&["berth", "refresh"]).command {
+        Command::Refresh(RefreshArgs {
+            templates,
+            recreate,
+        }) => {
+            assert!(templates.is_empty());
+            assert!(!recreate);
+        }
+        other => panic!("{other:?}"),
+    }
+    match parse(&[
+        "berth",
+        "refresh",
+        "--template",
+        "engine",
+        "--template",
+        "db",
+        "--recreate",
+    ])
+    .command
+    {
+        Command::Refresh(RefreshArgs {
+            templates,
+            recreate,
+        }) => {
+            assert_eq!(templates, vec!["engine".to_string(), "db".to_string()]);
+            assert!(recreate);
+        }
+        other => panic!("{other:?}"),
+    }
+    refuse(&["berth", "refresh", "engine"]);
+    refuse(&["berth", "refresh", "--template"]);
+    refuse(&["berth", "refresh", "--template", ""]);
+    refuse(&["berth", "refresh", "--recreate=yes"]);
+}
+
+#[test]
+fn watch_takes_no_arguments() {
+    assert!(matches!(parse(&["berth", "watch"]).command, Command::Watch));
+    assert_eq!(
+        parse(&["berth", "--output", "json", "watch"]).output,
+        Output::Json
+    );
+    refuse(&["berth", "watch", "engine"]);
+}
+
+#[test]
+fn rollout_ls_filters() {
+    match parse(&[
+        "berth",
+        "rollout",
+        "ls",
+        "--template",
+        "engine",
+        "--limit",
+        "5",
+    ])
+    .command
+    {
+        Command::Rollout(RolloutCommand::Ls { template, limit }) => {
+            assert_eq!(template.as_deref(), Some("engine"));
+            assert_eq!(limit, Some(5));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        parse(&["berth", "rollout", "list"]).command,
+        Command::Rollout(RolloutCommand::Ls {
+            template: None,
+            limit: None
+        })
+    ));
+    refuse(&["berth", "rollout", "ls", "--limit", "0"]);
+    refuse(&["berth", "rollout", "ls", "--limit", "1001"]);
+    refuse(&["berth", "rollout"]);
+}
+
+#[test]
+fn rollout_commands_take_an_id() {
+    let id = "01890a5d-ac96-774b-bcce-b302099a8057";
+    for verb in ["show", "pause", "resume", "abort"] {
+        let got = match parse(&["berth", "rollout", verb, id]).command {
+            Command::Rollout(
+                RolloutCommand::Show { id }
+                | RolloutCommand::Pause { id }
+                | RolloutCommand::Resume { id }
+                | RolloutCommand::Abort { id },
+            ) => id,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(got, id);
+        let e = refuse(&["berth", "rollout", verb]);
+        assert_eq!(e.kind(), ErrorKind::MissingRequiredArgument);
+        refuse(&["berth", "rollout", verb, ".."]);
+    }
+    refuse(&["berth", "rollout", "restart", id]);
+}
+
+#[test]
+fn rollout_watch_takes_an_interval() {
+    match parse(&["berth", "rollout", "watch", "r-1"]).command {
+        Command::Rollout(RolloutCommand::Watch { id, interval }) => {
+            assert_eq!(id, "r-1");
+            assert_eq!(interval, Duration::from_secs(1));
+        }
+        other => panic!("{other:?}"),
+    }
+    for (text, expected) in [
+        ("500ms", Duration::from_millis(500)),
+        ("2s", Duration::from_secs(2)),
+        ("1m", Duration::from_secs(60)),
+        ("100ms", Duration::from_millis(100)),
+    ] {
+        match parse(&["berth", "rollout", "watch", "r-1", "--interval", text]).command {
+            Command::Rollout(RolloutCommand::Watch { interval, .. }) => {
+                assert_eq!(interval, expected, "{text}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    for bad in ["0s", "50ms", "2m", "1", "s", "1.5s", "fast", ""] {
+        let e = refuse(&["berth", "rollout", "watch", "r-1", "--interval", bad]);
+        assert_eq!(e.kind(), ErrorKind::ValueValidation, "{bad}: {e}");
+    }
+    refuse(&["berth", "rollout", "watch"]);
 }
 
 #[test]

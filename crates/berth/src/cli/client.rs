@@ -54,7 +54,10 @@ impl CliError {
     /// Worth asking again: the server did not answer (it may be
     /// restarting), as opposed to answering no.
     pub fn is_transient(&self) -> bool {
-        matches!(self, CliError::Unreachable { .. } | CliError::TimedOut { .. })
+        matches!(
+            self,
+            CliError::Unreachable { .. } | CliError::TimedOut { .. }
+        )
     }
 }
 

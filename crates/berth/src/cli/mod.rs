@@ -3,6 +3,8 @@
 
 mod client;
 mod format;
+mod images;
+mod rollout;
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Read, Write};
@@ -72,6 +74,72 @@ pub enum Command {
     Notifications(NotificationsArgs),
     /// Run one reconcile pass now and show what it did
     Reconcile,
+    /// Pull the tracked tags of templates now (and optionally recreate
+    /// runtimes whose image changed); exits 1 if any template failed
+    Refresh(RefreshArgs),
+    /// Run one image-watch pass now: look up tracked tags in registries
+    Watch,
+    /// List, show, pause, resume, abort and watch rollouts of new digests
+    #[command(subcommand)]
+    Rollout(RolloutCommand),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RefreshArgs {
+    /// Only this template (repeatable) [default: every template]
+    #[arg(long = "template", value_name = "NAME", value_parser = parse_path_segment)]
+    pub templates: Vec<String>,
+    /// Also recreate running runtimes whose image digest changed
+    #[arg(long)]
+    pub recreate: bool,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum RolloutCommand {
+    /// List rollouts, newest first
+    #[command(visible_alias = "list")]
+    Ls {
+        /// Only rollouts of this template
+        #[arg(long)]
+        template: Option<String>,
+        /// At most this many rollouts (1 to 1000)
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        limit: Option<u32>,
+    },
+    /// Show one rollout and its targets
+    Show {
+        /// Rollout id
+        #[arg(value_parser = parse_path_segment)]
+        id: String,
+    },
+    /// Pause a running rollout
+    Pause {
+        /// Rollout id
+        #[arg(value_parser = parse_path_segment)]
+        id: String,
+    },
+    /// Resume a paused or halted rollout (a halted one retries its failed runtimes)
+    Resume {
+        /// Rollout id
+        #[arg(value_parser = parse_path_segment)]
+        id: String,
+    },
+    /// Abort a running or paused rollout; runtimes not yet updated stay as they are
+    Abort {
+        /// Rollout id
+        #[arg(value_parser = parse_path_segment)]
+        id: String,
+    },
+    /// Follow a rollout until it completes, halts or is aborted; exits 0
+    /// when it completed, 1 otherwise
+    Watch {
+        /// Rollout id
+        #[arg(value_parser = parse_path_segment)]
+        id: String,
+        /// How often to ask, e.g. 500ms or 2s (100ms to 1m)
+        #[arg(long, default_value = "1s", value_parser = parse_interval)]
+        interval: Duration,
+    },
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -272,6 +340,15 @@ pub fn parse_path_segment(text: &str) -> Result<String, String> {
     }
 }
 
+/// A poll interval: `500ms`, `1s`, … from 100ms to a minute.
+pub fn parse_interval(text: &str) -> Result<Duration, String> {
+    let d = berth_core::duration::parse_duration(text).map_err(|e| e.to_string())?;
+    if d < Duration::from_millis(100) || d > Duration::from_secs(60) {
+        return Err(format!("{text:?} is outside 100ms to 1m"));
+    }
+    Ok(d)
+}
+
 /// An `http://` URL (this build has no TLS).
 pub fn parse_api_url(text: &str) -> Result<String, String> {
     let url = reqwest::Url::parse(text).map_err(|e| format!("{text:?} is not a URL: {e}"))?;
@@ -287,11 +364,12 @@ pub fn parse_api_url(text: &str) -> Result<String, String> {
     Ok(text.trim_end_matches('/').to_string())
 }
 
-/// Runs a client command and returns the process exit code: 0, or 1 after
-/// printing `error: …` to stderr.
+/// Runs a client command and returns the process exit code: 0; 1 after
+/// printing `error: …` to stderr; or what the command chose (1 when a
+/// refresh had failures or a watched rollout did not complete).
 pub async fn run(cli: Cli) -> i32 {
     match execute(cli).await {
-        Ok(()) => 0,
+        Ok(code) => code,
         Err(e) => {
             // Nothing better to do if stderr itself is gone.
             let _ = writeln!(std::io::stderr(), "error: {e}");
@@ -305,7 +383,7 @@ struct Ctx {
     output: Output,
 }
 
-async fn execute(cli: Cli) -> Result<(), CliError> {
+async fn execute(cli: Cli) -> Result<i32, CliError> {
     let ctx = Ctx {
         client: Client::new(&cli.api_url, cli.token.as_deref())?,
         output: cli.output,
@@ -314,13 +392,16 @@ async fn execute(cli: Cli) -> Result<(), CliError> {
         Command::Serve(_) => Err(CliError::Other(
             "`berth serve` runs the server; main handles it, not the client".to_string(),
         )),
-        Command::Template(c) => template(&ctx, c).await,
-        Command::Pin(c) => pin(&ctx, c).await,
-        Command::Runtime(c) => runtime(&ctx, c).await,
-        Command::Ops(a) => ops(&ctx, a).await,
-        Command::Events(a) => events(&ctx, a).await,
-        Command::Notifications(a) => notifications(&ctx, a).await,
-        Command::Reconcile => reconcile(&ctx).await,
+        Command::Template(c) => template(&ctx, c).await.map(|()| 0),
+        Command::Pin(c) => pin(&ctx, c).await.map(|()| 0),
+        Command::Runtime(c) => runtime(&ctx, c).await.map(|()| 0),
+        Command::Ops(a) => ops(&ctx, a).await.map(|()| 0),
+        Command::Events(a) => events(&ctx, a).await.map(|()| 0),
+        Command::Notifications(a) => notifications(&ctx, a).await.map(|()| 0),
+        Command::Reconcile => reconcile(&ctx).await.map(|()| 0),
+        Command::Refresh(a) => images::refresh(&ctx, a).await,
+        Command::Watch => images::watch(&ctx).await.map(|()| 0),
+        Command::Rollout(c) => rollout::rollout(&ctx, c).await,
     }
 }
 
