@@ -266,6 +266,32 @@ async fn a_bad_release_halts_restores_and_reverts_the_pin() {
     assert_eq!(report["tracked"], json!([]), "{report}");
     let (_, list) = t.get("/v1/rollouts?template=trk").await;
     assert_eq!(list["rollouts"].as_array().unwrap().len(), 1);
+
+    // Steering: a halted rollout cannot be paused; an operator may resume
+    // it, which retries the failed runtime (and halts again: still broken).
+    let id = rollout["id"].as_str().unwrap();
+    let (status, body) = t.post(&format!("/v1/rollouts/{id}/pause"), json!({})).await;
+    assert_eq!(
+        (status, body["error"]["code"].clone()),
+        (StatusCode::CONFLICT, json!("conflict"))
+    );
+    let (status, body) = t
+        .post("/v1/rollouts/no-such-rollout/abort", json!({}))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let (status, resumed) = t
+        .post(&format!("/v1/rollouts/{id}/resume"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{resumed}");
+    assert_eq!(resumed["state"], "running");
+    let again = eventually("halted again", async || {
+        let (_, r) = t.get(&format!("/v1/rollouts/{id}")).await;
+        (r["state"] == "halted" && r["updated_at"] != rollout["updated_at"]).then_some(r)
+    })
+    .await;
+    assert_eq!(again["failures"], 1, "{again}");
+    let (_, rt) = t.get("/v1/runtimes/b-1").await;
+    assert_eq!(rt["image_digest"], v1.as_str());
     t.shutdown().await;
 }
 
@@ -565,5 +591,38 @@ async fn a_failed_pull_rolls_the_observation_back_and_the_next_tick_retries() {
     assert_eq!(done["state"], "completed", "{done}");
     let (_, rt) = t.get("/v1/runtimes/p-1").await;
     assert_eq!(rt["image_digest"], moved.as_str());
+    t.shutdown().await;
+}
+
+#[tokio::test]
+async fn verified_promotes_refuse_digests_the_registry_lacks() {
+    let t = TestServer::start().await;
+    let repo = unique("wv-");
+    let image = push_as("v1", &repo, "stable");
+    let v1 = registry_digest(&image, "stable").await;
+    t.put_template("app", json!({"image": image, "tag": "stable"}))
+        .await;
+    let missing = format!("sha256:{}", "0".repeat(64));
+    let (status, body) = t
+        .post(
+            "/v1/templates/app/pin",
+            json!({"digest": missing, "verify": true}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].clone()),
+        (StatusCode::BAD_REQUEST, json!("invalid_digest")),
+        "{body}"
+    );
+    let (status, _) = t.get("/v1/templates/app/pin").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "nothing was promoted");
+    let (status, pin) = t
+        .post(
+            "/v1/templates/app/pin",
+            json!({"digest": v1, "verify": true}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{pin}");
+    assert_eq!(pin["digest"], v1.as_str());
     t.shutdown().await;
 }

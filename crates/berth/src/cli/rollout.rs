@@ -14,8 +14,8 @@ use super::{emit, emit_json, note, show, Ctx, Output, RolloutCommand};
 
 /// One poll of a local API that takes longer than this is a failure.
 const POLL_TIMEOUT: Duration = Duration::from_secs(10);
-/// Polls in a row that may go unanswered (a restarting server) before
-/// `watch` gives up.
+/// Polls in a row that may go unanswered (a restarting server) after a
+/// first answer before `watch` gives up.
 const MAX_MISSED_POLLS: u32 = 5;
 
 pub(super) async fn rollout(ctx: &Ctx, command: RolloutCommand) -> Result<i32, CliError> {
@@ -295,7 +295,9 @@ async fn follow(
                     return Ok((answer, r));
                 }
             }
-            Err(e) if e.is_transient() && missed < MAX_MISSED_POLLS => {
+            // Once it has answered: a server that never did is more
+            // likely a wrong URL than a restart.
+            Err(e) if e.is_transient() && last.is_some() && missed < MAX_MISSED_POLLS => {
                 missed += 1;
                 display.warn(&format!("no answer ({missed}/{MAX_MISSED_POLLS}): {e}"));
             }

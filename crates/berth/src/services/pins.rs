@@ -67,6 +67,12 @@ impl PinService {
         }
         op.succeed(now);
         self.ctx.store.promote_pin(&pin, &entry, &op).await?;
+        // Promoting a digest by hand lifts a rejection the watcher keeps
+        // for it after a halted rollout.
+        self.ctx
+            .store
+            .clear_rejection(template, digest.as_str())
+            .await?;
         self.ctx
             .metrics
             .operation_finished(op.kind.as_str(), op.outcome.as_str());

@@ -329,11 +329,27 @@ impl RolloutService {
         }
         if from == RolloutState::Halted {
             // An operator resumes a halted rollout: the digest is no longer
-            // rejected, and failed runtimes are tried again.
+            // rejected, failed runtimes are tried again, and a pin the halt
+            // reverted points at the rollout's target again (recreates
+            // resolve the image through the pin).
             self.ctx
                 .store
                 .clear_rejection(&row.template, &row.to_digest)
                 .await?;
+            if row.revert_pin {
+                let operator = Caller {
+                    source: Source::Api,
+                    by: "rollout".to_string(),
+                };
+                self.pins
+                    .promote(
+                        &row.template,
+                        &row.to_digest,
+                        Some(&format!("rollout {} resumed", row.id)),
+                        &operator,
+                    )
+                    .await?;
+            }
         }
         row.state = to.as_str().to_string();
         row.updated_at_ms = self.ctx.now_ms();
