@@ -47,6 +47,8 @@ pub enum DisappearPolicy {
 pub struct RolloutPolicy {
     pub batch_size: u32,
     pub max_failures: u32,
+    /// Recreates of one batch that may run at once (runtimes down at once).
+    pub max_unavailable: u32,
 }
 
 impl Default for RolloutPolicy {
@@ -54,6 +56,7 @@ impl Default for RolloutPolicy {
         Self {
             batch_size: 1,
             max_failures: 1,
+            max_unavailable: 1,
         }
     }
 }

@@ -72,6 +72,9 @@ pub struct RolloutDoc {
     pub batch_size: u32,
     #[serde(default = "one")]
     pub max_failures: u32,
+    /// Recreates of one batch that may run at once; default 1.
+    #[serde(default = "one")]
+    pub max_unavailable: u32,
 }
 
 fn one() -> u32 {
@@ -155,6 +158,7 @@ impl TemplateDoc {
             t.rollout = RolloutPolicy {
                 batch_size: r.batch_size,
                 max_failures: r.max_failures,
+                max_unavailable: r.max_unavailable,
             };
         }
         t.restart = match self.restart {
@@ -200,6 +204,7 @@ impl TemplateDoc {
             rollout: Some(RolloutDoc {
                 batch_size: t.rollout.batch_size,
                 max_failures: t.rollout.max_failures,
+                max_unavailable: t.rollout.max_unavailable,
             }),
             restart: Some(match t.restart {
                 RestartPolicy::Never => RestartDoc::Never,

@@ -82,7 +82,10 @@ async fn watcher_seeds_then_notifies_or_tracks() {
         json!({"image": image_n, "tag": "stable", "watch": true, "stop_grace": "1s"}),
     )
     .await;
-    t.put_template("trk", tracked_template(&image_t)).await;
+    // Both runtimes in one batch, recreated side by side.
+    let mut trk = tracked_template(&image_t);
+    trk["rollout"] = json!({"batch_size": 2, "max_failures": 1, "max_unavailable": 2});
+    t.put_template("trk", trk).await;
     let (_, n1) = t.start_runtime("n-1", "noti").await;
     let mut before = Vec::new();
     for id in ["t-1", "t-2"] {

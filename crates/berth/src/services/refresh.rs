@@ -44,7 +44,15 @@ impl RefreshService {
         recreate: bool,
         caller: &Caller,
     ) -> Result<RefreshResult> {
-        let all = self.ctx.store.list_templates().await?;
+        // Not being able to list at all fails the whole call (500); per
+        // template failures are soft.
+        let cannot_list = |e: crate::ports::StoreError| {
+            Error::new(
+                ErrorCode::Internal,
+                format!("cannot list templates and runtimes: {e}"),
+            )
+        };
+        let all = self.ctx.store.list_templates().await.map_err(cannot_list)?;
         let names: Vec<String> = match templates {
             Some(names) => {
                 for n in names {

@@ -10,6 +10,7 @@ use berth_core::operation::Source;
 use berth_core::rollout::{next_step, RolloutState, Step, TargetState};
 use berth_core::status::RuntimeStatus;
 use berth_core::ErrorCode;
+use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -185,20 +186,29 @@ impl RolloutService {
                 }
                 Step::Halt { failures } => return self.halt(row, failures, &caller).await,
                 Step::Batch(batch) => {
-                    for rid in batch {
-                        let outcome = match self.ctx.store.get_runtime(&rid).await? {
-                            Some(r) if r.status == RuntimeStatus::Running => {
-                                if r.image_digest.as_deref() == Some(row.to_digest.as_str()) {
-                                    (TargetState::Skipped, None)
-                                } else {
-                                    match self.runtimes.recreate(&rid, &caller).await {
-                                        Ok(_) => (TargetState::Updated, None),
-                                        Err(e) => (TargetState::Failed, Some(e.message)),
-                                    }
+                    // Up to `max_unavailable` recreates of a batch at once.
+                    let parallel = self
+                        .ctx
+                        .store
+                        .get_template(&row.template)
+                        .await?
+                        .map_or(1, |t| t.rollout.max_unavailable.max(1))
+                        as usize;
+                    let to = row.to_digest.clone();
+                    let outcomes: Vec<(String, Result<(TargetState, Option<String>)>)> =
+                        futures_util::stream::iter(batch)
+                            .map(|rid| {
+                                let (to, caller) = (&to, &caller);
+                                async move {
+                                    let outcome = self.recreate_target(&rid, to, caller).await;
+                                    (rid, outcome)
                                 }
-                            }
-                            _ => (TargetState::Skipped, None),
-                        };
+                            })
+                            .buffer_unordered(parallel)
+                            .collect()
+                            .await;
+                    for (rid, outcome) in outcomes {
+                        let outcome = outcome?;
                         let now = self.ctx.now_ms();
                         if let Some(t) = targets.iter_mut().find(|t| t.runtime_id == rid) {
                             t.state = outcome.0.as_str().to_string();
@@ -227,6 +237,28 @@ impl RolloutService {
                 }
             }
         }
+    }
+
+    /// Recreates one target unless it is gone, stopped or already there.
+    async fn recreate_target(
+        &self,
+        rid: &str,
+        to: &str,
+        caller: &Caller,
+    ) -> Result<(TargetState, Option<String>)> {
+        Ok(match self.ctx.store.get_runtime(rid).await? {
+            Some(r) if r.status == RuntimeStatus::Running => {
+                if r.image_digest.as_deref() == Some(to) {
+                    (TargetState::Skipped, None)
+                } else {
+                    match self.runtimes.recreate(rid, caller).await {
+                        Ok(_) => (TargetState::Updated, None),
+                        Err(e) => (TargetState::Failed, Some(e.message)),
+                    }
+                }
+            }
+            _ => (TargetState::Skipped, None),
+        })
     }
 
     async fn halt(&self, mut row: RolloutRow, failures: u32, caller: &Caller) -> Result<()> {
