@@ -21,6 +21,9 @@ use crate::error::{Error, Result};
 use crate::ports::store::{Change, RolloutRow, RolloutTarget};
 use crate::ports::RuntimeFilter;
 
+/// A target's new state and, when it failed, why.
+type TargetOutcome = (TargetState, Option<String>);
+
 pub struct RolloutService {
     ctx: Arc<Context>,
     runtimes: Arc<LifecycleService>,
@@ -195,7 +198,7 @@ impl RolloutService {
                         .map_or(1, |t| t.rollout.max_unavailable.max(1))
                         as usize;
                     let to = row.to_digest.clone();
-                    let outcomes: Vec<(String, Result<(TargetState, Option<String>)>)> =
+                    let outcomes: Vec<(String, Result<TargetOutcome>)> =
                         futures_util::stream::iter(batch)
                             .map(|rid| {
                                 let (to, caller) = (&to, &caller);
