@@ -3,22 +3,9 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::*;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-
-/// Polls `check` until it returns Some, for at most 20 s.
-async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
-    for _ in 0..200 {
-        if let Some(v) = check().await {
-            return v;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("timed out waiting for {what}");
-}
 
 async fn events(t: &TestServer, query: &str) -> Vec<Value> {
     let (status, body) = t.get(&format!("/v1/events?{query}")).await;

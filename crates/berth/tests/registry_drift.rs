@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::*;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -30,16 +28,6 @@ fn push_as(source: &str, repo: &str, tag: &str) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     target
-}
-
-async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
-    for _ in 0..600 {
-        if let Some(v) = check().await {
-            return v;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("timed out waiting for {what}");
 }
 
 async fn watch(t: &TestServer) -> Value {

@@ -10,16 +10,6 @@ use common::*;
 use reqwest::StatusCode;
 use serde_json::json;
 
-async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
-    for _ in 0..300 {
-        if let Some(v) = check().await {
-            return v;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("timed out waiting for {what}");
-}
-
 async fn results_for(redis: &PrivateRedis, job_id: &str) -> Vec<BTreeMap<String, String>> {
     redis
         .entries("runtime:job_results")

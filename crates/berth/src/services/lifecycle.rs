@@ -100,6 +100,25 @@ fn begin(rec: &mut RuntimeRecord, event: LifecycleEvent) -> Result<()> {
     Ok(())
 }
 
+/// What `prepare_create` readied.
+struct Prepared {
+    image_ref: String,
+    digest: Option<String>,
+    state_dir: PathBuf,
+}
+
+/// The facts of a runtime's new container, for its operation row.
+fn with_container_details(mut op: Operation, rec: &RuntimeRecord) -> Operation {
+    op = op.detail("container_id", rec.container_id.clone().unwrap_or_default());
+    if let Some(r) = &rec.image_ref {
+        op = op.detail("image_ref", r.clone());
+    }
+    if let Some(d) = &rec.image_digest {
+        op = op.detail("image_digest", d.clone());
+    }
+    op
+}
+
 pub(crate) fn no_progress(_: PullProgress) {}
 
 impl LifecycleService {
@@ -261,13 +280,7 @@ impl LifecycleService {
             Ok(()) => {
                 advance(&mut rec, LifecycleEvent::Started)?;
                 rec.last_error = None;
-                op = op.detail("container_id", rec.container_id.clone().unwrap_or_default());
-                if let Some(r) = &rec.image_ref {
-                    op = op.detail("image_ref", r.clone());
-                }
-                if let Some(d) = &rec.image_digest {
-                    op = op.detail("image_digest", d.clone());
-                }
+                op = with_container_details(op, &rec);
                 op.succeed(now);
                 self.ctx.record(Some(&rec), &op).await?;
                 Ok(rec)
@@ -359,38 +372,11 @@ impl LifecycleService {
             rec.container_id = None;
         }
 
-        let pin = self.ctx.store.get_pin(&template.name).await?;
-        let image = resolve_image(
-            &template.name,
-            &template.image,
-            &template.tag,
-            template.require_pin,
-            pin.as_ref().map(|p| &p.digest),
-        )
-        .map_err(|e| {
-            Error::new(
-                ErrorCode::ImageNotPinned,
-                format!(
-                    "template {:?} requires a pin and has none; promote one with POST /v1/templates/{}/pin",
-                    e.template, e.template
-                ),
-            )
-        })?;
-        let image_ref = image.to_string();
-        // Recorded before the pull, so that a failure says what was asked for.
-        rec.image_ref = Some(image_ref.clone());
-        let digest = self.ensure_image(&image, progress).await?;
-        self.ensure_network().await?;
-        let state_dir = self.state_dir(&rec.id);
-        tokio::fs::create_dir_all(&state_dir).await.map_err(|e| {
-            Error::new(
-                ErrorCode::StartFailed,
-                format!(
-                    "could not create the state directory {}: {e}",
-                    state_dir.display()
-                ),
-            )
-        })?;
+        let Prepared {
+            image_ref,
+            digest,
+            state_dir,
+        } = self.prepare_create(template, rec, progress).await?;
 
         let generation = rec.generation + 1;
         let state_dir_text = state_dir.to_string_lossy();
@@ -444,6 +430,60 @@ impl LifecycleService {
         rec.image_digest = digest;
         rec.engine_endpoint = engine_endpoint(template, &rec.id);
         Ok(())
+    }
+
+    /// The image a (re)create of `template` runs: the pin, else the tag,
+    /// unless the template requires a pin.
+    pub(crate) async fn image_for(&self, template: &Template) -> Result<ImageRef> {
+        let pin = self.ctx.store.get_pin(&template.name).await?;
+        resolve_image(
+            &template.name,
+            &template.image,
+            &template.tag,
+            template.require_pin,
+            pin.as_ref().map(|p| &p.digest),
+        )
+        .map_err(|e| {
+            Error::new(
+                ErrorCode::ImageNotPinned,
+                format!(
+                    "template {:?} requires a pin and has none; promote one with POST /v1/templates/{}/pin",
+                    e.template, e.template
+                ),
+            )
+        })
+    }
+
+    /// Everything a new container needs before it is created: its image
+    /// present (pulled when missing), the network, the state directory.
+    /// The reference is put on `rec` first, so that a failure says what
+    /// was asked for.
+    async fn prepare_create(
+        &self,
+        template: &Template,
+        rec: &mut RuntimeRecord,
+        progress: &ProgressFn,
+    ) -> Result<Prepared> {
+        let image = self.image_for(template).await?;
+        let image_ref = image.to_string();
+        rec.image_ref = Some(image_ref.clone());
+        let digest = self.ensure_image(&image, progress).await?;
+        self.ensure_network().await?;
+        let state_dir = self.state_dir(&rec.id);
+        tokio::fs::create_dir_all(&state_dir).await.map_err(|e| {
+            Error::new(
+                ErrorCode::StartFailed,
+                format!(
+                    "could not create the state directory {}: {e}",
+                    state_dir.display()
+                ),
+            )
+        })?;
+        Ok(Prepared {
+            image_ref,
+            digest,
+            state_dir,
+        })
     }
 
     /// Makes sure the image is present locally, pulling it when missing;

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use berth_core::id::validate_template_name;
-use berth_core::image::{digest_from_repo_digests, resolve_image};
+use berth_core::image::digest_from_repo_digests;
 use berth_core::status::RuntimeStatus;
 use berth_core::ErrorCode;
 
@@ -104,20 +104,7 @@ impl RefreshService {
 
     /// Pulls the template's target image; returns the digest it resolves to.
     pub async fn pull(&self, template: &berth_core::template::Template) -> Result<Option<String>> {
-        let pin = self.ctx.store.get_pin(&template.name).await?;
-        let image = resolve_image(
-            &template.name,
-            &template.image,
-            &template.tag,
-            template.require_pin,
-            pin.as_ref().map(|p| &p.digest),
-        )
-        .map_err(|e| {
-            Error::new(
-                ErrorCode::ImageNotPinned,
-                format!("template {:?} requires a pin and has none", e.template),
-            )
-        })?;
+        let image = self.runtimes.image_for(template).await?;
         let reference = image.to_string();
         self.ctx
             .engine

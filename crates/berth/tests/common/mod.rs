@@ -430,3 +430,14 @@ impl Drop for PrivateRedis {
         }
     }
 }
+
+/// Polls `check` every 100 ms until it returns Some; fails after 60 s.
+pub async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
+    for _ in 0..600 {
+        if let Some(v) = check().await {
+            return v;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for {what}");
+}

@@ -6,14 +6,13 @@
 use std::time::{Duration, Instant};
 
 use berth_core::container::{container_name, engine_endpoint, plan_container, Placement};
-use berth_core::image::resolve_image;
 use berth_core::operation::OperationKind;
 use berth_core::runtime::{LastError, RuntimeRecord};
 use berth_core::status::RuntimeStatus;
 use berth_core::template::Template;
 use berth_core::ErrorCode;
 
-use super::{no_progress, LifecycleService};
+use super::{no_progress, with_container_details, LifecycleService, Prepared};
 use crate::error::{Error, Result};
 use crate::services::Caller;
 
@@ -61,13 +60,7 @@ impl LifecycleService {
                 rec = staged;
                 rec.last_error = None;
                 rec.updated_at_ms = now;
-                op = op.detail("container_id", rec.container_id.clone().unwrap_or_default());
-                if let Some(r) = &rec.image_ref {
-                    op = op.detail("image_ref", r.clone());
-                }
-                if let Some(d) = &rec.image_digest {
-                    op = op.detail("image_digest", d.clone());
-                }
+                op = with_container_details(op, &rec);
                 op.succeed(now);
                 self.ctx.record(Some(&rec), &op).await?;
                 Ok(rec)
@@ -106,33 +99,11 @@ impl LifecycleService {
         created: &mut Option<String>,
     ) -> Result<()> {
         let engine = &self.ctx.engine;
-        let pin = self.ctx.store.get_pin(&template.name).await?;
-        let image = resolve_image(
-            &template.name,
-            &template.image,
-            &template.tag,
-            template.require_pin,
-            pin.as_ref().map(|p| &p.digest),
-        )
-        .map_err(|e| {
-            Error::new(
-                ErrorCode::ImageNotPinned,
-                format!("template {:?} requires a pin and has none", e.template),
-            )
-        })?;
-        let image_ref = image.to_string();
-        let digest = self.ensure_image(&image, &no_progress).await?;
-        self.ensure_network().await?;
-        let state_dir = self.state_dir(&rec.id);
-        tokio::fs::create_dir_all(&state_dir).await.map_err(|e| {
-            Error::new(
-                ErrorCode::StartFailed,
-                format!(
-                    "could not create the state directory {}: {e}",
-                    state_dir.display()
-                ),
-            )
-        })?;
+        let Prepared {
+            image_ref,
+            digest,
+            state_dir,
+        } = self.prepare_create(template, rec, &no_progress).await?;
 
         engine
             .stop_container(old_cid, template.stop_grace)
