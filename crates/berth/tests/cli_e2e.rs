@@ -82,6 +82,20 @@ async fn cli_drives_templates_pins_runtimes_and_ops() {
     assert_eq!(ops.len(), 2);
     assert!(ops.iter().all(|o| o["source"] == "cli"), "{ops:?}");
 
+    // Status: the instance, its loops, its fleet.
+    let out = berth(&t, &["status"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains(&format!("owner: {}", t.owner)), "{text}");
+    assert!(text.contains("runtimes: removed 1"), "{text}");
+    let out = berth(&t, &["--output", "json", "status"]);
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["runtimes"]["removed"], 1);
+    assert!(
+        status["reconcile_last_run"].as_i64().unwrap() > 0,
+        "the boot pass ran: {status}"
+    );
+
     // API errors: the message and code on stderr, a non-zero exit.
     let out = berth(&t, &["runtime", "show", "nobody"]);
     assert_eq!(out.status.code(), Some(1));

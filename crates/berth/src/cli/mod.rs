@@ -74,6 +74,8 @@ pub enum Command {
     Notifications(NotificationsArgs),
     /// Run one reconcile pass now and show what it did
     Reconcile,
+    /// Show this berth instance, its background loops and its fleet
+    Status,
     /// Pull the tracked tags of templates now (and optionally recreate
     /// runtimes whose image changed); exits 1 if any template failed
     Refresh(RefreshArgs),
@@ -399,6 +401,7 @@ async fn execute(cli: Cli) -> Result<i32, CliError> {
         Command::Events(a) => events(&ctx, a).await.map(|()| 0),
         Command::Notifications(a) => notifications(&ctx, a).await.map(|()| 0),
         Command::Reconcile => reconcile(&ctx).await.map(|()| 0),
+        Command::Status => status(&ctx).await.map(|()| 0),
         Command::Refresh(a) => images::refresh(&ctx, a).await,
         Command::Watch => images::watch(&ctx).await.map(|()| 0),
         Command::Rollout(c) => rollout::rollout(&ctx, c).await,
@@ -907,6 +910,64 @@ async fn notifications(ctx: &Ctx, args: NotificationsArgs) -> Result<(), CliErro
             ]);
         }
         t.render()
+    })
+}
+
+async fn status(ctx: &Ctx) -> Result<(), CliError> {
+    let answer = ctx.client.get(&["v1", "status"], &[]).await?;
+    show(ctx, &answer, |s: crate::http::dto::StatusView| {
+        let when = |ms: i64| {
+            if ms == 0 {
+                "never".to_string()
+            } else {
+                format_ms(ms)
+            }
+        };
+        let fleet: Vec<String> = s.runtimes.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        let mut out = String::new();
+        for (k, v) in [
+            ("version", s.version.clone()),
+            ("owner", s.owner.clone()),
+            ("network", s.network.clone()),
+            (
+                "redis",
+                if s.redis {
+                    "configured".into()
+                } else {
+                    "off".into()
+                },
+            ),
+            (
+                "docker events",
+                if s.docker_events_connected {
+                    "connected".into()
+                } else {
+                    "disconnected".into()
+                },
+            ),
+            ("last reconcile", when(s.reconcile_last_run)),
+            ("last image watch", when(s.image_watch_last_tick)),
+            (
+                "outbox pending",
+                if s.outbox_pending > 1000 {
+                    "more than 1000".into()
+                } else {
+                    s.outbox_pending.to_string()
+                },
+            ),
+            ("active rollouts", s.active_rollouts.to_string()),
+            (
+                "runtimes",
+                if fleet.is_empty() {
+                    "none".into()
+                } else {
+                    fleet.join(", ")
+                },
+            ),
+        ] {
+            out.push_str(&format!("{k}: {v}\n"));
+        }
+        out
     })
 }
 

@@ -451,3 +451,22 @@ pub struct RolloutQuery {
     /// 1 to 1000; default 100.
     pub limit: Option<u32>,
 }
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct StatusView {
+    pub version: String,
+    pub owner: String,
+    pub network: String,
+    /// Whether Redis streams are configured.
+    pub redis: bool,
+    pub docker_events_connected: bool,
+    /// ms since the epoch; 0 = never.
+    pub reconcile_last_run: i64,
+    /// ms since the epoch; 0 = never (or the watcher is off).
+    pub image_watch_last_tick: i64,
+    /// Messages waiting for Redis (counted up to 1001).
+    pub outbox_pending: usize,
+    pub active_rollouts: usize,
+    /// Runtime count by status.
+    pub runtimes: BTreeMap<String, usize>,
+}

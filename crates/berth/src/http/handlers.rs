@@ -457,3 +457,21 @@ pub async fn abort_rollout(
 ) -> ApiResult<Json<RolloutView>> {
     set_rollout_state(state, id, berth_core::rollout::RolloutState::Aborted).await
 }
+
+#[utoipa::path(get, path = "/v1/status", tag = "meta",
+    responses((status = 200, body = StatusView)))]
+pub async fn status(State(state): State<AppState>) -> ApiResult<Json<StatusView>> {
+    let s = state.services.status().await?;
+    Ok(Json(StatusView {
+        version: s.version.to_string(),
+        owner: s.owner,
+        network: s.network,
+        redis: s.redis,
+        docker_events_connected: s.docker_events_connected,
+        reconcile_last_run: s.reconcile_last_run_ms,
+        image_watch_last_tick: s.image_watch_last_tick_ms,
+        outbox_pending: s.outbox_pending,
+        active_rollouts: s.active_rollouts,
+        runtimes: s.runtimes,
+    }))
+}

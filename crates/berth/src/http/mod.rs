@@ -196,6 +196,7 @@ pub fn router(state: AppState) -> Router {
         .route("/runtimes/{id}/stop", post(stop_runtime))
         .route("/runtimes/{id}/restart", post(restart_runtime))
         .route("/operations", get(list_operations))
+        .route("/status", get(status))
         .route("/events", get(list_events))
         .route("/notifications", get(list_notifications))
         .route("/admin/reconcile", post(reconcile_now))

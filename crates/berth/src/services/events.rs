@@ -18,6 +18,8 @@ use crate::error::Result;
 use crate::ports::engine::{EngineEvent, EngineEventKind};
 
 pub struct EventsListener {
+    /// Whether the Docker events stream is open now.
+    pub connected: std::sync::atomic::AtomicBool,
     ctx: Arc<Context>,
     runtimes: Arc<LifecycleService>,
     reconciler: Arc<Reconciler>,
@@ -33,6 +35,7 @@ impl EventsListener {
         reconciler: Arc<Reconciler>,
     ) -> Self {
         EventsListener {
+            connected: Default::default(),
             ctx,
             runtimes,
             reconciler,
@@ -45,6 +48,8 @@ impl EventsListener {
         let mut backoff = BACKOFF_START;
         loop {
             let mut events = self.ctx.engine.events();
+            self.connected
+                .store(true, std::sync::atomic::Ordering::Relaxed);
             // Subscribed first, then relist: nothing falls between the two.
             self.reconciler.trigger();
             loop {
@@ -70,6 +75,8 @@ impl EventsListener {
                     }
                 }
             }
+            self.connected
+                .store(false, std::sync::atomic::Ordering::Relaxed);
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep(backoff) => {}

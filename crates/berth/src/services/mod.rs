@@ -235,3 +235,50 @@ impl Services {
         })
     }
 }
+
+/// What `berth status` shows: the instance, its loops, its fleet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusReport {
+    pub version: &'static str,
+    pub owner: String,
+    pub network: String,
+    pub redis: bool,
+    pub docker_events_connected: bool,
+    /// ms since the epoch; 0 = never.
+    pub reconcile_last_run_ms: i64,
+    pub image_watch_last_tick_ms: i64,
+    /// Capped at `OUTBOX_COUNT_CAP` + 1.
+    pub outbox_pending: usize,
+    pub active_rollouts: usize,
+    pub runtimes: std::collections::BTreeMap<String, usize>,
+}
+
+pub const OUTBOX_COUNT_CAP: u32 = 1000;
+
+impl Services {
+    pub async fn status(&self) -> Result<StatusReport> {
+        let store = &self.ctx.store;
+        let mut runtimes = std::collections::BTreeMap::new();
+        for r in store
+            .list_runtimes(&crate::ports::RuntimeFilter::default())
+            .await?
+        {
+            *runtimes.entry(r.status.as_str().to_string()).or_insert(0) += 1;
+        }
+        Ok(StatusReport {
+            version: env!("CARGO_PKG_VERSION"),
+            owner: self.ctx.settings.owner.clone(),
+            network: self.ctx.settings.network.clone(),
+            redis: self.ctx.settings.publish_outbox,
+            docker_events_connected: self
+                .events
+                .connected
+                .load(std::sync::atomic::Ordering::Relaxed),
+            reconcile_last_run_ms: self.reconciler.last_run_ms(),
+            image_watch_last_tick_ms: self.watcher.last_tick_ms(),
+            outbox_pending: store.outbox_pending(OUTBOX_COUNT_CAP + 1).await?.len(),
+            active_rollouts: store.active_rollouts().await?.len(),
+            runtimes,
+        })
+    }
+}

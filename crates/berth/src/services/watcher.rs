@@ -35,9 +35,15 @@ pub struct ImageWatcher {
     registry: Arc<dyn Registry>,
     pins: Arc<PinService>,
     rollouts: Arc<RolloutService>,
+    last_tick_ms: std::sync::atomic::AtomicI64,
 }
 
 impl ImageWatcher {
+    /// When the last tick finished (ms since the epoch; 0 = never).
+    pub fn last_tick_ms(&self) -> i64 {
+        self.last_tick_ms.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     pub fn new(
         ctx: Arc<Context>,
         registry: Arc<dyn Registry>,
@@ -49,6 +55,7 @@ impl ImageWatcher {
             registry,
             pins,
             rollouts,
+            last_tick_ms: Default::default(),
         }
     }
 
@@ -99,6 +106,8 @@ impl ImageWatcher {
                 }
             }
         }
+        self.last_tick_ms
+            .store(self.ctx.now_ms(), std::sync::atomic::Ordering::Relaxed);
         Ok(report)
     }
 
