@@ -58,6 +58,19 @@ async fn main() {
             op.succeed(1_000);
             store.record(Some(&rec), &op).await.unwrap();
         }
+        // The store's share of a list: read and decode every record.
+        let mut reads = Vec::new();
+        for _ in 0..if benching { 20 } else { 2 } {
+            let t0 = Instant::now();
+            let all = store.list_runtimes(&Default::default()).await.unwrap();
+            reads.push(t0.elapsed());
+            assert_eq!(all.len(), n);
+        }
+        reads.sort();
+        println!(
+            "  store list_runtimes of {n} records (in process): median {:.1} ms",
+            reads[reads.len() / 2].as_secs_f64() * 1e3
+        );
         store.close().await;
     }
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -83,6 +96,11 @@ async fn main() {
             .arg("--data-dir")
             .arg(data.path())
             .env("BERTH_LOG", "warn")
+            .envs(
+                std::env::var("BENCH_MALLOC_ARENA_MAX")
+                    .ok()
+                    .map(|v| ("MALLOC_ARENA_MAX", v)),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
