@@ -120,11 +120,17 @@ impl JobConsumer {
                     backoff = Duration::from_millis(100);
                     // Jobs in hand are finished even during shutdown: each is
                     // acknowledged only after its result is stored.
+                    // One runtime's jobs run one at a time, in the order
+                    // they were published (entry ids order both streams);
+                    // different runtimes run side by side. A redelivered
+                    // job thus always finds its first delivery's result.
                     let this = &*self;
-                    futures_util::stream::iter(entries)
-                        .for_each_concurrent(CONCURRENCY, |entry| async move {
-                            if let Err(e) = this.process(&entry).await {
-                                tracing::warn!(stream = %entry.stream, entry = %entry.id, error = %e, "job not finished; it will be delivered again");
+                    futures_util::stream::iter(by_runtime_in_order(entries))
+                        .for_each_concurrent(CONCURRENCY, |group| async move {
+                            for entry in group {
+                                if let Err(e) = this.process(&entry).await {
+                                    tracing::warn!(stream = %entry.stream, entry = %entry.id, error = %e, "job not finished; it will be delivered again");
+                                }
                             }
                         })
                         .await;
@@ -265,6 +271,40 @@ impl JobConsumer {
     }
 }
 
+/// A stream entry id `<ms>-<seq>` as a sortable pair.
+fn entry_order(id: &str) -> (u64, u64) {
+    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+    (
+        ms.parse().unwrap_or(u64::MAX),
+        seq.parse().unwrap_or(u64::MAX),
+    )
+}
+
+/// Entries grouped by runtime id (entries without one alone), each group in
+/// publication order.
+fn by_runtime_in_order(mut entries: Vec<StreamEntry>) -> Vec<Vec<StreamEntry>> {
+    entries.sort_by_key(|e| entry_order(&e.id));
+    let mut groups: Vec<Vec<StreamEntry>> = Vec::new();
+    let mut index: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for e in entries {
+        match e
+            .field("runtime_id")
+            .filter(|r| !r.is_empty())
+            .map(str::to_string)
+        {
+            Some(rid) => match index.get(&rid) {
+                Some(&i) => groups[i].push(e),
+                None => {
+                    index.insert(rid, groups.len());
+                    groups.push(vec![e]);
+                }
+            },
+            None => groups.push(vec![e]),
+        }
+    }
+    groups
+}
+
 fn job_id(job: &Job) -> &str {
     match job {
         Job::Start { job_id, .. } | Job::Stop { job_id, .. } => job_id,
@@ -274,5 +314,37 @@ fn job_id(job: &Job) -> &str {
 impl From<StoreError> for BusError {
     fn from(e: StoreError) -> Self {
         BusError::Unavailable(e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(stream: &str, id: &str, runtime: &str) -> StreamEntry {
+        StreamEntry {
+            stream: stream.into(),
+            id: id.into(),
+            fields: vec![("runtime_id".into(), runtime.into())],
+        }
+    }
+
+    #[test]
+    fn groups_by_runtime_in_publication_order_across_streams() {
+        let groups = by_runtime_in_order(vec![
+            entry(START_JOBS, "10-0", "a"),
+            entry(START_JOBS, "12-0", "a"),
+            entry(START_JOBS, "11-0", "b"),
+            entry(STOP_JOBS, "11-1", "a"),
+            entry(STOP_JOBS, "9-0", ""),
+        ]);
+        let ids: Vec<Vec<&str>> = groups
+            .iter()
+            .map(|g| g.iter().map(|e| e.id.as_str()).collect())
+            .collect();
+        assert_eq!(
+            ids,
+            vec![vec!["9-0"], vec!["10-0", "11-1", "12-0"], vec!["11-0"]]
+        );
     }
 }
