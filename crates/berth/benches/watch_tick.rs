@@ -90,6 +90,7 @@ async fn main() {
         client.clone(),
         s.pins.clone(),
         s.rollouts.clone(),
+        s.refresh.clone(),
     );
     let seed = watcher.tick().await.unwrap();
     assert_eq!(seed.seeded.len(), 5, "{seed:?}");

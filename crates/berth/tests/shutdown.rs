@@ -12,6 +12,10 @@ use berth_core::runtime::RuntimeRecord;
 use common::*;
 use serde_json::{json, Value};
 
+async fn get_json(client: &reqwest::Client, url: String) -> Value {
+    client.get(url).send().await.unwrap().json().await.unwrap()
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -139,23 +143,13 @@ async fn sigterm_lets_an_operation_in_flight_finish() {
 
     // After a restart the record and the log tell the same story.
     let berth = Berth::spawn(data.path(), &owner).await;
-    let rt: Value = client
-        .get(format!("{}/v1/runtimes/inflight", berth.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let rt: Value = get_json(&client, format!("{}/v1/runtimes/inflight", berth.base)).await;
     assert_eq!(rt["status"], "running", "{rt}");
-    let ops: Value = client
-        .get(format!("{}/v1/operations?runtime=inflight", berth.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ops: Value = get_json(
+        &client,
+        format!("{}/v1/operations?runtime=inflight", berth.base),
+    )
+    .await;
     let ops = ops["operations"].as_array().unwrap();
     assert_eq!(ops.len(), 1, "{ops:?}");
     assert_eq!(ops[0]["outcome"], "success");
@@ -186,14 +180,11 @@ async fn boot_records_interrupted_operations_as_failed() {
     }
     let berth = Berth::spawn(data.path(), &t_owner).await;
     let client = reqwest::Client::new();
-    let ops: Value = client
-        .get(format!("{}/v1/operations?runtime=crashed", berth.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ops: Value = get_json(
+        &client,
+        format!("{}/v1/operations?runtime=crashed", berth.base),
+    )
+    .await;
     let original = ops["operations"]
         .as_array()
         .unwrap()
@@ -203,14 +194,7 @@ async fn boot_records_interrupted_operations_as_failed() {
         .expect("the interrupted operation is still in the log");
     assert_eq!(original["outcome"], "failure");
     assert_eq!(original["error_code"], "interrupted");
-    let rt: Value = client
-        .get(format!("{}/v1/runtimes/crashed", berth.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let rt: Value = get_json(&client, format!("{}/v1/runtimes/crashed", berth.base)).await;
     assert_eq!(rt["status"], "failed", "{rt}");
     assert_eq!(rt["last_error"]["code"], "interrupted");
     drop(berth);

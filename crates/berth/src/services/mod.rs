@@ -105,13 +105,8 @@ impl Context {
         self.commit(runtime, Some(op), &Effects::default()).await
     }
 
-    /// Writes a record, its operation and their effects in one transaction.
-    pub async fn commit(
-        &self,
-        runtime: Option<&RuntimeRecord>,
-        op: Option<&Operation>,
-        effects: &Effects,
-    ) -> Result<()> {
+    /// The stream messages `effects` publish (none without Redis).
+    pub fn outbox_for(&self, effects: &Effects) -> Vec<crate::ports::store::OutboxMessage> {
         let mut outbox = Vec::new();
         if self.settings.publish_outbox {
             outbox.extend(
@@ -128,6 +123,17 @@ impl Context {
             );
             outbox.extend(effects.job_result.iter().map(streams::job_result_message));
         }
+        outbox
+    }
+
+    /// Writes a record, its operation and their effects in one transaction.
+    pub async fn commit(
+        &self,
+        runtime: Option<&RuntimeRecord>,
+        op: Option<&Operation>,
+        effects: &Effects,
+    ) -> Result<()> {
+        let outbox = self.outbox_for(effects);
         self.store
             .commit(&Change {
                 runtime,
@@ -212,15 +218,17 @@ impl Services {
             runtimes.clone(),
             pins.clone(),
         ));
+        let refresh = Arc::new(refresh::RefreshService::new(ctx.clone(), runtimes.clone()));
         Arc::new(Services {
             templates: templates::TemplateService::new(ctx.clone()),
-            refresh: Arc::new(refresh::RefreshService::new(ctx.clone(), runtimes.clone())),
             watcher: Arc::new(watcher::ImageWatcher::new(
                 ctx.clone(),
                 ctx.registry.clone(),
                 pins.clone(),
                 rollouts.clone(),
+                refresh.clone(),
             )),
+            refresh,
             rollouts,
             pins,
             operations: operations::OperationLog::new(ctx.clone()),

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use berth_core::id::validate_template_name;
-use berth_core::image::digest_from_repo_digests;
+use berth_core::image::{digest_from_repo_digests, ImageRef};
 use berth_core::status::RuntimeStatus;
 use berth_core::ErrorCode;
 
@@ -105,6 +105,12 @@ impl RefreshService {
     /// Pulls the template's target image; returns the digest it resolves to.
     pub async fn pull(&self, template: &berth_core::template::Template) -> Result<Option<String>> {
         let image = self.runtimes.image_for(template).await?;
+        self.pull_image(&image).await
+    }
+
+    /// Pulls `image`; returns the digest it runs (the pinned one, or the
+    /// one Docker reports for the repository after pulling a tag).
+    pub async fn pull_image(&self, image: &ImageRef) -> Result<Option<String>> {
         let reference = image.to_string();
         self.ctx
             .engine

@@ -311,15 +311,7 @@ impl RolloutService {
             notifications: vec![self.ctx.notification("rollout.halted", &payload)],
             ..Effects::default()
         };
-        let mut outbox = Vec::new();
-        if self.ctx.settings.publish_outbox {
-            outbox.extend(
-                effects
-                    .notifications
-                    .iter()
-                    .map(crate::streams::notification_message),
-            );
-        }
+        let outbox = self.ctx.outbox_for(&effects);
         self.ctx
             .store
             .save_rollout(

@@ -6,16 +6,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use berth_core::image::{Digest, Repository};
+use berth_core::image::{Digest, ImageRef, Repository};
 use berth_core::operation::Source;
 use berth_core::rollout::{decide, watch_groups, WatchDecision};
 use berth_core::template::Template;
 use tokio_util::sync::CancellationToken;
 
 use super::pins::PinService;
+use super::refresh::RefreshService;
 use super::rollouts::RolloutService;
 use super::{Caller, Context, Effects};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::ports::store::Observation;
 use crate::ports::Registry;
 
@@ -35,6 +36,7 @@ pub struct ImageWatcher {
     registry: Arc<dyn Registry>,
     pins: Arc<PinService>,
     rollouts: Arc<RolloutService>,
+    refresh: Arc<RefreshService>,
     last_tick_ms: std::sync::atomic::AtomicI64,
 }
 
@@ -49,12 +51,14 @@ impl ImageWatcher {
         registry: Arc<dyn Registry>,
         pins: Arc<PinService>,
         rollouts: Arc<RolloutService>,
+        refresh: Arc<RefreshService>,
     ) -> Self {
         ImageWatcher {
             ctx,
             registry,
             pins,
             rollouts,
+            refresh,
             last_tick_ms: Default::default(),
         }
     }
@@ -192,18 +196,12 @@ impl ImageWatcher {
 
     /// Pull by digest, promote the pin, roll the fleet forward.
     async fn track(&self, t: &Template, from: &Digest, to: &Digest) -> Result<()> {
-        let reference = format!("{}@{to}", t.image);
-        self.ctx
-            .engine
-            .pull_image(&reference, &super::lifecycle::no_progress)
-            .await
-            .map_err(|e| {
-                Error::from_engine(
-                    e,
-                    berth_core::ErrorCode::ImagePullFailed,
-                    "pull the new image",
-                )
-            })?;
+        self.refresh
+            .pull_image(&ImageRef::Pinned {
+                repo: t.image.clone(),
+                digest: to.clone(),
+            })
+            .await?;
         let previous_pin = self
             .ctx
             .store
