@@ -9,6 +9,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod fakes;
 pub mod http;
 pub mod metrics;
 pub mod ports;

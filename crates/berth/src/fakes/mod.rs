@@ -1,0 +1,10 @@
+//! In-memory fakes of every port, for unit tests of the services.
+//!
+//! Each fake passes the same contract suite as its real adapter
+//! (`tests/*_contract.rs`), so a fake is trusted exactly as far as the real
+//! thing. Fakes can also be told to fail, so that tests can inject faults
+//! and crashes at any step of a flow.
+
+pub mod clock;
+
+pub use clock::FakeClock;
