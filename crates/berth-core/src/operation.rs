@@ -40,6 +40,7 @@ string_enum!(
         Refresh => "refresh",
         ReconcileDispose => "reconcile_dispose",
         ReconcileAdopt => "reconcile_adopt",
+        ReconcileExited => "reconcile_exited",
         PluginInstall => "plugin_install",
         PluginApply => "plugin_apply",
         PinPromote => "pin_promote",

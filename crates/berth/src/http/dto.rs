@@ -402,13 +402,14 @@ impl RolloutView {
         targets: Option<Vec<crate::ports::store::RolloutTarget>>,
     ) -> Self {
         let progress = targets.as_ref().map(|ts| {
-            let count = |s: &str| ts.iter().filter(|t| t.state == s).count();
+            use berth_core::rollout::TargetState;
+            let count = |s: TargetState| ts.iter().filter(|t| t.state == s).count();
             RolloutProgress {
                 total: ts.len(),
-                updated: count("updated"),
-                failed: count("failed"),
-                skipped: count("skipped"),
-                pending: count("pending"),
+                updated: count(TargetState::Updated),
+                failed: count(TargetState::Failed),
+                skipped: count(TargetState::Skipped),
+                pending: count(TargetState::Pending),
             }
         });
         RolloutView {
@@ -416,11 +417,11 @@ impl RolloutView {
             template: r.template,
             from_digest: r.from_digest,
             to_digest: r.to_digest,
-            state: r.state,
+            state: r.state.as_str().to_string(),
             batch_size: r.batch_size,
             max_failures: r.max_failures,
             failures: r.failures,
-            source: r.source,
+            source: r.source.as_str().to_string(),
             message: r.message,
             created_at: r.created_at_ms,
             updated_at: r.updated_at_ms,
@@ -429,7 +430,7 @@ impl RolloutView {
                 ts.into_iter()
                     .map(|t| RolloutTargetView {
                         runtime_id: t.runtime_id,
-                        state: t.state,
+                        state: t.state.as_str().to_string(),
                         error: t.error,
                         updated_at: t.updated_at_ms,
                     })

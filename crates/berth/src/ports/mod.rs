@@ -12,4 +12,7 @@ pub use bus::{Bus, BusError, StreamEntry};
 pub use clock::{Clock, SystemClock};
 pub use engine::{ContainerInfo, Engine, EngineError, ImageInfo, PullProgress};
 pub use registry::{Registry, RegistryError};
-pub use store::{OperationFilter, RuntimeFilter, Store, StoreError};
+pub use store::{
+    EventStore, OperationFilter, OutboxStore, RolloutStore, RuntimeFilter, RuntimeStore, Store,
+    StoreError, TemplateStore, WatchStore,
+};

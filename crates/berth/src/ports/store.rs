@@ -12,8 +12,9 @@
 
 use async_trait::async_trait;
 use berth_core::event::{HealthEvent, HealthEventType, JobResult, Notification};
-use berth_core::operation::{Operation, OperationKind};
+use berth_core::operation::{Operation, OperationKind, Source};
 use berth_core::pin::{Pin, PinHistoryEntry};
+use berth_core::rollout::{RolloutState, TargetState};
 use berth_core::runtime::RuntimeRecord;
 use berth_core::status::RuntimeStatus;
 use berth_core::template::Template;
@@ -73,18 +74,60 @@ pub struct OutboxRow {
     /// (and, within a partition key, of committing).
     pub seq: i64,
     pub message: OutboxMessage,
-    /// Failed publish attempts so far (see [`Store::outbox_failed`]).
+    /// Failed publish attempts so far (see [`OutboxStore::outbox_failed`]).
     pub attempts: i64,
 }
 
-/// Everything one change writes, in one transaction (see [`Store::commit`]).
-/// Build it with `..Change::default()` for the parts a change does not have.
+/// A change to a template's pin, written with its history entry.
+#[derive(Debug, Clone, Copy)]
+pub struct PinChange<'a> {
+    /// The pin as it is after the change.
+    pub pin: &'a Pin,
+    /// Appended to the pin history.
+    pub entry: &'a PinHistoryEntry,
+}
+
+/// A digest the watcher must not offer again, or a refusal lifted.
+#[derive(Debug, Clone, Copy)]
+pub enum RejectionChange<'a> {
+    /// Marks `digest` as refused for `template`; rejecting it again replaces
+    /// `reason` and `at_ms`.
+    Reject {
+        template: &'a str,
+        digest: &'a str,
+        reason: &'a str,
+        at_ms: i64,
+    },
+    /// Lifts a rejection; none to lift is no error.
+    Lift { template: &'a str, digest: &'a str },
+}
+
+/// A rollout and the targets of it that changed.
+#[derive(Debug, Clone, Copy)]
+pub struct RolloutChange<'a> {
+    /// Upserted by id (an update keeps its place in
+    /// [`RolloutStore::list_rollouts`] and replaces every other column).
+    pub rollout: &'a RolloutRow,
+    /// Upserted by rollout id and runtime id; stored targets not given stay
+    /// as they are.
+    pub targets: &'a [RolloutTarget],
+}
+
+/// Everything one decision writes, in one transaction (see
+/// [`Store::commit`]). Build it with `..Change::default()` for the parts a
+/// change does not have.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Change<'a> {
     /// Upserted by id; what was written is what `get_runtime` returns.
     pub runtime: Option<&'a RuntimeRecord>,
     /// Upserted by id (an update keeps the row's place in the log).
     pub operation: Option<&'a Operation>,
+    /// Sets the pin and appends its history entry.
+    pub pin: Option<PinChange<'a>>,
+    /// Inserts or replaces the template's observation.
+    pub observation: Option<&'a Observation>,
+    pub rejection: Option<RejectionChange<'a>>,
+    pub rollout: Option<RolloutChange<'a>>,
     /// Appended; ids are unique.
     pub health_events: &'a [HealthEvent],
     /// Appended; ids are unique.
@@ -93,6 +136,21 @@ pub struct Change<'a> {
     pub job_result: Option<&'a JobResult>,
     /// Appended, in slice order.
     pub outbox: &'a [OutboxMessage],
+}
+
+impl Change<'_> {
+    pub fn is_empty(&self) -> bool {
+        self.runtime.is_none()
+            && self.operation.is_none()
+            && self.pin.is_none()
+            && self.observation.is_none()
+            && self.rejection.is_none()
+            && self.rollout.is_none()
+            && self.health_events.is_empty()
+            && self.notifications.is_empty()
+            && self.job_result.is_none()
+            && self.outbox.is_empty()
+    }
 }
 
 /// The last digest the registry watcher saw for a template's tracked tag.
@@ -115,16 +173,14 @@ pub struct RolloutRow {
     /// The pin before the rollout; `None` when the template was unpinned.
     pub from_digest: Option<String>,
     pub to_digest: String,
-    /// `running`, `paused`, `halted`, `completed` or `aborted`; stored as
-    /// given ([`Store::active_rollouts`] reads `running` and `paused`).
-    pub state: String,
+    pub state: RolloutState,
     pub batch_size: u32,
     pub max_failures: u32,
     pub failures: u32,
     /// Whether a halt restores the pin to `from_digest`.
     pub revert_pin: bool,
-    /// Who started it: an operation source (`image_watch`, `api`, …).
-    pub source: String,
+    /// Who started it.
+    pub source: Source,
     pub message: Option<String>,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
@@ -137,16 +193,14 @@ pub struct RolloutTarget {
     pub runtime_id: String,
     /// The order of updating, ascending.
     pub position: u32,
-    /// `pending`, `updated`, `failed` or `skipped`; stored as given.
-    pub state: String,
+    pub state: TargetState,
     pub error: Option<String>,
     pub updated_at_ms: i64,
 }
 
+/// Templates and their pins.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
-    // --- templates -------------------------------------------------------
-
+pub trait TemplateStore: Send + Sync + 'static {
     /// Inserts or replaces; returns true when the template is new.
     async fn put_template(&self, template: &Template, op: &Operation) -> Result<bool, StoreError>;
     async fn get_template(&self, name: &str) -> Result<Option<Template>, StoreError>;
@@ -157,17 +211,8 @@ pub trait Store: Send + Sync + 'static {
     /// false when there was no such template (and writes nothing).
     async fn delete_template(&self, name: &str, op: &Operation) -> Result<bool, StoreError>;
 
-    // --- pins --------------------------------------------------------------
-
     async fn get_pin(&self, template: &str) -> Result<Option<Pin>, StoreError>;
     async fn list_pins(&self) -> Result<Vec<Pin>, StoreError>;
-    /// Sets the pin and appends `entry` to the history.
-    async fn promote_pin(
-        &self,
-        pin: &Pin,
-        entry: &PinHistoryEntry,
-        op: &Operation,
-    ) -> Result<(), StoreError>;
     /// Sets the pin only if the template has no pin history at all (a
     /// config seed never overwrites a promote); returns whether it did.
     async fn seed_pin(
@@ -189,21 +234,15 @@ pub trait Store: Send + Sync + 'static {
         template: &str,
         limit: u32,
     ) -> Result<Vec<PinHistoryEntry>, StoreError>;
+}
 
-    // --- runtimes and operations -----------------------------------------
-
+/// Runtime records, the operation log and stream job results.
+#[async_trait]
+pub trait RuntimeStore: Send + Sync + 'static {
     async fn get_runtime(&self, id: &str) -> Result<Option<RuntimeRecord>, StoreError>;
     /// Sorted by id.
     async fn list_runtimes(&self, filter: &RuntimeFilter)
         -> Result<Vec<RuntimeRecord>, StoreError>;
-    /// Upserts the runtime record (when given) and the operation row (by
-    /// id) in one transaction: [`Store::commit`] of a `Change` with only
-    /// these two.
-    async fn record(
-        &self,
-        runtime: Option<&RuntimeRecord>,
-        op: &Operation,
-    ) -> Result<(), StoreError>;
     /// Newest first.
     async fn list_operations(&self, filter: &OperationFilter)
         -> Result<Vec<Operation>, StoreError>;
@@ -215,17 +254,13 @@ pub trait Store: Send + Sync + 'static {
         message: &str,
         now_ms: i64,
     ) -> Result<Vec<Operation>, StoreError>;
+    async fn get_job_result(&self, job_id: &str) -> Result<Option<JobResult>, StoreError>;
+}
 
-    // --- changes with what they report ------------------------------------
-
-    /// Writes every part of `change` in ONE transaction: all of it or
-    /// nothing. `Conflict` (and nothing written) when `change.job_result`'s
-    /// job id already has a result, or when a health event or notification
-    /// id is already stored. An empty change writes nothing.
-    async fn commit(&self, change: &Change<'_>) -> Result<(), StoreError>;
-
-    // --- health events -------------------------------------------------
-
+/// Health events and notification intents (written through
+/// [`Store::commit`]).
+#[async_trait]
+pub trait EventStore: Send + Sync + 'static {
     /// Newest first (order of writing), at most `filter.limit`.
     async fn list_health_events(
         &self,
@@ -240,15 +275,13 @@ pub trait Store: Send + Sync + 'static {
         container_id: &str,
         event_type: HealthEventType,
     ) -> Result<bool, StoreError>;
-
-    // --- notifications and job results ---------------------------------
-
     /// Newest first (order of writing), at most `limit`.
     async fn list_notifications(&self, limit: u32) -> Result<Vec<Notification>, StoreError>;
-    async fn get_job_result(&self, job_id: &str) -> Result<Option<JobResult>, StoreError>;
+}
 
-    // --- outbox ------------------------------------------------------------
-
+/// The transactional outbox (written through [`Store::commit`]).
+#[async_trait]
+pub trait OutboxStore: Send + Sync + 'static {
     /// The oldest `limit` messages (seq ascending), failed ones included.
     /// Takes no lock: one relay at a time.
     async fn outbox_pending(&self, limit: u32) -> Result<Vec<OutboxRow>, StoreError>;
@@ -258,45 +291,19 @@ pub trait Store: Send + Sync + 'static {
     /// Counts a failed publish of message `seq` (`attempts` + 1) and keeps
     /// `error`; an unknown seq is ignored.
     async fn outbox_failed(&self, seq: i64, error: &str) -> Result<(), StoreError>;
+}
 
-    // --- registry watcher ----------------------------------------------------
-    //
-    // Bookkeeping of the watcher: written without an operation row (the
-    // service records an operation when it acts on what it saw).
-
+/// The registry watcher's memory: observations and rejected digests
+/// (written through [`Store::commit`]).
+#[async_trait]
+pub trait WatchStore: Send + Sync + 'static {
     async fn get_observation(&self, template: &str) -> Result<Option<Observation>, StoreError>;
-    /// Inserts or replaces the template's observation.
-    async fn put_observation(&self, obs: &Observation) -> Result<(), StoreError>;
-    /// Forgets the template's observation; nothing to forget is no error.
-    async fn delete_observation(&self, template: &str) -> Result<(), StoreError>;
-    /// Marks `digest` as refused for `template` (e.g. a rollout to it
-    /// halted), so the watcher does not offer it again. Rejecting it again
-    /// replaces `reason` and `at_ms`.
-    async fn reject_digest(
-        &self,
-        template: &str,
-        digest: &str,
-        reason: &str,
-        at_ms: i64,
-    ) -> Result<(), StoreError>;
     async fn is_rejected(&self, template: &str, digest: &str) -> Result<bool, StoreError>;
-    /// Lifts a rejection; none to lift is no error.
-    async fn clear_rejection(&self, template: &str, digest: &str) -> Result<(), StoreError>;
+}
 
-    // --- rollouts ------------------------------------------------------------
-
-    /// Upserts `rollout` (by id; an update keeps its place in
-    /// [`Store::list_rollouts`] and replaces every other column), upserts
-    /// each of `targets` (by rollout id and runtime id; stored targets not
-    /// given stay as they are) and writes `change`, all in ONE transaction:
-    /// when `change` is refused (`Conflict`, as in [`Store::commit`]),
-    /// nothing of the rollout is written either.
-    async fn save_rollout(
-        &self,
-        rollout: &RolloutRow,
-        targets: &[RolloutTarget],
-        change: &Change<'_>,
-    ) -> Result<(), StoreError>;
+/// Rollouts and their targets (written through [`Store::commit`]).
+#[async_trait]
+pub trait RolloutStore: Send + Sync + 'static {
     /// The rollout and all its targets, by position (then runtime id), read
     /// at one point in time.
     async fn get_rollout(
@@ -312,4 +319,30 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<RolloutRow>, StoreError>;
     /// Every rollout in state `running` or `paused`, oldest first.
     async fn active_rollouts(&self) -> Result<Vec<RolloutRow>, StoreError>;
+}
+
+/// The whole store: every role, and the one write path of decisions.
+#[async_trait]
+pub trait Store:
+    TemplateStore + RuntimeStore + EventStore + OutboxStore + WatchStore + RolloutStore
+{
+    /// Writes every part of `change` in ONE transaction: all of it or
+    /// nothing. `Conflict` (and nothing written) when `change.job_result`'s
+    /// job id already has a result, or when a health event or notification
+    /// id is already stored. An empty change writes nothing.
+    async fn commit(&self, change: &Change<'_>) -> Result<(), StoreError>;
+
+    /// [`Store::commit`] of a `Change` with only a record and its operation.
+    async fn record(
+        &self,
+        runtime: Option<&RuntimeRecord>,
+        op: &Operation,
+    ) -> Result<(), StoreError> {
+        self.commit(&Change {
+            runtime,
+            operation: Some(op),
+            ..Change::default()
+        })
+        .await
+    }
 }

@@ -716,6 +716,21 @@ impl LifecycleService {
     ) -> Result<RuntimeRecord> {
         validate_runtime_id(id)?;
         let _guard = self.locks.lock(id).await;
+        self.restart_locked(id, caller, kind, Effects::default())
+            .await
+    }
+
+    /// [`LifecycleService::restart_as`] for a caller that holds the
+    /// runtime's lock; `effects` (e.g. the disappearance that made the
+    /// reconciler recreate it) are written with the restart's intent, its
+    /// first commit.
+    pub async fn restart_locked(
+        &self,
+        id: &str,
+        caller: &Caller,
+        kind: OperationKind,
+        effects: Effects,
+    ) -> Result<RuntimeRecord> {
         let mut rec = self.get(id).await?;
         let template = self.template(&rec.template).await?;
         begin(&mut rec, LifecycleEvent::RestartRequested)?;
@@ -724,8 +739,8 @@ impl LifecycleService {
             .ctx
             .begin_op(kind, caller)
             .for_runtime(&rec.id, &rec.template);
+        self.ctx.commit(Some(&rec), Some(&op), &effects).await?;
         if let Some(cid) = rec.container_id.clone() {
-            self.ctx.record(Some(&rec), &op).await?;
             // Stop first; a missing container is fine, bring_up creates one.
             if let Err(e) = self
                 .deadline(async {

@@ -133,21 +133,37 @@ impl Context {
         op: Option<&Operation>,
         effects: &Effects,
     ) -> Result<()> {
-        let outbox = self.outbox_for(effects);
-        self.store
-            .commit(&Change {
+        self.commit_change(
+            Change {
                 runtime,
                 operation: op,
-                health_events: &effects.health_events,
-                notifications: &effects.notifications,
-                job_result: effects.job_result.as_ref(),
-                outbox: &outbox,
-            })
-            .await?;
+                ..Change::default()
+            },
+            effects,
+        )
+        .await
+    }
+
+    /// Writes one decision — `change` with `effects` (and their outbox
+    /// messages) — in one transaction; wakes the relay, counts the
+    /// operation when it finished.
+    pub async fn commit_change(&self, change: Change<'_>, effects: &Effects) -> Result<()> {
+        let outbox = self.outbox_for(effects);
+        let change = Change {
+            health_events: &effects.health_events,
+            notifications: &effects.notifications,
+            job_result: effects.job_result.as_ref(),
+            outbox: &outbox,
+            ..change
+        };
+        self.store.commit(&change).await?;
         if !outbox.is_empty() {
             self.outbox_wakeup.notify_one();
         }
-        if let Some(op) = op.filter(|op| op.outcome != Outcome::InProgress) {
+        if let Some(op) = change
+            .operation
+            .filter(|op| op.outcome != Outcome::InProgress)
+        {
             self.metrics
                 .operation_finished(op.kind.as_str(), op.outcome.as_str());
         }

@@ -5,12 +5,40 @@ use std::sync::Arc;
 
 use berth_core::id::validate_template_name;
 use berth_core::image::Digest;
-use berth_core::operation::OperationKind;
+use berth_core::operation::{Operation, OperationKind};
 use berth_core::pin::{Pin, PinAction, PinHistoryEntry};
 use berth_core::ErrorCode;
 
-use super::{Caller, Context};
+use super::{Caller, Context, Effects};
 use crate::error::{Error, Result};
+use crate::ports::store::{Change, PinChange, RejectionChange};
+
+/// A promote's pin, history entry and operation row, not yet written.
+#[derive(Debug, Clone)]
+pub struct Promotion {
+    pub pin: Pin,
+    pub entry: PinHistoryEntry,
+    pub op: Operation,
+}
+
+impl Promotion {
+    /// The pin, its history entry and operation, and the lift of any
+    /// rejection of this digest.
+    pub fn change(&self) -> Change<'_> {
+        Change {
+            pin: Some(PinChange {
+                pin: &self.pin,
+                entry: &self.entry,
+            }),
+            operation: Some(&self.op),
+            rejection: Some(RejectionChange::Lift {
+                template: &self.pin.template,
+                digest: self.pin.digest.as_str(),
+            }),
+            ..Change::default()
+        }
+    }
+}
 
 pub struct PinService {
     ctx: Arc<Context>,
@@ -43,7 +71,8 @@ impl PinService {
     }
 
     /// Promotes `digest` for `template`. Running runtimes are not touched;
-    /// the next create resolves to the new pin.
+    /// the next create resolves to the new pin. Promoting a digest by hand
+    /// lifts a rejection the watcher keeps for it after a halted rollout.
     pub async fn promote(
         &self,
         template: &str,
@@ -54,9 +83,25 @@ impl PinService {
         let digest = Digest::parse(digest)?;
         let reason = check_reason(reason)?;
         self.require_template(template).await?;
+        let promotion = self.promotion(template, &digest, reason, caller).await?;
+        self.ctx
+            .commit_change(promotion.change(), &Effects::default())
+            .await?;
+        Ok(promotion.pin)
+    }
+
+    /// What promoting `digest` writes, for a decision that commits it
+    /// together with more (a watcher's rollout, a rollout's halt).
+    pub async fn promotion(
+        &self,
+        template: &str,
+        digest: &Digest,
+        reason: Option<String>,
+        caller: &Caller,
+    ) -> Result<Promotion> {
         let previous = self.ctx.store.get_pin(template).await?.map(|p| p.digest);
         let now = self.ctx.now_ms();
-        let (pin, entry) = promotion(template, &digest, previous.clone(), reason, caller, now);
+        let (pin, entry) = promotion(template, digest, previous.clone(), reason, caller, now);
         let mut op = self
             .ctx
             .begin_op(OperationKind::PinPromote, caller)
@@ -66,17 +111,7 @@ impl PinService {
             op = op.detail("previous_digest", prev.as_str());
         }
         op.succeed(now);
-        self.ctx.store.promote_pin(&pin, &entry, &op).await?;
-        // Promoting a digest by hand lifts a rejection the watcher keeps
-        // for it after a halted rollout.
-        self.ctx
-            .store
-            .clear_rejection(template, digest.as_str())
-            .await?;
-        self.ctx
-            .metrics
-            .operation_finished(op.kind.as_str(), op.outcome.as_str());
-        Ok(pin)
+        Ok(Promotion { pin, entry, op })
     }
 
     /// Refuses a digest the template's registry repository does not have.

@@ -264,15 +264,25 @@ impl Reconciler {
                 runtime_id,
                 container_id,
             } => {
+                // Busy: an operation is under way; the next pass decides again.
+                let Some(_guard) = self.runtimes.try_lock(runtime_id) else {
+                    return Ok(());
+                };
                 let Some(rec) = ctx.store.get_runtime(runtime_id).await? else {
                     return Ok(());
                 };
+                if rec.container_id.as_deref() != Some(container_id.as_str())
+                    || rec.status == RuntimeStatus::Removed
+                {
+                    return Ok(());
+                }
+                // The disappearance is written with the recreate's intent,
+                // in its first commit.
                 let effects = self
                     .disappeared_effects(&rec, container_id, "recreated")
                     .await?;
-                ctx.commit(None, None, &effects).await?;
                 self.runtimes
-                    .restart_as(runtime_id, &caller, OperationKind::Recreate)
+                    .restart_locked(runtime_id, &caller, OperationKind::Recreate, effects)
                     .await?;
                 report.recreated.push(runtime_id.clone());
             }
@@ -384,11 +394,12 @@ impl Reconciler {
                 let code = exit_code
                     .map(|c| c.to_string())
                     .unwrap_or_else(|| "unknown".into());
+                let code_text = code.clone();
                 let mut events = vec![ctx.health_event(
                     runtime_id,
                     HealthEventType::ContainerExited,
                     Some(container_id),
-                    &[("exit_code", code), ("source", "reconcile".into())],
+                    &[("exit_code", code.clone()), ("source", "reconcile".into())],
                 )];
                 if oom {
                     events.push(ctx.health_event(
@@ -402,20 +413,34 @@ impl Reconciler {
                     health_events: events,
                     ..Effects::default()
                 };
-                ctx.commit(Some(&rec), None, &effects).await?;
+                let mut op = ctx
+                    .begin_op(OperationKind::ReconcileExited, &caller)
+                    .for_runtime(&rec.id, &rec.template)
+                    .detail("container_id", container_id.clone())
+                    .detail("exit_code", code_text);
+                op.succeed(rec.updated_at_ms);
+                ctx.commit(Some(&rec), Some(&op), &effects).await?;
                 report.exited.push(runtime_id.clone());
             }
             Action::Restart {
                 runtime_id,
                 attempt,
             } => {
+                let Some(_guard) = self.runtimes.try_lock(runtime_id) else {
+                    return Ok(());
+                };
                 let now = ctx.now_ms();
                 self.update_restart(runtime_id, |s| {
                     s.attempts = *attempt;
                     s.last_attempt_ms = now;
                 });
                 self.runtimes
-                    .restart_as(runtime_id, &caller, OperationKind::Restart)
+                    .restart_locked(
+                        runtime_id,
+                        &caller,
+                        OperationKind::Restart,
+                        Effects::default(),
+                    )
                     .await?;
                 report.restarted.push(runtime_id.clone());
             }

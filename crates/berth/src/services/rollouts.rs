@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use berth_core::image::Digest;
 use berth_core::operation::Source;
 use berth_core::rollout::{next_step, RolloutState, Step, TargetState};
 use berth_core::status::RuntimeStatus;
@@ -18,7 +19,7 @@ use super::lifecycle::LifecycleService;
 use super::pins::PinService;
 use super::{Caller, Context, Effects};
 use crate::error::{Error, Result};
-use crate::ports::store::{Change, RolloutRow, RolloutTarget};
+use crate::ports::store::{Change, RejectionChange, RolloutChange, RolloutRow, RolloutTarget};
 use crate::ports::RuntimeFilter;
 
 /// A target's new state and, when it failed, why.
@@ -67,16 +68,17 @@ impl RolloutService {
         Ok(self.ctx.store.list_rollouts(template, limit).await?)
     }
 
-    /// Starts a rollout of `template` to `to_digest` over its running
-    /// runtimes not on it yet, and runs it in the background.
-    pub async fn start(
-        self: &Arc<Self>,
+    /// The rollout of `template` to `to_digest` over its running runtimes
+    /// not on it yet, not yet written: a decision commits it together with
+    /// what caused it (the watcher's pin promote).
+    pub async fn plan(
+        &self,
         template: &str,
         from_digest: Option<&str>,
         to_digest: &str,
         revert_pin: bool,
         source: Source,
-    ) -> Result<RolloutRow> {
+    ) -> Result<(RolloutRow, Vec<RolloutTarget>)> {
         let t = self
             .ctx
             .store
@@ -97,12 +99,12 @@ impl RolloutService {
             template: template.to_string(),
             from_digest: from_digest.map(str::to_string),
             to_digest: to_digest.to_string(),
-            state: RolloutState::Running.as_str().to_string(),
+            state: RolloutState::Running,
             batch_size: t.rollout.batch_size,
             max_failures: t.rollout.max_failures,
             failures: 0,
             revert_pin,
-            source: source.as_str().to_string(),
+            source,
             message: None,
             created_at_ms: now,
             updated_at_ms: now,
@@ -114,17 +116,46 @@ impl RolloutService {
             .map(|(i, r)| RolloutTarget {
                 runtime_id: r.id.clone(),
                 position: i as u32,
-                state: TargetState::Pending.as_str().to_string(),
+                state: TargetState::Pending,
                 error: None,
                 updated_at_ms: now,
             })
             .collect();
-        self.ctx
-            .store
-            .save_rollout(&row, &targets, &Change::default())
+        Ok((row, targets))
+    }
+
+    /// Starts a rollout (see [`RolloutService::plan`]) and runs it in the
+    /// background.
+    pub async fn start(
+        self: &Arc<Self>,
+        template: &str,
+        from_digest: Option<&str>,
+        to_digest: &str,
+        revert_pin: bool,
+        source: Source,
+    ) -> Result<RolloutRow> {
+        let (row, targets) = self
+            .plan(template, from_digest, to_digest, revert_pin, source)
             .await?;
+        self.save(&row, &targets).await?;
         self.spawn(row.id.clone());
         Ok(row)
+    }
+
+    /// Writes the rollout and the given targets, alone.
+    async fn save(&self, row: &RolloutRow, targets: &[RolloutTarget]) -> Result<()> {
+        self.ctx
+            .commit_change(
+                Change {
+                    rollout: Some(RolloutChange {
+                        rollout: row,
+                        targets,
+                    }),
+                    ..Change::default()
+                },
+                &Effects::default(),
+            )
+            .await
     }
 
     /// Runs `id` in the background until it finishes, pauses or berth stops.
@@ -143,7 +174,7 @@ impl RolloutService {
         let mut n = 0;
         for r in active
             .into_iter()
-            .filter(|r| r.state == RolloutState::Running.as_str())
+            .filter(|r| r.state == RolloutState::Running)
         {
             self.spawn(r.id);
             n += 1;
@@ -159,32 +190,22 @@ impl RolloutService {
     }
 
     async fn run(&self, id: &str) -> Result<()> {
-        let caller =
-            Caller::new(Source::parse(&self.get(id).await?.0.source).unwrap_or(Source::Api));
+        let caller = Caller::new(self.get(id).await?.0.source);
         loop {
             if self.cancel.is_cancelled() {
                 return Ok(());
             }
             let (mut row, mut targets) = self.get(id).await?;
-            let state = RolloutState::parse(&row.state).unwrap_or(RolloutState::Aborted);
             let view: Vec<(String, TargetState)> = targets
                 .iter()
-                .map(|t| {
-                    (
-                        t.runtime_id.clone(),
-                        TargetState::parse(&t.state).unwrap_or(TargetState::Skipped),
-                    )
-                })
+                .map(|t| (t.runtime_id.clone(), t.state))
                 .collect();
-            match next_step(state, row.batch_size, row.max_failures, &view) {
+            match next_step(row.state, row.batch_size, row.max_failures, &view) {
                 Step::Idle => return Ok(()),
                 Step::Complete => {
-                    row.state = RolloutState::Completed.as_str().to_string();
+                    row.state = RolloutState::Completed;
                     row.updated_at_ms = self.ctx.now_ms();
-                    self.ctx
-                        .store
-                        .save_rollout(&row, &[], &Change::default())
-                        .await?;
+                    self.save(&row, &[]).await?;
                     return Ok(());
                 }
                 Step::Halt { failures } => return self.halt(row, failures, &caller).await,
@@ -214,13 +235,13 @@ impl RolloutService {
                         let outcome = outcome?;
                         let now = self.ctx.now_ms();
                         if let Some(t) = targets.iter_mut().find(|t| t.runtime_id == rid) {
-                            t.state = outcome.0.as_str().to_string();
+                            t.state = outcome.0;
                             t.error = outcome.1;
                             t.updated_at_ms = now;
                         }
                         row.failures = targets
                             .iter()
-                            .filter(|t| t.state == TargetState::Failed.as_str())
+                            .filter(|t| t.state == TargetState::Failed)
                             .count() as u32;
                         row.updated_at_ms = now;
                         // Re-read the state: a pause or abort may have come in.
@@ -232,10 +253,7 @@ impl RolloutService {
                             .filter(|t| t.runtime_id == rid)
                             .cloned()
                             .collect();
-                        self.ctx
-                            .store
-                            .save_rollout(&row, &changed, &Change::default())
-                            .await?;
+                        self.save(&row, &changed).await?;
                     }
                 }
             }
@@ -264,9 +282,13 @@ impl RolloutService {
         })
     }
 
+    /// Halts the rollout in one commit: the halted state, and under
+    /// `track` the rejection of its digest and the pin back to the previous
+    /// one, with the `rollout.halted` intent. A crash before that commit
+    /// leaves the rollout running; the resumed runner halts it again.
     async fn halt(&self, mut row: RolloutRow, failures: u32, caller: &Caller) -> Result<()> {
         let now = self.ctx.now_ms();
-        row.state = RolloutState::Halted.as_str().to_string();
+        row.state = RolloutState::Halted;
         row.failures = failures;
         row.message = Some(format!("{failures} runtime(s) failed their health gate"));
         row.updated_at_ms = now;
@@ -281,59 +303,62 @@ impl RolloutService {
         }
         // Under `track`: back to the previous digest, and do not try this
         // one again until the tag moves or an operator steps in.
-        if row.revert_pin {
-            self.ctx
-                .store
-                .reject_digest(
-                    &row.template,
-                    &row.to_digest,
-                    "its rollout halted on failed health checks",
-                    now,
-                )
-                .await?;
-            if let Some(from) = row.from_digest.clone() {
-                let watcher = Caller {
+        let revert = match (&row.from_digest, row.revert_pin) {
+            (Some(from), true) => {
+                let from = Digest::parse(from).map_err(|e| {
+                    Error::new(
+                        ErrorCode::Internal,
+                        format!("rollout {}: stored from_digest is invalid: {e}", row.id),
+                    )
+                })?;
+                let by = Caller {
                     source: caller.source,
                     by: "rollout".to_string(),
                 };
-                self.pins
-                    .promote(
-                        &row.template,
-                        &from,
-                        Some(&format!("rollout {} halted", row.id)),
-                        &watcher,
-                    )
-                    .await?;
-                payload.push(("pin_reverted_to", from));
+                let reason = format!("rollout {} halted", row.id);
+                payload.push(("pin_reverted_to", from.to_string()));
+                Some(
+                    self.pins
+                        .promotion(&row.template, &from, Some(reason), &by)
+                        .await?,
+                )
             }
-        }
+            _ => None,
+        };
         let effects = Effects {
             notifications: vec![self.ctx.notification("rollout.halted", &payload)],
             ..Effects::default()
         };
-        let outbox = self.ctx.outbox_for(&effects);
+        let base = revert.as_ref().map(|p| p.change()).unwrap_or_default();
+        let rejection = row.revert_pin.then_some(RejectionChange::Reject {
+            template: &row.template,
+            digest: &row.to_digest,
+            reason: "its rollout halted on failed health checks",
+            at_ms: now,
+        });
         self.ctx
-            .store
-            .save_rollout(
-                &row,
-                &[],
-                &Change {
-                    notifications: &effects.notifications,
-                    outbox: &outbox,
-                    ..Change::default()
+            .commit_change(
+                Change {
+                    rollout: Some(RolloutChange {
+                        rollout: &row,
+                        targets: &[],
+                    }),
+                    rejection,
+                    ..base
                 },
+                &effects,
             )
-            .await?;
-        if !outbox.is_empty() {
-            self.ctx.outbox_wakeup.notify_one();
-        }
-        Ok(())
+            .await
     }
 
-    /// Sets a running or paused rollout's state (pause, resume, abort).
+    /// Sets a running or paused rollout's state (pause, resume, abort), or
+    /// resumes a halted one: in one commit the digest is no longer
+    /// rejected, failed runtimes are tried again, and a pin the halt
+    /// reverted points at the rollout's target again (recreates resolve the
+    /// image through the pin).
     pub async fn set_state(self: &Arc<Self>, id: &str, to: RolloutState) -> Result<RolloutRow> {
-        let (mut row, _) = self.get(id).await?;
-        let from = RolloutState::parse(&row.state).unwrap_or(RolloutState::Aborted);
+        let (mut row, targets) = self.get(id).await?;
+        let from = row.state;
         let allowed = matches!(
             (from, to),
             (RolloutState::Running, RolloutState::Paused)
@@ -349,54 +374,65 @@ impl RolloutService {
                 ErrorCode::Conflict,
                 format!(
                     "rollout {id:?} is {}; it cannot become {}",
-                    row.state,
+                    row.state.as_str(),
                     to.as_str()
                 ),
             ));
         }
-        if from == RolloutState::Halted {
-            // An operator resumes a halted rollout: the digest is no longer
-            // rejected, failed runtimes are tried again, and a pin the halt
-            // reverted points at the rollout's target again (recreates
-            // resolve the image through the pin).
-            self.ctx
-                .store
-                .clear_rejection(&row.template, &row.to_digest)
-                .await?;
-            if row.revert_pin {
-                let operator = Caller {
-                    source: Source::Api,
-                    by: "rollout".to_string(),
-                };
-                self.pins
-                    .promote(
-                        &row.template,
-                        &row.to_digest,
-                        Some(&format!("rollout {} resumed", row.id)),
-                        &operator,
-                    )
-                    .await?;
-            }
-        }
-        row.state = to.as_str().to_string();
+        let resumed_from_halt = from == RolloutState::Halted;
+        row.state = to;
         row.updated_at_ms = self.ctx.now_ms();
-        let (_, targets) = self.get(id).await?;
-        let retried: Vec<RolloutTarget> = if from == RolloutState::Halted {
+        let retried: Vec<RolloutTarget> = if resumed_from_halt {
             targets
                 .into_iter()
-                .filter(|t| t.state == TargetState::Failed.as_str())
+                .filter(|t| t.state == TargetState::Failed)
                 .map(|mut t| {
-                    t.state = TargetState::Pending.as_str().to_string();
+                    t.state = TargetState::Pending;
                     t.error = None;
+                    t.updated_at_ms = row.updated_at_ms;
                     t
                 })
                 .collect()
         } else {
             Vec::new()
         };
+        let repromote = if resumed_from_halt && row.revert_pin {
+            let to_digest = Digest::parse(&row.to_digest).map_err(|e| {
+                Error::new(
+                    ErrorCode::Internal,
+                    format!("rollout {id}: stored to_digest is invalid: {e}"),
+                )
+            })?;
+            let operator = Caller {
+                source: Source::Api,
+                by: "rollout".to_string(),
+            };
+            let reason = format!("rollout {} resumed", row.id);
+            Some(
+                self.pins
+                    .promotion(&row.template, &to_digest, Some(reason), &operator)
+                    .await?,
+            )
+        } else {
+            None
+        };
+        let base = repromote.as_ref().map(|p| p.change()).unwrap_or_default();
+        let lift = resumed_from_halt.then_some(RejectionChange::Lift {
+            template: &row.template,
+            digest: &row.to_digest,
+        });
         self.ctx
-            .store
-            .save_rollout(&row, &retried, &Change::default())
+            .commit_change(
+                Change {
+                    rollout: Some(RolloutChange {
+                        rollout: &row,
+                        targets: &retried,
+                    }),
+                    rejection: lift.or(base.rejection),
+                    ..base
+                },
+                &Effects::default(),
+            )
             .await?;
         if to == RolloutState::Running {
             self.spawn(row.id.clone());

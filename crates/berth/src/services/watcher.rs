@@ -17,7 +17,7 @@ use super::refresh::RefreshService;
 use super::rollouts::RolloutService;
 use super::{Caller, Context, Effects};
 use crate::error::Result;
-use crate::ports::store::Observation;
+use crate::ports::store::{Change, Observation, RolloutChange};
 use crate::ports::Registry;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -136,7 +136,8 @@ impl ImageWatcher {
         };
         match decide(previous.as_ref(), digest, rejected, t.update_policy) {
             WatchDecision::Seed => {
-                store.put_observation(&observation(digest)).await?;
+                let obs = observation(digest);
+                self.commit_observation(&obs, Vec::new()).await?;
                 report.seeded.push(t.name.clone());
             }
             WatchDecision::Unchanged | WatchDecision::Rejected => {}
@@ -149,59 +150,77 @@ impl ImageWatcher {
                         ("new_digest", to.to_string()),
                     ],
                 );
-                self.ctx
-                    .commit(
-                        None,
-                        None,
-                        &Effects {
-                            notifications: vec![n],
-                            ..Effects::default()
-                        },
-                    )
-                    .await?;
-                store.put_observation(&observation(&to)).await?;
+                self.commit_observation(&observation(&to), vec![n]).await?;
                 report.notified.push(t.name.clone());
             }
             WatchDecision::Track { from, to } => {
-                store.put_observation(&observation(&to)).await?;
-                if let Err(e) = self.track(t, &from, &to).await {
-                    // Transient (pull error, Docker down): forget that we saw
-                    // it, so the next tick tries again.
-                    store.put_observation(&observation(&from)).await?;
-                    let n = self.ctx.notification(
-                        "image.refresh_failed",
-                        &[
-                            ("template", t.name.clone()),
-                            ("digest", to.to_string()),
-                            ("error", e.message.clone()),
-                        ],
-                    );
-                    self.ctx
-                        .commit(
-                            None,
-                            None,
-                            &Effects {
-                                notifications: vec![n],
-                                ..Effects::default()
-                            },
-                        )
-                        .await?;
-                    return Err(e);
-                }
+                self.track(t, &from, &to, &observation(&to)).await?;
                 report.tracked.push(t.name.clone());
             }
         }
         Ok(())
     }
 
-    /// Pull by digest, promote the pin, roll the fleet forward.
-    async fn track(&self, t: &Template, from: &Digest, to: &Digest) -> Result<()> {
-        self.refresh
+    /// The observation with the intents it raises, in one commit.
+    async fn commit_observation(
+        &self,
+        obs: &Observation,
+        notifications: Vec<berth_core::event::Notification>,
+    ) -> Result<()> {
+        self.ctx
+            .commit_change(
+                Change {
+                    observation: Some(obs),
+                    ..Change::default()
+                },
+                &Effects {
+                    notifications,
+                    ..Effects::default()
+                },
+            )
+            .await
+    }
+
+    /// Pull by digest, then in ONE commit: the observation, the pin
+    /// promote (with its history and operation row) and the rollout with
+    /// its targets. A crash before the commit leaves the old observation,
+    /// so the next tick sees the move again; after it, boot resumes the
+    /// stored rollout. A failed pull stores nothing but its intent, so the
+    /// next tick retries.
+    async fn track(
+        &self,
+        t: &Template,
+        from: &Digest,
+        to: &Digest,
+        obs: &Observation,
+    ) -> Result<()> {
+        let pulled = self
+            .refresh
             .pull_image(&ImageRef::Pinned {
                 repo: t.image.clone(),
                 digest: to.clone(),
             })
-            .await?;
+            .await;
+        if let Err(e) = pulled {
+            let n = self.ctx.notification(
+                "image.refresh_failed",
+                &[
+                    ("template", t.name.clone()),
+                    ("digest", to.to_string()),
+                    ("error", e.message.clone()),
+                ],
+            );
+            self.ctx
+                .commit_change(
+                    Change::default(),
+                    &Effects {
+                        notifications: vec![n],
+                        ..Effects::default()
+                    },
+                )
+                .await?;
+            return Err(e);
+        }
         let previous_pin = self
             .ctx
             .store
@@ -212,17 +231,14 @@ impl ImageWatcher {
             source: Source::ImageWatch,
             by: "image_watch".to_string(),
         };
-        self.pins
-            .promote(
-                &t.name,
-                to.as_str(),
-                Some(&format!("tag {} moved", t.tag)),
-                &caller,
-            )
+        let promotion = self
+            .pins
+            .promotion(&t.name, to, Some(format!("tag {} moved", t.tag)), &caller)
             .await?;
         let from_pin = previous_pin.unwrap_or_else(|| from.to_string());
-        self.rollouts
-            .start(
+        let (rollout, targets) = self
+            .rollouts
+            .plan(
                 &t.name,
                 Some(&from_pin),
                 to.as_str(),
@@ -230,6 +246,20 @@ impl ImageWatcher {
                 Source::ImageWatch,
             )
             .await?;
+        self.ctx
+            .commit_change(
+                Change {
+                    observation: Some(obs),
+                    rollout: Some(RolloutChange {
+                        rollout: &rollout,
+                        targets: &targets,
+                    }),
+                    ..promotion.change()
+                },
+                &Effects::default(),
+            )
+            .await?;
+        self.rollouts.spawn(rollout.id);
         Ok(())
     }
 }

@@ -15,6 +15,7 @@ use berth_core::event::{HealthEvent, HealthEventType, JobResult, Notification};
 use berth_core::image::Digest;
 use berth_core::operation::{Operation, OperationKind, Outcome, Source};
 use berth_core::pin::{Pin, PinAction, PinHistoryEntry};
+use berth_core::rollout::{RolloutState, TargetState};
 use berth_core::runtime::{LastError, RuntimeRecord};
 use berth_core::status::RuntimeStatus;
 use berth_core::template::Template;
@@ -335,6 +336,17 @@ pub(crate) fn outbox_row_from_row(row: &impl Columns) -> Result<OutboxRow, Store
     })
 }
 
+/// A state or kind stored as its text; a row that does not decode is
+/// corrupt, never a default.
+fn decode_enum<T>(
+    text: String,
+    table: &str,
+    column: &str,
+    parse: impl Fn(&str) -> Option<T>,
+) -> Result<T, StoreError> {
+    parse(&text).ok_or_else(|| corrupt(table, column, format!("unknown value {text:?}")))
+}
+
 /// A `u32` count stored as a 64-bit integer.
 fn decode_u32(value: i64, table: &str, column: &str) -> Result<u32, StoreError> {
     u32::try_from(value).map_err(|_| corrupt(table, column, format!("{value} is not a u32")))
@@ -357,12 +369,12 @@ pub(crate) fn rollout_from_row(row: &impl Columns) -> Result<RolloutRow, StoreEr
         template: row.text(T, "template")?,
         from_digest: row.opt_text(T, "from_digest")?,
         to_digest: row.text(T, "to_digest")?,
-        state: row.text(T, "state")?,
+        state: decode_enum(row.text(T, "state")?, T, "state", RolloutState::parse)?,
         batch_size: decode_u32(row.int(T, "batch_size")?, T, "batch_size")?,
         max_failures: decode_u32(row.int(T, "max_failures")?, T, "max_failures")?,
         failures: decode_u32(row.int(T, "failures")?, T, "failures")?,
         revert_pin: row.boolean(T, "revert_pin")?,
-        source: row.text(T, "source")?,
+        source: decode_enum(row.text(T, "source")?, T, "source", Source::parse)?,
         message: row.opt_text(T, "message")?,
         created_at_ms: row.int(T, "created_at_ms")?,
         updated_at_ms: row.int(T, "updated_at_ms")?,
@@ -381,7 +393,12 @@ pub(crate) fn rollout_target_from_row(
     Ok(Some(RolloutTarget {
         runtime_id,
         position: decode_u32(row.int(T, "target_position")?, T, "target_position")?,
-        state: row.text(T, "target_state")?,
+        state: decode_enum(
+            row.text(T, "target_state")?,
+            T,
+            "target_state",
+            TargetState::parse,
+        )?,
         error: row.opt_text(T, "target_error")?,
         updated_at_ms: row.int(T, "target_updated_at_ms")?,
     }))
@@ -657,7 +674,6 @@ pub(crate) mod sql {
          ON CONFLICT (template) DO UPDATE SET reference = excluded.reference, \
          digest = excluded.digest, observed_at_ms = excluded.observed_at_ms"
     );
-    pub const DELETE_OBSERVATION: &str = "DELETE FROM image_observations WHERE template = $1";
 
     pub const UPSERT_REJECTION: &str = "INSERT INTO rejected_digests \
          (template, digest, reason, rejected_at_ms) VALUES ($1, $2, $3, $4) \
@@ -739,8 +755,9 @@ macro_rules! impl_store {
                 template_from_row, unique_err, Columns, OUTBOX_DELETE_CHUNK,
             };
             use $crate::ports::store::{
-                Change, EventFilter, Observation, OperationFilter, OutboxMessage, OutboxRow,
-                RolloutRow, RolloutTarget, RuntimeFilter, Store, StoreError,
+                Change, EventFilter, EventStore, Observation, OperationFilter, OutboxMessage,
+                OutboxRow, OutboxStore, RejectionChange, RolloutRow, RolloutStore, RolloutTarget,
+                RuntimeFilter, RuntimeStore, Store, StoreError, TemplateStore, WatchStore,
             };
 
             type Tx = sqlx::Transaction<'static, $db>;
@@ -889,12 +906,12 @@ macro_rules! impl_store {
                     .bind(&r.template)
                     .bind(r.from_digest.as_deref())
                     .bind(&r.to_digest)
-                    .bind(&r.state)
+                    .bind(r.state.as_str())
                     .bind(i64::from(r.batch_size))
                     .bind(i64::from(r.max_failures))
                     .bind(i64::from(r.failures))
                     .bind(r.revert_pin)
-                    .bind(&r.source)
+                    .bind(r.source.as_str())
                     .bind(r.message.as_deref())
                     .bind(r.created_at_ms)
                     .bind(r.updated_at_ms)
@@ -913,22 +930,13 @@ macro_rules! impl_store {
                     .bind(rollout_id)
                     .bind(&t.runtime_id)
                     .bind(i64::from(t.position))
-                    .bind(&t.state)
+                    .bind(t.state.as_str())
                     .bind(t.error.as_deref())
                     .bind(t.updated_at_ms)
                     .execute(&mut **tx)
                     .await
                     .map_err(db_err)?;
                 Ok(())
-            }
-
-            fn is_empty(change: &Change<'_>) -> bool {
-                change.runtime.is_none()
-                    && change.operation.is_none()
-                    && change.health_events.is_empty()
-                    && change.notifications.is_empty()
-                    && change.job_result.is_none()
-                    && change.outbox.is_empty()
             }
 
             /// The one write path of `record` and `commit`. On `Err` the
@@ -960,6 +968,52 @@ macro_rules! impl_store {
                 if let Some(op) = change.operation {
                     upsert_operation(tx, op).await?;
                 }
+                if let Some(p) = change.pin {
+                    upsert_pin(tx, p.pin).await?;
+                    insert_pin_history(tx, p.entry).await?;
+                }
+                if let Some(obs) = change.observation {
+                    sqlx::query(sql::UPSERT_OBSERVATION)
+                        .bind(&obs.template)
+                        .bind(&obs.reference)
+                        .bind(&obs.digest)
+                        .bind(obs.observed_at_ms)
+                        .execute(&mut **tx)
+                        .await
+                        .map_err(db_err)?;
+                }
+                match change.rejection {
+                    Some(RejectionChange::Reject {
+                        template,
+                        digest,
+                        reason,
+                        at_ms,
+                    }) => {
+                        sqlx::query(sql::UPSERT_REJECTION)
+                            .bind(template)
+                            .bind(digest)
+                            .bind(reason)
+                            .bind(at_ms)
+                            .execute(&mut **tx)
+                            .await
+                            .map_err(db_err)?;
+                    }
+                    Some(RejectionChange::Lift { template, digest }) => {
+                        sqlx::query(sql::DELETE_REJECTION)
+                            .bind(template)
+                            .bind(digest)
+                            .execute(&mut **tx)
+                            .await
+                            .map_err(db_err)?;
+                    }
+                    None => {}
+                }
+                if let Some(r) = change.rollout {
+                    upsert_rollout(tx, r.rollout).await?;
+                    for t in r.targets {
+                        upsert_rollout_target(tx, &r.rollout.id, t).await?;
+                    }
+                }
                 for e in change.health_events {
                     insert_health_event(tx, e).await?;
                 }
@@ -983,7 +1037,7 @@ macro_rules! impl_store {
             }
 
             #[async_trait]
-            impl Store for $store {
+            impl TemplateStore for $store {
                 async fn put_template(
                     &self,
                     template: &Template,
@@ -1096,19 +1150,6 @@ macro_rules! impl_store {
                         .collect()
                 }
 
-                async fn promote_pin(
-                    &self,
-                    pin: &Pin,
-                    entry: &PinHistoryEntry,
-                    op: &Operation,
-                ) -> Result<(), StoreError> {
-                    let mut tx = self.begin_write().await?;
-                    upsert_pin(&mut tx, pin).await?;
-                    insert_pin_history(&mut tx, entry).await?;
-                    upsert_operation(&mut tx, op).await?;
-                    commit(tx).await
-                }
-
                 async fn seed_pin(
                     &self,
                     pin: &Pin,
@@ -1171,7 +1212,10 @@ macro_rules! impl_store {
                         .map(pin_entry_from_row)
                         .collect()
                 }
+            }
 
+            #[async_trait]
+            impl RuntimeStore for $store {
                 async fn get_runtime(&self, id: &str) -> Result<Option<RuntimeRecord>, StoreError> {
                     sqlx::query(sql::GET_RUNTIME)
                         .bind(id)
@@ -1204,19 +1248,6 @@ macro_rules! impl_store {
                         .iter()
                         .map(runtime_from_row)
                         .collect()
-                }
-
-                async fn record(
-                    &self,
-                    runtime: Option<&RuntimeRecord>,
-                    op: &Operation,
-                ) -> Result<(), StoreError> {
-                    let change = Change {
-                        runtime,
-                        operation: Some(op),
-                        ..Change::default()
-                    };
-                    Store::commit(self, &change).await
                 }
 
                 async fn list_operations(
@@ -1271,8 +1302,24 @@ macro_rules! impl_store {
                     Ok(changed.into_iter().map(|(_, op)| op).collect())
                 }
 
+                async fn get_job_result(
+                    &self,
+                    job_id: &str,
+                ) -> Result<Option<JobResult>, StoreError> {
+                    sqlx::query(sql::GET_JOB_RESULT)
+                        .bind(job_id)
+                        .fetch_optional(&self.pool)
+                        .await
+                        .map_err(db_err)?
+                        .map(|row| job_result_from_row(&row))
+                        .transpose()
+                }
+            }
+
+            #[async_trait]
+            impl Store for $store {
                 async fn commit(&self, change: &Change<'_>) -> Result<(), StoreError> {
-                    if is_empty(change) {
+                    if change.is_empty() {
                         return Ok(());
                     }
                     let mut tx = self.begin_write().await?;
@@ -1285,7 +1332,10 @@ macro_rules! impl_store {
                         }
                     }
                 }
+            }
 
+            #[async_trait]
+            impl EventStore for $store {
                 async fn list_health_events(
                     &self,
                     filter: &EventFilter,
@@ -1345,20 +1395,10 @@ macro_rules! impl_store {
                         .map(notification_from_row)
                         .collect()
                 }
+            }
 
-                async fn get_job_result(
-                    &self,
-                    job_id: &str,
-                ) -> Result<Option<JobResult>, StoreError> {
-                    sqlx::query(sql::GET_JOB_RESULT)
-                        .bind(job_id)
-                        .fetch_optional(&self.pool)
-                        .await
-                        .map_err(db_err)?
-                        .map(|row| job_result_from_row(&row))
-                        .transpose()
-                }
-
+            #[async_trait]
+            impl OutboxStore for $store {
                 async fn outbox_pending(&self, limit: u32) -> Result<Vec<OutboxRow>, StoreError> {
                     sqlx::query(sql::OUTBOX_PENDING)
                         .bind(i64::from(limit))
@@ -1396,7 +1436,10 @@ macro_rules! impl_store {
                         .map_err(db_err)?;
                     commit(tx).await
                 }
+            }
 
+            #[async_trait]
+            impl WatchStore for $store {
                 async fn get_observation(
                     &self,
                     template: &str,
@@ -1408,48 +1451,6 @@ macro_rules! impl_store {
                         .map_err(db_err)?
                         .map(|row| observation_from_row(&row))
                         .transpose()
-                }
-
-                async fn put_observation(&self, obs: &Observation) -> Result<(), StoreError> {
-                    let mut tx = self.begin_write().await?;
-                    sqlx::query(sql::UPSERT_OBSERVATION)
-                        .bind(&obs.template)
-                        .bind(&obs.reference)
-                        .bind(&obs.digest)
-                        .bind(obs.observed_at_ms)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(db_err)?;
-                    commit(tx).await
-                }
-
-                async fn delete_observation(&self, template: &str) -> Result<(), StoreError> {
-                    let mut tx = self.begin_write().await?;
-                    sqlx::query(sql::DELETE_OBSERVATION)
-                        .bind(template)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(db_err)?;
-                    commit(tx).await
-                }
-
-                async fn reject_digest(
-                    &self,
-                    template: &str,
-                    digest: &str,
-                    reason: &str,
-                    at_ms: i64,
-                ) -> Result<(), StoreError> {
-                    let mut tx = self.begin_write().await?;
-                    sqlx::query(sql::UPSERT_REJECTION)
-                        .bind(template)
-                        .bind(digest)
-                        .bind(reason)
-                        .bind(at_ms)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(db_err)?;
-                    commit(tx).await
                 }
 
                 async fn is_rejected(
@@ -1465,50 +1466,10 @@ macro_rules! impl_store {
                         .map_err(db_err)?
                         .is_some())
                 }
+            }
 
-                async fn clear_rejection(
-                    &self,
-                    template: &str,
-                    digest: &str,
-                ) -> Result<(), StoreError> {
-                    let mut tx = self.begin_write().await?;
-                    sqlx::query(sql::DELETE_REJECTION)
-                        .bind(template)
-                        .bind(digest)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(db_err)?;
-                    commit(tx).await
-                }
-
-                async fn save_rollout(
-                    &self,
-                    rollout: &RolloutRow,
-                    targets: &[RolloutTarget],
-                    change: &Change<'_>,
-                ) -> Result<(), StoreError> {
-                    let mut tx = self.begin_write().await?;
-                    let written = async {
-                        // The change first: it takes its locks before any
-                        // row lock, and it is the part that may refuse.
-                        write_change(&mut tx, change).await?;
-                        upsert_rollout(&mut tx, rollout).await?;
-                        for t in targets {
-                            upsert_rollout_target(&mut tx, &rollout.id, t).await?;
-                        }
-                        Ok::<(), StoreError>(())
-                    }
-                    .await;
-                    match written {
-                        Ok(()) => commit(tx).await,
-                        Err(e) => {
-                            // Release the lock now; the error is the news.
-                            let _ = rollback(tx).await;
-                            Err(e)
-                        }
-                    }
-                }
-
+            #[async_trait]
+            impl RolloutStore for $store {
                 async fn get_rollout(
                     &self,
                     id: &str,
