@@ -12,24 +12,47 @@ use common::*;
 use serde_json::{json, Value};
 
 fn spawn_berth(data: &std::path::Path, owner: &str, port: u16, redis_url: &str) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_berth"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+    berth_command(data, owner, port)
+        .args(["--redis-url", redis_url])
+        .spawn()
+        .expect("berth binary runs")
+}
+
+/// `berth serve` on its own data dir, owner, network and port.
+fn berth_command(data: &std::path::Path, owner: &str, port: u16) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
+    cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}")])
         .arg("--data-dir")
         .arg(data)
-        .args([
-            "--owner",
-            owner,
-            "--network",
-            owner,
-            "--redis-url",
-            redis_url,
-        ])
+        .args(["--owner", owner, "--network", owner])
         .args(["--job-claim-idle", "2s", "--reconcile-interval", "1s"])
         .env_remove("BERTH_CONFIG")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("berth binary runs")
+        .stderr(Stdio::null());
+    cmd
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn remove_owner_containers(owner: &str) {
+    let ids = docker_lines(&[
+        "ps",
+        "-aq",
+        "--filter",
+        &format!("label=io.berth.owner={owner}"),
+    ]);
+    if !ids.is_empty() {
+        let mut args = vec!["rm", "-f"];
+        args.extend(ids.iter().map(String::as_str));
+        docker_lines(&args);
+    }
+    docker_lines(&["network", "rm", owner]);
 }
 
 struct Reaped(Child);
@@ -173,16 +196,164 @@ async fn sigkill_mid_burst_loses_nothing_and_duplicates_nothing() {
     assert_eq!(seen.len(), JOBS);
 
     drop(_berth);
-    let ids = docker_lines(&[
+    remove_owner_containers(&owner);
+}
+
+/// berth SIGKILLed while it acts on a moved tag — once while the watch
+/// tick pulls and decides, once in the middle of the rollout — and started
+/// again on the same data: the pin ends on the new digest, every runtime
+/// runs it, and each has exactly one container, the recorded one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_a_tag_move_rollout_converges_after_restart() {
+    for (case, kill_after) in [
+        ("tick", Duration::from_millis(150)),
+        ("rollout", Duration::from_millis(2500)),
+    ] {
+        converges_after_kill(case, kill_after).await;
+    }
+}
+
+async fn converges_after_kill(case: &str, kill_after: Duration) {
+    const RUNTIMES: usize = 4;
+    let repo = unique(&format!("kill-{case}-"));
+    let image = push_as("v1", &repo, "stable");
+    let data = tempfile::tempdir().unwrap();
+    let config = data.path().join("berth.toml");
+    std::fs::write(
+        &config,
+        "[image_watch]\nenabled = true\ninterval = \"1h\"\n",
+    )
+    .unwrap();
+    let owner = unique("bt-");
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let spawn = || {
+        Reaped(
+            berth_command(data.path(), &owner, port)
+                .arg("--config")
+                .arg(&config)
+                .spawn()
+                .expect("berth binary runs"),
+        )
+    };
+
+    let mut berth = spawn();
+    wait_healthy(&base).await;
+    let template = json!({"image": image, "tag": "stable", "port": 8080, "watch": true,
+        "update_policy": "track", "stop_grace": "1s",
+        "health": {"path": "/healthz", "interval": "200ms", "timeout": "1s", "grace": "10s"},
+        "rollout": {"batch_size": 1, "max_failures": 2}});
+    let resp = client
+        .put(format!("{base}/v1/templates/trk"))
+        .json(&template)
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success());
+    for i in 0..RUNTIMES {
+        let resp = client
+            .post(format!("{base}/v1/runtimes"))
+            .json(&json!({"id": format!("k-{i}"), "template": "trk"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 201, "start k-{i}");
+    }
+    // The first tick seeds the observation with v1.
+    let watch = || {
+        client
+            .post(format!("{base}/v1/admin/images/watch"))
+            .json(&json!({}))
+            .send()
+    };
+    assert!(watch().await.unwrap().status().is_success());
+
+    push_as("v2", &repo, "stable");
+    let v2 = registry_digest(&image, "stable").await;
+    let tick = tokio::spawn(watch());
+    tokio::time::sleep(kill_after).await;
+    berth.0.kill().unwrap();
+    berth.0.wait().unwrap();
+    let _ = tick.await;
+
+    // Started again on the same data; the boot tick or the resumed rollout
+    // finishes what the kill cut short.
+    let _berth = spawn();
+    wait_healthy(&base).await;
+    let get = |path: String| {
+        let client = client.clone();
+        async move {
+            client
+                .get(path)
+                .send()
+                .await
+                .ok()?
+                .json::<Value>()
+                .await
+                .ok()
+        }
+    };
+    let pin = eventually("the pin on the new digest", async || {
+        let pin = get(format!("{base}/v1/templates/trk/pin")).await?;
+        (pin["digest"] == v2.as_str()).then_some(pin)
+    })
+    .await;
+    assert_eq!(pin["promoted_by"], "image_watch", "{pin}");
+    let runtimes = eventually("every runtime on the new digest", async || {
+        let list = get(format!("{base}/v1/runtimes?template=trk")).await?;
+        let all = list["runtimes"].as_array()?.clone();
+        (all.len() == RUNTIMES
+            && all
+                .iter()
+                .all(|r| r["image_digest"] == v2.as_str() && r["status"] == "running"))
+        .then_some(all)
+    })
+    .await;
+    let recorded: BTreeMap<String, String> = runtimes
+        .iter()
+        .map(|r| {
+            (
+                r["id"].as_str().unwrap().to_string(),
+                r["container_id"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let containers = docker_lines(&[
         "ps",
-        "-aq",
+        "-a",
+        "--no-trunc",
         "--filter",
         &format!("label=io.berth.owner={owner}"),
+        "--format",
+        "{{.ID}} {{.Label \"io.berth.runtime_id\"}}",
     ]);
-    if !ids.is_empty() {
-        let mut args = vec!["rm", "-f"];
-        args.extend(ids.iter().map(String::as_str));
-        docker_lines(&args);
+    let mut seen = BTreeSet::new();
+    for line in &containers {
+        let (cid, rid) = line.split_once(' ').unwrap();
+        assert!(
+            seen.insert(rid.to_string()),
+            "{case}: two containers for {rid}: {containers:?}"
+        );
+        assert_eq!(
+            recorded.get(rid).map(String::as_str),
+            Some(cid),
+            "{case}: {cid} of {rid} is the recorded one"
+        );
     }
-    docker_lines(&["network", "rm", &owner]);
+    assert_eq!(seen.len(), RUNTIMES, "{case}: {containers:?}");
+    // One rollout did the work: a crash never starts a second one.
+    let rollouts = get(format!("{base}/v1/rollouts?template=trk"))
+        .await
+        .unwrap();
+    let to_v2: Vec<&Value> = rollouts["rollouts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["to_digest"] == v2.as_str())
+        .collect();
+    assert_eq!(to_v2.len(), 1, "{case}: {rollouts}");
+
+    drop(_berth);
+    remove_owner_containers(&owner);
 }

@@ -7,29 +7,6 @@ use common::*;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-/// Points `<registry>/berth-test/<repo>:<tag>` at the test image `source`
-/// tag (v1, v2 or broken) and pushes it; returns the repository.
-fn push_as(source: &str, repo: &str, tag: &str) -> String {
-    let registry = required_env("BERTH_TEST_REGISTRY");
-    let target = format!("{registry}/berth-test/{repo}");
-    let src = format!("{}:{source}", test_image());
-    assert!(std::process::Command::new("docker")
-        .args(["tag", &src, &format!("{target}:{tag}")])
-        .status()
-        .unwrap()
-        .success());
-    let out = std::process::Command::new("docker")
-        .args(["push", "-q", &format!("{target}:{tag}")])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "push: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    target
-}
-
 async fn watch(t: &TestServer) -> Value {
     let (status, report) = t.post("/v1/admin/images/watch", json!({})).await;
     assert_eq!(status, StatusCode::OK, "{report}");

@@ -860,6 +860,10 @@ impl LifecycleService {
             let Some(mut rec) = self.ctx.store.get_runtime(id).await? else {
                 continue;
             };
+            if op.kind == OperationKind::Recreate && rec.status == RuntimeStatus::Running {
+                self.recover_recreate(rec, op).await?;
+                continue;
+            }
             if !rec.status.is_transitional() {
                 continue;
             }
@@ -895,5 +899,60 @@ impl LifecycleService {
             self.ctx.record(Some(&rec), &note).await?;
         }
         Ok(ops.len())
+    }
+
+    /// Undoes or finishes a recreate a crash cut short. The record was left
+    /// on the old container (a recreate writes the record only when it
+    /// ends), so every other container of the runtime is a new generation
+    /// that never passed its gate: it goes. If the old container is still
+    /// there it runs again (undo; a rollout then retries); if it is gone the
+    /// runtime is brought up afresh from its record and template (finish).
+    async fn recover_recreate(&self, rec: RuntimeRecord, interrupted: &Operation) -> Result<()> {
+        let engine = &self.ctx.engine;
+        let engine_err = |e| Error::from_engine(e, ErrorCode::StartFailed, "recover a recreate");
+        let containers = engine.list_containers().await.map_err(engine_err)?;
+        for c in containers.iter().filter(|c| {
+            c.labels.get(LABEL_RUNTIME_ID).map(String::as_str) == Some(rec.id.as_str())
+                && Some(&c.id) != rec.container_id.as_ref()
+        }) {
+            engine.remove_container(&c.id).await.map_err(|e| {
+                Error::from_engine(e, ErrorCode::RemoveFailed, "remove a half-made container")
+            })?;
+        }
+        let old = match &rec.container_id {
+            Some(cid) => engine.inspect_container(cid).await.map_err(engine_err)?,
+            None => None,
+        };
+        let caller = Caller::new(interrupted.source);
+        let Some(old) = old else {
+            self.restart_locked(
+                &rec.id,
+                &caller,
+                OperationKind::Recreate,
+                Effects::default(),
+            )
+            .await?;
+            return Ok(());
+        };
+        if !old.running {
+            engine.start_container(&old.id).await.map_err(engine_err)?;
+        }
+        let now = self.ctx.now_ms();
+        let mut note = Operation::begin(
+            uuid::Uuid::now_v7().to_string(),
+            OperationKind::Recreate,
+            interrupted.source,
+            now,
+        )
+        .for_runtime(&rec.id, &rec.template)
+        .detail("recovered_from", interrupted.id.clone())
+        .detail("restored", "true");
+        note.fail(
+            ErrorCode::Interrupted.as_str(),
+            "recovered after an interrupted recreate: the old container runs again",
+            now,
+        );
+        self.ctx.record(None, &note).await?;
+        Ok(())
     }
 }
