@@ -158,7 +158,7 @@ pub async fn start(config: Config) -> Result<RunningServer, BootError> {
     if recovered > 0 {
         tracing::warn!(
             operations = recovered,
-            "recorded operations interrupted by the last shutdown as failed"
+            "recorded operations interrupted by the last shutdown as failed, and settled their runtimes"
         );
     }
     // Background loops: the reconciler (its first pass runs at once) and

@@ -182,6 +182,14 @@ impl RolloutService {
         Ok(n)
     }
 
+    /// Waits until every runner started so far has finished (completed,
+    /// halted, paused or stopped on an error); new ones may start after.
+    pub async fn settle(&self) {
+        self.tasks.close();
+        self.tasks.wait().await;
+        self.tasks.reopen();
+    }
+
     /// Stops the runners between batches (on shutdown).
     pub async fn shutdown(&self) {
         self.cancel.cancel();
