@@ -215,6 +215,13 @@ async fn an_exited_container_is_recorded_and_restarted_per_policy() {
     })
     .await;
     assert_eq!(rec["container_id"], steady_cid.as_str());
+    // The record change is logged: its operation row says what was seen.
+    let ops = t.operations("runtime=steady-1&kind=reconcile_exited").await;
+    assert_eq!(ops.len(), 1, "{ops:?}");
+    assert_eq!(ops[0]["outcome"], "success");
+    assert_eq!(ops[0]["source"], "auto_reconcile");
+    assert_eq!(ops[0]["details"]["exit_code"], "137");
+    assert_eq!(ops[0]["details"]["container_id"], steady_cid.as_str());
 
     // on-failure: berth starts it again, logged as an automatic restart.
     let ops = eventually("flaky-1 restarted", async || {
