@@ -16,7 +16,7 @@ use berth_core::container::{
 };
 use berth_core::id::{validate_runtime_id, validate_template_name};
 use berth_core::image::{digest_from_repo_digests, resolve_image, ImageRef};
-use berth_core::operation::{Operation, OperationKind};
+use berth_core::operation::{Operation, OperationKind, Source};
 use berth_core::runtime::{LastError, RuntimeRecord};
 use berth_core::status::{next_status, LifecycleEvent, RuntimeStatus, TransitionError};
 use berth_core::template::{validate_env, Template};
@@ -897,6 +897,19 @@ impl LifecycleService {
                 now,
             );
             self.ctx.record(Some(&rec), &note).await?;
+            // The reconciler had decided this runtime must run (a restart
+            // policy, `on_disappear = recreate`): finish that decision.
+            let reconciler_wanted_it_up = op.source == Source::AutoReconcile
+                && matches!(op.kind, OperationKind::Restart | OperationKind::Recreate);
+            if reconciler_wanted_it_up && !runs {
+                let caller = Caller::new(Source::AutoReconcile);
+                if let Err(e) = self
+                    .restart_locked(&rec.id, &caller, op.kind, Effects::default())
+                    .await
+                {
+                    tracing::warn!(runtime = %rec.id, error = %e, "could not finish an interrupted automatic restart");
+                }
+            }
         }
         Ok(ops.len())
     }
