@@ -84,7 +84,8 @@ async fn main() {
         s.ctx.store.record(Some(&rec), &op).await.unwrap();
     }
 
-    let client = Arc::new(OciRegistry::new(RegistryConfig::default()).unwrap());
+    let client =
+        Arc::new(OciRegistry::new(RegistryConfig::default(), s.ctx.clock.clone()).unwrap());
     let watcher = ImageWatcher::new(
         s.ctx.clone(),
         client.clone(),

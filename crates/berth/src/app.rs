@@ -57,6 +57,7 @@ pub async fn build_services(config: &Config) -> Result<Arc<Services>, BootError>
         crate::adapters::store::connect(config.database_url.as_deref().unwrap_or(""), &data_dir)
             .await?;
     let engine = DockerEngine::connect(config.docker_host.as_deref(), &config.owner).await?;
+    let clock = Arc::new(SystemClock);
     Ok(Services::new(Context {
         store,
         engine: Arc::new(engine),
@@ -66,8 +67,9 @@ pub async fn build_services(config: &Config) -> Result<Arc<Services>, BootError>
         ),
         registry: Arc::new(crate::adapters::registry::OciRegistry::new(
             registry_config(config),
+            clock.clone(),
         )?),
-        clock: Arc::new(SystemClock),
+        clock,
         metrics: Arc::new(Metrics::default()),
         settings: Settings {
             owner: config.owner.clone(),

@@ -14,7 +14,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use berth::adapters::registry::{Credential, OciRegistry, RegistryConfig, RequestCounts};
+use berth::fakes::FakeClock;
 use berth::ports::registry::{Registry, RegistryError};
+use berth::ports::{Clock, SystemClock};
 use berth_core::image::{digest_from_repo_digests, Digest, Repository};
 use serde_json::json;
 use sha2::{Digest as _, Sha256};
@@ -40,10 +42,17 @@ fn repo(text: &str) -> Repository {
 }
 
 fn client(timeout: Duration) -> OciRegistry {
-    OciRegistry::new(RegistryConfig {
-        timeout,
-        ..RegistryConfig::default()
-    })
+    client_with_clock(timeout, Arc::new(SystemClock))
+}
+
+fn client_with_clock(timeout: Duration, clock: Arc<dyn Clock>) -> OciRegistry {
+    OciRegistry::new(
+        RegistryConfig {
+            timeout,
+            ..RegistryConfig::default()
+        },
+        clock,
+    )
     .unwrap()
 }
 
@@ -334,24 +343,28 @@ async fn spawn_fake(mode: Mode) -> (Arc<Fake>, Repository) {
 
 fn with_alice(repo: &Repository, timeout: Duration) -> OciRegistry {
     let host = repo.as_str().split('/').next().unwrap().to_string();
-    OciRegistry::new(RegistryConfig {
-        credentials: HashMap::from([(
-            host,
-            Credential {
-                username: "alice".into(),
-                password: "s3cret".into(),
-            },
-        )]),
-        timeout,
-        ..RegistryConfig::default()
-    })
+    OciRegistry::new(
+        RegistryConfig {
+            credentials: HashMap::from([(
+                host,
+                Credential {
+                    username: "alice".into(),
+                    password: "s3cret".into(),
+                },
+            )]),
+            timeout,
+            ..RegistryConfig::default()
+        },
+        Arc::new(SystemClock),
+    )
     .unwrap()
 }
 
 #[tokio::test]
 async fn bearer_token_is_fetched_once_reused_and_renewed_after_expiry() {
     let (fake, repo) = spawn_fake(Mode::BearerAccessToken).await;
-    let reg = client(Duration::from_secs(5));
+    let clock = Arc::new(FakeClock::default());
+    let reg = client_with_clock(Duration::from_secs(5), clock.clone());
     let expected = sha256_digest(MANIFEST);
 
     // First call: 401 with the challenge, one token, the retry.
@@ -368,12 +381,18 @@ async fn bearer_token_is_fetched_once_reused_and_renewed_after_expiry() {
     assert_eq!(reg.request_count(), counts(4, 0, 1));
     assert_eq!(fake.manifest_hits(), 4);
 
-    // After expiry (2 s) a new token is fetched; the registry's challenge
-    // is known, so that happens before the request, without a 401.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // Still valid just before its end (2 s less a 10 % margin).
+    clock.advance(Duration::from_millis(1700));
+    assert_eq!(reg.resolve_tag(&repo, "v1").await.unwrap(), expected);
+    assert_eq!(fake.token_hits(), 1);
+    assert_eq!(reg.request_count(), counts(5, 0, 1));
+
+    // After expiry a new token is fetched; the registry's challenge is
+    // known, so that happens before the request, without a 401.
+    clock.advance(Duration::from_millis(800));
     assert_eq!(reg.resolve_tag(&repo, "v1").await.unwrap(), expected);
     assert_eq!(fake.token_hits(), 2);
-    assert_eq!(reg.request_count(), counts(5, 0, 2));
+    assert_eq!(reg.request_count(), counts(6, 0, 2));
     let requests = fake.manifest_requests.lock().unwrap();
     assert_eq!(requests.last().unwrap().2.as_deref(), Some("Bearer tok-2"));
 }
@@ -406,16 +425,19 @@ async fn bearer_token_field_and_basic_credentials_to_the_token_service() {
 async fn token_service_refusing_the_credentials_is_unauthorized() {
     let (fake, repo) = spawn_fake(Mode::BearerToken).await;
     let host = repo.as_str().split('/').next().unwrap().to_string();
-    let reg = OciRegistry::new(RegistryConfig {
-        credentials: HashMap::from([(
-            host,
-            Credential {
-                username: "alice".into(),
-                password: "wrong-password".into(),
-            },
-        )]),
-        ..RegistryConfig::default()
-    })
+    let reg = OciRegistry::new(
+        RegistryConfig {
+            credentials: HashMap::from([(
+                host,
+                Credential {
+                    username: "alice".into(),
+                    password: "wrong-password".into(),
+                },
+            )]),
+            ..RegistryConfig::default()
+        },
+        Arc::new(SystemClock),
+    )
     .unwrap();
     let err = reg.resolve_tag(&repo, "v1").await.unwrap_err();
     let RegistryError::Unauthorized(message) = &err else {
@@ -466,7 +488,8 @@ async fn missing_digest_header_falls_back_to_get_and_hash() {
 #[tokio::test]
 async fn rate_limit_is_reported_and_honoured_without_requests() {
     let (fake, repo) = spawn_fake(Mode::TooManyRequests).await;
-    let reg = client(Duration::from_secs(5));
+    let clock = Arc::new(FakeClock::default());
+    let reg = client_with_clock(Duration::from_secs(5), clock.clone());
     let err = reg.resolve_tag(&repo, "v1").await.unwrap_err();
     assert_eq!(
         err,
@@ -477,6 +500,7 @@ async fn rate_limit_is_reported_and_honoured_without_requests() {
     assert_eq!(fake.manifest_hits(), 1);
 
     // Until the 30 s are over, nothing goes to that registry.
+    clock.advance(Duration::from_secs(10));
     let err = reg.resolve_tag(&repo, "v2").await.unwrap_err();
     let RegistryError::RateLimited {
         retry_after: Some(wait),
@@ -484,7 +508,7 @@ async fn rate_limit_is_reported_and_honoured_without_requests() {
     else {
         panic!("expected RateLimited, got {err:?}");
     };
-    assert!(wait <= Duration::from_secs(30) && wait > Duration::from_secs(20));
+    assert!(wait <= Duration::from_secs(20) && wait > Duration::from_secs(19));
     let any = sha256_digest(MANIFEST);
     assert!(matches!(
         reg.has_digest(&repo, &any).await,
@@ -492,6 +516,14 @@ async fn rate_limit_is_reported_and_honoured_without_requests() {
     ));
     assert_eq!(fake.manifest_hits(), 1);
     assert_eq!(reg.request_count(), counts(1, 0, 0));
+
+    // Once they are, requests go out again.
+    clock.advance(Duration::from_secs(21));
+    assert!(matches!(
+        reg.resolve_tag(&repo, "v1").await,
+        Err(RegistryError::RateLimited { .. })
+    ));
+    assert_eq!(fake.manifest_hits(), 2);
 }
 
 #[tokio::test]

@@ -14,7 +14,9 @@
 //!
 //! Every call has a deadline. Connection errors and timeouts are
 //! `BusError::Unavailable` naming the server as `host:port` only (the URL
-//! may carry a password); errors Redis answers with are `Rejected`.
+//! may carry a password); errors Redis answers with are typed by their
+//! error code (`NOGROUP` → `NoGroup`, `WRONGTYPE` → `WrongType`), any other
+//! is `Rejected`.
 
 use std::future::Future;
 use std::sync::{Mutex, PoisonError};
@@ -310,10 +312,13 @@ fn is_unavailable(e: &RedisError) -> bool {
 
 fn map_error(addr: &str, e: RedisError) -> BusError {
     if is_unavailable(&e) {
-        BusError::Unavailable(format!("{addr}: {e}"))
-    } else {
-        // Starts with the Redis error code (e.g. `BUSYGROUP`, `NOGROUP`).
-        BusError::Rejected(e.to_string())
+        return BusError::Unavailable(format!("{addr}: {e}"));
+    }
+    // The code is the first word of Redis's error reply.
+    match e.code() {
+        Some("NOGROUP") => BusError::NoGroup(e.to_string()),
+        Some("WRONGTYPE") => BusError::WrongType(e.to_string()),
+        _ => BusError::Rejected(e.to_string()),
     }
 }
 

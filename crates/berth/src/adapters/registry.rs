@@ -5,8 +5,8 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use berth_core::image::{validate_tag, Digest, Repository};
@@ -16,6 +16,7 @@ use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 
 use crate::ports::registry::{Registry, RegistryError};
+use crate::ports::Clock;
 
 /// Every manifest kind a tag may point at: multi-platform indexes first, so
 /// the registry answers with the digest Docker itself records.
@@ -99,7 +100,8 @@ enum KnownAuth {
 
 struct CachedToken {
     token: String,
-    valid_until: Instant,
+    /// Clock time (ms since the epoch).
+    valid_until_ms: i64,
 }
 
 #[derive(Default)]
@@ -109,12 +111,15 @@ struct State {
     scopes: HashMap<(String, String), String>,
     /// (registry, scope) → token.
     tokens: HashMap<(String, String), CachedToken>,
-    rate_limited_until: HashMap<String, Instant>,
+    /// registry → clock time (ms since the epoch) the rate limit ends.
+    rate_limited_until_ms: HashMap<String, i64>,
 }
 
 pub struct OciRegistry {
     client: Client,
     config: RegistryConfig,
+    /// Token lifetimes and rate limits are measured on it.
+    clock: Arc<dyn Clock>,
     counters: Counters,
     state: Mutex<State>,
 }
@@ -142,7 +147,10 @@ enum Auth {
 }
 
 impl OciRegistry {
-    pub fn new(config: RegistryConfig) -> Result<OciRegistry, RegistryError> {
+    pub fn new(
+        config: RegistryConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<OciRegistry, RegistryError> {
         let client = Client::builder()
             .timeout(config.timeout)
             .connect_timeout(config.timeout)
@@ -154,6 +162,7 @@ impl OciRegistry {
         Ok(OciRegistry {
             client,
             config,
+            clock,
             counters: Counters::default(),
             state: Mutex::new(State::default()),
         })
@@ -237,14 +246,14 @@ impl OciRegistry {
 
     fn check_rate_limit(&self, t: &Target) -> Result<(), RegistryError> {
         let mut state = self.state();
-        if let Some(until) = state.rate_limited_until.get(&t.registry).copied() {
-            let now = Instant::now();
-            if until > now {
+        if let Some(until_ms) = state.rate_limited_until_ms.get(&t.registry).copied() {
+            let now_ms = self.clock.now_ms();
+            if until_ms > now_ms {
                 return Err(RegistryError::RateLimited {
-                    retry_after: Some(until - now),
+                    retry_after: Some(ms_duration(until_ms - now_ms)),
                 });
             }
-            state.rate_limited_until.remove(&t.registry);
+            state.rate_limited_until_ms.remove(&t.registry);
         }
         Ok(())
     }
@@ -263,9 +272,10 @@ impl OciRegistry {
         match retry_after {
             Some(wait) => {
                 tracing::warn!(registry = %t.registry, retry_after_secs = wait.as_secs(), "registry rate limit hit; no requests to it until then");
+                let until_ms = self.clock.now_ms().saturating_add(duration_ms(wait));
                 self.state()
-                    .rate_limited_until
-                    .insert(t.registry.clone(), Instant::now() + wait);
+                    .rate_limited_until_ms
+                    .insert(t.registry.clone(), until_ms);
             }
             None => {
                 tracing::warn!(registry = %t.registry, "registry rate limit hit");
@@ -309,7 +319,7 @@ impl OciRegistry {
         let cached = state
             .tokens
             .get(&(registry.to_string(), scope.to_string()))?;
-        (cached.valid_until > Instant::now()).then(|| cached.token.clone())
+        (cached.valid_until_ms > self.clock.now_ms()).then(|| cached.token.clone())
     }
 
     async fn fetch_token(
@@ -420,7 +430,10 @@ impl OciRegistry {
             (t.registry.clone(), scope.to_string()),
             CachedToken {
                 token: token.clone(),
-                valid_until: Instant::now() + lifetime - margin,
+                valid_until_ms: self
+                    .clock
+                    .now_ms()
+                    .saturating_add(duration_ms(lifetime - margin)),
             },
         );
         Ok(token)
@@ -656,6 +669,14 @@ impl Registry for OciRegistry {
     }
 }
 
+fn duration_ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn ms_duration(ms: i64) -> Duration {
+    Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+}
+
 enum BodyError {
     TooLarge,
     Transport(reqwest::Error),
@@ -842,10 +863,13 @@ mod tests {
 
     #[test]
     fn targets() {
-        let reg = OciRegistry::new(RegistryConfig {
-            insecure: vec!["reg.internal:5000".into(), "plain.example".into()],
-            ..RegistryConfig::default()
-        })
+        let reg = OciRegistry::new(
+            RegistryConfig {
+                insecure: vec!["reg.internal:5000".into(), "plain.example".into()],
+                ..RegistryConfig::default()
+            },
+            Arc::new(crate::ports::SystemClock),
+        )
         .unwrap();
         let t = |s: &str| {
             let t = reg.target(&Repository::parse(s).unwrap());

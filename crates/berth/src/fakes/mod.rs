@@ -5,6 +5,10 @@
 //! thing. Fakes can also be told to fail, so that tests can inject faults
 //! and crashes at any step of a flow.
 
+pub mod bus;
 pub mod clock;
+pub mod registry;
 
+pub use bus::FakeBus;
 pub use clock::FakeClock;
+pub use registry::FakeRegistry;

@@ -10,6 +10,13 @@ pub enum BusError {
     /// Redis cannot be reached, or did not answer in time.
     #[error("Redis is unavailable: {0}")]
     Unavailable(String),
+    /// The stream or its consumer group does not exist (`NOGROUP`), e.g.
+    /// after Redis restarted without persistence: create the group again.
+    #[error("no such stream or consumer group: {0}")]
+    NoGroup(String),
+    /// The key holds something other than a stream (`WRONGTYPE`).
+    #[error("the key is not a stream: {0}")]
+    WrongType(String),
     #[error("Redis refused the command: {0}")]
     Rejected(String),
 }
@@ -40,7 +47,8 @@ pub trait Bus: Send + Sync + 'static {
     async fn ensure_group(&self, stream: &str, group: &str) -> Result<(), BusError>;
 
     /// `XREADGROUP GROUP group consumer COUNT count BLOCK block STREAMS … >`:
-    /// new entries for this consumer, waiting up to `block` for some.
+    /// new entries for this consumer, waiting up to `block` for some (a zero
+    /// block does not wait). `NoGroup` when a stream or its group is missing.
     async fn read_group(
         &self,
         streams: &[&str],
@@ -52,6 +60,7 @@ pub trait Bus: Send + Sync + 'static {
 
     /// `XAUTOCLAIM stream group consumer min_idle 0-0 COUNT count`: takes
     /// over entries other (dead) consumers left pending for `min_idle`.
+    /// `NoGroup` when the stream or the group is missing.
     async fn claim_stale(
         &self,
         stream: &str,

@@ -136,7 +136,7 @@ impl JobConsumer {
                         .await;
                 }
                 Err(e) => {
-                    if matches!(&e, BusError::Rejected(m) if m.starts_with("NOGROUP")) {
+                    if matches!(e, BusError::NoGroup(_)) {
                         // Redis lost its data (restart without persistence).
                         groups_ready = false;
                     }
