@@ -18,4 +18,4 @@ pub mod runtime;
 pub mod status;
 pub mod template;
 
-pub use error::{ErrorCode, ValidationError};
+pub use error::{ErrorCode, ParseStateError, ValidationError};

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use berth_core::operation::Source;
-use berth_core::rollout::{next_step, RolloutState, Step, TargetState};
+use berth_core::rollout::{next_step, steer, RolloutState, RolloutTransition, Step, TargetState};
 use berth_core::status::RuntimeStatus;
 use berth_core::ErrorCode;
 use futures_util::StreamExt;
@@ -23,6 +23,11 @@ use crate::ports::RuntimeFilter;
 
 /// A target's new state and, when it failed, why.
 type TargetOutcome = (TargetState, Option<String>);
+
+/// A stored rollout or target state that does not decode.
+fn corrupt(id: &str, e: berth_core::ParseStateError) -> Error {
+    Error::new(ErrorCode::Internal, format!("rollout {id:?}: stored {e}"))
+}
 
 pub struct RolloutService {
     ctx: Arc<Context>,
@@ -166,16 +171,15 @@ impl RolloutService {
                 return Ok(());
             }
             let (mut row, mut targets) = self.get(id).await?;
-            let state = RolloutState::parse(&row.state).unwrap_or(RolloutState::Aborted);
+            let state = RolloutState::parse(&row.state).map_err(|e| corrupt(id, e))?;
             let view: Vec<(String, TargetState)> = targets
                 .iter()
                 .map(|t| {
-                    (
-                        t.runtime_id.clone(),
-                        TargetState::parse(&t.state).unwrap_or(TargetState::Skipped),
-                    )
+                    TargetState::parse(&t.state)
+                        .map(|s| (t.runtime_id.clone(), s))
+                        .map_err(|e| corrupt(id, e))
                 })
-                .collect();
+                .collect::<Result<_>>()?;
             match next_step(state, row.batch_size, row.max_failures, &view) {
                 Step::Idle => return Ok(()),
                 Step::Complete => {
@@ -333,28 +337,17 @@ impl RolloutService {
     /// Sets a running or paused rollout's state (pause, resume, abort).
     pub async fn set_state(self: &Arc<Self>, id: &str, to: RolloutState) -> Result<RolloutRow> {
         let (mut row, _) = self.get(id).await?;
-        let from = RolloutState::parse(&row.state).unwrap_or(RolloutState::Aborted);
-        let allowed = matches!(
-            (from, to),
-            (RolloutState::Running, RolloutState::Paused)
-                | (RolloutState::Paused, RolloutState::Running)
-                | (
-                    RolloutState::Running | RolloutState::Paused,
-                    RolloutState::Aborted
-                )
-                | (RolloutState::Halted, RolloutState::Running)
-        );
-        if !allowed {
-            return Err(Error::new(
+        let from = RolloutState::parse(&row.state).map_err(|e| corrupt(id, e))?;
+        let transition = steer(from, to).map_err(|refusal| {
+            Error::new(
                 ErrorCode::Conflict,
                 format!(
                     "rollout {id:?} is {}; it cannot become {}",
-                    row.state,
-                    to.as_str()
+                    refusal.from, refusal.requested
                 ),
-            ));
-        }
-        if from == RolloutState::Halted {
+            )
+        })?;
+        if transition == RolloutTransition::ResumeHalted {
             // An operator resumes a halted rollout: the digest is no longer
             // rejected, failed runtimes are tried again, and a pin the halt
             // reverted points at the rollout's target again (recreates
@@ -378,10 +371,10 @@ impl RolloutService {
                     .await?;
             }
         }
-        row.state = to.as_str().to_string();
+        row.state = transition.to().as_str().to_string();
         row.updated_at_ms = self.ctx.now_ms();
         let (_, targets) = self.get(id).await?;
-        let retried: Vec<RolloutTarget> = if from == RolloutState::Halted {
+        let retried: Vec<RolloutTarget> = if transition == RolloutTransition::ResumeHalted {
             targets
                 .into_iter()
                 .filter(|t| t.state == TargetState::Failed.as_str())
@@ -398,7 +391,7 @@ impl RolloutService {
             .store
             .save_rollout(&row, &retried, &Change::default())
             .await?;
-        if to == RolloutState::Running {
+        if transition.to() == RolloutState::Running {
             self.spawn(row.id.clone());
         }
         Ok(row)
