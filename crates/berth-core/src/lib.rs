@@ -8,6 +8,7 @@ pub mod container;
 pub mod duration;
 pub mod error;
 pub mod event;
+pub mod health_gate;
 pub mod id;
 pub mod image;
 pub mod operation;
