@@ -13,8 +13,8 @@ use berth_core::event::HealthEventType;
 use berth_core::image::{digest_from_repo_digests, Repository};
 use berth_core::operation::{OperationKind, Source};
 use berth_core::reconcile::{
-    plan, Action, ObservedContainer, PlanInput, ReportReason, RestartBackoff, RestartState,
-    TemplatePolicy,
+    plan, resets_restart_budget, Action, ObservedContainer, PlanInput, ReportReason,
+    RestartBackoff, RestartState, TemplatePolicy,
 };
 use berth_core::runtime::RuntimeRecord;
 use berth_core::status::{next_status, LifecycleEvent, RuntimeStatus};
@@ -50,10 +50,6 @@ pub struct Reconciler {
     pub backoff: RestartBackoff,
     last_run_ms: AtomicI64,
 }
-
-/// A runtime that ran this long since its last automatic restart counts as
-/// healthy again: its restart budget is reset.
-const RESTART_RESET_MS: i64 = 60_000;
 
 impl Reconciler {
     pub fn new(ctx: Arc<Context>, runtimes: Arc<LifecycleService>) -> Self {
@@ -134,10 +130,8 @@ impl Reconciler {
             // Runtimes that have run for a while earn their restart budget back.
             let mut map = self.restarts.lock().unwrap_or_else(|p| p.into_inner());
             map.retain(|id, state| {
-                records.iter().find(|r| &r.id == id).is_some_and(|r| {
-                    !(r.status == RuntimeStatus::Running
-                        && now - state.last_attempt_ms > RESTART_RESET_MS)
-                })
+                let status = records.iter().find(|r| &r.id == id).map(|r| r.status);
+                !resets_restart_budget(state, status, &self.backoff, now)
             });
         }
         let in_flight = self.runtimes.busy_ids();
