@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use berth_core::container::engine_endpoint;
 use berth_core::event::HealthEventType;
-use berth_core::image::{digest_from_repo_digests, Repository};
+use berth_core::image::{digest_from_repo_digests, Reference};
 use berth_core::operation::{OperationKind, Source};
 use berth_core::reconcile::{
     plan, resets_restart_budget, Action, ObservedContainer, PlanInput, ReportReason,
@@ -302,12 +302,10 @@ impl Reconciler {
                 let digest = match ctx.engine.inspect_image(&info.image_id).await {
                     Ok(Some(image)) => image_ref
                         .as_deref()
-                        .and_then(|r| r.split('@').next())
-                        .map(strip_tag)
-                        .and_then(|r| Repository::parse(r).ok())
-                        .and_then(|repo| {
+                        .and_then(|r| Reference::parse(r).ok())
+                        .and_then(|r| {
                             digest_from_repo_digests(
-                                &repo,
+                                &r.repository,
                                 image.repo_digests.iter().map(String::as_str),
                             )
                         })
@@ -471,25 +469,5 @@ impl Reconciler {
             ],
         ));
         Ok(effects)
-    }
-}
-
-/// `repo:tag` → `repo` (a port in the registry host is not a tag).
-fn strip_tag(reference: &str) -> &str {
-    match reference.rsplit_once(':') {
-        Some((repo, tag)) if !tag.contains('/') => repo,
-        _ => reference,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::strip_tag;
-
-    #[test]
-    fn strips_tags_not_ports() {
-        assert_eq!(strip_tag("127.0.0.1:5000/a/b:v1"), "127.0.0.1:5000/a/b");
-        assert_eq!(strip_tag("127.0.0.1:5000/a/b"), "127.0.0.1:5000/a/b");
-        assert_eq!(strip_tag("busybox:latest"), "busybox");
     }
 }
