@@ -90,3 +90,14 @@ impl ValidationError {
         Self::new(ErrorCode::InvalidRequest, message)
     }
 }
+
+/// A stored state that is not one of its enum's names: the row is corrupt
+/// or was written by a newer berth. Never decoded into a default.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{what} {value:?} is not one of {}", expected.join(", "))]
+pub struct ParseStateError {
+    /// What was being decoded, e.g. "rollout state".
+    pub what: &'static str,
+    pub value: String,
+    pub expected: &'static [&'static str],
+}

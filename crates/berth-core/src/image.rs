@@ -101,51 +101,79 @@ fn is_domain(d: &str) -> bool {
     host_ok && port_ok
 }
 
+/// `name` split into its registry domain, when its first component is one,
+/// and the path. The first component is a domain when it looks like one (has
+/// a '.' or a ':' or is "localhost"), as Docker decides it.
+fn split_domain(name: &str) -> (Option<&str>, &str) {
+    match name.split_once('/') {
+        Some((first, rest))
+            if first.contains('.') || first.contains(':') || first == "localhost" =>
+        {
+            (Some(first), rest)
+        }
+        _ => (None, name),
+    }
+}
+
+/// Checks a repository name; errors name `whole`, the text the caller gave.
+fn check_repository(name: &str, whole: &str) -> Result<(), ValidationError> {
+    if name.is_empty() {
+        return Err(invalid_ref(whole, "the repository must not be empty"));
+    }
+    if name.len() > 255 {
+        return Err(invalid_ref(
+            whole,
+            "the repository is longer than 255 characters",
+        ));
+    }
+    let (domain, path) = split_domain(name);
+    if domain.is_some_and(|d| !is_domain(d)) {
+        return Err(invalid_ref(whole, "the registry host is malformed"));
+    }
+    if !path.split('/').all(is_path_component) {
+        return Err(invalid_ref(
+            whole,
+            "each path component must be lowercase letters and digits, separated by '.', '_' or '-'",
+        ));
+    }
+    Ok(())
+}
+
 impl Repository {
     pub fn parse(text: &str) -> Result<Self, ValidationError> {
-        if text.is_empty() {
-            return Err(invalid_ref(text, "it must not be empty"));
-        }
-        if text.len() > 255 {
-            return Err(invalid_ref(text, "it is longer than 255 characters"));
-        }
         if text.contains('@') {
             return Err(invalid_ref(
                 text,
                 "give the repository only; pin a digest with the pin endpoint",
             ));
         }
-        let mut parts: Vec<&str> = text.split('/').collect();
-        // The first part is a registry domain when it looks like one
-        // (has a '.' or a ':' or is "localhost"), as Docker decides it.
-        if parts.len() > 1 {
-            let first = parts[0];
-            if first.contains('.') || first.contains(':') || first == "localhost" {
-                if !is_domain(first) {
-                    return Err(invalid_ref(text, "the registry host is malformed"));
-                }
-                parts.remove(0);
-            }
-        }
-        if let Some(last) = parts.last() {
-            if last.contains(':') {
-                return Err(invalid_ref(
-                    text,
-                    "give the repository without a tag; the tag goes in the \"tag\" field",
-                ));
-            }
-        }
-        if !parts.iter().all(|c| is_path_component(c)) {
+        let (_, path) = split_domain(text);
+        if path
+            .rsplit('/')
+            .next()
+            .is_some_and(|last| last.contains(':'))
+        {
             return Err(invalid_ref(
                 text,
-                "each path component must be lowercase letters and digits, separated by '.', '_' or '-'",
+                "give the repository without a tag; the tag goes in the \"tag\" field",
             ));
         }
+        check_repository(text, text)?;
         Ok(Repository(text.to_string()))
     }
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// The registry host (and port), when the name starts with one.
+    pub fn domain(&self) -> Option<&str> {
+        split_domain(&self.0).0
+    }
+
+    /// The name without its registry host.
+    pub fn path(&self) -> &str {
+        split_domain(&self.0).1
     }
 
     /// The repository as Docker writes it in `RepoDigests`: Docker Hub's
@@ -192,6 +220,85 @@ pub fn validate_tag(tag: &str) -> Result<(), ValidationError> {
             ErrorCode::InvalidImageRef,
             format!("tag {tag:?} is invalid: use up to 128 letters, digits, '_', '.' and '-'"),
         ))
+    }
+}
+
+/// A whole image reference as Docker reads it:
+/// `[host[:port]/]path[:tag][@sha256:…]`. A ':' is a tag separator only
+/// after the last '/', so `127.0.0.1:55000/repo` has no tag.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Reference {
+    pub repository: Repository,
+    pub tag: Option<String>,
+    pub digest: Option<Digest>,
+}
+
+impl Reference {
+    pub fn parse(text: &str) -> Result<Self, ValidationError> {
+        if text.is_empty() {
+            return Err(invalid_ref(text, "it must not be empty"));
+        }
+        let (name, digest) = match text.split_once('@') {
+            Some((name, digest)) => {
+                let digest = Digest::parse(digest).map_err(|_| {
+                    invalid_ref(
+                        text,
+                        "the digest must be \"sha256:\" and 64 lowercase hex digits",
+                    )
+                })?;
+                (name, Some(digest))
+            }
+            None => (text, None),
+        };
+        let after_slash = name.rfind('/').map_or(0, |i| i + 1);
+        let (repo, tag) = match name[after_slash..].rfind(':') {
+            Some(i) => {
+                let colon = after_slash + i;
+                (&name[..colon], Some(&name[colon + 1..]))
+            }
+            None => (name, None),
+        };
+        if let Some(tag) = tag {
+            validate_tag(tag).map_err(|_| {
+                invalid_ref(
+                    text,
+                    "the tag must be up to 128 letters, digits, '_', '.' and '-', not starting with '.' or '-'",
+                )
+            })?;
+        }
+        check_repository(repo, text)?;
+        Ok(Reference {
+            repository: Repository(repo.to_string()),
+            tag: tag.map(str::to_string),
+            digest,
+        })
+    }
+
+    /// The reference to pull: with neither tag nor digest Docker would pull
+    /// every tag of the repository, so `latest` is added, as the docker CLI
+    /// does.
+    pub fn pullable(self) -> Reference {
+        if self.tag.is_none() && self.digest.is_none() {
+            Reference {
+                tag: Some(crate::template::DEFAULT_TAG.to_string()),
+                ..self
+            }
+        } else {
+            self
+        }
+    }
+}
+
+impl fmt::Display for Reference {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.repository.as_str())?;
+        if let Some(tag) = &self.tag {
+            write!(f, ":{tag}")?;
+        }
+        if let Some(digest) = &self.digest {
+            write!(f, "@{digest}")?;
+        }
+        Ok(())
     }
 }
 
@@ -266,13 +373,15 @@ pub fn digest_from_repo_digests<'a>(
     let wanted = repo.docker_short_name();
     let mut fallback = None;
     for entry in repo_digests {
-        let Some((name, digest)) = entry.rsplit_once('@') else {
+        let Ok(Reference {
+            repository,
+            digest: Some(digest),
+            ..
+        }) = Reference::parse(entry)
+        else {
             continue;
         };
-        let Ok(digest) = Digest::parse(digest) else {
-            continue;
-        };
-        if name == wanted || name == repo.as_str() {
+        if repository.as_str() == wanted || repository == *repo {
             return Some(digest);
         }
         fallback.get_or_insert(digest);
@@ -283,6 +392,7 @@ pub fn digest_from_repo_digests<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     const D: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
@@ -328,6 +438,149 @@ mod tests {
         ] {
             let e = Repository::parse(bad).unwrap_err();
             assert_eq!(e.code, ErrorCode::InvalidImageRef, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn repository_domain_and_path() {
+        let cases = [
+            ("busybox", None, "busybox"),
+            ("acme/engine", None, "acme/engine"),
+            (
+                "127.0.0.1:55000/berth-test/app",
+                Some("127.0.0.1:55000"),
+                "berth-test/app",
+            ),
+            ("localhost/x", Some("localhost"), "x"),
+            ("r.example/a/b", Some("r.example"), "a/b"),
+        ];
+        for (text, domain, path) in cases {
+            let r = Repository::parse(text).unwrap();
+            assert_eq!((r.domain(), r.path()), (domain, path), "{text}");
+        }
+    }
+
+    fn reference(repo: &str, tag: Option<&str>, digest: Option<&str>) -> Reference {
+        Reference {
+            repository: Repository::parse(repo).unwrap(),
+            tag: tag.map(str::to_string),
+            digest: digest.map(|d| Digest::parse(d).unwrap()),
+        }
+    }
+
+    #[test]
+    fn references() {
+        let cases = [
+            ("busybox", reference("busybox", None, None)),
+            ("busybox:latest", reference("busybox", Some("latest"), None)),
+            // A port in the registry host is not a tag.
+            (
+                "127.0.0.1:55000/a/b",
+                reference("127.0.0.1:55000/a/b", None, None),
+            ),
+            (
+                "127.0.0.1:55000/a/b:v1",
+                reference("127.0.0.1:55000/a/b", Some("v1"), None),
+            ),
+            (
+                &format!("127.0.0.1:55000/a/b@{D}"),
+                reference("127.0.0.1:55000/a/b", None, Some(D)),
+            ),
+            (
+                &format!("r.example/a:v1.2-rc_1@{D}"),
+                reference("r.example/a", Some("v1.2-rc_1"), Some(D)),
+            ),
+            ("localhost/x:V2", reference("localhost/x", Some("V2"), None)),
+            // No '/': a ':' is a tag, as Docker reads it.
+            ("localhost:5000", reference("localhost", Some("5000"), None)),
+        ];
+        for (text, want) in cases {
+            let got = Reference::parse(text).unwrap();
+            assert_eq!(got, want, "{text}");
+            assert_eq!(got.to_string(), text);
+        }
+        for bad in [
+            "",
+            "Busybox",
+            "acme/Engine:v1",
+            "busybox:",
+            "busybox:-x",
+            "busybox:.x",
+            "busybox@",
+            "busybox@sha256:00",
+            &format!("busybox@{}", D.to_uppercase()),
+            &format!("busybox@{D}@{D}"),
+            &format!("busybox:v1:v2@{D}"),
+            ":v1",
+            "@sha256:00",
+            "/x:v1",
+            "x//y",
+            "bad host:port/x",
+            "127.0.0.1:port/x",
+            &format!("busybox:{}", "x".repeat(129)),
+            &format!("{}:v1", "a".repeat(256)),
+        ] {
+            let e = Reference::parse(bad).unwrap_err();
+            assert_eq!(e.code, ErrorCode::InvalidImageRef, "{bad:?}");
+            assert!(
+                e.message.contains(&format!("{bad:?}")),
+                "{bad:?}: {}",
+                e.message
+            );
+        }
+    }
+
+    #[test]
+    fn pulls_name_a_tag_or_digest() {
+        let pull = |text: &str| Reference::parse(text).unwrap().pullable().to_string();
+        assert_eq!(pull("127.0.0.1:55000/a/b:v1"), "127.0.0.1:55000/a/b:v1");
+        assert_eq!(pull("127.0.0.1:55000/a/b"), "127.0.0.1:55000/a/b:latest");
+        let pinned = format!("127.0.0.1:55000/a/b@{D}");
+        assert_eq!(pull(&pinned), pinned);
+        assert_eq!(pull("busybox"), "busybox:latest");
+    }
+
+    fn component() -> impl Strategy<Value = String> {
+        "[a-z0-9]{1,6}([._-][a-z0-9]{1,4})?"
+    }
+
+    fn any_reference() -> impl Strategy<Value = Reference> {
+        let domain = proptest::option::of(prop_oneof![
+            Just("localhost".to_string()),
+            "[a-z0-9]{1,8}\\.[a-z]{2,4}",
+            "[a-z0-9]{1,8}\\.[a-z]{2,4}:[0-9]{1,5}",
+            "127\\.0\\.0\\.1:[0-9]{1,5}",
+            "localhost:[0-9]{1,5}",
+        ]);
+        let path = proptest::collection::vec(component(), 1..4);
+        let tag = proptest::option::of("[A-Za-z0-9_][A-Za-z0-9_.-]{0,16}");
+        let digest = proptest::option::of("[0-9a-f]{64}");
+        (domain, path, tag, digest).prop_map(|(domain, path, tag, digest)| {
+            let mut name = path.join("/");
+            if let Some(d) = domain {
+                name = format!("{d}/{name}");
+            }
+            Reference {
+                repository: Repository(name),
+                tag,
+                digest: digest.map(|hex| Digest(format!("sha256:{hex}"))),
+            }
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn references_round_trip(r in any_reference()) {
+            prop_assert_eq!(Reference::parse(&r.to_string()), Ok(r.clone()));
+            prop_assert!(Repository::parse(r.repository.as_str()).is_ok());
+        }
+
+        /// Any text either fails or is the reference it formats back to.
+        #[test]
+        fn parsing_is_exact(text in "[a-zA-Z0-9:@/._-]{0,40}") {
+            if let Ok(r) = Reference::parse(&text) {
+                prop_assert_eq!(r.to_string(), text);
+            }
         }
     }
 

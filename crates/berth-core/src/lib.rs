@@ -8,6 +8,7 @@ pub mod container;
 pub mod duration;
 pub mod error;
 pub mod event;
+pub mod health_gate;
 pub mod id;
 pub mod image;
 pub mod operation;
@@ -18,4 +19,4 @@ pub mod runtime;
 pub mod status;
 pub mod template;
 
-pub use error::{ErrorCode, ValidationError};
+pub use error::{ErrorCode, ParseStateError, ValidationError};

@@ -53,6 +53,9 @@ pub struct RestartBackoff {
     pub max_ms: i64,
     /// Automatic restarts allowed before berth gives up and reports.
     pub limit: u32,
+    /// A runtime running longer than this since its last automatic restart
+    /// counts as healthy again: its restart budget is reset.
+    pub reset_after_ms: i64,
 }
 
 impl Default for RestartBackoff {
@@ -61,6 +64,7 @@ impl Default for RestartBackoff {
             base_ms: 1_000,
             max_ms: 60_000,
             limit: 5,
+            reset_after_ms: 60_000,
         }
     }
 }
@@ -70,6 +74,24 @@ impl RestartBackoff {
     pub fn delay_ms(&self, attempt: u32) -> i64 {
         let factor = 1_i64.checked_shl(attempt.min(30)).unwrap_or(i64::MAX);
         self.base_ms.saturating_mul(factor).min(self.max_ms)
+    }
+}
+
+/// Whether a runtime's restart budget is reset (its [`RestartState`]
+/// dropped) before a pass: its record is gone (`status` is `None`) or
+/// removed, or it is running and has been for longer than `reset_after_ms`
+/// since berth last restarted it. A runtime that is down keeps its count,
+/// so a crash loop reaches the limit.
+pub fn resets_restart_budget(
+    state: &RestartState,
+    status: Option<RuntimeStatus>,
+    backoff: &RestartBackoff,
+    now_ms: i64,
+) -> bool {
+    match status {
+        None | Some(RuntimeStatus::Removed) => true,
+        Some(RuntimeStatus::Running) => now_ms - state.last_attempt_ms > backoff.reset_after_ms,
+        Some(_) => false,
     }
 }
 
@@ -570,6 +592,49 @@ mod tests {
             })
             .collect();
         assert_eq!(restarts, [("onfail-bad", 1)]);
+    }
+
+    #[test]
+    fn restart_budget_reset_table() {
+        use RuntimeStatus::*;
+        let backoff = RestartBackoff::default();
+        let state = RestartState {
+            attempts: 5,
+            last_attempt_ms: NOW - 60_000,
+            limit_reported: true,
+        };
+        let cases = [
+            // Record gone or removed: forgotten.
+            (None, NOW, true),
+            (Some(Removed), NOW, true),
+            // Running: reset only after more than `reset_after_ms`.
+            (Some(Running), NOW, false),
+            (Some(Running), NOW + 1, true),
+            (Some(Running), NOW - 30_000, false),
+            // Down or busy: the count stays, so a crash loop hits the limit.
+            (Some(Exited), NOW + 1_000_000, false),
+            (Some(Failed), NOW + 1_000_000, false),
+            (Some(Stopped), NOW + 1_000_000, false),
+            (Some(Starting), NOW + 1_000_000, false),
+            (Some(Stopping), NOW + 1_000_000, false),
+        ];
+        for (status, now, want) in cases {
+            assert_eq!(
+                resets_restart_budget(&state, status, &backoff, now),
+                want,
+                "{status:?} at {now}"
+            );
+        }
+        let short = RestartBackoff {
+            reset_after_ms: 10,
+            ..backoff
+        };
+        assert!(resets_restart_budget(
+            &state,
+            Some(Running),
+            &short,
+            state.last_attempt_ms + 11
+        ));
     }
 
     #[test]

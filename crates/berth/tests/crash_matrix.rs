@@ -159,8 +159,19 @@ async fn assert_one_container_each(w: &World, s: &Services, case: &str) {
             .iter()
             .filter(|c| c.labels.get("io.berth.runtime_id") == Some(&rec.id))
             .collect();
-        assert_eq!(mine.len(), 1, "{case}: {} has {} containers", rec.id, mine.len());
-        assert_eq!(Some(&mine[0].id), rec.container_id.as_ref(), "{case}: {} recorded", rec.id);
+        assert_eq!(
+            mine.len(),
+            1,
+            "{case}: {} has {} containers",
+            rec.id,
+            mine.len()
+        );
+        assert_eq!(
+            Some(&mine[0].id),
+            rec.container_id.as_ref(),
+            "{case}: {} recorded",
+            rec.id
+        );
         assert!(mine[0].running, "{case}: {} runs", rec.id);
     }
 }
@@ -212,16 +223,34 @@ async fn watcher_track_converges_after_a_crash_at_every_commit() {
 
         let pin = s.ctx.store.get_pin("trk").await.unwrap().expect("pinned");
         assert_eq!(pin.digest, digest(2), "{case}");
-        for rec in s.ctx.store.list_runtimes(&Default::default()).await.unwrap() {
+        for rec in s
+            .ctx
+            .store
+            .list_runtimes(&Default::default())
+            .await
+            .unwrap()
+        {
             assert_eq!(rec.status, RuntimeStatus::Running, "{case}: {}", rec.id);
-            assert_eq!(rec.image_digest.as_deref(), Some(digest(2).as_str()), "{case}: {}", rec.id);
+            assert_eq!(
+                rec.image_digest.as_deref(),
+                Some(digest(2).as_str()),
+                "{case}: {}",
+                rec.id
+            );
         }
         assert_one_container_each(&w, &s, &case).await;
         let rollouts = s.ctx.store.list_rollouts(Some("trk"), 10).await.unwrap();
-        assert_eq!(rollouts.len(), 1, "{case}: one rollout, never two: {rollouts:?}");
+        assert_eq!(
+            rollouts.len(),
+            1,
+            "{case}: one rollout, never two: {rollouts:?}"
+        );
         assert_eq!(rollouts[0].state, RolloutState::Completed, "{case}");
         let history = s.ctx.store.pin_history("trk", 10).await.unwrap();
-        let promotes = history.iter().filter(|h| h.digest.as_ref() == Some(&digest(2))).count();
+        let promotes = history
+            .iter()
+            .filter(|h| h.digest.as_ref() == Some(&digest(2)))
+            .count();
         assert_eq!(promotes, 1, "{case}: promoted once: {history:?}");
         let obs = s.ctx.store.get_observation("trk").await.unwrap().unwrap();
         assert_eq!(obs.digest, digest(2).as_str(), "{case}");
@@ -256,12 +285,27 @@ async fn rollout_halt_converges_after_a_crash_at_every_commit() {
         let pin = s.ctx.store.get_pin("trk").await.unwrap().expect("pinned");
         assert_eq!(pin.digest, digest(1), "{case}: the pin is back");
         assert!(
-            s.ctx.store.is_rejected("trk", digest(2).as_str()).await.unwrap(),
+            s.ctx
+                .store
+                .is_rejected("trk", digest(2).as_str())
+                .await
+                .unwrap(),
             "{case}: the bad digest is refused"
         );
-        for rec in s.ctx.store.list_runtimes(&Default::default()).await.unwrap() {
+        for rec in s
+            .ctx
+            .store
+            .list_runtimes(&Default::default())
+            .await
+            .unwrap()
+        {
             assert_eq!(rec.status, RuntimeStatus::Running, "{case}: {}", rec.id);
-            assert_eq!(rec.image_digest.as_deref(), Some(digest(1).as_str()), "{case}: {}", rec.id);
+            assert_eq!(
+                rec.image_digest.as_deref(),
+                Some(digest(1).as_str()),
+                "{case}: {}",
+                rec.id
+            );
         }
         assert_one_container_each(&w, &s, &case).await;
         let rollouts = s.ctx.store.list_rollouts(Some("trk"), 10).await.unwrap();
@@ -292,7 +336,9 @@ async fn halted(w: &World) -> Arc<Services> {
 }
 
 async fn resume(_: &World, s: &Arc<Services>) {
-    let id = s.ctx.store.list_rollouts(Some("trk"), 1).await.unwrap()[0].id.clone();
+    let id = s.ctx.store.list_rollouts(Some("trk"), 1).await.unwrap()[0]
+        .id
+        .clone();
     let _ = s.rollouts.set_state(&id, RolloutState::Running).await;
 }
 
@@ -307,9 +353,20 @@ async fn rollout_resume_is_one_commit_then_a_resumable_rollout() {
         w.store.crash_at_commit(k);
         resume(&w, &s).await;
         let s = w.restart(s).await;
-        let rollout = s.ctx.store.list_rollouts(Some("trk"), 1).await.unwrap().remove(0);
+        let rollout = s
+            .ctx
+            .store
+            .list_rollouts(Some("trk"), 1)
+            .await
+            .unwrap()
+            .remove(0);
         let pin = s.ctx.store.get_pin("trk").await.unwrap().unwrap();
-        let rejected = s.ctx.store.is_rejected("trk", digest(2).as_str()).await.unwrap();
+        let rejected = s
+            .ctx
+            .store
+            .is_rejected("trk", digest(2).as_str())
+            .await
+            .unwrap();
         if k == 1 {
             // The resume itself was lost: still halted, nothing half-done.
             assert_eq!(rollout.state, RolloutState::Halted, "{case}");
@@ -320,12 +377,25 @@ async fn rollout_resume_is_one_commit_then_a_resumable_rollout() {
         assert_eq!(rollout.state, RolloutState::Completed, "{case}");
         assert_eq!(pin.digest, digest(2), "{case}");
         assert!(!rejected, "{case}: the rejection is lifted");
-        for rec in s.ctx.store.list_runtimes(&Default::default()).await.unwrap() {
-            assert_eq!(rec.image_digest.as_deref(), Some(digest(2).as_str()), "{case}: {}", rec.id);
+        for rec in s
+            .ctx
+            .store
+            .list_runtimes(&Default::default())
+            .await
+            .unwrap()
+        {
+            assert_eq!(
+                rec.image_digest.as_deref(),
+                Some(digest(2).as_str()),
+                "{case}: {}",
+                rec.id
+            );
         }
         let (_, targets) = s.ctx.store.get_rollout(&rollout.id).await.unwrap().unwrap();
         assert!(
-            targets.iter().all(|t| t.state != TargetState::Failed && t.state != TargetState::Pending),
+            targets
+                .iter()
+                .all(|t| t.state != TargetState::Failed && t.state != TargetState::Pending),
             "{case}: {targets:?}"
         );
         assert_one_container_each(&w, &s, &case).await;
@@ -338,28 +408,78 @@ async fn rollout_resume_is_one_commit_then_a_resumable_rollout() {
 async fn pin_promote_is_one_commit() {
     let w = World::new();
     let s = halted(&w).await;
-    assert!(s.ctx.store.is_rejected("trk", digest(2).as_str()).await.unwrap());
+    assert!(s
+        .ctx
+        .store
+        .is_rejected("trk", digest(2).as_str())
+        .await
+        .unwrap());
     let before = w.store.writes();
     w.store.crash_at_commit(1);
-    let lost = s.pins.promote("trk", digest(2).as_str(), Some("by hand"), &caller()).await;
+    let lost = s
+        .pins
+        .promote("trk", digest(2).as_str(), Some("by hand"), &caller())
+        .await;
     assert!(lost.is_err());
     let s = w.restart(s).await;
     // Nothing of the promote landed...
-    assert_eq!(s.ctx.store.get_pin("trk").await.unwrap().unwrap().digest, digest(1));
-    assert!(s.ctx.store.is_rejected("trk", digest(2).as_str()).await.unwrap());
+    assert_eq!(
+        s.ctx.store.get_pin("trk").await.unwrap().unwrap().digest,
+        digest(1)
+    );
+    assert!(s
+        .ctx
+        .store
+        .is_rejected("trk", digest(2).as_str())
+        .await
+        .unwrap());
     let promotes = |ops: &[berth_core::operation::Operation]| {
-        ops.iter().filter(|o| o.kind == OperationKind::PinPromote && o.details.get("digest").map(String::as_str) == Some(digest(2).as_str())).count()
+        ops.iter()
+            .filter(|o| {
+                o.kind == OperationKind::PinPromote
+                    && o.details.get("digest").map(String::as_str) == Some(digest(2).as_str())
+            })
+            .count()
     };
-    let ops = s.ctx.store.list_operations(&berth::ports::OperationFilter { runtime_id: None, kind: None, limit: 1000 }).await.unwrap();
+    let ops = s
+        .ctx
+        .store
+        .list_operations(&berth::ports::OperationFilter {
+            runtime_id: None,
+            kind: None,
+            limit: 1000,
+        })
+        .await
+        .unwrap();
     let promotes_before = promotes(&ops);
     // ...and a promote that lands writes all of it in one commit.
     let at = w.store.writes();
-    s.pins.promote("trk", digest(2).as_str(), Some("by hand"), &caller()).await.unwrap();
+    s.pins
+        .promote("trk", digest(2).as_str(), Some("by hand"), &caller())
+        .await
+        .unwrap();
     assert_eq!(w.store.writes() - at, 1);
     assert!(before <= at);
-    assert_eq!(s.ctx.store.get_pin("trk").await.unwrap().unwrap().digest, digest(2));
-    assert!(!s.ctx.store.is_rejected("trk", digest(2).as_str()).await.unwrap());
-    let ops = s.ctx.store.list_operations(&berth::ports::OperationFilter { runtime_id: None, kind: None, limit: 1000 }).await.unwrap();
+    assert_eq!(
+        s.ctx.store.get_pin("trk").await.unwrap().unwrap().digest,
+        digest(2)
+    );
+    assert!(!s
+        .ctx
+        .store
+        .is_rejected("trk", digest(2).as_str())
+        .await
+        .unwrap());
+    let ops = s
+        .ctx
+        .store
+        .list_operations(&berth::ports::OperationFilter {
+            runtime_id: None,
+            kind: None,
+            limit: 1000,
+        })
+        .await
+        .unwrap();
     assert_eq!(promotes(&ops), promotes_before + 1);
 }
 
@@ -388,7 +508,11 @@ async fn an_exit_is_one_commit_with_its_operation_row() {
     let before = w.store.writes();
     let report = s.reconciler.run_once().await.unwrap();
     assert_eq!(report.exited, vec!["r-0".to_string()]);
-    assert_eq!(w.store.writes() - before, 1, "record, operation and event: one commit");
+    assert_eq!(
+        w.store.writes() - before,
+        1,
+        "record, operation and event: one commit"
+    );
     let rec = s.runtimes.get("r-0").await.unwrap();
     assert_eq!(rec.status, RuntimeStatus::Exited);
     let ops = s
@@ -403,7 +527,10 @@ async fn an_exit_is_one_commit_with_its_operation_row() {
         .unwrap();
     assert_eq!(ops.len(), 1);
     assert_eq!(ops[0].outcome, Outcome::Success);
-    assert_eq!(ops[0].details.get("exit_code").map(String::as_str), Some("3"));
+    assert_eq!(
+        ops[0].details.get("exit_code").map(String::as_str),
+        Some("3")
+    );
 
     // Lost with the crash: neither the record change nor its row is there,
     // and the next pass (after a restart) makes it.
@@ -414,7 +541,10 @@ async fn an_exit_is_one_commit_with_its_operation_row() {
     w.store.crash_at_commit(1);
     assert!(s.reconciler.run_once().await.is_err() || w.store.writes() == 0 || true);
     let s = w.restart(s).await;
-    assert_eq!(s.runtimes.get("r-1").await.unwrap().status, RuntimeStatus::Exited);
+    assert_eq!(
+        s.runtimes.get("r-1").await.unwrap().status,
+        RuntimeStatus::Exited
+    );
     let ops = s
         .ctx
         .store
@@ -465,7 +595,11 @@ async fn reconcile_recreate_converges_after_a_crash_at_every_commit() {
             })
             .await
             .unwrap();
-        assert_eq!(disappeared.len(), 1, "{case}: reported once: {disappeared:?}");
+        assert_eq!(
+            disappeared.len(),
+            1,
+            "{case}: reported once: {disappeared:?}"
+        );
     }
 }
 
@@ -474,7 +608,12 @@ async fn reconcile_recreate_converges_after_a_crash_at_every_commit() {
 async fn empty_fleet(w: &World) -> Arc<Services> {
     w.publish("stable", &digest(1));
     let s = w.boot();
-    put_template(&s, "app", json!({"image": REPO, "tag": "stable", "stop_grace": "1s"})).await;
+    put_template(
+        &s,
+        "app",
+        json!({"image": REPO, "tag": "stable", "stop_grace": "1s"}),
+    )
+    .await;
     s
 }
 

@@ -15,6 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use berth_core::container::{ContainerSpec, LABEL_OWNER};
+use berth_core::image::Reference;
 use bollard::container::{
     Config, CreateContainerOptions, InspectContainerOptions, ListContainersOptions,
     NetworkingConfig, RemoveContainerOptions, StartContainerOptions, StopContainerOptions,
@@ -390,17 +391,6 @@ fn chain(e: &DockerError) -> String {
     text
 }
 
-/// A reference with neither tag nor digest would make Docker pull every tag
-/// of the repository; pin it to `latest` like the docker CLI does.
-fn pull_reference(image: &str) -> String {
-    let last = image.rsplit('/').next().unwrap_or(image);
-    if image.contains('@') || last.contains(':') {
-        image.to_string()
-    } else {
-        format!("{image}:latest")
-    }
-}
-
 fn to_progress(info: CreateImageInfo) -> PullProgress {
     let detail = info.progress_detail.unwrap_or_default();
     PullProgress {
@@ -678,11 +668,14 @@ impl Engine for DockerEngine {
     }
 
     async fn pull_image(&self, image: &str, progress: &ProgressFn) -> Result<(), EngineError> {
+        let reference = Reference::parse(image).map_err(|e| EngineError::PullFailed {
+            image: image.to_string(),
+            message: e.message,
+        })?;
         // The whole reference goes in `fromImage` and `tag` stays empty: the
-        // daemon parses `host:port/repo:tag` and `repo@sha256:…` itself,
-        // whereas splitting at ':' would break on a registry port.
+        // daemon parses `host:port/repo:tag` and `repo@sha256:…` itself.
         let options = CreateImageOptions {
-            from_image: pull_reference(image),
+            from_image: reference.pullable().to_string(),
             ..Default::default()
         };
         let mut stream = self.docker.create_image(Some(options), None, None);
@@ -908,21 +901,6 @@ mod tests {
             Host::parse("ssh://h"),
             Err(EngineError::Unavailable(_))
         ));
-    }
-
-    #[test]
-    fn pull_reference_keeps_tags_digests_and_ports() {
-        assert_eq!(
-            pull_reference("127.0.0.1:55000/a/b:v1"),
-            "127.0.0.1:55000/a/b:v1"
-        );
-        assert_eq!(
-            pull_reference("127.0.0.1:55000/a/b"),
-            "127.0.0.1:55000/a/b:latest"
-        );
-        let pinned = format!("127.0.0.1:55000/a/b@sha256:{}", "0".repeat(64));
-        assert_eq!(pull_reference(&pinned), pinned);
-        assert_eq!(pull_reference("busybox"), "busybox:latest");
     }
 
     #[test]

@@ -183,15 +183,8 @@ impl OciRegistry {
     }
 
     fn target(&self, repo: &Repository) -> Target {
-        let text = repo.as_str();
-        let (registry, path) = match text.split_once('/') {
-            Some((first, rest))
-                if first.contains('.') || first.contains(':') || first == "localhost" =>
-            {
-                (first.to_string(), rest.to_string())
-            }
-            _ => ("docker.io".to_string(), text.to_string()),
-        };
+        let registry = repo.domain().unwrap_or("docker.io").to_string();
+        let path = repo.path().to_string();
         let is_hub = matches!(
             registry.as_str(),
             "docker.io" | "index.docker.io" | DOCKER_HUB

@@ -4,6 +4,8 @@
 
 use std::fmt::Write as _;
 
+use berth_core::image::Reference;
+
 /// Columns are separated by this many spaces.
 const GAP: usize = 3;
 
@@ -142,13 +144,22 @@ pub fn short_digest(digest: &str) -> String {
 
 /// An image reference with its digest, if any, shortened:
 /// `repo@sha256:0123456789ab`.
+/// Text that is not a reference is shown as it is.
 pub fn short_image_ref(reference: &str) -> String {
-    match reference.split_once('@') {
-        Some((repo, digest)) => {
-            let algo = digest.split_once(':').map_or("sha256", |(algo, _)| algo);
-            format!("{repo}@{algo}:{}", short_digest(digest))
+    match Reference::parse(reference) {
+        Ok(Reference {
+            repository,
+            tag,
+            digest: Some(digest),
+        }) => {
+            let name = Reference {
+                repository,
+                tag,
+                digest: None,
+            };
+            format!("{name}@sha256:{}", short_digest(digest.as_str()))
         }
-        None => reference.to_string(),
+        _ => reference.to_string(),
     }
 }
 
@@ -328,9 +339,14 @@ mod tests {
             "reg.example:5000/acme/engine@sha256:0123456789ab"
         );
         assert_eq!(
+            short_image_ref(&format!("reg.example:5000/acme/engine:v1@sha256:{hex}")),
+            "reg.example:5000/acme/engine:v1@sha256:0123456789ab"
+        );
+        assert_eq!(
             short_image_ref("reg.example:5000/acme/engine:v1"),
             "reg.example:5000/acme/engine:v1"
         );
+        assert_eq!(short_image_ref("not a@reference"), "not a@reference");
     }
 
     #[test]

@@ -136,7 +136,7 @@ fn progress_of(r: &RolloutView) -> RolloutProgress {
 }
 
 fn is_finished(r: &RolloutView) -> bool {
-    RolloutState::parse(&r.state).is_some_and(RolloutState::is_finished)
+    RolloutState::parse(&r.state).is_ok_and(RolloutState::is_finished)
 }
 
 /// What `watch` shows while a rollout goes on: the bar's message, and

@@ -10,11 +10,11 @@ use std::time::Duration;
 
 use berth_core::container::engine_endpoint;
 use berth_core::event::HealthEventType;
-use berth_core::image::{digest_from_repo_digests, Repository};
+use berth_core::image::{digest_from_repo_digests, Reference};
 use berth_core::operation::{OperationKind, Source};
 use berth_core::reconcile::{
-    plan, Action, ObservedContainer, PlanInput, ReportReason, RestartBackoff, RestartState,
-    TemplatePolicy,
+    plan, resets_restart_budget, Action, ObservedContainer, PlanInput, ReportReason,
+    RestartBackoff, RestartState, TemplatePolicy,
 };
 use berth_core::runtime::RuntimeRecord;
 use berth_core::status::{next_status, LifecycleEvent, RuntimeStatus};
@@ -50,10 +50,6 @@ pub struct Reconciler {
     pub backoff: RestartBackoff,
     last_run_ms: AtomicI64,
 }
-
-/// A runtime that ran this long since its last automatic restart counts as
-/// healthy again: its restart budget is reset.
-const RESTART_RESET_MS: i64 = 60_000;
 
 impl Reconciler {
     pub fn new(ctx: Arc<Context>, runtimes: Arc<LifecycleService>) -> Self {
@@ -134,10 +130,8 @@ impl Reconciler {
             // Runtimes that have run for a while earn their restart budget back.
             let mut map = self.restarts.lock().unwrap_or_else(|p| p.into_inner());
             map.retain(|id, state| {
-                records.iter().find(|r| &r.id == id).is_some_and(|r| {
-                    !(r.status == RuntimeStatus::Running
-                        && now - state.last_attempt_ms > RESTART_RESET_MS)
-                })
+                let status = records.iter().find(|r| &r.id == id).map(|r| r.status);
+                !resets_restart_budget(state, status, &self.backoff, now)
             });
         }
         let in_flight = self.runtimes.busy_ids();
@@ -318,12 +312,10 @@ impl Reconciler {
                 let digest = match ctx.engine.inspect_image(&info.image_id).await {
                     Ok(Some(image)) => image_ref
                         .as_deref()
-                        .and_then(|r| r.split('@').next())
-                        .map(strip_tag)
-                        .and_then(|r| Repository::parse(r).ok())
-                        .and_then(|repo| {
+                        .and_then(|r| Reference::parse(r).ok())
+                        .and_then(|r| {
                             digest_from_repo_digests(
-                                &repo,
+                                &r.repository,
                                 image.repo_digests.iter().map(String::as_str),
                             )
                         })
@@ -502,25 +494,5 @@ impl Reconciler {
             ],
         ));
         Ok(effects)
-    }
-}
-
-/// `repo:tag` → `repo` (a port in the registry host is not a tag).
-fn strip_tag(reference: &str) -> &str {
-    match reference.rsplit_once(':') {
-        Some((repo, tag)) if !tag.contains('/') => repo,
-        _ => reference,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::strip_tag;
-
-    #[test]
-    fn strips_tags_not_ports() {
-        assert_eq!(strip_tag("127.0.0.1:5000/a/b:v1"), "127.0.0.1:5000/a/b");
-        assert_eq!(strip_tag("127.0.0.1:5000/a/b"), "127.0.0.1:5000/a/b");
-        assert_eq!(strip_tag("busybox:latest"), "busybox");
     }
 }

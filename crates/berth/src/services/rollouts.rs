@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use berth_core::image::Digest;
 use berth_core::operation::Source;
-use berth_core::rollout::{next_step, RolloutState, Step, TargetState};
+use berth_core::rollout::{next_step, steer, RolloutState, RolloutTransition, Step, TargetState};
 use berth_core::status::RuntimeStatus;
 use berth_core::ErrorCode;
 use futures_util::StreamExt;
@@ -366,29 +366,17 @@ impl RolloutService {
     /// image through the pin).
     pub async fn set_state(self: &Arc<Self>, id: &str, to: RolloutState) -> Result<RolloutRow> {
         let (mut row, targets) = self.get(id).await?;
-        let from = row.state;
-        let allowed = matches!(
-            (from, to),
-            (RolloutState::Running, RolloutState::Paused)
-                | (RolloutState::Paused, RolloutState::Running)
-                | (
-                    RolloutState::Running | RolloutState::Paused,
-                    RolloutState::Aborted
-                )
-                | (RolloutState::Halted, RolloutState::Running)
-        );
-        if !allowed {
-            return Err(Error::new(
+        let transition = steer(row.state, to).map_err(|refusal| {
+            Error::new(
                 ErrorCode::Conflict,
                 format!(
                     "rollout {id:?} is {}; it cannot become {}",
-                    row.state.as_str(),
-                    to.as_str()
+                    refusal.from, refusal.requested
                 ),
-            ));
-        }
-        let resumed_from_halt = from == RolloutState::Halted;
-        row.state = to;
+            )
+        })?;
+        let resumed_from_halt = transition == RolloutTransition::ResumeHalted;
+        row.state = transition.to();
         row.updated_at_ms = self.ctx.now_ms();
         let retried: Vec<RolloutTarget> = if resumed_from_halt {
             targets
@@ -442,7 +430,7 @@ impl RolloutService {
                 &Effects::default(),
             )
             .await?;
-        if to == RolloutState::Running {
+        if transition.to() == RolloutState::Running {
             self.spawn(row.id.clone());
         }
         Ok(row)

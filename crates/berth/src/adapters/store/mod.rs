@@ -369,7 +369,9 @@ pub(crate) fn rollout_from_row(row: &impl Columns) -> Result<RolloutRow, StoreEr
         template: row.text(T, "template")?,
         from_digest: row.opt_text(T, "from_digest")?,
         to_digest: row.text(T, "to_digest")?,
-        state: decode_enum(row.text(T, "state")?, T, "state", RolloutState::parse)?,
+        state: decode_enum(row.text(T, "state")?, T, "state", |s| {
+            RolloutState::parse(s).ok()
+        })?,
         batch_size: decode_u32(row.int(T, "batch_size")?, T, "batch_size")?,
         max_failures: decode_u32(row.int(T, "max_failures")?, T, "max_failures")?,
         failures: decode_u32(row.int(T, "failures")?, T, "failures")?,
@@ -393,12 +395,9 @@ pub(crate) fn rollout_target_from_row(
     Ok(Some(RolloutTarget {
         runtime_id,
         position: decode_u32(row.int(T, "target_position")?, T, "target_position")?,
-        state: decode_enum(
-            row.text(T, "target_state")?,
-            T,
-            "target_state",
-            TargetState::parse,
-        )?,
+        state: decode_enum(row.text(T, "target_state")?, T, "target_state", |s| {
+            TargetState::parse(s).ok()
+        })?,
         error: row.opt_text(T, "target_error")?,
         updated_at_ms: row.int(T, "target_updated_at_ms")?,
     }))

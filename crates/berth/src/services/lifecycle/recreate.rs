@@ -3,9 +3,8 @@
 //! container is stopped but kept until the new one passes the health gate;
 //! on failure the new one is removed and the old one started again.
 
-use std::time::{Duration, Instant};
-
 use berth_core::container::{container_name, engine_endpoint, plan_container, Placement};
+use berth_core::health_gate::{self, DockerHealth, GatePolicy, GateStep, Observation};
 use berth_core::operation::OperationKind;
 use berth_core::runtime::{LastError, RuntimeRecord};
 use berth_core::status::RuntimeStatus;
@@ -15,12 +14,6 @@ use berth_core::ErrorCode;
 use super::{no_progress, with_container_details, LifecycleService, Prepared};
 use crate::error::{Error, Result};
 use crate::services::Caller;
-
-/// Without a health path and without a Docker HEALTHCHECK, a new container
-/// counts as healthy once it has kept running this long.
-const SETTLE: Duration = Duration::from_secs(1);
-/// The most a Docker HEALTHCHECK may take to report healthy.
-const DOCKER_HEALTH_LIMIT: Duration = Duration::from_secs(60);
 
 impl LifecycleService {
     /// Replaces a running runtime's container with one on the image its
@@ -157,66 +150,51 @@ impl LifecycleService {
         Ok(())
     }
 
-    /// The template's health check on the new container (GET on its
-    /// address and port until 2xx, within `grace`), else Docker's own
-    /// HEALTHCHECK, else "still running after a moment".
+    /// The health gate on the new container: the service observes (inspect,
+    /// and the template's probe when it has one) and waits; core's
+    /// [`health_gate::next`] decides.
     pub(super) async fn health_gate(&self, template: &Template, cid: &str) -> Result<()> {
-        let started = Instant::now();
-        let unhealthy = |why: String| Error::new(ErrorCode::HealthCheckFailed, why);
+        let policy = GatePolicy::of(template);
+        let started_ms = self.ctx.now_ms();
         loop {
-            let info = self
-                .ctx
-                .engine
-                .inspect_container(cid)
-                .await
-                .map_err(|e| {
-                    Error::from_engine(e, ErrorCode::HealthCheckFailed, "inspect the new container")
-                })?
-                .ok_or_else(|| {
-                    unhealthy("the new container disappeared during its health check".into())
-                })?;
-            if !info.running {
-                return Err(unhealthy(format!(
-                    "the new container exited during its health check (exit code {})",
-                    info.exit_code
-                        .map(|c| c.to_string())
-                        .unwrap_or_else(|| "unknown".into())
-                )));
-            }
-            match (&template.health, template.port) {
-                (Some(h), Some(port)) => {
-                    if let Some(ip) = info.addresses.get(&self.ctx.settings.network) {
-                        let url = format!("http://{ip}:{port}{}", h.path);
-                        if self.ctx.probe.healthy(&url, h.timeout).await {
-                            return Ok(());
-                        }
-                    }
-                    if started.elapsed() >= h.grace {
-                        return Err(unhealthy(format!(
-                            "the new container did not answer 2xx on {} within {}",
-                            h.path,
-                            berth_core::duration::format_duration(h.grace)
-                        )));
-                    }
-                    tokio::time::sleep(h.interval).await;
+            let observation = self.observe_for_gate(&policy, cid).await?;
+            match health_gate::next(&policy, self.ctx.now_ms() - started_ms, &observation) {
+                GateStep::Pass => return Ok(()),
+                GateStep::Fail { reason } => {
+                    return Err(Error::new(ErrorCode::HealthCheckFailed, reason.to_string()))
                 }
-                _ => match info.health.as_deref() {
-                    Some("healthy") => return Ok(()),
-                    Some("unhealthy") => {
-                        return Err(unhealthy("Docker's HEALTHCHECK reports unhealthy".into()))
-                    }
-                    Some(_) if started.elapsed() < DOCKER_HEALTH_LIMIT => {
-                        tokio::time::sleep(Duration::from_millis(500)).await
-                    }
-                    Some(_) => {
-                        return Err(unhealthy(
-                            "Docker's HEALTHCHECK did not report healthy in time".into(),
-                        ))
-                    }
-                    None if started.elapsed() >= SETTLE => return Ok(()),
-                    None => tokio::time::sleep(Duration::from_millis(250)).await,
-                },
+                GateStep::ProbeAgainAfter(wait) => tokio::time::sleep(wait).await,
             }
         }
+    }
+
+    async fn observe_for_gate(&self, policy: &GatePolicy, cid: &str) -> Result<Observation> {
+        let info = self.ctx.engine.inspect_container(cid).await.map_err(|e| {
+            Error::from_engine(e, ErrorCode::HealthCheckFailed, "inspect the new container")
+        })?;
+        let Some(info) = info else {
+            return Ok(Observation::Gone);
+        };
+        if !info.running {
+            return Ok(Observation::Exited {
+                exit_code: info.exit_code,
+            });
+        }
+        let probe_ok = match policy {
+            GatePolicy::Probe { check, port } => {
+                match info.addresses.get(&self.ctx.settings.network) {
+                    Some(ip) => {
+                        let url = format!("http://{ip}:{port}{}", check.path);
+                        Some(self.ctx.probe.healthy(&url, check.timeout).await)
+                    }
+                    None => None,
+                }
+            }
+            GatePolicy::Container => None,
+        };
+        Ok(Observation::Running {
+            probe_ok,
+            docker_health: info.health.as_deref().map(DockerHealth::from_docker),
+        })
     }
 }
