@@ -7,174 +7,19 @@
 //! intents. Time is paused: health gates, stop grace and backoff take no
 //! wall time.
 
+mod world;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
-use berth::fakes::probe::Answer;
-use berth::fakes::{FakeClock, FakeEngine, FakeProbe, FakeRegistry, FakeStore};
-use berth::metrics::Metrics;
-use berth::ports::{Engine, Store};
 use berth::services::lifecycle::StartRequest;
-use berth::services::{Caller, Context, Services, Settings};
-use berth::template_doc::TemplateDoc;
-use berth_core::image::{Digest, Repository};
-use berth_core::operation::{OperationKind, Outcome, Source};
+use berth::services::Services;
+use berth_core::operation::{OperationKind, Outcome};
 use berth_core::rollout::{RolloutState, TargetState};
 use berth_core::status::RuntimeStatus;
+use berth::fakes::probe::Answer;
 use serde_json::json;
-
-const OWNER: &str = "bt-fake";
-const REPO: &str = "registry.test/acme/app";
-const RUNTIMES: usize = 3;
-
-fn digest(n: u8) -> Digest {
-    Digest::parse(&format!("sha256:{}", format!("{n:02x}").repeat(32))).unwrap()
-}
-
-fn repo() -> Repository {
-    Repository::parse(REPO).unwrap()
-}
-
-/// Everything outside berth's process: it survives a crash of berth.
-struct World {
-    store: FakeStore,
-    engine: FakeEngine,
-    registry: Arc<FakeRegistry>,
-    probe: Arc<FakeProbe>,
-    clock: Arc<FakeClock>,
-    data: tempfile::TempDir,
-}
-
-impl World {
-    fn new() -> World {
-        let clock = Arc::new(FakeClock::default());
-        let engine = FakeEngine::with_clock(OWNER, clock.clone());
-        let store = FakeStore::new();
-        // berth's process dies with its store: nothing it would still do to
-        // the engine after the lost commit happens.
-        let dead_engine = engine.clone();
-        store.on_crash(move || dead_engine.set_unavailable(true));
-        let probe = Arc::new(FakeProbe::new());
-        probe.script("http://", Answer::Healthy);
-        World {
-            store,
-            engine,
-            registry: Arc::new(FakeRegistry::new()),
-            probe,
-            clock,
-            data: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    /// A fresh berth process on this world.
-    fn boot(&self) -> Arc<Services> {
-        Services::new(Context {
-            store: Arc::new(self.store.clone()),
-            engine: Arc::new(self.engine.clone()),
-            probe: self.probe.clone(),
-            registry: self.registry.clone(),
-            clock: self.clock.clone(),
-            metrics: Arc::new(Metrics::default()),
-            settings: Settings {
-                owner: OWNER.to_string(),
-                network: OWNER.to_string(),
-                data_dir: self.data.path().to_path_buf(),
-                operation_deadline: Duration::from_secs(300),
-                publish_outbox: false,
-                adoption_grace: Duration::from_secs(30),
-            },
-            outbox_wakeup: Default::default(),
-        })
-    }
-
-    /// The process died: wait for what it had in flight to give up, then
-    /// bring the store and engine back and boot a new process that runs
-    /// boot recovery and one round of its loops.
-    async fn restart(&self, old: Arc<Services>) -> Arc<Services> {
-        old.rollouts.settle().await;
-        drop(old);
-        self.store.revive();
-        self.engine.set_unavailable(false);
-        let s = self.boot();
-        s.runtimes.recover_interrupted().await.unwrap();
-        s.rollouts.resume_active().await.unwrap();
-        s.watcher.tick().await.unwrap();
-        s.rollouts.settle().await;
-        s.reconciler.run_once().await.unwrap();
-        s.rollouts.settle().await;
-        s
-    }
-
-    fn publish(&self, tag: &str, d: &Digest) {
-        self.engine.add_image(&format!("{REPO}:{tag}"), d.as_str());
-        self.registry.set_tag(&repo(), tag, d);
-    }
-}
-
-fn caller() -> Caller {
-    Caller::new(Source::Api)
-}
-
-async fn put_template(s: &Services, name: &str, doc: serde_json::Value) {
-    let doc: TemplateDoc = serde_json::from_value(doc).unwrap();
-    s.templates.put(name, &doc, &caller()).await.unwrap();
-}
-
-fn tracked(max_failures: u32) -> serde_json::Value {
-    json!({"image": REPO, "tag": "stable", "port": 8080, "watch": true,
-           "update_policy": "track", "stop_grace": "1s",
-           "health": {"path": "/healthz", "interval": "200ms", "timeout": "1s", "grace": "5s"},
-           "rollout": {"batch_size": 1, "max_failures": max_failures}})
-}
-
-async fn start_runtimes(s: &Services, template: &str) {
-    for i in 0..RUNTIMES {
-        s.runtimes
-            .start(
-                StartRequest {
-                    id: format!("r-{i}"),
-                    template: template.to_string(),
-                    env: BTreeMap::new(),
-                },
-                &caller(),
-            )
-            .await
-            .unwrap();
-    }
-}
-
-/// Checks one container per runtime, the recorded one, running the digest
-/// the record says; returns the records by id.
-async fn assert_one_container_each(w: &World, s: &Services, case: &str) {
-    let records = s
-        .ctx
-        .store
-        .list_runtimes(&Default::default())
-        .await
-        .unwrap();
-    let containers = w.engine.list_containers().await.unwrap();
-    for rec in &records {
-        let mine: Vec<_> = containers
-            .iter()
-            .filter(|c| c.labels.get("io.berth.runtime_id") == Some(&rec.id))
-            .collect();
-        assert_eq!(
-            mine.len(),
-            1,
-            "{case}: {} has {} containers",
-            rec.id,
-            mine.len()
-        );
-        assert_eq!(
-            Some(&mine[0].id),
-            rec.container_id.as_ref(),
-            "{case}: {} recorded",
-            rec.id
-        );
-        assert!(mine[0].running, "{case}: {} runs", rec.id);
-    }
-}
+use world::*;
 
 /// How many successful writes `flow` makes on a fresh world after `setup`.
 async fn count_writes<S, F>(setup: S, flow: F) -> usize

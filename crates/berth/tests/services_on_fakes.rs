@@ -1,0 +1,212 @@
+//! Service behaviour on the fakes, with paused time: the stream consumer,
+//! the outbox relay and refresh. (Lifecycle, reconciler, rollouts and the
+//! watcher are cut at every commit in `crash_matrix.rs`.)
+
+mod world;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth::fakes::FakeBus;
+use berth::ports::{Bus, Store};
+use berth::services::jobs::JobConsumer;
+use berth::services::outbox::OutboxRelay;
+use berth::streams::{JOB_RESULTS, START_JOBS, STOP_JOBS};
+use berth_core::status::RuntimeStatus;
+use serde_json::json;
+use world::*;
+
+fn bus(w: &World) -> Arc<FakeBus> {
+    Arc::new(FakeBus::new(w.clock.clone()))
+}
+
+fn fields(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+async fn app(w: &World, publish: bool) -> Arc<berth::services::Services> {
+    w.publish("stable", &digest(1));
+    let s = w.boot_with(publish);
+    put_template(
+        &s,
+        "app",
+        json!({"image": REPO, "tag": "stable", "stop_grace": "1s"}),
+    )
+    .await;
+    s
+}
+
+/// Reads what the consumer would read and runs it, once.
+async fn consume_once(consumer: &JobConsumer, bus: &FakeBus) {
+    let entries = bus
+        .read_group(
+            &[START_JOBS, STOP_JOBS],
+            &consumer.group,
+            &consumer.consumer,
+            100,
+            Duration::from_millis(10),
+        )
+        .await
+        .unwrap();
+    for e in &entries {
+        consumer.process(e).await.unwrap();
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_start_job_is_answered_once_even_when_delivered_twice() {
+    let w = World::new();
+    let s = app(&w, true).await;
+    let bus = bus(&w);
+    let consumer = JobConsumer::new(
+        s.ctx.clone(),
+        bus.clone(),
+        s.runtimes.clone(),
+        Duration::from_secs(30),
+    );
+    bus.ensure_group(START_JOBS, &consumer.group).await.unwrap();
+    bus.ensure_group(STOP_JOBS, &consumer.group).await.unwrap();
+    let job = fields(&[("job_id", "j-1"), ("runtime_id", "w-1"), ("template", "app")]);
+    bus.publish(START_JOBS, &job).await.unwrap();
+    bus.publish(START_JOBS, &job).await.unwrap(); // a producer's retry
+    consume_once(&consumer, &bus).await;
+
+    let rec = s.runtimes.get("w-1").await.unwrap();
+    assert_eq!(rec.status, RuntimeStatus::Running);
+    let result = s.ctx.store.get_job_result("j-1").await.unwrap().unwrap();
+    assert!(result.success, "{result:?}");
+    // Both entries acknowledged; one result in the outbox for j-1.
+    assert!(bus.pending(START_JOBS, &consumer.group).is_empty());
+    let relay = OutboxRelay::new(s.ctx.clone(), bus.clone());
+    relay.relay_once().await.unwrap();
+    let results = bus.entries(JOB_RESULTS);
+    assert_eq!(results.len(), 1, "{results:?}");
+    assert_eq!(results[0].field("job_id"), Some("j-1"));
+    assert_eq!(results[0].field("outcome"), Some("success"));
+    assert_eq!(
+        w.engine
+            .calls(berth::fakes::engine::Op::CreateContainer),
+        1,
+        "the duplicate did not start a second container"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_malformed_job_gets_a_failure_result_and_does_not_block() {
+    let w = World::new();
+    let s = app(&w, true).await;
+    let bus = bus(&w);
+    let consumer = JobConsumer::new(
+        s.ctx.clone(),
+        bus.clone(),
+        s.runtimes.clone(),
+        Duration::from_secs(30),
+    );
+    bus.ensure_group(START_JOBS, &consumer.group).await.unwrap();
+    bus.ensure_group(STOP_JOBS, &consumer.group).await.unwrap();
+    bus.publish(START_JOBS, &fields(&[("runtime_id", "Bad Id!")]))
+        .await
+        .unwrap();
+    bus.publish(
+        START_JOBS,
+        &fields(&[("job_id", "j-2"), ("runtime_id", "w-2"), ("template", "app")]),
+    )
+    .await
+    .unwrap();
+    consume_once(&consumer, &bus).await;
+    OutboxRelay::new(s.ctx.clone(), bus.clone())
+        .relay_once()
+        .await
+        .unwrap();
+    let results = bus.entries(JOB_RESULTS);
+    assert_eq!(results.len(), 2, "{results:?}");
+    let bad = &results[0];
+    assert!(bad.field("job_id").unwrap().starts_with("entry:"), "{bad:?}");
+    assert_eq!(bad.field("outcome"), Some("failure"));
+    assert_eq!(bad.field("error_code"), Some("invalid_request"));
+    assert_eq!(results[1].field("job_id"), Some("j-2"));
+    assert_eq!(results[1].field("outcome"), Some("success"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_outbox_waits_while_the_bus_is_down_and_keeps_commit_order() {
+    let w = World::new();
+    let s = app(&w, true).await;
+    let bus = bus(&w);
+    let relay = OutboxRelay::new(s.ctx.clone(), bus.clone());
+    bus.set_unavailable(true);
+    // Three runtimes started: three container_started-free changes, but
+    // each start's result-less commit writes nothing to publish; use
+    // notifications through a failed start instead.
+    for i in 0..3 {
+        let _ = s
+            .runtimes
+            .start(
+                berth::services::lifecycle::StartRequest {
+                    id: format!("nope-{i}"),
+                    template: "missing".into(),
+                    env: Default::default(),
+                },
+                &caller(),
+            )
+            .await;
+    }
+    w.engine.fail_next(
+        berth::fakes::engine::Op::PullImage,
+        berth::ports::EngineError::PullFailed {
+            image: REPO.into(),
+            message: "registry down".into(),
+        },
+    );
+    w.engine.remove_image_for_test(REPO);
+    let _ = s
+        .runtimes
+        .start(
+            berth::services::lifecycle::StartRequest {
+                id: "pulls".into(),
+                template: "app".into(),
+                env: Default::default(),
+            },
+            &caller(),
+        )
+        .await;
+    let pending = s.ctx.store.outbox_pending(100).await.unwrap();
+    assert!(!pending.is_empty(), "the failure was written to the outbox");
+    assert!(relay.relay_once().await.is_err() || bus.entries("notification:intents").is_empty());
+    assert_eq!(
+        s.ctx.store.outbox_pending(100).await.unwrap().len(),
+        pending.len(),
+        "nothing is lost while the bus is down"
+    );
+    bus.set_unavailable(false);
+    relay.relay_once().await.unwrap();
+    assert!(s.ctx.store.outbox_pending(100).await.unwrap().is_empty());
+    let published: Vec<_> = bus
+        .entries("notification:intents")
+        .into_iter()
+        .chain(bus.entries("runtime:health_events"))
+        .collect();
+    assert_eq!(published.len(), pending.len());
+}
+
+#[tokio::test(start_paused = true)]
+async fn refresh_recreates_runtimes_on_another_digest() {
+    let w = World::new();
+    let s = app(&w, false).await;
+    start_runtimes(&s, "app").await;
+    w.publish("stable", &digest(2));
+    let report = s
+        .refresh
+        .refresh(Some(vec!["app".to_string()]), true, &caller())
+        .await
+        .unwrap();
+    assert_eq!(report.recreated.len(), RUNTIMES, "{report:?}");
+    for rec in s.ctx.store.list_runtimes(&Default::default()).await.unwrap() {
+        assert_eq!(rec.image_digest.as_deref(), Some(digest(2).as_str()), "{}", rec.id);
+        assert_eq!(rec.status, RuntimeStatus::Running);
+    }
+    assert_one_container_each(&w, &s, "refresh").await;
+}
