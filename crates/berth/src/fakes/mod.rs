@@ -6,5 +6,9 @@
 //! and crashes at any step of a flow.
 
 pub mod clock;
+pub mod engine;
+pub mod probe;
 
 pub use clock::FakeClock;
+pub use engine::FakeEngine;
+pub use probe::FakeProbe;
