@@ -654,7 +654,8 @@ mod cases {
     }
 
     /// Docker 20.10 looks for the network only at start (newer daemons may
-    /// refuse the create already): either way, `NetworkMissing`.
+    /// refuse the create already): either way, `NetworkMissing`. A container
+    /// that has run stays bound to its network's id.
     pub async fn a_missing_network_is_network_missing(engine: &dyn Engine, d: &dyn Driver) {
         let image = pulled(engine, d).await;
         let network = d.unique("net");
@@ -698,6 +699,14 @@ mod cases {
                 .unwrap()
                 .running
         );
+
+        // Once it has run on a network, a container is bound to that one:
+        // a new network of the same name does not bring it back.
+        engine.stop_container(&id, Duration::ZERO).await.unwrap();
+        d.remove_network(&network).await;
+        engine.ensure_network(&network).await.unwrap();
+        is_missing(engine.start_container(&id).await);
+        assert_eq!(state_of(engine, &id).await.0, "exited");
     }
 
     pub async fn events_report_this_owners_lifecycle_in_order(engine: &dyn Engine, d: &dyn Driver) {
@@ -730,10 +739,8 @@ mod cases {
         engine.stop_container(&id, Duration::ZERO).await.unwrap();
         engine.remove_container(&id).await.unwrap();
         // Removed while running, behind berth's back.
-        let second = engine
-            .create_container(&self::spec(d, &d.unique("c"), &image, &network))
-            .await
-            .unwrap();
+        let second_spec = self::spec(d, &d.unique("c"), &image, &network);
+        let second = engine.create_container(&second_spec).await.unwrap();
         engine.start_container(&second).await.unwrap();
         d.remove_behind_back(&second).await;
 
@@ -741,24 +748,42 @@ mod cases {
             exit_code: Some(137),
         };
         let expected = [
-            (&id, EngineEventKind::Started, "start"),
-            (&id, died.clone(), "die after kill"),
-            (&id, EngineEventKind::Started, "second start"),
-            (&id, died.clone(), "die after stop"),
-            (&id, EngineEventKind::Destroyed, "destroy"),
-            (&second, EngineEventKind::Started, "start of the second"),
-            (&second, died.clone(), "die of the second in rm -f"),
-            (&second, EngineEventKind::Destroyed, "destroy of the second"),
+            (&id, &spec.labels, EngineEventKind::Started, "start"),
+            (&id, &spec.labels, died.clone(), "die after kill"),
+            (&id, &spec.labels, EngineEventKind::Started, "second start"),
+            (&id, &spec.labels, died.clone(), "die after stop"),
+            (&id, &spec.labels, EngineEventKind::Destroyed, "destroy"),
+            (
+                &second,
+                &second_spec.labels,
+                EngineEventKind::Started,
+                "start of the second",
+            ),
+            (
+                &second,
+                &second_spec.labels,
+                died.clone(),
+                "die of the second in rm -f",
+            ),
+            (
+                &second,
+                &second_spec.labels,
+                EngineEventKind::Destroyed,
+                "destroy of the second",
+            ),
         ];
         let mut last_at = 0;
-        for (container, kind, what) in expected {
+        for (container, labels, kind, what) in expected {
             let event = next_event(&mut events, what).await;
             assert_eq!(
                 (&event.container_id, &event.kind),
                 (container, &kind),
                 "{what}: {event:?}"
             );
-            assert_eq!(event.labels.get(LABEL_OWNER), Some(&d.owner()), "{what}");
+            assert_eq!(
+                &event.labels, labels,
+                "{what}: the container's labels, nothing more"
+            );
             assert!(event.at_ms >= last_at, "{what}: times do not go back");
             last_at = event.at_ms;
         }

@@ -273,18 +273,28 @@ impl DockerEngine {
     }
 
     /// After Docker answered 404 to a request about a container on
-    /// `networks`: `NetworkMissing` when one of them is gone, else the 404
+    /// `networks` (each a name, and the network's id once the container has
+    /// joined it): `NetworkMissing` when one of them is gone, else the 404
     /// as it was. Docker says which in its message only, so look.
+    ///
+    /// A container that has joined a network stays bound to its id: once
+    /// that network is deleted, a new one of the same name does not help.
     async fn missing_network_or(
         &self,
-        networks: impl IntoIterator<Item = String>,
+        networks: impl IntoIterator<Item = (String, Option<String>)>,
         not_found: DockerError,
     ) -> EngineError {
-        for network in networks {
-            match self.networks_named(&network).await {
-                Ok(found) if found.is_empty() => return EngineError::NetworkMissing { network },
-                Ok(_) => {}
+        for (network, bound_to) in networks {
+            let found = match self.networks_named(&network).await {
+                Ok(found) => found,
                 Err(e) => return e,
+            };
+            let present = match bound_to {
+                Some(id) => found.iter().any(|n| n.id.as_deref() == Some(id.as_str())),
+                None => !found.is_empty(),
+            };
+            if !present {
+                return EngineError::NetworkMissing { network };
             }
         }
         self.map_err(not_found)
@@ -770,7 +780,9 @@ impl Engine for DockerEngine {
                 e @ DockerError::DockerResponseServerError {
                     status_code: 404, ..
                 },
-            ) => Err(self.missing_network_or([spec.network.clone()], e).await),
+            ) => Err(self
+                .missing_network_or([(spec.network.clone(), None)], e)
+                .await),
             Err(e) => Err(self.map_err(e)),
         }
     }
@@ -787,7 +799,8 @@ impl Engine for DockerEngine {
             .network_settings
             .and_then(|n| n.networks)
             .unwrap_or_default()
-            .into_keys();
+            .into_iter()
+            .map(|(name, endpoint)| (name, endpoint.network_id.filter(|id| !id.is_empty())));
         // Docker answers 304 for a running container; bollard treats it as Ok.
         match self
             .call(

@@ -105,6 +105,9 @@ struct Container {
     image_id: String,
     created_at_ms: i64,
     network: String,
+    /// The id of the network it joined at its first start: Docker keeps it
+    /// bound to that one, even when a new network of the same name appears.
+    joined: Option<String>,
     /// Only while running, like Docker's `IPAddress`.
     address: Option<String>,
     health: Option<Health>,
@@ -161,6 +164,7 @@ struct Remote {
 
 #[derive(Debug)]
 struct Network {
+    id: String,
     /// The second octet of its 172.x.0.0/16 subnet.
     subnet: u32,
     next_host: u32,
@@ -175,7 +179,8 @@ struct State {
     /// `repo:tag` and `repo@digest` → image id.
     local_refs: BTreeMap<String, String>,
     networks: BTreeMap<String, Network>,
-    next_subnet: u32,
+    /// Networks ever made; the next subnet is 172.(17 + this).0.0/16.
+    networks_made: u32,
     /// In creation order.
     containers: Vec<Container>,
     created: u64,
@@ -239,10 +244,7 @@ impl FakeEngine {
     /// Like [`FakeEngine::new`], with creation and event times from `clock`.
     pub fn with_clock(owner: &str, clock: Arc<dyn Clock>) -> FakeEngine {
         let (feed, _) = broadcast::channel(EVENT_BUFFER);
-        let mut state = State {
-            next_subnet: 17,
-            ..State::default()
-        };
+        let mut state = State::default();
         add_network(&mut state, "bridge");
         FakeEngine {
             daemon: Arc::new(Daemon {
@@ -562,18 +564,20 @@ fn new_container(
         image_id: String::new(),
         created_at_ms: now_ms,
         network: network.to_string(),
+        joined: None,
         address: None,
         health: None,
     }
 }
 
 fn add_network(state: &mut State, name: &str) {
-    let subnet = state.next_subnet;
-    state.next_subnet += 1;
+    let made = state.networks_made;
+    state.networks_made += 1;
     state.networks.insert(
         name.to_string(),
         Network {
-            subnet,
+            id: hex_id(&format!("fake network {made}")),
+            subnet: 17 + made,
             next_host: 2,
         },
     );
@@ -608,14 +612,19 @@ fn start(state: &mut State, at: usize) -> Result<bool, EngineError> {
         return Ok(false);
     }
     let network_name = state.containers[at].network.clone();
-    let Some(network) = state.networks.get_mut(&network_name) else {
-        return Err(EngineError::NetworkMissing {
+    let joined = state.containers[at].joined.clone();
+    let network = state
+        .networks
+        .get_mut(&network_name)
+        .filter(|n| joined.as_ref().is_none_or(|id| *id == n.id))
+        .ok_or(EngineError::NetworkMissing {
             network: network_name,
-        });
-    };
+        })?;
     let address = format!("172.{}.0.{}", network.subnet, network.next_host);
     network.next_host += 1;
+    let network_id = network.id.clone();
     let container = &mut state.containers[at];
+    container.joined = Some(network_id);
     container.status = Status::Running;
     container.exit_code = 0;
     container.oom_killed = false;
@@ -633,6 +642,12 @@ fn valid_name(name: &str) -> bool {
     bytes.next().is_some_and(|b| b.is_ascii_alphanumeric())
         && name.len() >= 2
         && bytes.all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+}
+
+fn invalid_name(name: &str) -> EngineError {
+    EngineError::Rejected(format!(
+        "Invalid container name ({name}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed (HTTP 400)"
+    ))
 }
 
 enum Reference {
@@ -769,10 +784,7 @@ impl Engine for FakeEngine {
         let now = self.daemon.clock.now_ms();
         let mut state = self.state();
         if !valid_name(&spec.name) {
-            return Err(EngineError::Rejected(format!(
-                "Invalid container name ({}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed (HTTP 400)",
-                spec.name
-            )));
+            return Err(invalid_name(&spec.name));
         }
         let image_id = local_image(&state, &spec.image)
             .ok_or_else(|| EngineError::NotFound(format!("No such image: {}", spec.image)))?;
@@ -836,9 +848,7 @@ impl Engine for FakeEngine {
             .owned(&state, id)?
             .ok_or_else(|| EngineError::NotFound(id.to_string()))?;
         if !valid_name(new_name) {
-            return Err(EngineError::Rejected(format!(
-                "Invalid container name ({new_name}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed (HTTP 400)"
-            )));
+            return Err(invalid_name(new_name));
         }
         if let Some(other) = state.containers.iter().find(|c| c.name == new_name) {
             return Err(EngineError::Conflict(format!(
@@ -996,5 +1006,173 @@ mod tests {
         engine.set_unavailable(false);
         engine.ping().await.unwrap();
         assert_eq!(engine.calls(Op::Ping), 4);
+    }
+
+    fn spec(name: &str, image: &str) -> ContainerSpec {
+        ContainerSpec {
+            name: name.to_string(),
+            image: image.to_string(),
+            env: vec![],
+            labels: BTreeMap::from([(LABEL_OWNER.to_string(), "me".to_string())]),
+            network: "bridge".to_string(),
+            alias: name.to_string(),
+            binds: vec![],
+        }
+    }
+
+    fn ignore(_: PullProgress) {}
+
+    async fn running(engine: &FakeEngine, name: &str) -> String {
+        engine.add_image("r.test/app:v1", &format!("sha256:{}", "a1".repeat(32)));
+        engine.pull_image("r.test/app:v1", &ignore).await.unwrap();
+        let id = engine
+            .create_container(&spec(name, "r.test/app:v1"))
+            .await
+            .unwrap();
+        engine.start_container(&id).await.unwrap();
+        id
+    }
+
+    async fn next(
+        events: &mut BoxStream<'static, Result<EngineEvent, EngineError>>,
+    ) -> EngineEventKind {
+        events.next().await.unwrap().unwrap().kind
+    }
+
+    #[tokio::test]
+    async fn health_and_oom_kills_are_reported() {
+        let engine = FakeEngine::new("me");
+        let mut events = engine.events();
+        let id = running(&engine, "c1").await;
+        assert_eq!(next(&mut events).await, EngineEventKind::Started);
+
+        engine.set_health(&id, Health::Starting);
+        engine.set_health(&id, Health::Unhealthy);
+        engine.set_health(&id, Health::Healthy);
+        assert_eq!(
+            next(&mut events).await,
+            EngineEventKind::HealthStatus { healthy: false }
+        );
+        assert_eq!(
+            next(&mut events).await,
+            EngineEventKind::HealthStatus { healthy: true }
+        );
+        let info = engine.inspect_container(&id).await.unwrap().unwrap();
+        assert_eq!(info.health.as_deref(), Some("healthy"));
+
+        engine.oom_kill(&id);
+        assert_eq!(next(&mut events).await, EngineEventKind::OomKilled);
+        assert_eq!(
+            next(&mut events).await,
+            EngineEventKind::Died {
+                exit_code: Some(KILLED_EXIT_CODE)
+            }
+        );
+        let info = engine.inspect_container(&id).await.unwrap().unwrap();
+        assert!(info.oom_killed);
+        assert_eq!(info.exit_code, Some(KILLED_EXIT_CODE));
+
+        // A new process: no OOM flag, and the health check starts over.
+        engine.start_container(&id).await.unwrap();
+        let info = engine.inspect_container(&id).await.unwrap().unwrap();
+        assert!(!info.oom_killed);
+        assert_eq!(info.health.as_deref(), Some("starting"));
+    }
+
+    #[tokio::test]
+    async fn an_outage_breaks_open_streams_and_refuses_new_ones() {
+        let engine = FakeEngine::new("me");
+        let mut open = engine.events();
+        engine.set_unavailable(true);
+        assert!(matches!(
+            open.next().await,
+            Some(Err(EngineError::Unavailable(_)))
+        ));
+        assert!(
+            open.next().await.is_none(),
+            "the stream ends after its error"
+        );
+        let mut refused = engine.events();
+        assert!(matches!(
+            refused.next().await,
+            Some(Err(EngineError::Unavailable(_)))
+        ));
+        assert!(refused.next().await.is_none());
+        assert_eq!(engine.calls(Op::Events), 2);
+
+        engine.set_unavailable(false);
+        let mut events = engine.events();
+        running(&engine, "c1").await;
+        assert_eq!(next(&mut events).await, EngineEventKind::Started);
+    }
+
+    #[tokio::test]
+    async fn a_lost_create_reply_leaves_the_container() {
+        let engine = FakeEngine::new("me");
+        engine.add_image("r.test/app:v1", &format!("sha256:{}", "a1".repeat(32)));
+        engine.pull_image("r.test/app:v1", &ignore).await.unwrap();
+        engine.lose_reply_next(
+            Op::CreateContainer,
+            EngineError::Unavailable("timeout".into()),
+        );
+        let spec = spec("c1", "r.test/app:v1");
+        assert!(engine.create_container(&spec).await.is_err());
+        let left = engine.inspect_container("c1").await.unwrap();
+        assert!(
+            left.is_some(),
+            "Docker created it before the reply was lost"
+        );
+        assert!(matches!(
+            engine.create_container(&spec).await,
+            Err(EngineError::Conflict(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_moved_tag_pulls_the_new_image_and_keeps_the_old_digest() {
+        let engine = FakeEngine::new("me");
+        let (old, new) = (
+            format!("sha256:{}", "01".repeat(32)),
+            format!("sha256:{}", "02".repeat(32)),
+        );
+        engine.add_image("r.test/app:v1", &old);
+        engine.pull_image("r.test/app:v1", &ignore).await.unwrap();
+        let before = engine
+            .inspect_image("r.test/app:v1")
+            .await
+            .unwrap()
+            .unwrap();
+        engine.add_image("r.test/app:v1", &new);
+        assert_eq!(
+            engine.inspect_image("r.test/app:v1").await.unwrap(),
+            Some(before.clone()),
+            "nothing changes locally before a pull"
+        );
+        engine.pull_image("r.test/app:v1", &ignore).await.unwrap();
+        let after = engine
+            .inspect_image("r.test/app:v1")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_ne!(after.id, before.id);
+        assert_eq!(after.repo_digests, vec![format!("r.test/app@{new}")]);
+        let pinned = format!("r.test/app@{old}");
+        assert_eq!(engine.inspect_image(&pinned).await.unwrap(), Some(before));
+        // The old digest is still in the registry.
+        engine.pull_image(&pinned, &ignore).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn owners_on_one_daemon_count_their_own_calls() {
+        let mine = FakeEngine::new("me");
+        let theirs = mine.for_owner("them");
+        mine.ping().await.unwrap();
+        theirs.create_foreign("theirs", Some("them"));
+        assert_eq!(mine.calls(Op::Ping), 1);
+        assert_eq!(theirs.calls(Op::Ping), 0);
+        assert!(mine.list_containers().await.unwrap().is_empty());
+        assert_eq!(theirs.list_containers().await.unwrap().len(), 1);
+        theirs.set_unavailable(true);
+        assert!(mine.ping().await.is_err(), "one daemon, one outage");
     }
 }

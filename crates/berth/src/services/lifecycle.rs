@@ -363,8 +363,29 @@ impl LifecycleService {
                 Error::from_engine(e, ErrorCode::StartFailed, "inspect the container")
             })?;
             if info.is_some() {
-                self.start_on_network(&cid).await?;
-                return Ok(());
+                match engine.start_container(&cid).await {
+                    Ok(()) => return Ok(()),
+                    // Its network was deleted under us; Docker keeps the
+                    // container bound to the old one, so a new container on
+                    // a new network replaces it (from the record, as always).
+                    Err(EngineError::NetworkMissing { .. }) => {
+                        engine.remove_container(&cid).await.map_err(|e| {
+                            Error::from_engine(
+                                e,
+                                ErrorCode::StartFailed,
+                                "remove the container of a deleted network",
+                            )
+                        })?;
+                        self.network_ready.store(false, Ordering::Release);
+                    }
+                    Err(e) => {
+                        return Err(Error::from_engine(
+                            e,
+                            ErrorCode::StartFailed,
+                            "start the container",
+                        ))
+                    }
+                }
             }
             // The container is gone: create a new one below.
             rec.container_id = None;
@@ -533,8 +554,8 @@ impl LifecycleService {
         })
     }
 
-    /// Starts a container; when its network was deleted under us (Docker
-    /// 20.10 notices at start, not at create), makes it again, once.
+    /// Starts a new container; when its network was deleted under us
+    /// (Docker 20.10 notices at start, not at create), makes it again, once.
     async fn start_on_network(&self, cid: &str) -> Result<()> {
         let engine = &self.ctx.engine;
         let started = match engine.start_container(cid).await {
