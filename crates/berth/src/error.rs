@@ -93,9 +93,9 @@ impl Error {
             EngineError::ForeignOwner { .. } | EngineError::Conflict(_) => {
                 Error::new(ErrorCode::Conflict, format!("could not {doing}: {e}"))
             }
-            EngineError::NotFound(_) | EngineError::Rejected(_) => {
-                Error::new(fallback, format!("could not {doing}: {e}"))
-            }
+            EngineError::NotFound(_)
+            | EngineError::NetworkMissing { .. }
+            | EngineError::Rejected(_) => Error::new(fallback, format!("could not {doing}: {e}")),
         }
     }
 }

@@ -2,7 +2,9 @@
 //! test registry started by `scripts/test-env.sh` (nothing is faked).
 //!
 //! Every test uses its own `bt-<random>` owner and network and removes what
-//! it created, also when it fails (see `Cleanup`).
+//! it created, also when it fails (see `Cleanup`). What every engine must do
+//! (the fake included) is in `engine_contract.rs`; this file keeps what is
+//! particular to Docker.
 
 use std::collections::{BTreeMap, HashMap};
 use std::process::{Command, Stdio};
@@ -203,54 +205,6 @@ async fn ensure_network_is_idempotent_and_survives_races() {
             .expect("a caller racing to create the network must not fail");
     }
     assert_eq!(networks_named(&docker, &raced).await.len(), 1);
-}
-
-#[tokio::test]
-async fn pulls_by_tag_and_digest_and_reports_pull_failures() {
-    let owner = unique("bt");
-    let engine = engine(&owner).await;
-    let image = test_image();
-    let tagged = format!("{image}:v1");
-
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let sink = seen.clone();
-    let record = move |p: PullProgress| sink.lock().unwrap().push(p);
-    engine.pull_image(&tagged, &record).await.unwrap();
-    assert!(!seen.lock().unwrap().is_empty(), "progress was reported");
-    assert!(seen.lock().unwrap().iter().any(|p| !p.status.is_empty()));
-
-    let local = engine.inspect_image(&tagged).await.unwrap().unwrap();
-    assert!(local.id.starts_with("sha256:"));
-    let pinned = local
-        .repo_digests
-        .iter()
-        .find(|d| d.starts_with(&format!("{image}@sha256:")))
-        .unwrap_or_else(|| panic!("no digest of {image} in {:?}", local.repo_digests))
-        .clone();
-
-    engine.pull_image(&pinned, &ignore_progress).await.unwrap();
-    let by_digest = engine.inspect_image(&pinned).await.unwrap().unwrap();
-    assert_eq!(by_digest.id, local.id);
-
-    let missing_repo = format!("{}/berth-test/{}:v1", test_registry(), unique("missing"));
-    match engine.pull_image(&missing_repo, &ignore_progress).await {
-        Err(EngineError::PullFailed { image, message }) => {
-            assert_eq!(image, missing_repo);
-            assert!(!message.is_empty());
-        }
-        other => panic!("pull of a missing repository: {other:?}"),
-    }
-
-    let missing_tag = format!("{image}:{}", unique("no-such-tag"));
-    match engine.pull_image(&missing_tag, &ignore_progress).await {
-        Err(EngineError::PullFailed { image, message }) => {
-            assert_eq!(image, missing_tag);
-            assert!(!message.is_empty());
-        }
-        other => panic!("pull of a missing tag: {other:?}"),
-    }
-
-    assert_eq!(engine.inspect_image(&missing_repo).await.unwrap(), None);
 }
 
 fn sha256(data: &[u8]) -> String {
@@ -528,103 +482,6 @@ async fn container_lifecycle_keeps_labels_alias_env_and_state() {
     let written = std::fs::read_to_string(state.path().join("written.txt")).unwrap();
     assert_eq!(written.trim(), "inside");
     assert!(state.path().join("kept.txt").exists());
-}
-
-#[tokio::test]
-async fn foreign_containers_are_never_touched() {
-    let owner = unique("bt");
-    let other = unique("bt");
-    let foreign_name = format!("{other}-foreign");
-    let unlabelled_name = format!("{owner}-unlabelled");
-    let _cleanup = Cleanup {
-        owners: vec![owner.clone(), other.clone()],
-        names: vec![unlabelled_name.clone()],
-        networks: vec![],
-    };
-    let engine = engine(&owner).await;
-    let docker = engine.client().clone();
-    let image_ref = format!("{}:v1", test_image());
-    engine
-        .pull_image(&image_ref, &ignore_progress)
-        .await
-        .unwrap();
-
-    create_raw(
-        &docker,
-        &foreign_name,
-        &image_ref,
-        HashMap::from([(LABEL_OWNER.to_string(), other.clone())]),
-    )
-    .await;
-    create_raw(&docker, &unlabelled_name, &image_ref, HashMap::new()).await;
-    let own_name = format!("{owner}-mine");
-    create_raw(
-        &docker,
-        &own_name,
-        &image_ref,
-        HashMap::from([(LABEL_OWNER.to_string(), owner.clone())]),
-    )
-    .await;
-
-    let is_foreign = |result: Result<(), EngineError>, expected_owner: &str| match result {
-        Err(EngineError::ForeignOwner { owner, .. }) => assert_eq!(owner, expected_owner),
-        other => panic!("expected ForeignOwner, got {other:?}"),
-    };
-
-    is_foreign(engine.start_container(&foreign_name).await, &other);
-    let still = engine
-        .inspect_container(&foreign_name)
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(!still.running, "start was refused");
-
-    docker
-        .start_container(&foreign_name, None::<StartContainerOptions<String>>)
-        .await
-        .unwrap();
-    is_foreign(
-        engine
-            .stop_container(&foreign_name, Duration::from_secs(1))
-            .await,
-        &other,
-    );
-    is_foreign(engine.remove_container(&foreign_name).await, &other);
-    let still = engine
-        .inspect_container(&foreign_name)
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(still.running, "stop and remove were refused");
-
-    is_foreign(engine.remove_container(&unlabelled_name).await, "");
-    is_foreign(engine.start_container(&unlabelled_name).await, "");
-    assert!(engine
-        .inspect_container(&unlabelled_name)
-        .await
-        .unwrap()
-        .is_some());
-
-    let mine: Vec<String> = engine
-        .list_containers()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|c| c.name)
-        .collect();
-    assert_eq!(mine, vec![own_name.clone()]);
-    let theirs: Vec<String> = self::engine(&other)
-        .await
-        .list_containers()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|c| c.name)
-        .collect();
-    assert_eq!(theirs, vec![foreign_name.clone()]);
-
-    engine.remove_container(&own_name).await.unwrap();
-    assert_eq!(engine.inspect_container(&own_name).await.unwrap(), None);
 }
 
 #[tokio::test]

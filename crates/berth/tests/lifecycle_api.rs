@@ -535,3 +535,45 @@ async fn metrics_and_openapi_describe_the_api() {
     assert!(doc["components"]["schemas"]["RuntimeView"].is_object());
     t.shutdown().await;
 }
+
+/// The network deleted behind berth's back: the next start makes it again.
+/// A stopped container stays bound to the deleted network, so it is
+/// replaced; a new runtime's container joins the new network. (Docker 20.10
+/// notices a missing network only at start, newer daemons may at create.)
+#[tokio::test]
+async fn a_deleted_network_is_made_again_at_start() {
+    let t = TestServer::start().await;
+    t.put_app_template("engine", "v1").await;
+    let (status, rt) = t.start_runtime("net-1", "engine").await;
+    assert_eq!(status, StatusCode::CREATED, "{rt}");
+    let cid = rt["container_id"].as_str().unwrap().to_string();
+    let (status, stopped) = t.post("/v1/runtimes/net-1/stop", json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{stopped}");
+
+    docker_lines(&["network", "rm", &t.network]);
+    let (status, started) = t.post("/v1/runtimes/net-1/start", json!({})).await;
+    assert_eq!(status, StatusCode::CREATED, "{started}");
+    let replacement = started["container_id"].as_str().unwrap();
+    assert_ne!(replacement, cid, "the old container cannot rejoin");
+    assert!(docker_inspect(&cid).is_none(), "the old container is gone");
+    assert_eq!(t.containers(), vec![replacement.to_string()]);
+    let info = docker_inspect(replacement).unwrap();
+    assert_eq!(info["State"]["Running"], true);
+    assert!(
+        info["NetworkSettings"]["Networks"][&t.network]["IPAddress"]
+            .as_str()
+            .is_some_and(|ip| !ip.is_empty()),
+        "on the network again: {}",
+        info["NetworkSettings"]
+    );
+
+    let (status, removed) = t.call(Method::DELETE, "/v1/runtimes/net-1", None).await;
+    assert_eq!(status, StatusCode::OK, "{removed}");
+    docker_lines(&["network", "rm", &t.network]);
+    let (status, rt) = t.start_runtime("net-2", "engine").await;
+    assert_eq!(status, StatusCode::CREATED, "{rt}");
+    assert_eq!(rt["status"], "running");
+    let info = docker_inspect(rt["container_id"].as_str().unwrap()).unwrap();
+    assert_eq!(info["State"]["Running"], true);
+    t.shutdown().await;
+}

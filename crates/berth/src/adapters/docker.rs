@@ -23,8 +23,9 @@ use bollard::container::{
 use bollard::errors::Error as DockerError;
 use bollard::image::CreateImageOptions;
 use bollard::models::{
-    ContainerInspectResponse, ContainerSummary, CreateImageInfo, EndpointSettings, EventMessage,
-    EventMessageTypeEnum, HostConfig, Network, RestartPolicy, RestartPolicyNameEnum,
+    ContainerInspectResponse, ContainerStateStatusEnum, ContainerSummary, CreateImageInfo,
+    EndpointSettings, EventMessage, EventMessageTypeEnum, HostConfig, Network, RestartPolicy,
+    RestartPolicyNameEnum,
 };
 use bollard::network::{CreateNetworkOptions, ListNetworksOptions};
 use bollard::system::EventsOptions;
@@ -270,6 +271,34 @@ impl DockerEngine {
             .into_iter()
             .filter(|n| n.name.as_deref() == Some(name))
             .collect())
+    }
+
+    /// After Docker answered 404 to a request about a container on
+    /// `networks` (each a name, and the network's id once the container has
+    /// joined it): `NetworkMissing` when one of them is gone, else the 404
+    /// as it was. Docker says which in its message only, so look.
+    ///
+    /// A container that has joined a network stays bound to its id: once
+    /// that network is deleted, a new one of the same name does not help.
+    async fn missing_network_or(
+        &self,
+        networks: impl IntoIterator<Item = (String, Option<String>)>,
+        not_found: DockerError,
+    ) -> EngineError {
+        for (network, bound_to) in networks {
+            let found = match self.networks_named(&network).await {
+                Ok(found) => found,
+                Err(e) => return e,
+            };
+            let present = match bound_to {
+                Some(id) => found.iter().any(|n| n.id.as_deref() == Some(id.as_str())),
+                None => !found.is_empty(),
+            };
+            if !present {
+                return EngineError::NetworkMissing { network };
+            }
+        }
+        self.map_err(not_found)
     }
 
     fn events_error(&self, e: DockerError) -> EngineError {
@@ -734,11 +763,21 @@ impl Engine for DockerEngine {
             name: spec.name.clone(),
             platform: None,
         };
-        let created = self
+        match self
             .call(self.docker.create_container(Some(options), config))
             .await
-            .map_err(|e| self.map_err(e))?;
-        Ok(created.id)
+        {
+            Ok(created) => Ok(created.id),
+            // A missing image or (on daemons that check at create) network.
+            Err(
+                e @ DockerError::DockerResponseServerError {
+                    status_code: 404, ..
+                },
+            ) => Err(self
+                .missing_network_or([(spec.network.clone(), None)], e)
+                .await),
+            Err(e) => Err(self.map_err(e)),
+        }
     }
 
     async fn start_container(&self, id: &str) -> Result<(), EngineError> {
@@ -749,13 +788,30 @@ impl Engine for DockerEngine {
         // Act on the inspected id, so a same-named replacement created in
         // between is never touched.
         let target = found.id.unwrap_or_else(|| id.to_string());
+        let networks = found
+            .network_settings
+            .and_then(|n| n.networks)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(name, endpoint)| (name, endpoint.network_id.filter(|id| !id.is_empty())));
         // Docker answers 304 for a running container; bollard treats it as Ok.
-        self.call(
-            self.docker
-                .start_container(&target, None::<StartContainerOptions<String>>),
-        )
-        .await
-        .map_err(|e| self.map_err(e))
+        match self
+            .call(
+                self.docker
+                    .start_container(&target, None::<StartContainerOptions<String>>),
+            )
+            .await
+        {
+            Ok(()) => Ok(()),
+            // The container was just inspected, so a 404 is most likely its
+            // network, deleted since it was created.
+            Err(
+                e @ DockerError::DockerResponseServerError {
+                    status_code: 404, ..
+                },
+            ) => Err(self.missing_network_or(networks, e).await),
+            Err(e) => Err(self.map_err(e)),
+        }
     }
 
     async fn stop_container(&self, id: &str, grace: Duration) -> Result<(), EngineError> {
@@ -798,11 +854,22 @@ impl Engine for DockerEngine {
             Err(DockerError::DockerResponseServerError {
                 status_code: 404, ..
             }) => Ok(()),
-            // "removal already in progress": it is going away either way.
-            Err(DockerError::DockerResponseServerError {
-                status_code: 409,
-                message,
-            }) if message.contains("already in progress") => Ok(()),
+            // A forced remove conflicts only with a removal already in
+            // progress: then it is going away either way.
+            Err(
+                e @ DockerError::DockerResponseServerError {
+                    status_code: 409, ..
+                },
+            ) => match self.inspect_raw(&target).await? {
+                None => Ok(()),
+                Some(again)
+                    if again.state.as_ref().and_then(|s| s.status)
+                        == Some(ContainerStateStatusEnum::REMOVING) =>
+                {
+                    Ok(())
+                }
+                Some(_) => Err(self.map_err(e)),
+            },
             Err(e) => Err(self.map_err(e)),
         }
     }

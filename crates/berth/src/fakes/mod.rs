@@ -7,8 +7,12 @@
 
 pub mod bus;
 pub mod clock;
+pub mod engine;
+pub mod probe;
 pub mod registry;
 
 pub use bus::FakeBus;
 pub use clock::FakeClock;
+pub use engine::FakeEngine;
+pub use probe::FakeProbe;
 pub use registry::FakeRegistry;

@@ -17,8 +17,12 @@ pub enum EngineError {
     PullFailed { image: String, message: String },
     #[error("no such container or image: {0}")]
     NotFound(String),
+    /// The network a container is to join does not exist (any more). Docker
+    /// 20.10 notices at start, newer daemons may already at create.
+    #[error("Docker network {network} does not exist")]
+    NetworkMissing { network: String },
     /// A container with this name already exists.
-    #[error("conflict: {0}")]
+    #[error("Docker reported a conflict: {0}")]
     Conflict(String),
     /// berth never acts on a container whose owner label is not its own.
     #[error("container {id} belongs to owner {owner:?}, not to this berth instance")]

@@ -363,10 +363,29 @@ impl LifecycleService {
                 Error::from_engine(e, ErrorCode::StartFailed, "inspect the container")
             })?;
             if info.is_some() {
-                engine.start_container(&cid).await.map_err(|e| {
-                    Error::from_engine(e, ErrorCode::StartFailed, "start the container")
-                })?;
-                return Ok(());
+                match engine.start_container(&cid).await {
+                    Ok(()) => return Ok(()),
+                    // Its network was deleted under us; Docker keeps the
+                    // container bound to the old one, so a new container on
+                    // a new network replaces it (from the record, as always).
+                    Err(EngineError::NetworkMissing { .. }) => {
+                        engine.remove_container(&cid).await.map_err(|e| {
+                            Error::from_engine(
+                                e,
+                                ErrorCode::StartFailed,
+                                "remove the container of a deleted network",
+                            )
+                        })?;
+                        self.network_ready.store(false, Ordering::Release);
+                    }
+                    Err(e) => {
+                        return Err(Error::from_engine(
+                            e,
+                            ErrorCode::StartFailed,
+                            "start the container",
+                        ))
+                    }
+                }
             }
             // The container is gone: create a new one below.
             rec.container_id = None;
@@ -403,7 +422,7 @@ impl LifecycleService {
                     Error::from_engine(e, ErrorCode::StartFailed, "create the container")
                 })?
             }
-            Err(EngineError::NotFound(m)) if m.contains("network") => {
+            Err(EngineError::NetworkMissing { .. }) => {
                 // Someone deleted the network under us; make it again, once.
                 self.network_ready.store(false, Ordering::Release);
                 self.ensure_network().await?;
@@ -420,10 +439,7 @@ impl LifecycleService {
             }
         };
         *created = Some(cid.clone());
-        engine
-            .start_container(&cid)
-            .await
-            .map_err(|e| Error::from_engine(e, ErrorCode::StartFailed, "start the container"))?;
+        self.start_on_network(&cid).await?;
         rec.container_id = Some(cid);
         rec.generation = generation;
         rec.image_ref = Some(image_ref);
@@ -536,6 +552,21 @@ impl LifecycleService {
             )
             .map(|d| d.to_string()),
         })
+    }
+
+    /// Starts a new container; when its network was deleted under us
+    /// (Docker 20.10 notices at start, not at create), makes it again, once.
+    async fn start_on_network(&self, cid: &str) -> Result<()> {
+        let engine = &self.ctx.engine;
+        let started = match engine.start_container(cid).await {
+            Err(EngineError::NetworkMissing { .. }) => {
+                self.network_ready.store(false, Ordering::Release);
+                self.ensure_network().await?;
+                engine.start_container(cid).await
+            }
+            other => other,
+        };
+        started.map_err(|e| Error::from_engine(e, ErrorCode::StartFailed, "start the container"))
     }
 
     async fn ensure_network(&self) -> Result<()> {
