@@ -140,65 +140,13 @@ pub fn short_image_ref(reference: &str) -> String {
     }
 }
 
-/// Re-indents valid JSON text the way `serde_json::to_string_pretty` does,
-/// keeping the order of keys and every value exactly as the server wrote
-/// them (a parse into `serde_json::Value` would sort the keys).
-pub fn pretty_json(text: &str) -> String {
-    let mut out = String::with_capacity(text.len() * 2);
-    let mut depth = 0usize;
-    let mut in_string = false;
-    let mut escaped = false;
-    let mut chars = text.chars().peekable();
-    while let Some(c) = chars.next() {
-        if in_string {
-            out.push(c);
-            if escaped {
-                escaped = false;
-            } else if c == '\\' {
-                escaped = true;
-            } else if c == '"' {
-                in_string = false;
-            }
-            continue;
-        }
-        match c {
-            '"' => {
-                in_string = true;
-                out.push(c);
-            }
-            '{' | '[' => {
-                out.push(c);
-                while chars.next_if(|c| c.is_whitespace()).is_some() {}
-                let close = if c == '{' { '}' } else { ']' };
-                if chars.next_if_eq(&close).is_some() {
-                    out.push(close);
-                } else {
-                    depth += 1;
-                    newline(&mut out, depth);
-                }
-            }
-            '}' | ']' => {
-                depth = depth.saturating_sub(1);
-                newline(&mut out, depth);
-                out.push(c);
-            }
-            ',' => {
-                out.push(c);
-                newline(&mut out, depth);
-            }
-            ':' => out.push_str(": "),
-            c if c.is_whitespace() => {}
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-fn newline(out: &mut String, depth: usize) {
-    out.push('\n');
-    for _ in 0..depth {
-        out.push_str("  ");
-    }
+/// JSON text indented by `serde_json::to_string_pretty`, keys in the
+/// order the server wrote them (serde_json's `preserve_order`); text that
+/// is not JSON comes back as it is.
+pub fn indented_json(text: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(text)
+        .and_then(|value| serde_json::to_string_pretty(&value))
+        .unwrap_or_else(|_| text.to_string())
 }
 
 /// Percent-encodes one path segment: everything outside `[A-Za-z0-9_.-]`.
@@ -288,19 +236,16 @@ mod tests {
     }
 
     #[test]
-    fn pretty_json_matches_serde_json_and_keeps_key_order() {
-        let text = r#"{"runtimes":[{"id":"ws-1","env":{},"list":[],"last_error":null,"n":-1.5e3,"s":"a,b:{c}[d] \"q\" \\"}],"z":true,"a":[1,[2,{}]]}"#;
-        let value: serde_json::Value = serde_json::from_str(text).unwrap();
-        // serde_json sorts keys; compare against text that is already sorted.
-        let sorted = serde_json::to_string(&value).unwrap();
+    fn indents_json_keeping_the_servers_key_order() {
         assert_eq!(
-            pretty_json(&sorted),
-            serde_json::to_string_pretty(&value).unwrap()
+            indented_json(r#"{"z":true,"a":[1,{}],"m":{"y":null,"b":"x"}}"#),
+            "{\n  \"z\": true,\n  \"a\": [\n    1,\n    {}\n  ],\n  \"m\": {\n    \"y\": null,\n    \"b\": \"x\"\n  }\n}"
         );
         assert_eq!(
-            pretty_json("{\"b\": 1,\n \"a\": [ ] }"),
+            indented_json("{\"b\": 1,\n \"a\": [ ] }"),
             "{\n  \"b\": 1,\n  \"a\": []\n}"
         );
+        assert_eq!(indented_json("not json"), "not json");
     }
 
     #[test]

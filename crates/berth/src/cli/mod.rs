@@ -419,16 +419,11 @@ fn note(text: &str) {
     let _ = writeln!(std::io::stderr(), "{text}");
 }
 
-/// `--output json`: the body exactly as the server wrote it, indented.
+/// `--output json`: the server's answer, indented, keys in its order.
 fn emit_json(answer: &Answer) {
     let body = answer.body.trim();
-    if body.is_empty() {
-        return;
-    }
-    if serde_json::from_str::<serde::de::IgnoredAny>(body).is_ok() {
-        emit(&format!("{}\n", format::pretty_json(body)));
-    } else {
-        emit(&format!("{body}\n"));
+    if !body.is_empty() {
+        emit(&format!("{}\n", format::indented_json(body)));
     }
 }
 
