@@ -2,8 +2,6 @@
 //! timestamps and JSON re-indentation. The layouts are written by hand:
 //! each is small, and the formats are part of what users see.
 
-use std::fmt::Write as _;
-
 /// Columns are separated by this many spaces.
 const GAP: usize = 3;
 
@@ -149,20 +147,6 @@ pub fn indented_json(text: &str) -> String {
         .unwrap_or_else(|_| text.to_string())
 }
 
-/// Percent-encodes one path segment: everything outside `[A-Za-z0-9_.-]`.
-pub fn escape_segment(segment: &str) -> String {
-    let mut out = String::with_capacity(segment.len());
-    for b in segment.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-') {
-            out.push(char::from(b));
-        } else {
-            // Writing to a String cannot fail.
-            let _ = write!(out, "%{b:02X}");
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -246,14 +230,5 @@ mod tests {
             "{\n  \"b\": 1,\n  \"a\": []\n}"
         );
         assert_eq!(indented_json("not json"), "not json");
-    }
-
-    #[test]
-    fn escapes_path_segments() {
-        assert_eq!(escape_segment("ws-1_a.b"), "ws-1_a.b");
-        assert_eq!(escape_segment("a/b"), "a%2Fb");
-        assert_eq!(escape_segment("a b?c#d%"), "a%20b%3Fc%23d%25");
-        assert_eq!(escape_segment("é"), "%C3%A9");
-        assert_eq!(escape_segment(""), "");
     }
 }
