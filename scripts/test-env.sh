@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Test environment for berth: installs what is missing (apt), starts PostgreSQL,
 # Redis and a Docker registry on loopback, builds and pushes the test images,
-# then runs the whole test suite.
+# then checks formatting and clippy lints and runs the whole test suite.
 #
-#   scripts/test-env.sh [cargo test args...]   set up, then cargo test --workspace --all-targets
+#   scripts/test-env.sh [cargo test args...]   set up, lint (fmt, clippy), then cargo test --workspace --all-targets
 #   scripts/test-env.sh --env-only             set up, print `export VAR=value` lines only
 #       eval "$(scripts/test-env.sh --env-only)"
 #
@@ -291,6 +291,19 @@ for v in "${EXPORTS[@]}"; do log "$v=${!v}"; done
 # CI shells may not have rustup's bin dir on PATH.
 command -v cargo >/dev/null || PATH=$HOME/.cargo/bin:$PATH
 cd "$REPO_ROOT"
+
+# ------------------------------------------------------------------- lints
+# A formatting or clippy finding fails the run before any test. The
+# components cannot be downloaded here, so a toolchain without them is an
+# error, not a skip.
+cargo fmt --version >/dev/null 2>&1 || die "rustfmt is missing from the Rust toolchain (the lint gate needs \`cargo fmt\`)"
+cargo clippy --version >/dev/null 2>&1 || die "clippy is missing from the Rust toolchain (the lint gate needs \`cargo clippy\`)"
+log "lint: cargo fmt --all -- --check"
+cargo fmt --all -- --check || die "lint: code is not formatted; run \`cargo fmt --all\`"
+log "lint: cargo clippy --workspace --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings || die "lint: clippy reported findings (above)"
+log "lint: clean"
+
 # cargo ignores -p when --workspace is given, so only add it when no package was named.
 scope=(--workspace)
 for a in "$@"; do

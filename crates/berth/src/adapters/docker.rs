@@ -447,57 +447,9 @@ fn labels_map(labels: Option<HashMap<String, String>>) -> BTreeMap<String, Strin
 /// not after the epoch: Go's zero time (`0001-01-01T00:00:00Z`) means
 /// "unknown".
 fn parse_rfc3339_ms(text: &str) -> Option<i64> {
-    fn number(text: &str, width: usize) -> Option<i64> {
-        if text.len() != width || !text.bytes().all(|b| b.is_ascii_digit()) {
-            return None;
-        }
-        text.parse().ok()
-    }
-    let (date, time) = text.trim().split_once(['T', 't', ' '])?;
-    let mut date_parts = date.split('-');
-    let (year, month, day) = (
-        number(date_parts.next()?, 4)?,
-        number(date_parts.next()?, 2)?,
-        number(date_parts.next()?, 2)?,
-    );
-    if date_parts.next().is_some() || !(1..=12).contains(&month) || !(1..=31).contains(&day) {
-        return None;
-    }
-    let (clock, offset_secs) = match time.strip_suffix(['Z', 'z']) {
-        Some(clock) => (clock, 0),
-        None => {
-            let at = time.rfind(['+', '-'])?;
-            let (clock, offset) = time.split_at(at);
-            let sign = if offset.starts_with('-') { -1 } else { 1 };
-            let (hours, minutes) = offset[1..].split_once(':')?;
-            let (hours, minutes) = (number(hours, 2)?, number(minutes, 2)?);
-            (clock, sign * (hours * 3600 + minutes * 60))
-        }
-    };
-    let (hms, fraction) = clock.split_once('.').unwrap_or((clock, ""));
-    if !fraction.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let mut hms_parts = hms.split(':');
-    let (hour, minute, second) = (
-        number(hms_parts.next()?, 2)?,
-        number(hms_parts.next()?, 2)?,
-        number(hms_parts.next()?, 2)?,
-    );
-    if hms_parts.next().is_some() || hour > 23 || minute > 59 || second > 60 {
-        return None;
-    }
-    let millis = format!("{fraction:0<3}")[..3].parse::<i64>().ok()?;
-    // Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's
-    // `days_from_civil`).
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let year_of_era = y - era * 400;
-    let day_of_year = (153 * ((month + 9) % 12) + 2) / 5 + day - 1;
-    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
-    let days = era * 146_097 + day_of_era - 719_468;
-    let secs = days * 86_400 + hour * 3600 + minute * 60 + second - offset_secs;
-    let ms = secs * 1000 + millis;
+    use time::format_description::well_known::Rfc3339;
+    let at = time::OffsetDateTime::parse(text.trim(), &Rfc3339).ok()?;
+    let ms = i64::try_from(at.unix_timestamp_nanos().div_euclid(1_000_000)).ok()?;
     (ms > 0).then_some(ms)
 }
 
@@ -989,6 +941,12 @@ mod tests {
             parse_rfc3339_ms("2024-05-01T07:34:56.1-05:00"),
             Some(1_714_566_896_100)
         );
+        // Docker's own shape: nanoseconds, and an offset where the daemon
+        // is not on UTC.
+        assert_eq!(
+            parse_rfc3339_ms("2024-05-01T14:34:56.789123456+02:00"),
+            Some(1_714_566_896_789)
+        );
         // Go's zero time: Docker's "unknown".
         assert_eq!(parse_rfc3339_ms("0001-01-01T00:00:00Z"), None);
         for bad in [
@@ -996,6 +954,7 @@ mod tests {
             "2024-05-01",
             "2024-13-01T00:00:00Z",
             "2024-05-01T25:00:00Z",
+            "2024-02-30T00:00:00Z",
             "2024-05-01T12:34:56",
             "2024-05-01T12:34:56.x1Z",
             "24-05-01T12:34:56Z",

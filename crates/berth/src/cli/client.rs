@@ -9,7 +9,6 @@ use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::format::escape_segment;
 use crate::http::dto::{ErrorBody, ErrorDetail};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -82,12 +81,22 @@ impl Answer {
 
 pub struct Client {
     http: reqwest::Client,
-    /// Without a trailing slash; may carry a path prefix (behind a proxy).
+    /// May carry a path prefix (behind a proxy).
+    base_url: reqwest::Url,
+    /// The base as given, without a trailing slash, for messages.
     base: String,
 }
 
 impl Client {
     pub fn new(base: &str, token: Option<&str>) -> Result<Self, CliError> {
+        let base_url = reqwest::Url::parse(base)
+            .ok()
+            .filter(|url| !url.cannot_be_a_base())
+            .ok_or_else(|| {
+                CliError::Other(format!(
+                    "{base:?} is not a URL of the form http://host[:port][/prefix]"
+                ))
+            })?;
         let mut headers = HeaderMap::new();
         headers.insert("x-berth-source", HeaderValue::from_static("cli"));
         // Names the person in pin history ("promoted_by"); the server
@@ -114,16 +123,18 @@ impl Client {
             .map_err(|e| CliError::Other(format!("cannot build the HTTP client: {}", chain(&e))))?;
         Ok(Client {
             http,
+            base_url,
             base: base.trim_end_matches('/').to_string(),
         })
     }
 
-    /// The URL of a path given as segments, each percent-encoded.
-    pub fn url(&self, segments: &[&str]) -> String {
-        let mut url = self.base.clone();
-        for segment in segments {
-            url.push('/');
-            url.push_str(&escape_segment(segment));
+    /// The URL of a path given as segments, each percent-encoded, after
+    /// the base's own path.
+    pub fn url(&self, segments: &[&str]) -> reqwest::Url {
+        let mut url = self.base_url.clone();
+        // Cannot fail: `new` refused bases that cannot take a path.
+        if let Ok(mut path) = url.path_segments_mut() {
+            path.pop_if_empty().extend(segments);
         }
         url
     }
@@ -243,18 +254,24 @@ mod tests {
     fn builds_urls_from_escaped_segments() {
         let c = Client::new("http://127.0.0.1:7878/", None).unwrap();
         assert_eq!(
-            c.url(&["v1", "runtimes", "ws-1"]),
+            c.url(&["v1", "runtimes", "ws-1"]).as_str(),
             "http://127.0.0.1:7878/v1/runtimes/ws-1"
         );
         assert_eq!(
-            c.url(&["v1", "templates", "a/b?c"]),
+            c.url(&["v1", "templates", "a/b?c"]).as_str(),
             "http://127.0.0.1:7878/v1/templates/a%2Fb%3Fc"
         );
-        let prefixed = Client::new("http://proxy.local/berth", Some("t")).unwrap();
         assert_eq!(
-            prefixed.url(&["v1", "operations"]),
-            "http://proxy.local/berth/v1/operations"
+            c.url(&["v1", "templates", "a b#%é"]).as_str(),
+            "http://127.0.0.1:7878/v1/templates/a%20b%23%25%C3%A9"
         );
+        for base in ["http://proxy.local/berth", "http://proxy.local/berth/"] {
+            let prefixed = Client::new(base, Some("t")).unwrap();
+            assert_eq!(
+                prefixed.url(&["v1", "operations"]).as_str(),
+                "http://proxy.local/berth/v1/operations"
+            );
+        }
     }
 
     /// Serves one canned HTTP answer on a loopback port and hands back
@@ -405,6 +422,13 @@ mod tests {
     #[test]
     fn rejects_a_token_a_header_cannot_carry() {
         assert!(Client::new("http://127.0.0.1:7878", Some("a\nb")).is_err());
+    }
+
+    #[test]
+    fn rejects_a_base_that_is_not_a_url() {
+        for base in ["127.0.0.1:7878", "mailto:ops@example.com"] {
+            assert!(Client::new(base, None).is_err(), "{base}");
+        }
     }
 
     #[test]

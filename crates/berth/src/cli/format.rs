@@ -1,8 +1,6 @@
 //! Text output of the CLI: aligned tables, `key: value` lines, UTC
-//! timestamps and JSON re-indentation. Written by hand: each is small, and
-//! the formats are part of what users see.
-
-use std::fmt::Write as _;
+//! timestamps and JSON re-indentation. The layouts are written by hand:
+//! each is small, and the formats are part of what users see.
 
 use berth_core::image::Reference;
 
@@ -107,33 +105,21 @@ pub fn or_dash(value: Option<&str>) -> String {
     }
 }
 
-/// A millisecond Unix timestamp as UTC `YYYY-MM-DD HH:MM:SS`.
+/// A millisecond Unix timestamp as UTC `YYYY-MM-DD HH:MM:SS`; the bare
+/// number for one outside the years 1 to 9999.
 pub fn format_ms(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    let (year, month, day) = civil_from_days(secs.div_euclid(86_400));
-    let of_day = secs.rem_euclid(86_400);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
-        of_day / 3600,
-        of_day % 3600 / 60,
-        of_day % 60
-    )
-}
-
-/// The proleptic Gregorian date of a count of days since 1970-01-01
-/// (Howard Hinnant's `civil_from_days`): eras of 400 years, years that
-/// start on March 1st so the leap day comes last.
-pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097); // day of era, [0, 146096]
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365; // [0, 399]
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // day of March-based year, [0, 365]
-    let mp = (5 * doy + 2) / 153; // March-based month, [0, 11]
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month as u32, day as u32)
+    match time::OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000)) {
+        Ok(at) => format!(
+            "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
+            at.year(),
+            u8::from(at.month()),
+            at.day(),
+            at.hour(),
+            at.minute(),
+            at.second()
+        ),
+        Err(_) => ms.to_string(),
+    }
 }
 
 /// The first 12 hex digits of a digest (`sha256:…`), as Docker shows ids.
@@ -163,85 +149,18 @@ pub fn short_image_ref(reference: &str) -> String {
     }
 }
 
-/// Re-indents valid JSON text the way `serde_json::to_string_pretty` does,
-/// keeping the order of keys and every value exactly as the server wrote
-/// them (a parse into `serde_json::Value` would sort the keys).
-pub fn pretty_json(text: &str) -> String {
-    let mut out = String::with_capacity(text.len() * 2);
-    let mut depth = 0usize;
-    let mut in_string = false;
-    let mut escaped = false;
-    let mut chars = text.chars().peekable();
-    while let Some(c) = chars.next() {
-        if in_string {
-            out.push(c);
-            if escaped {
-                escaped = false;
-            } else if c == '\\' {
-                escaped = true;
-            } else if c == '"' {
-                in_string = false;
-            }
-            continue;
-        }
-        match c {
-            '"' => {
-                in_string = true;
-                out.push(c);
-            }
-            '{' | '[' => {
-                out.push(c);
-                while chars.next_if(|c| c.is_whitespace()).is_some() {}
-                let close = if c == '{' { '}' } else { ']' };
-                if chars.next_if_eq(&close).is_some() {
-                    out.push(close);
-                } else {
-                    depth += 1;
-                    newline(&mut out, depth);
-                }
-            }
-            '}' | ']' => {
-                depth = depth.saturating_sub(1);
-                newline(&mut out, depth);
-                out.push(c);
-            }
-            ',' => {
-                out.push(c);
-                newline(&mut out, depth);
-            }
-            ':' => out.push_str(": "),
-            c if c.is_whitespace() => {}
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-fn newline(out: &mut String, depth: usize) {
-    out.push('\n');
-    for _ in 0..depth {
-        out.push_str("  ");
-    }
-}
-
-/// Percent-encodes one path segment: everything outside `[A-Za-z0-9_.-]`.
-pub fn escape_segment(segment: &str) -> String {
-    let mut out = String::with_capacity(segment.len());
-    for b in segment.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-') {
-            out.push(char::from(b));
-        } else {
-            // Writing to a String cannot fail.
-            let _ = write!(out, "%{b:02X}");
-        }
-    }
-    out
+/// JSON text indented by `serde_json::to_string_pretty`, keys in the
+/// order the server wrote them (serde_json's `preserve_order`); text that
+/// is not JSON comes back as it is.
+pub fn indented_json(text: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(text)
+        .and_then(|value| serde_json::to_string_pretty(&value))
+        .unwrap_or_else(|_| text.to_string())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proptest::prelude::*;
 
     #[test]
     fn table_aligns_columns_without_trailing_spaces() {
@@ -293,40 +212,7 @@ mod tests {
         assert_eq!(format_ms(4_107_542_399_000), "2100-02-28 23:59:59");
         assert_eq!(format_ms(4_107_542_400_000), "2100-03-01 00:00:00");
         assert_eq!(format_ms(253_402_300_799_000), "9999-12-31 23:59:59");
-    }
-
-    #[test]
-    fn civil_from_days_knows_leap_years() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(59), (1970, 3, 1));
-        assert_eq!(civil_from_days(10_956), (1999, 12, 31));
-        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
-        assert_eq!(civil_from_days(19_782), (2024, 2, 29));
-        assert_eq!(civil_from_days(-719_468), (0, 3, 1));
-    }
-
-    /// The inverse, for the property below.
-    fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-        let y = if m <= 2 { y - 1 } else { y };
-        let era = y.div_euclid(400);
-        let yoe = y.rem_euclid(400);
-        let m = i64::from(m);
-        let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(d) - 1;
-        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-        era * 146_097 + doe - 719_468
-    }
-
-    proptest! {
-        #[test]
-        fn civil_from_days_round_trips(days in -1_000_000i64..10_000_000) {
-            let (y, m, d) = civil_from_days(days);
-            prop_assert!((1..=12).contains(&m));
-            prop_assert!((1..=31).contains(&d));
-            prop_assert_eq!(days_from_civil(y, m, d), days);
-            // The next day is either the next date in the month or the 1st.
-            let (_, m2, d2) = civil_from_days(days + 1);
-            prop_assert!(d2 == d + 1 && m2 == m || d2 == 1);
-        }
+        assert_eq!(format_ms(i64::MAX), i64::MAX.to_string());
     }
 
     #[test]
@@ -350,27 +236,15 @@ mod tests {
     }
 
     #[test]
-    fn pretty_json_matches_serde_json_and_keeps_key_order() {
-        let text = r#"{"runtimes":[{"id":"ws-1","env":{},"list":[],"last_error":null,"n":-1.5e3,"s":"a,b:{c}[d] \"q\" \\"}],"z":true,"a":[1,[2,{}]]}"#;
-        let value: serde_json::Value = serde_json::from_str(text).unwrap();
-        // serde_json sorts keys; compare against text that is already sorted.
-        let sorted = serde_json::to_string(&value).unwrap();
+    fn indents_json_keeping_the_servers_key_order() {
         assert_eq!(
-            pretty_json(&sorted),
-            serde_json::to_string_pretty(&value).unwrap()
+            indented_json(r#"{"z":true,"a":[1,{}],"m":{"y":null,"b":"x"}}"#),
+            "{\n  \"z\": true,\n  \"a\": [\n    1,\n    {}\n  ],\n  \"m\": {\n    \"y\": null,\n    \"b\": \"x\"\n  }\n}"
         );
         assert_eq!(
-            pretty_json("{\"b\": 1,\n \"a\": [ ] }"),
+            indented_json("{\"b\": 1,\n \"a\": [ ] }"),
             "{\n  \"b\": 1,\n  \"a\": []\n}"
         );
-    }
-
-    #[test]
-    fn escapes_path_segments() {
-        assert_eq!(escape_segment("ws-1_a.b"), "ws-1_a.b");
-        assert_eq!(escape_segment("a/b"), "a%2Fb");
-        assert_eq!(escape_segment("a b?c#d%"), "a%20b%3Fc%23d%25");
-        assert_eq!(escape_segment("é"), "%C3%A9");
-        assert_eq!(escape_segment(""), "");
+        assert_eq!(indented_json("not json"), "not json");
     }
 }

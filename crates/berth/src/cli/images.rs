@@ -4,7 +4,17 @@ use crate::http::dto::{RefreshRequest, RefreshResponse, TemplateFailure, WatchRe
 
 use super::client::CliError;
 use super::format::Table;
-use super::{emit, emit_json, Ctx, Output, RefreshArgs, Spinner};
+use super::{emit, emit_json, parse_path_segment, Ctx, Output, Spinner};
+
+#[derive(Debug, clap::Args)]
+pub struct RefreshArgs {
+    /// Only this template (repeatable) [default: every template]
+    #[arg(long = "template", value_name = "NAME", value_parser = parse_path_segment)]
+    pub templates: Vec<String>,
+    /// Also recreate running runtimes whose image digest changed
+    #[arg(long)]
+    pub recreate: bool,
+}
 
 /// `POST /v1/admin/images/refresh`; exit code 1 when any template failed,
 /// after the whole answer is printed.

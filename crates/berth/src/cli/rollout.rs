@@ -10,7 +10,55 @@ use crate::http::dto::{RolloutList, RolloutProgress, RolloutView};
 
 use super::client::{Answer, CliError};
 use super::format::{format_ms, or_dash, short_digest, Fields, Table};
-use super::{emit, emit_json, note, show, Ctx, Output, RolloutCommand};
+use super::{emit, emit_json, note, parse_interval, parse_path_segment, show, Ctx, Output};
+
+#[derive(Debug, clap::Subcommand)]
+pub enum RolloutCommand {
+    /// List rollouts, newest first
+    #[command(visible_alias = "list")]
+    Ls {
+        /// Only rollouts of this template
+        #[arg(long)]
+        template: Option<String>,
+        /// At most this many rollouts (1 to 1000)
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        limit: Option<u32>,
+    },
+    /// Show one rollout and its targets
+    Show {
+        /// Rollout id
+        #[arg(value_parser = parse_path_segment)]
+        id: String,
+    },
+    /// Pause a running rollout
+    Pause {
+        /// Rollout id
+        #[arg(value_parser = parse_path_segment)]
+        id: String,
+    },
+    /// Resume a paused or halted rollout (a halted one retries its failed runtimes)
+    Resume {
+        /// Rollout id
+        #[arg(value_parser = parse_path_segment)]
+        id: String,
+    },
+    /// Abort a running or paused rollout; runtimes not yet updated stay as they are
+    Abort {
+        /// Rollout id
+        #[arg(value_parser = parse_path_segment)]
+        id: String,
+    },
+    /// Follow a rollout until it completes, halts or is aborted; exits 0
+    /// when it completed, 1 otherwise
+    Watch {
+        /// Rollout id
+        #[arg(value_parser = parse_path_segment)]
+        id: String,
+        /// How often to ask, e.g. 500ms or 2s (100ms to 1m)
+        #[arg(long, default_value = "1s", value_parser = parse_interval)]
+        interval: Duration,
+    },
+}
 
 /// One poll of a local API that takes longer than this is a failure.
 const POLL_TIMEOUT: Duration = Duration::from_secs(10);

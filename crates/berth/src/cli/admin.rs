@@ -1,0 +1,100 @@
+//! `berth status` and `berth reconcile`: the instance and its reconcile
+//! loop.
+
+use crate::http::dto::{ReconcileReportView, StatusView};
+
+use super::client::CliError;
+use super::format::{format_ms, Table};
+use super::{show, Ctx};
+
+pub(super) async fn status(ctx: &Ctx) -> Result<(), CliError> {
+    let answer = ctx.client.get(&["v1", "status"], &[]).await?;
+    show(ctx, &answer, |s: StatusView| {
+        let when = |ms: i64| {
+            if ms == 0 {
+                "never".to_string()
+            } else {
+                format_ms(ms)
+            }
+        };
+        let fleet: Vec<String> = s.runtimes.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        let mut out = String::new();
+        for (k, v) in [
+            ("version", s.version.clone()),
+            ("owner", s.owner.clone()),
+            ("network", s.network.clone()),
+            (
+                "redis",
+                if s.redis {
+                    "configured".into()
+                } else {
+                    "off".into()
+                },
+            ),
+            (
+                "docker events",
+                if s.docker_events_connected {
+                    "connected".into()
+                } else {
+                    "disconnected".into()
+                },
+            ),
+            ("last reconcile", when(s.reconcile_last_run)),
+            ("last image watch", when(s.image_watch_last_tick)),
+            (
+                "outbox pending",
+                if s.outbox_pending > 1000 {
+                    "more than 1000".into()
+                } else {
+                    s.outbox_pending.to_string()
+                },
+            ),
+            ("active rollouts", s.active_rollouts.to_string()),
+            (
+                "runtimes",
+                if fleet.is_empty() {
+                    "none".into()
+                } else {
+                    fleet.join(", ")
+                },
+            ),
+        ] {
+            out.push_str(&format!("{k}: {v}\n"));
+        }
+        out
+    })
+}
+
+pub(super) async fn reconcile(ctx: &Ctx) -> Result<(), CliError> {
+    let answer = ctx
+        .client
+        .post::<serde_json::Value>(&["v1", "admin", "reconcile"], None)
+        .await?;
+    show(ctx, &answer, |r: ReconcileReportView| {
+        let mut t = Table::new(&["ACTION", "RUNTIMES"]);
+        for (name, ids) in [
+            ("disposed", &r.disposed),
+            ("recreated", &r.recreated),
+            ("adopted", &r.adopted),
+            ("exited", &r.exited),
+            ("restarted", &r.restarted),
+            ("reported", &r.reported),
+        ] {
+            t.row([
+                name.to_string(),
+                if ids.is_empty() {
+                    "-".into()
+                } else {
+                    ids.join(", ")
+                },
+            ]);
+        }
+        for f in &r.failed {
+            t.row([
+                "failed".to_string(),
+                format!("{}: {}", f.runtime_id, f.error),
+            ]);
+        }
+        t.render()
+    })
+}

@@ -1,0 +1,250 @@
+//! `berth runtime …`: start, list, show, stop, restart and remove runtimes.
+
+use std::collections::BTreeMap;
+
+use berth_core::status::RuntimeStatus;
+use clap::builder::PossibleValuesParser;
+use reqwest::StatusCode;
+
+use crate::http::dto::{RuntimeList, RuntimeView, StartRuntimeRequest};
+
+use super::client::CliError;
+use super::format::{format_ms, or_dash, short_digest, short_image_ref, Fields, Table};
+use super::{note, parse_env, parse_path_segment, show, Ctx, Output, Spinner};
+
+#[derive(Debug, clap::Subcommand)]
+pub enum RuntimeCommand {
+    /// Start a runtime from a template (creating it if needed)
+    Start {
+        /// Runtime id
+        #[arg(value_parser = parse_path_segment)]
+        id: String,
+        /// Template to start it from
+        #[arg(long)]
+        template: String,
+        /// Environment variable for this runtime (repeatable)
+        #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
+        env: Vec<(String, String)>,
+    },
+    /// List runtimes
+    #[command(visible_alias = "list")]
+    Ls {
+        /// Only runtimes of this template
+        #[arg(long)]
+        template: Option<String>,
+        /// Only runtimes in this status
+        #[arg(long, value_parser = PossibleValuesParser::new(RuntimeStatus::ALL.map(RuntimeStatus::as_str)))]
+        status: Option<String>,
+        /// Only runtimes whose running digest differs from their template's pin
+        #[arg(long)]
+        stale: bool,
+    },
+    /// Show one runtime
+    Show {
+        /// Runtime id
+        #[arg(value_parser = parse_path_segment)]
+        id: String,
+    },
+    /// Stop a runtime's container (the runtime can be started again)
+    Stop {
+        /// Runtime id
+        #[arg(value_parser = parse_path_segment)]
+        id: String,
+    },
+    /// Recreate a runtime's container from its template's current image
+    Restart {
+        /// Runtime id
+        #[arg(value_parser = parse_path_segment)]
+        id: String,
+    },
+    /// Remove a runtime's container; the record stays as `removed`
+    #[command(visible_alias = "remove")]
+    Rm {
+        /// Runtime id
+        #[arg(value_parser = parse_path_segment)]
+        id: String,
+    },
+}
+
+pub(super) async fn runtime(ctx: &Ctx, command: RuntimeCommand) -> Result<(), CliError> {
+    match command {
+        RuntimeCommand::Start { id, template, env } => {
+            let body = StartRuntimeRequest {
+                id: id.clone(),
+                template,
+                env: env.into_iter().collect::<BTreeMap<_, _>>(),
+            };
+            let answer = {
+                let _spinner =
+                    Spinner::show(ctx, format!("starting {id} (pulling the image if needed)…"));
+                ctx.client.post(&["v1", "runtimes"], Some(&body)).await?
+            };
+            if answer.status == StatusCode::OK && ctx.output == Output::Table {
+                note(&format!("{id} was already running"));
+            }
+            show(ctx, &answer, |r: RuntimeView| runtime_fields(&r))
+        }
+        RuntimeCommand::Ls {
+            template,
+            status,
+            stale,
+        } => {
+            let mut query = Vec::new();
+            if let Some(t) = template {
+                query.push(("template", t));
+            }
+            if let Some(s) = status {
+                query.push(("status", s));
+            }
+            if stale {
+                query.push(("stale", "true".to_string()));
+            }
+            let answer = ctx.client.get(&["v1", "runtimes"], &query).await?;
+            show(ctx, &answer, |list: RuntimeList| runtime_table(&list))
+        }
+        RuntimeCommand::Show { id } => {
+            let answer = ctx.client.get(&["v1", "runtimes", &id], &[]).await?;
+            show(ctx, &answer, |r: RuntimeView| runtime_fields(&r))
+        }
+        RuntimeCommand::Stop { id } => {
+            let answer = ctx
+                .client
+                .post(&["v1", "runtimes", &id, "stop"], None::<&()>)
+                .await?;
+            show(ctx, &answer, |r: RuntimeView| runtime_fields(&r))
+        }
+        RuntimeCommand::Restart { id } => {
+            let answer = {
+                let _spinner = Spinner::show(
+                    ctx,
+                    format!("restarting {id} (pulling the image if needed)…"),
+                );
+                ctx.client
+                    .post(&["v1", "runtimes", &id, "restart"], None::<&()>)
+                    .await?
+            };
+            show(ctx, &answer, |r: RuntimeView| runtime_fields(&r))
+        }
+        RuntimeCommand::Rm { id } => {
+            let answer = ctx.client.delete(&["v1", "runtimes", &id], &[]).await?;
+            show(ctx, &answer, |r: RuntimeView| runtime_fields(&r))
+        }
+    }
+}
+
+fn runtime_table(list: &RuntimeList) -> String {
+    let mut t = Table::new(&[
+        "ID", "TEMPLATE", "STATUS", "IMAGE", "DIGEST", "ENDPOINT", "UPDATED",
+    ]);
+    for r in &list.runtimes {
+        t.row([
+            r.id.clone(),
+            r.template.clone(),
+            r.status.clone(),
+            r.image_ref
+                .as_deref()
+                .map_or_else(|| "-".to_string(), short_image_ref),
+            r.image_digest
+                .as_deref()
+                .map_or_else(|| "-".to_string(), short_digest),
+            or_dash(r.engine_endpoint.as_deref()),
+            format_ms(r.updated_at),
+        ]);
+    }
+    t.render()
+}
+
+fn runtime_fields(r: &RuntimeView) -> String {
+    Fields::new()
+        .add("id", &r.id)
+        .add("template", &r.template)
+        .add("status", &r.status)
+        .add("container_id", or_dash(r.container_id.as_deref()))
+        .add("image_ref", or_dash(r.image_ref.as_deref()))
+        .add("image_digest", or_dash(r.image_digest.as_deref()))
+        .add("engine_endpoint", or_dash(r.engine_endpoint.as_deref()))
+        .add("generation", r.generation.to_string())
+        .add("created_at", format_ms(r.created_at))
+        .add("updated_at", format_ms(r.updated_at))
+        .add(
+            "last_error",
+            r.last_error.as_ref().map_or_else(
+                || "-".to_string(),
+                |e| format!("{} ({})", e.message, e.code),
+            ),
+        )
+        .render()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::dto::ErrorDetail;
+
+    fn runtime_view() -> RuntimeView {
+        RuntimeView {
+            id: "ws-1".into(),
+            template: "engine".into(),
+            status: "running".into(),
+            container_id: Some("c0ffee".into()),
+            image_ref: Some(format!(
+                "reg.example/acme/engine@sha256:{}",
+                "ab".repeat(32)
+            )),
+            image_digest: Some(format!("sha256:{}", "ab".repeat(32))),
+            engine_endpoint: Some("172.18.0.2:8080".into()),
+            generation: 2,
+            created_at: 0,
+            updated_at: 1_700_000_000_000,
+            last_error: None,
+        }
+    }
+
+    #[test]
+    fn renders_runtimes_as_a_table() {
+        let mut stopped = runtime_view();
+        stopped.id = "ws-2".into();
+        stopped.status = "stopped".into();
+        stopped.image_ref = None;
+        stopped.image_digest = None;
+        stopped.engine_endpoint = None;
+        let text = runtime_table(&RuntimeList {
+            runtimes: vec![runtime_view(), stopped],
+        });
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[0],
+            "ID     TEMPLATE   STATUS    IMAGE                                         DIGEST         ENDPOINT          UPDATED"
+        );
+        assert_eq!(
+            lines[1],
+            "ws-1   engine     running   reg.example/acme/engine@sha256:abababababab   abababababab   172.18.0.2:8080   2023-11-14 22:13:20"
+        );
+        assert_eq!(
+            lines[2],
+            "ws-2   engine     stopped   -                                             -              -                 2023-11-14 22:13:20"
+        );
+    }
+
+    #[test]
+    fn renders_a_runtime_as_fields() {
+        let mut r = runtime_view();
+        r.last_error = Some(ErrorDetail {
+            code: "start_failed".into(),
+            message: "the container exited".into(),
+        });
+        let text = runtime_fields(&r);
+        assert!(
+            text.starts_with("id: ws-1\ntemplate: engine\nstatus: running\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\nupdated_at: 2023-11-14 22:13:20\n"),
+            "{text}"
+        );
+        assert!(
+            text.ends_with("\nlast_error: the container exited (start_failed)\n"),
+            "{text}"
+        );
+    }
+}
