@@ -6,5 +6,7 @@
 //! and crashes at any step of a flow.
 
 pub mod clock;
+pub mod store;
 
 pub use clock::FakeClock;
+pub use store::FakeStore;
