@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use berth::services::lifecycle::StartRequest;
+use berth::ports::Engine;
 use berth::services::Services;
 use berth_core::operation::{OperationKind, Outcome};
 use berth_core::rollout::{RolloutState, TargetState};
@@ -22,7 +23,7 @@ use serde_json::json;
 use world::*;
 
 /// How many successful writes `flow` makes on a fresh world after `setup`.
-async fn count_writes<S, F>(setup: S, flow: F) -> usize
+async fn count_writes<S, F>(setup: S, flow: F) -> u64
 where
     S: AsyncFn(&World) -> Arc<Services>,
     F: AsyncFn(&World, &Arc<Services>),
@@ -57,7 +58,7 @@ async fn watcher_track_converges_after_a_crash_at_every_commit() {
     let n = count_writes(tracked_fleet, tick).await;
     // One commit for the decision, then per runtime: recreate in progress,
     // recreate done, target; then the rollout completes.
-    assert_eq!(n, 1 + 3 * RUNTIMES + 1, "the flow's commits");
+    assert_eq!(n, 1 + 3 * RUNTIMES as u64 + 1, "the flow's commits");
     for k in 1..=n {
         let case = format!("crash at commit {k} of {n}");
         let w = World::new();
@@ -190,7 +191,7 @@ async fn resume(_: &World, s: &Arc<Services>) {
 #[tokio::test(start_paused = true)]
 async fn rollout_resume_is_one_commit_then_a_resumable_rollout() {
     let n = count_writes(halted, resume).await;
-    assert_eq!(n, 1 + 3 * RUNTIMES + 1, "the flow's commits");
+    assert_eq!(n, 1 + 3 * RUNTIMES as u64 + 1, "the flow's commits");
     for k in 1..=n {
         let case = format!("crash at commit {k} of {n}");
         let w = World::new();

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use berth::fakes::FakeBus;
-use berth::ports::{Bus, Store};
+use berth::fakes::engine::Op;
+use berth::ports::{Bus, EngineError};
+use berth::services::lifecycle::StartRequest;
 use berth::services::jobs::JobConsumer;
 use berth::services::outbox::OutboxRelay;
 use berth::streams::{JOB_RESULTS, START_JOBS, STOP_JOBS};
@@ -138,44 +140,32 @@ async fn the_outbox_waits_while_the_bus_is_down_and_keeps_commit_order() {
     let bus = bus(&w);
     let relay = OutboxRelay::new(s.ctx.clone(), bus.clone());
     bus.set_unavailable(true);
-    // Three runtimes started: three container_started-free changes, but
-    // each start's result-less commit writes nothing to publish; use
-    // notifications through a failed start instead.
+    // Three failed pulls: each failure's intents are written to the outbox
+    // with the failed record, in that order.
     for i in 0..3 {
-        let _ = s
+        w.engine.fail_next(
+            Op::PullImage,
+            EngineError::PullFailed {
+                image: REPO.into(),
+                message: "registry down".into(),
+            },
+        );
+        let started = s
             .runtimes
             .start(
-                berth::services::lifecycle::StartRequest {
-                    id: format!("nope-{i}"),
-                    template: "missing".into(),
+                StartRequest {
+                    id: format!("p-{i}"),
+                    template: "app".into(),
                     env: Default::default(),
                 },
                 &caller(),
             )
             .await;
+        assert!(started.is_err());
     }
-    w.engine.fail_next(
-        berth::fakes::engine::Op::PullImage,
-        berth::ports::EngineError::PullFailed {
-            image: REPO.into(),
-            message: "registry down".into(),
-        },
-    );
-    w.engine.remove_image_for_test(REPO);
-    let _ = s
-        .runtimes
-        .start(
-            berth::services::lifecycle::StartRequest {
-                id: "pulls".into(),
-                template: "app".into(),
-                env: Default::default(),
-            },
-            &caller(),
-        )
-        .await;
     let pending = s.ctx.store.outbox_pending(100).await.unwrap();
-    assert!(!pending.is_empty(), "the failure was written to the outbox");
-    assert!(relay.relay_once().await.is_err() || bus.entries("notification:intents").is_empty());
+    assert!(pending.len() >= 3, "{pending:?}");
+    assert!(relay.relay_once().await.is_err());
     assert_eq!(
         s.ctx.store.outbox_pending(100).await.unwrap().len(),
         pending.len(),
@@ -184,12 +174,18 @@ async fn the_outbox_waits_while_the_bus_is_down_and_keeps_commit_order() {
     bus.set_unavailable(false);
     relay.relay_once().await.unwrap();
     assert!(s.ctx.store.outbox_pending(100).await.unwrap().is_empty());
-    let published: Vec<_> = bus
-        .entries("notification:intents")
-        .into_iter()
-        .chain(bus.entries("runtime:health_events"))
+    let intents = bus.entries("notification:intents");
+    assert_eq!(intents.len(), pending.len(), "{intents:?}");
+    let runtimes: Vec<String> = intents
+        .iter()
+        .filter(|e| e.field("notification_type") == Some("runtime.image_pull_failed"))
+        .map(|e| {
+            let payload: serde_json::Value =
+                serde_json::from_str(e.field("payload").unwrap()).unwrap();
+            payload["runtime_id"].as_str().unwrap().to_string()
+        })
         .collect();
-    assert_eq!(published.len(), pending.len());
+    assert_eq!(runtimes, ["p-0", "p-1", "p-2"], "commit order kept");
 }
 
 #[tokio::test(start_paused = true)]
@@ -200,7 +196,7 @@ async fn refresh_recreates_runtimes_on_another_digest() {
     w.publish("stable", &digest(2));
     let report = s
         .refresh
-        .refresh(Some(vec!["app".to_string()]), true, &caller())
+        .refresh(Some(&["app".to_string()]), true, &caller())
         .await
         .unwrap();
     assert_eq!(report.recreated.len(), RUNTIMES, "{report:?}");

@@ -1,10 +1,13 @@
 //! The `Store` contract: one suite, run against every adapter.
 //!
 //! Each case in `cases` is an async fn taking a [`Ctx`]; the `contract!`
-//! macro turns it into `sqlite::<case>` and `postgres::<case>` tests. SQLite
-//! runs in a temp dir. PostgreSQL needs `BERTH_TEST_DATABASE_URL` (an admin
-//! URL; `scripts/test-env.sh` provides one) and fails without it; every
-//! case gets a fresh database, dropped afterwards.
+//! macro turns it into `sqlite::<case>`, `postgres::<case>` and
+//! `fake::<case>` tests (the in-memory `berth::fakes::FakeStore`). The cases
+//! that reach behind the store with raw SQL (corrupt rows, stored text
+//! shapes) run against the SQL backends only. SQLite runs in a temp dir.
+//! PostgreSQL needs `BERTH_TEST_DATABASE_URL` (an admin URL;
+//! `scripts/test-env.sh` provides one) and fails without it; every case
+//! gets a fresh database, dropped afterwards.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -13,15 +16,18 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use berth::adapters::store::{self, PostgresStore, SqliteStore};
+use berth::fakes::FakeStore;
 use berth::ports::store::{
-    Change, EventFilter, Observation, OperationFilter, OutboxMessage, OutboxRow, RolloutRow,
-    RolloutTarget, RuntimeFilter, Store, StoreError,
+    Change, EventFilter, Observation, OperationFilter, OutboxMessage, OutboxRow, OutboxStore,
+    PinChange, RejectionChange, RolloutChange, RolloutRow, RolloutStore, RolloutTarget,
+    RuntimeFilter, Store, StoreError, TemplateStore, WatchStore,
 };
 use berth::template_doc::TemplateDoc;
 use berth_core::event::{HealthEvent, HealthEventType, JobResult, Notification};
 use berth_core::image::Digest;
 use berth_core::operation::{Operation, OperationKind, Outcome, Source};
 use berth_core::pin::{Pin, PinAction, PinHistoryEntry};
+use berth_core::rollout::{RolloutState, TargetState};
 use berth_core::runtime::{LastError, RuntimeRecord};
 use berth_core::status::RuntimeStatus;
 use berth_core::template::Template;
@@ -35,13 +41,18 @@ use sqlx::{ConnectOptions, Connection, Executor};
 enum Backend {
     Sqlite(PathBuf),
     Postgres(Box<PgConnectOptions>),
+    /// The same store as `Ctx::store`.
+    Fake(FakeStore),
 }
 
-/// What a case gets: the store under test, and a side door for raw SQL.
+/// What a case gets: the store under test, and a side door for raw SQL
+/// (the SQL backends only).
 struct Ctx {
     store: Arc<dyn Store>,
     backend: Backend,
 }
+
+const NO_SQL: &str = "the fake has no SQL side door: list this case under `sql only`";
 
 impl Ctx {
     /// Runs `sql` on its own connection, behind the store's back.
@@ -61,6 +72,7 @@ impl Ctx {
                 conn.execute(sql).await.unwrap();
                 conn.close().await.unwrap();
             }
+            Backend::Fake(_) => panic!("{NO_SQL}"),
         }
     }
 
@@ -83,8 +95,54 @@ impl Ctx {
                 conn.close().await.unwrap();
                 value
             }
+            Backend::Fake(_) => panic!("{NO_SQL}"),
         }
     }
+
+    /// The error an outbox message keeps from its last failed publish,
+    /// which the port does not read back.
+    async fn outbox_last_error(&self, seq: i64) -> Option<String> {
+        match &self.backend {
+            Backend::Fake(fake) => fake.outbox_error(seq),
+            _ => {
+                self.text(&format!(
+                    "SELECT (SELECT last_error FROM outbox WHERE seq = {seq})"
+                ))
+                .await
+            }
+        }
+    }
+
+    /// A stored rejection's reason and time as `"<reason> <at_ms>"`, which
+    /// the port does not read back. `template` and `digest` must need no
+    /// SQL quoting.
+    async fn rejection_note(&self, template: &str, digest: &str) -> Option<String> {
+        match &self.backend {
+            Backend::Fake(fake) => fake
+                .rejection(template, digest)
+                .map(|(reason, at_ms)| format!("{reason} {at_ms}")),
+            _ => {
+                self.text(&format!(
+                    "SELECT (SELECT reason || ' ' || CAST(rejected_at_ms AS TEXT) \
+                     FROM rejected_digests WHERE template = '{template}' AND digest = '{digest}')"
+                ))
+                .await
+            }
+        }
+    }
+}
+
+async fn run_fake<F, Fut>(case: F)
+where
+    F: FnOnce(Ctx) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let fake = FakeStore::new();
+    case(Ctx {
+        store: Arc::new(fake.clone()),
+        backend: Backend::Fake(fake),
+    })
+    .await;
 }
 
 async fn run_sqlite<F, Fut>(case: F)
@@ -166,13 +224,25 @@ where
     }
 }
 
+/// `every backend`: cases run against SQLite, PostgreSQL and the fake.
+/// `sql only`: cases that use the raw-SQL side door (`Ctx::exec`,
+/// `Ctx::text`), against SQLite and PostgreSQL.
 macro_rules! contract {
-    ($($case:ident),+ $(,)?) => {
+    (
+        every backend: [$($case:ident),+ $(,)?],
+        sql only: [$($sql_case:ident),+ $(,)?] $(,)?
+    ) => {
         mod sqlite {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $case() {
                     crate::run_sqlite(crate::cases::$case).await
+                }
+            )+
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $sql_case() {
+                    crate::run_sqlite(crate::cases::$sql_case).await
                 }
             )+
         }
@@ -183,38 +253,60 @@ macro_rules! contract {
                     crate::run_postgres(crate::cases::$case).await
                 }
             )+
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $sql_case() {
+                    crate::run_postgres(crate::cases::$sql_case).await
+                }
+            )+
+        }
+        mod fake {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    crate::run_fake(crate::cases::$case).await
+                }
+            )+
         }
     };
 }
 
 contract!(
-    templates_put_get_list,
-    template_delete_refuses_while_runtimes_use_it,
-    pins_promote_history_unpin,
-    seed_pin_only_without_history,
-    runtimes_record_get_list_filters,
-    operations_upsert_by_id_keeps_their_place,
-    list_operations_filters_and_limit,
-    fail_in_progress_operations,
-    every_change_writes_its_operation_row,
-    concurrent_writes_all_succeed,
-    corrupt_rows_are_reported,
-    commit_writes_everything_in_one_transaction,
-    commit_rolls_back_everything_on_a_conflict,
-    health_events_newest_first_with_filters,
-    has_health_event_matches_runtime_container_and_type,
-    notifications_newest_first,
-    job_results_round_trip,
-    outbox_oldest_first_delete_and_failed,
-    json_columns_round_trip,
-    outbox_seq_order_is_commit_order_per_key,
-    corrupt_event_rows_are_reported,
-    observations_put_get_delete,
-    rejected_digests_reject_check_clear,
-    rollouts_save_get_round_trip,
-    rollouts_list_newest_first_and_active_oldest_first,
-    save_rollout_is_atomic_with_its_change,
-    corrupt_rollout_rows_are_reported,
+    every backend: [
+        templates_put_get_list,
+        template_delete_refuses_while_runtimes_use_it,
+        pins_promote_history_unpin,
+        pin_change_writes_pin_history_and_operation_in_one_commit,
+        seed_pin_only_without_history,
+        runtimes_record_get_list_filters,
+        operations_upsert_by_id_keeps_their_place,
+        list_operations_filters_and_limit,
+        fail_in_progress_operations,
+        every_change_writes_its_operation_row,
+        concurrent_writes_all_succeed,
+        commit_writes_everything_in_one_transaction,
+        commit_rolls_back_everything_on_a_conflict,
+        commit_with_every_part_is_all_or_nothing,
+        health_events_newest_first_with_filters,
+        has_health_event_matches_runtime_container_and_type,
+        notifications_newest_first,
+        job_results_round_trip,
+        outbox_oldest_first_delete_and_failed,
+        json_columns_round_trip,
+        outbox_seq_order_is_commit_order_per_key,
+        observations_upsert_through_commit,
+        rejections_reject_then_lift,
+        rollouts_commit_get_round_trip,
+        rollouts_list_newest_first_and_active_oldest_first,
+        refused_commit_writes_nothing_of_its_rollout_pin_observation_or_rejection,
+    ],
+    sql only: [
+        corrupt_rows_are_reported,
+        corrupt_event_rows_are_reported,
+        corrupt_rollout_rows_are_reported,
+        unknown_stored_states_are_corrupt,
+        json_columns_store_the_documented_shapes,
+    ],
 );
 
 // --- fixtures ---------------------------------------------------------------
@@ -397,29 +489,29 @@ fn observation(template: &str, tag: &str, d: u8, at: i64) -> Observation {
     }
 }
 
-fn rollout(id: &str, template: &str, state: &str, at: i64) -> RolloutRow {
+fn rollout(id: &str, template: &str, state: RolloutState, at: i64) -> RolloutRow {
     RolloutRow {
         id: id.to_string(),
         template: template.to_string(),
         from_digest: Some(digest(1).as_str().to_string()),
         to_digest: digest(2).as_str().to_string(),
-        state: state.to_string(),
+        state,
         batch_size: 2,
         max_failures: 1,
         failures: 0,
         revert_pin: true,
-        source: "image_watch".to_string(),
+        source: Source::ImageWatch,
         message: None,
         created_at_ms: at,
         updated_at_ms: at,
     }
 }
 
-fn target(runtime_id: &str, position: u32, state: &str, at: i64) -> RolloutTarget {
+fn target(runtime_id: &str, position: u32, state: TargetState, at: i64) -> RolloutTarget {
     RolloutTarget {
         runtime_id: runtime_id.to_string(),
         position,
-        state: state.to_string(),
+        state,
         error: None,
         updated_at_ms: at,
     }
@@ -431,6 +523,37 @@ fn rollout_ids(rollouts: &[RolloutRow]) -> Vec<&str> {
 
 fn op_ids(ops: &[Operation]) -> Vec<&str> {
     ops.iter().map(|o| o.id.as_str()).collect()
+}
+
+/// A promote: the pin, its history entry and its operation, one commit.
+async fn promote(s: &dyn Store, p: &Pin, entry: &PinHistoryEntry, o: &Operation) {
+    s.commit(&Change {
+        pin: Some(PinChange { pin: p, entry }),
+        operation: Some(o),
+        ..Change::default()
+    })
+    .await
+    .unwrap();
+}
+
+/// A commit of a rollout and those of its targets that changed, alone.
+async fn save_rollout(s: &dyn Store, r: &RolloutRow, targets: &[RolloutTarget]) {
+    s.commit(&Change {
+        rollout: Some(RolloutChange {
+            rollout: r,
+            targets,
+        }),
+        ..Change::default()
+    })
+    .await
+    .unwrap();
+}
+
+async fn expect_corrupt<T: std::fmt::Debug>(result: Result<T, StoreError>, column: &str) {
+    match result {
+        Err(StoreError::Corrupt(msg)) => assert!(msg.contains(column), "{msg}"),
+        other => panic!("expected Corrupt naming {column}, got {other:?}"),
+    }
 }
 
 // --- the contract -------------------------------------------------------------
@@ -495,13 +618,13 @@ mod cases {
         .await
         .unwrap();
         let p = pin("t", 1, 2);
-        s.promote_pin(
+        promote(
+            s,
             &p,
             &promote_entry(&p, None),
             &op("pp", OperationKind::PinPromote, 2),
         )
-        .await
-        .unwrap();
+        .await;
         for id in ["r1", "r2"] {
             s.record(
                 Some(&runtime(id, "t", RuntimeStatus::Running, 3)),
@@ -594,36 +717,36 @@ mod cases {
 
         let p1 = pin("t", 1, 100);
         let e1 = promote_entry(&p1, None);
-        s.promote_pin(
+        promote(
+            s,
             &p1,
             &e1,
             &done(op("o1", OperationKind::PinPromote, 100), 100),
         )
-        .await
-        .unwrap();
+        .await;
         assert_eq!(s.get_pin("t").await.unwrap(), Some(p1.clone()));
 
         let mut p2 = pin("t", 2, 200);
         p2.reason = None;
         p2.promoted_by = "watcher".into();
         let e2 = promote_entry(&p2, Some(p1.digest.clone()));
-        s.promote_pin(
+        promote(
+            s,
             &p2,
             &e2,
             &done(op("o2", OperationKind::PinPromote, 200), 200),
         )
-        .await
-        .unwrap();
+        .await;
         assert_eq!(s.get_pin("t").await.unwrap(), Some(p2.clone()));
 
         let other = pin("a-other", 3, 150);
-        s.promote_pin(
+        promote(
+            s,
             &other,
             &promote_entry(&other, None),
             &op("o3", OperationKind::PinPromote, 150),
         )
-        .await
-        .unwrap();
+        .await;
         assert_eq!(
             s.list_pins().await.unwrap(),
             vec![other.clone(), p2.clone()]
@@ -686,13 +809,13 @@ mod cases {
 
         // Any history refuses, even an unpin that left no pin.
         let q = pin("u", 3, 30);
-        s.promote_pin(
+        promote(
+            s,
             &q,
             &promote_entry(&q, None),
             &op("p", OperationKind::PinPromote, 30),
         )
-        .await
-        .unwrap();
+        .await;
         s.unpin(
             "u",
             &unpin_entry("u", Some(q.digest.clone()), 31),
@@ -977,9 +1100,7 @@ mod cases {
         let mut o = op("promote", OperationKind::PinPromote, 3).for_template("t");
         o.source = Source::ImageWatch;
         let o = done(o, 3).detail("digest", p.digest.as_str());
-        s.promote_pin(&p, &promote_entry(&p, None), &o)
-            .await
-            .unwrap();
+        promote(s, &p, &promote_entry(&p, None), &o).await;
         expected.push(o);
         check(s, &expected).await;
 
@@ -1085,20 +1206,13 @@ mod cases {
         .await
         .unwrap();
         let pinned = pin("t", 1, 1);
-        s.promote_pin(
+        promote(
+            s,
             &pinned,
             &promote_entry(&pinned, None),
             &op("pp", OperationKind::PinPromote, 1),
         )
-        .await
-        .unwrap();
-
-        async fn expect_corrupt<T: std::fmt::Debug>(result: Result<T, StoreError>, column: &str) {
-            match result {
-                Err(StoreError::Corrupt(msg)) => assert!(msg.contains(column), "{msg}"),
-                other => panic!("expected Corrupt naming {column}, got {other:?}"),
-            }
-        }
+        .await;
 
         ctx.exec("UPDATE runtimes SET status = 'sleeping'").await;
         expect_corrupt(s.get_runtime("r").await, "runtimes.status").await;
@@ -1180,6 +1294,7 @@ mod cases {
             notifications: &notes,
             job_result: Some(&job),
             outbox: &out,
+            ..Change::default()
         })
         .await
         .unwrap();
@@ -1268,6 +1383,7 @@ mod cases {
             notifications: &first_notes,
             job_result: Some(&first_job),
             outbox: &first_out,
+            ..Change::default()
         })
         .await
         .unwrap();
@@ -1310,6 +1426,7 @@ mod cases {
                 notifications: &second_notes,
                 job_result: Some(&second_job),
                 outbox: &second_out,
+                ..Change::default()
             })
             .await
         {
@@ -1658,22 +1775,11 @@ mod cases {
         let attempts: Vec<i64> = after.iter().map(|r| r.attempts).collect();
         assert_eq!(attempts, [2, 0, 1, 0, 0, 0]);
         assert_eq!(
-            ctx.text(&format!(
-                "SELECT last_error FROM outbox WHERE seq = {}",
-                rows[0].seq
-            ))
-            .await
-            .as_deref(),
-            Some("redis: \"timeout\" ü")
+            ctx.outbox_last_error(rows[0].seq).await.as_deref(),
+            Some("redis: \"timeout\" ü"),
+            "the last error is kept"
         );
-        assert_eq!(
-            ctx.text(&format!(
-                "SELECT last_error FROM outbox WHERE seq = {}",
-                rows[1].seq
-            ))
-            .await,
-            None
-        );
+        assert_eq!(ctx.outbox_last_error(rows[1].seq).await, None);
 
         // Delete what was published; unknown seqs are ignored.
         s.outbox_delete(&[rows[1].seq, rows[3].seq, 999_999])
@@ -1805,8 +1911,30 @@ mod cases {
         assert_eq!(s.list_notifications(10).await.unwrap(), vec![n_empty, n]);
         assert_eq!(s.get_job_result("jöb \"1\"").await.unwrap(), Some(j));
         assert_eq!(messages(&all_outbox(s).await), vec![m, m_empty]);
+    }
 
-        // The stored texts are the documented JSON shapes.
+    pub async fn json_columns_store_the_documented_shapes(ctx: Ctx) {
+        let s = ctx.store.as_ref();
+        let mut empty = health_event("ev-empty", "r", HealthEventType::ContainerOom, None, 2);
+        empty.details = BTreeMap::new();
+        let mut n_empty = notification("n-empty", "x", 4);
+        n_empty.payload = BTreeMap::new();
+        let m = message(
+            "notification:intents",
+            "r",
+            &[("z-first", "\""), ("a", "1"), ("a", "2")],
+            5,
+        );
+        let m_empty = message("s", "", &[], 6);
+        s.commit(&Change {
+            health_events: &[empty],
+            notifications: &[n_empty],
+            outbox: &[m, m_empty],
+            ..Change::default()
+        })
+        .await
+        .unwrap();
+
         let fields_json = ctx
             .text("SELECT fields FROM outbox WHERE stream = 's'")
             .await
@@ -1817,7 +1945,10 @@ mod cases {
             .await
             .unwrap();
         let value: serde_json::Value = serde_json::from_str(&fields_json).unwrap();
-        assert_eq!(value[0], serde_json::json!(["z-first", "\""]));
+        assert_eq!(
+            value,
+            serde_json::json!([["z-first", "\""], ["a", "1"], ["a", "2"]])
+        );
         let details = ctx
             .text("SELECT details FROM health_events WHERE id = 'ev-empty'")
             .await
@@ -1940,13 +2071,6 @@ mod cases {
         .await
         .unwrap();
 
-        async fn expect_corrupt<T: std::fmt::Debug>(result: Result<T, StoreError>, column: &str) {
-            match result {
-                Err(StoreError::Corrupt(msg)) => assert!(msg.contains(column), "{msg}"),
-                other => panic!("expected Corrupt naming {column}, got {other:?}"),
-            }
-        }
-
         ctx.exec("UPDATE health_events SET event_type = 'exploded'")
             .await;
         expect_corrupt(
@@ -1971,95 +2095,496 @@ mod cases {
         expect_corrupt(s.outbox_pending(10).await, "outbox.fields").await;
     }
 
-    pub async fn observations_put_get_delete(ctx: Ctx) {
+    pub async fn observations_upsert_through_commit(ctx: Ctx) {
         let s = ctx.store.as_ref();
         assert_eq!(s.get_observation("a").await.unwrap(), None);
-        // Nothing to forget is no error.
-        s.delete_observation("a").await.unwrap();
+        async fn observe(s: &dyn Store, obs: &Observation) {
+            s.commit(&Change {
+                observation: Some(obs),
+                ..Change::default()
+            })
+            .await
+            .unwrap();
+        }
 
         let a1 = observation("a", "latest", 1, 10);
         let b1 = observation("b", "stable", 3, 11);
-        s.put_observation(&a1).await.unwrap();
-        s.put_observation(&b1).await.unwrap();
+        observe(s, &a1).await;
+        observe(s, &b1).await;
         assert_eq!(s.get_observation("a").await.unwrap(), Some(a1.clone()));
         assert_eq!(s.get_observation("b").await.unwrap(), Some(b1.clone()));
 
         // An upsert replaces every column of that template's observation only.
         let a2 = observation("a", "v2", 2, 20);
-        s.put_observation(&a2).await.unwrap();
-        assert_eq!(s.get_observation("a").await.unwrap(), Some(a2));
-        assert_eq!(s.get_observation("b").await.unwrap(), Some(b1.clone()));
-
-        s.delete_observation("a").await.unwrap();
-        assert_eq!(s.get_observation("a").await.unwrap(), None);
+        observe(s, &a2).await;
+        assert_eq!(s.get_observation("a").await.unwrap(), Some(a2.clone()));
         assert_eq!(s.get_observation("b").await.unwrap(), Some(b1));
-        // Bookkeeping: no operation rows.
+        // Bookkeeping alone writes no operation row.
         assert_eq!(op_count(s).await, 0);
+
+        // Beside an operation, in the same commit.
+        let b2 = observation("b", "stable", 4, 30);
+        let o = done(
+            op("watch-b", OperationKind::Refresh, 30).for_template("b"),
+            30,
+        );
+        s.commit(&Change {
+            observation: Some(&b2),
+            operation: Some(&o),
+            ..Change::default()
+        })
+        .await
+        .unwrap();
+        assert_eq!(s.get_observation("b").await.unwrap(), Some(b2));
+        assert_eq!(s.get_observation("a").await.unwrap(), Some(a2));
+        assert_eq!(s.list_operations(&all_ops()).await.unwrap(), vec![o]);
     }
 
-    pub async fn rejected_digests_reject_check_clear(ctx: Ctx) {
+    pub async fn rejections_reject_then_lift(ctx: Ctx) {
         let s = ctx.store.as_ref();
-        let d1 = digest(1);
-        let d2 = digest(2);
-        assert!(!s.is_rejected("t", d1.as_str()).await.unwrap());
-        s.clear_rejection("t", d1.as_str()).await.unwrap(); // none to lift
-
-        s.reject_digest("t", d1.as_str(), "rollout halted", 10)
+        async fn reject(s: &dyn Store, rejection: RejectionChange<'_>) {
+            s.commit(&Change {
+                rejection: Some(rejection),
+                ..Change::default()
+            })
             .await
             .unwrap();
-        assert!(s.is_rejected("t", d1.as_str()).await.unwrap());
-        assert!(
-            !s.is_rejected("t", d2.as_str()).await.unwrap(),
-            "other digest"
-        );
-        assert!(
-            !s.is_rejected("u", d1.as_str()).await.unwrap(),
-            "other template"
+        }
+        let d1 = digest(1);
+        let d2 = digest(2);
+        let (d1, d2) = (d1.as_str(), d2.as_str());
+        assert!(!s.is_rejected("t", d1).await.unwrap());
+        // None to lift is no error.
+        reject(
+            s,
+            RejectionChange::Lift {
+                template: "t",
+                digest: d1,
+            },
+        )
+        .await;
+        assert!(!s.is_rejected("t", d1).await.unwrap());
+
+        reject(
+            s,
+            RejectionChange::Reject {
+                template: "t",
+                digest: d1,
+                reason: "rollout halted",
+                at_ms: 10,
+            },
+        )
+        .await;
+        assert!(s.is_rejected("t", d1).await.unwrap());
+        assert!(!s.is_rejected("t", d2).await.unwrap(), "other digest");
+        assert!(!s.is_rejected("u", d1).await.unwrap(), "other template");
+        assert_eq!(
+            ctx.rejection_note("t", d1).await.as_deref(),
+            Some("rollout halted 10")
         );
 
         // Rejecting again replaces the reason and time.
-        s.reject_digest("t", d1.as_str(), "halted again", 20)
-            .await
-            .unwrap();
-        assert!(s.is_rejected("t", d1.as_str()).await.unwrap());
-        let reason = ctx
-            .text("SELECT reason || ' ' || CAST(rejected_at_ms AS TEXT) FROM rejected_digests")
-            .await;
-        assert_eq!(reason.as_deref(), Some("halted again 20"));
-
-        s.reject_digest("u", d1.as_str(), "x", 30).await.unwrap();
-        s.clear_rejection("t", d1.as_str()).await.unwrap();
-        assert!(!s.is_rejected("t", d1.as_str()).await.unwrap());
-        assert!(
-            s.is_rejected("u", d1.as_str()).await.unwrap(),
-            "only t's lifted"
+        reject(
+            s,
+            RejectionChange::Reject {
+                template: "t",
+                digest: d1,
+                reason: "halted again",
+                at_ms: 20,
+            },
+        )
+        .await;
+        assert!(s.is_rejected("t", d1).await.unwrap());
+        assert_eq!(
+            ctx.rejection_note("t", d1).await.as_deref(),
+            Some("halted again 20")
         );
+
+        reject(
+            s,
+            RejectionChange::Reject {
+                template: "u",
+                digest: d1,
+                reason: "x",
+                at_ms: 30,
+            },
+        )
+        .await;
+        reject(
+            s,
+            RejectionChange::Lift {
+                template: "t",
+                digest: d1,
+            },
+        )
+        .await;
+        assert!(!s.is_rejected("t", d1).await.unwrap());
+        assert_eq!(ctx.rejection_note("t", d1).await, None);
+        assert!(s.is_rejected("u", d1).await.unwrap(), "only t's lifted");
         assert_eq!(op_count(s).await, 0);
+
+        // A promote of a rejected digest lifts it in the same commit.
+        let p = pin("u", 1, 40);
+        let o = done(op("promote-u", OperationKind::PinPromote, 40), 40);
+        s.commit(&Change {
+            pin: Some(PinChange {
+                pin: &p,
+                entry: &promote_entry(&p, None),
+            }),
+            operation: Some(&o),
+            rejection: Some(RejectionChange::Lift {
+                template: "u",
+                digest: d1,
+            }),
+            ..Change::default()
+        })
+        .await
+        .unwrap();
+        assert!(!s.is_rejected("u", d1).await.unwrap());
+        assert_eq!(s.get_pin("u").await.unwrap(), Some(p));
+        assert_eq!(s.list_operations(&all_ops()).await.unwrap(), vec![o]);
     }
 
-    pub async fn rollouts_save_get_round_trip(ctx: Ctx) {
+    pub async fn pin_change_writes_pin_history_and_operation_in_one_commit(ctx: Ctx) {
+        let s = ctx.store.as_ref();
+        let p1 = pin("t", 1, 10);
+        let e1 = promote_entry(&p1, None);
+        let o1 = done(
+            op("o1", OperationKind::PinPromote, 10).for_template("t"),
+            10,
+        );
+        s.commit(&Change {
+            pin: Some(PinChange {
+                pin: &p1,
+                entry: &e1,
+            }),
+            operation: Some(&o1),
+            ..Change::default()
+        })
+        .await
+        .unwrap();
+        assert_eq!(s.get_pin("t").await.unwrap(), Some(p1.clone()));
+        assert_eq!(s.pin_history("t", 10).await.unwrap(), vec![e1.clone()]);
+        assert_eq!(
+            s.list_operations(&all_ops()).await.unwrap(),
+            vec![o1.clone()]
+        );
+
+        // A watcher track: the promote, the rollout it starts and the
+        // notification, together.
+        let mut p2 = pin("t", 2, 20);
+        p2.promoted_by = "watcher".into();
+        let e2 = promote_entry(&p2, Some(p1.digest.clone()));
+        let mut o2 = op("o2", OperationKind::PinPromote, 20).for_template("t");
+        o2.source = Source::ImageWatch;
+        let o2 = done(o2, 20);
+        let ro = rollout("ro", "t", RolloutState::Running, 20);
+        let targets = [target("r1", 0, TargetState::Pending, 20)];
+        let out = [message(
+            "notification:intents",
+            "",
+            &[("notification_type", "rollout.started")],
+            20,
+        )];
+        s.commit(&Change {
+            pin: Some(PinChange {
+                pin: &p2,
+                entry: &e2,
+            }),
+            operation: Some(&o2),
+            rollout: Some(RolloutChange {
+                rollout: &ro,
+                targets: &targets,
+            }),
+            outbox: &out,
+            ..Change::default()
+        })
+        .await
+        .unwrap();
+        assert_eq!(s.get_pin("t").await.unwrap(), Some(p2.clone()));
+        assert_eq!(
+            s.pin_history("t", 10).await.unwrap(),
+            vec![e2.clone(), e1.clone()]
+        );
+        assert_eq!(
+            s.get_rollout("ro").await.unwrap(),
+            Some((ro, targets.to_vec()))
+        );
+        assert_eq!(messages(&all_outbox(s).await), out.to_vec());
+        assert_eq!(
+            s.list_operations(&all_ops()).await.unwrap(),
+            vec![o2.clone(), o1.clone()]
+        );
+
+        // A refused change writes none of the pin, its history or its
+        // operation.
+        let job = job_result("job-1", "r1", 30);
+        s.commit(&Change {
+            job_result: Some(&job),
+            ..Change::default()
+        })
+        .await
+        .unwrap();
+        let p3 = pin("t", 3, 30);
+        let e3 = promote_entry(&p3, Some(p2.digest.clone()));
+        let o3 = op("o3", OperationKind::PinPromote, 30);
+        assert!(matches!(
+            s.commit(&Change {
+                pin: Some(PinChange {
+                    pin: &p3,
+                    entry: &e3,
+                }),
+                operation: Some(&o3),
+                job_result: Some(&job),
+                ..Change::default()
+            })
+            .await,
+            Err(StoreError::Conflict(_))
+        ));
+        assert_eq!(s.get_pin("t").await.unwrap(), Some(p2));
+        assert_eq!(s.pin_history("t", 10).await.unwrap(), vec![e2, e1]);
+        assert_eq!(s.list_operations(&all_ops()).await.unwrap(), vec![o2, o1]);
+    }
+
+    pub async fn commit_with_every_part_is_all_or_nothing(ctx: Ctx) {
+        let s = ctx.store.as_ref();
+        let rejected = digest(9);
+        let r1 = runtime("r1", "t", RuntimeStatus::Running, 10);
+        let o1 = done(
+            op("o1", OperationKind::Recreate, 10).for_runtime("r1", "t"),
+            11,
+        );
+        let p1 = pin("t", 1, 10);
+        let e1 = promote_entry(&p1, None);
+        let obs1 = observation("t", "latest", 1, 10);
+        let ro1 = rollout("ro-1", "t", RolloutState::Running, 10);
+        let targets1 = [
+            target("r1", 0, TargetState::Updated, 11),
+            target("r2", 1, TargetState::Pending, 10),
+        ];
+        let evs1 = [health_event(
+            "e1",
+            "r1",
+            HealthEventType::ContainerStarted,
+            Some("c1"),
+            11,
+        )];
+        let notes1 = [notification("n1", "rollout.started", 10)];
+        let job1 = job_result("job-1", "r1", 11);
+        let out1 = [
+            message("runtime:job_results", "r1", &[("job_id", "job-1")], 11),
+            message(
+                "notification:intents",
+                "",
+                &[("notification_type", "rollout.started")],
+                10,
+            ),
+        ];
+        s.commit(&Change {
+            runtime: Some(&r1),
+            operation: Some(&o1),
+            pin: Some(PinChange {
+                pin: &p1,
+                entry: &e1,
+            }),
+            observation: Some(&obs1),
+            rejection: Some(RejectionChange::Reject {
+                template: "t",
+                digest: rejected.as_str(),
+                reason: "halted",
+                at_ms: 10,
+            }),
+            rollout: Some(RolloutChange {
+                rollout: &ro1,
+                targets: &targets1,
+            }),
+            health_events: &evs1,
+            notifications: &notes1,
+            job_result: Some(&job1),
+            outbox: &out1,
+        })
+        .await
+        .unwrap();
+        // Every part is written.
+        assert_eq!(s.get_runtime("r1").await.unwrap(), Some(r1.clone()));
+        assert_eq!(
+            s.list_operations(&all_ops()).await.unwrap(),
+            vec![o1.clone()]
+        );
+        assert_eq!(s.get_pin("t").await.unwrap(), Some(p1.clone()));
+        assert_eq!(s.pin_history("t", 10).await.unwrap(), vec![e1.clone()]);
+        assert_eq!(s.get_observation("t").await.unwrap(), Some(obs1.clone()));
+        assert!(s.is_rejected("t", rejected.as_str()).await.unwrap());
+        assert_eq!(
+            s.get_rollout("ro-1").await.unwrap(),
+            Some((ro1.clone(), targets1.to_vec()))
+        );
+        assert_eq!(all_events(s).await, evs1.to_vec());
+        assert_eq!(s.list_notifications(10).await.unwrap(), notes1.to_vec());
+        assert_eq!(s.get_job_result("job-1").await.unwrap(), Some(job1.clone()));
+        assert_eq!(messages(&all_outbox(s).await), out1.to_vec());
+
+        let snapshot = || async {
+            (
+                (
+                    s.list_runtimes(&RuntimeFilter::default()).await.unwrap(),
+                    s.list_operations(&all_ops()).await.unwrap(),
+                    s.list_pins().await.unwrap(),
+                    s.pin_history("t", 100).await.unwrap(),
+                    s.get_observation("t").await.unwrap(),
+                    s.is_rejected("t", rejected.as_str()).await.unwrap(),
+                    s.is_rejected("t", digest(8).as_str()).await.unwrap(),
+                ),
+                (
+                    s.list_rollouts(None, 100).await.unwrap(),
+                    s.get_rollout("ro-1").await.unwrap(),
+                    s.get_rollout("ro-2").await.unwrap(),
+                    all_events(s).await,
+                    s.list_notifications(100).await.unwrap(),
+                    s.get_job_result("job-2").await.unwrap(),
+                    all_outbox(s).await,
+                ),
+            )
+        };
+        let before = snapshot().await;
+
+        // The next decision, changing every part; each variant below has
+        // exactly one part that refuses it.
+        let mut r1_failed = r1.clone();
+        r1_failed.status = RuntimeStatus::Failed;
+        let o2 = op("o2", OperationKind::Recreate, 20).for_runtime("r2", "t");
+        let p2 = pin("t", 2, 20);
+        let e2 = promote_entry(&p2, Some(p1.digest.clone()));
+        let obs2 = observation("t", "latest", 2, 20);
+        let mut ro1_halted = ro1.clone();
+        ro1_halted.state = RolloutState::Halted;
+        ro1_halted.failures = 1;
+        let targets2 = [
+            target("r2", 1, TargetState::Failed, 20),
+            target("r3", 2, TargetState::Pending, 20),
+        ];
+        let e2_new = health_event("e2", "r2", HealthEventType::HealthUnhealthy, Some("c2"), 20);
+        let notes2 = [notification("n2", "rollout.halted", 20)];
+        let job2 = job_result("job-2", "r2", 20);
+        let out2 = [message(
+            "runtime:job_results",
+            "r2",
+            &[("job_id", "job-2")],
+            20,
+        )];
+        let fresh_events = [e2_new.clone()];
+        let next = Change {
+            runtime: Some(&r1_failed),
+            operation: Some(&o2),
+            pin: Some(PinChange {
+                pin: &p2,
+                entry: &e2,
+            }),
+            observation: Some(&obs2),
+            rejection: Some(RejectionChange::Lift {
+                template: "t",
+                digest: rejected.as_str(),
+            }),
+            rollout: Some(RolloutChange {
+                rollout: &ro1_halted,
+                targets: &targets2,
+            }),
+            health_events: &fresh_events,
+            notifications: &notes2,
+            job_result: Some(&job2),
+            outbox: &out2,
+        };
+
+        let dup_stored_event = [e2_new.clone(), evs1[0].clone()];
+        let dup_event_in_change = [e2_new.clone(), e2_new.clone()];
+        let refused = [
+            (
+                "a duplicate job result",
+                Change {
+                    job_result: Some(&job1),
+                    ..next
+                },
+            ),
+            (
+                "a stored health event id",
+                Change {
+                    health_events: &dup_stored_event,
+                    ..next
+                },
+            ),
+            (
+                "a health event id twice in the change",
+                Change {
+                    health_events: &dup_event_in_change,
+                    ..next
+                },
+            ),
+            (
+                "a stored notification id",
+                Change {
+                    notifications: &notes1,
+                    ..next
+                },
+            ),
+        ];
+        for (why, change) in refused {
+            match s.commit(&change).await {
+                Err(StoreError::Conflict(_)) => {}
+                other => panic!("{why}: expected a conflict, got {other:?}"),
+            }
+            assert_eq!(snapshot().await, before, "{why}: nothing of it written");
+        }
+
+        // Without the refusal, all of it.
+        s.commit(&next).await.unwrap();
+        assert_eq!(s.get_runtime("r1").await.unwrap(), Some(r1_failed));
+        assert_eq!(s.list_operations(&all_ops()).await.unwrap(), vec![o2, o1]);
+        assert_eq!(s.get_pin("t").await.unwrap(), Some(p2));
+        assert_eq!(s.pin_history("t", 10).await.unwrap(), vec![e2, e1]);
+        assert_eq!(s.get_observation("t").await.unwrap(), Some(obs2));
+        assert!(!s.is_rejected("t", rejected.as_str()).await.unwrap());
+        assert_eq!(
+            s.get_rollout("ro-1").await.unwrap(),
+            Some((
+                ro1_halted,
+                vec![
+                    targets1[0].clone(),
+                    targets2[0].clone(),
+                    targets2[1].clone()
+                ]
+            ))
+        );
+        assert_eq!(all_events(s).await, vec![e2_new, evs1[0].clone()]);
+        assert_eq!(s.list_notifications(1).await.unwrap(), notes2.to_vec());
+        assert_eq!(s.get_job_result("job-2").await.unwrap(), Some(job2));
+        let mut all_out = out1.to_vec();
+        all_out.extend(out2);
+        assert_eq!(messages(&all_outbox(s).await), all_out);
+    }
+
+    pub async fn rollouts_commit_get_round_trip(ctx: Ctx) {
         let s = ctx.store.as_ref();
         assert_eq!(s.get_rollout("ro-1").await.unwrap(), None);
 
         // Targets given out of order come back by position (then runtime id).
-        let mut r = rollout("ro-1", "t", "running", 10);
+        let mut r = rollout("ro-1", "t", RolloutState::Running, 10);
         r.batch_size = u32::MAX;
         r.max_failures = u32::MAX;
         let targets = [
-            target("r-c", 2, "pending", 10),
-            target("r-a", 0, "pending", 10),
-            target("r-b", 1, "pending", 10),
-            target("r-0", 1, "pending", 10),
+            target("r-c", 2, TargetState::Pending, 10),
+            target("r-a", 0, TargetState::Pending, 10),
+            target("r-b", 1, TargetState::Pending, 10),
+            target("r-0", 1, TargetState::Pending, 10),
         ];
         let o = op("rollout-start", OperationKind::Start, 10);
-        s.save_rollout(
-            &r,
-            &targets,
-            &Change {
-                operation: Some(&o),
-                ..Change::default()
-            },
-        )
+        s.commit(&Change {
+            rollout: Some(RolloutChange {
+                rollout: &r,
+                targets: &targets,
+            }),
+            operation: Some(&o),
+            ..Change::default()
+        })
         .await
         .unwrap();
         let (got, got_targets) = s.get_rollout("ro-1").await.unwrap().unwrap();
@@ -2078,41 +2603,52 @@ mod cases {
         // An update replaces the rollout's columns; only the given targets
         // change, the others stay.
         let mut r2 = r.clone();
-        r2.state = "halted".into();
+        r2.state = RolloutState::Halted;
         r2.from_digest = None;
         r2.failures = 1;
         r2.revert_pin = false;
-        r2.source = "api".into();
+        r2.source = Source::Api;
         r2.message = Some("r-a failed its health check".into());
         r2.batch_size = 3;
         r2.max_failures = 0;
         r2.updated_at_ms = 20;
-        let mut a_failed = target("r-a", 0, "failed", 20);
+        let mut a_failed = target("r-a", 0, TargetState::Failed, 20);
         a_failed.error = Some("health_unhealthy".into());
-        let b_updated = target("r-b", 1, "updated", 20);
-        s.save_rollout(
-            &r2,
-            &[a_failed.clone(), b_updated.clone()],
-            &Change::default(),
-        )
-        .await
-        .unwrap();
+        let b_updated = target("r-b", 1, TargetState::Updated, 20);
+        save_rollout(s, &r2, &[a_failed.clone(), b_updated.clone()]).await;
         let (got, got_targets) = s.get_rollout("ro-1").await.unwrap().unwrap();
         assert_eq!(got, r2);
         assert_eq!(
             got_targets,
             vec![a_failed, targets[3].clone(), b_updated, targets[0].clone()]
         );
-        assert_eq!(op_count(s).await, 1, "an empty change writes no operation");
+        assert_eq!(op_count(s).await, 1, "a rollout alone writes no operation");
 
         // A rollout without targets, and one whose id is not another's.
-        let lone = rollout("ro-2", "t", "completed", 30);
-        s.save_rollout(&lone, &[], &Change::default())
-            .await
-            .unwrap();
+        let lone = rollout("ro-2", "t", RolloutState::Completed, 30);
+        save_rollout(s, &lone, &[]).await;
         assert_eq!(s.get_rollout("ro-2").await.unwrap(), Some((lone, vec![])));
         assert_eq!(s.get_rollout("ro-1").await.unwrap().unwrap().1.len(), 4);
         assert_eq!(s.get_rollout("ro").await.unwrap(), None);
+
+        // Every state and source survives the trip.
+        let target_states = [
+            TargetState::Pending,
+            TargetState::Updated,
+            TargetState::Failed,
+            TargetState::Skipped,
+        ];
+        for (i, state) in RolloutState::ALL.iter().enumerate() {
+            let mut r = rollout(&format!("every-{i}"), "u", *state, 40);
+            r.source = Source::ALL[i % Source::ALL.len()];
+            let ts: Vec<RolloutTarget> = target_states
+                .iter()
+                .enumerate()
+                .map(|(p, t)| target(&format!("r{p}"), p as u32, *t, 40))
+                .collect();
+            save_rollout(s, &r, &ts).await;
+            assert_eq!(s.get_rollout(&r.id).await.unwrap(), Some((r, ts)));
+        }
     }
 
     pub async fn rollouts_list_newest_first_and_active_oldest_first(ctx: Ctx) {
@@ -2123,23 +2659,21 @@ mod cases {
         // Saved in this order; `created_at_ms` deliberately disagrees, to
         // show the order is that of first saving.
         let saves = [
-            rollout("a1", "a", "running", 50),
-            rollout("b1", "b", "completed", 40),
-            rollout("a2", "a", "paused", 30),
-            rollout("b2", "b", "halted", 20),
-            rollout("a3", "a", "aborted", 10),
-            rollout("b3", "b", "running", 5),
+            rollout("a1", "a", RolloutState::Running, 50),
+            rollout("b1", "b", RolloutState::Completed, 40),
+            rollout("a2", "a", RolloutState::Paused, 30),
+            rollout("b2", "b", RolloutState::Halted, 20),
+            rollout("a3", "a", RolloutState::Aborted, 10),
+            rollout("b3", "b", RolloutState::Running, 5),
         ];
         for r in &saves {
-            s.save_rollout(r, &[target("x", 0, "pending", 1)], &Change::default())
-                .await
-                .unwrap();
+            save_rollout(s, r, &[target("x", 0, TargetState::Pending, 1)]).await;
         }
         // An update keeps the rollout's place.
         let mut a1 = saves[0].clone();
         a1.failures = 1;
         a1.updated_at_ms = 60;
-        s.save_rollout(&a1, &[], &Change::default()).await.unwrap();
+        save_rollout(s, &a1, &[]).await;
 
         let all = s.list_rollouts(None, 100).await.unwrap();
         assert_eq!(rollout_ids(&all), ["b3", "a3", "b2", "a2", "b1", "a1"]);
@@ -2165,20 +2699,40 @@ mod cases {
 
         // Leaving running/paused leaves the active list.
         let mut a2 = saves[2].clone();
-        a2.state = "completed".into();
-        s.save_rollout(&a2, &[], &Change::default()).await.unwrap();
+        a2.state = RolloutState::Completed;
+        save_rollout(s, &a2, &[]).await;
         assert_eq!(
             rollout_ids(&s.active_rollouts().await.unwrap()),
             ["a1", "b3"]
         );
+
+        // Active means not finished, for every state there is.
+        for (i, state) in RolloutState::ALL.iter().enumerate() {
+            save_rollout(s, &rollout(&format!("every-{i}"), "c", *state, 70), &[]).await;
+        }
+        let active_states: Vec<RolloutState> = s
+            .active_rollouts()
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|r| r.template == "c")
+            .map(|r| r.state)
+            .collect();
+        let unfinished: Vec<RolloutState> = RolloutState::ALL
+            .into_iter()
+            .filter(|state| !state.is_finished())
+            .collect();
+        assert_eq!(active_states, unfinished);
     }
 
-    pub async fn save_rollout_is_atomic_with_its_change(ctx: Ctx) {
+    pub async fn refused_commit_writes_nothing_of_its_rollout_pin_observation_or_rejection(
+        ctx: Ctx,
+    ) {
         let s = ctx.store.as_ref();
-        let first = rollout("ro-1", "t", "running", 10);
+        let first = rollout("ro-1", "t", RolloutState::Running, 10);
         let first_targets = [
-            target("r1", 0, "pending", 10),
-            target("r2", 1, "pending", 10),
+            target("r1", 0, TargetState::Pending, 10),
+            target("r2", 1, TargetState::Pending, 10),
         ];
         let job = job_result("job-1", "r1", 10);
         let o1 = op("o1", OperationKind::Start, 10).for_runtime("r1", "t");
@@ -2197,18 +2751,19 @@ mod cases {
             &[("notification_type", "rollout.started")],
             10,
         )];
-        s.save_rollout(
-            &first,
-            &first_targets,
-            &Change {
-                runtime: Some(&r1),
-                operation: Some(&o1),
-                health_events: &evs,
-                notifications: &notes,
-                job_result: Some(&job),
-                outbox: &out,
-            },
-        )
+        s.commit(&Change {
+            runtime: Some(&r1),
+            operation: Some(&o1),
+            rollout: Some(RolloutChange {
+                rollout: &first,
+                targets: &first_targets,
+            }),
+            health_events: &evs,
+            notifications: &notes,
+            job_result: Some(&job),
+            outbox: &out,
+            ..Change::default()
+        })
         .await
         .unwrap();
         // Every part of the change is written beside the rollout.
@@ -2221,22 +2776,31 @@ mod cases {
 
         let snapshot = || async {
             (
-                s.list_rollouts(None, 100).await.unwrap(),
-                s.get_rollout("ro-1").await.unwrap(),
-                s.get_rollout("ro-2").await.unwrap(),
-                s.list_runtimes(&RuntimeFilter::default()).await.unwrap(),
-                s.list_operations(&all_ops()).await.unwrap(),
-                all_events(s).await,
-                s.list_notifications(100).await.unwrap(),
-                all_outbox(s).await,
+                (
+                    s.list_rollouts(None, 100).await.unwrap(),
+                    s.get_rollout("ro-1").await.unwrap(),
+                    s.get_rollout("ro-2").await.unwrap(),
+                    s.list_runtimes(&RuntimeFilter::default()).await.unwrap(),
+                    s.list_operations(&all_ops()).await.unwrap(),
+                ),
+                (
+                    all_events(s).await,
+                    s.list_notifications(100).await.unwrap(),
+                    all_outbox(s).await,
+                    s.list_pins().await.unwrap(),
+                    s.pin_history("t", 100).await.unwrap(),
+                    s.get_observation("t").await.unwrap(),
+                    s.is_rejected("t", digest(2).as_str()).await.unwrap(),
+                ),
             )
         };
         let before = snapshot().await;
 
         // A duplicate job id refuses the change, and the rollout write with
-        // it: neither the update of ro-1 and its targets nor a new ro-2.
+        // it: neither the update of ro-1 and its targets nor a new ro-2,
+        // nor the pin revert, the observation or the rejection beside it.
         let mut halted = first.clone();
-        halted.state = "halted".into();
+        halted.state = RolloutState::Halted;
         halted.failures = 1;
         let mut r1_failed = r1.clone();
         r1_failed.status = RuntimeStatus::Failed;
@@ -2248,22 +2812,38 @@ mod cases {
             &[("job_id", "job-1")],
             20,
         )];
-        for r in [&halted, &rollout("ro-2", "t", "running", 20)] {
+        let reverted = pin("t", 1, 20);
+        let revert_entry = promote_entry(&reverted, None);
+        let obs = observation("t", "latest", 2, 20);
+        let halt_targets = [
+            target("r1", 0, TargetState::Failed, 20),
+            target("r3", 2, TargetState::Pending, 20),
+        ];
+        let ro2 = rollout("ro-2", "t", RolloutState::Running, 20);
+        for r in [&halted, &ro2] {
             match s
-                .save_rollout(
-                    r,
-                    &[
-                        target("r1", 0, "failed", 20),
-                        target("r3", 2, "pending", 20),
-                    ],
-                    &Change {
-                        runtime: Some(&r1_failed),
-                        operation: Some(&o2),
-                        job_result: Some(&dup_job),
-                        outbox: &more_out,
-                        ..Change::default()
-                    },
-                )
+                .commit(&Change {
+                    runtime: Some(&r1_failed),
+                    operation: Some(&o2),
+                    pin: Some(PinChange {
+                        pin: &reverted,
+                        entry: &revert_entry,
+                    }),
+                    observation: Some(&obs),
+                    rejection: Some(RejectionChange::Reject {
+                        template: "t",
+                        digest: digest(2).as_str(),
+                        reason: "rollout halted",
+                        at_ms: 20,
+                    }),
+                    rollout: Some(RolloutChange {
+                        rollout: r,
+                        targets: &halt_targets,
+                    }),
+                    job_result: Some(&dup_job),
+                    outbox: &more_out,
+                    ..Change::default()
+                })
                 .await
             {
                 Err(StoreError::Conflict(msg)) => assert!(msg.contains("job-1"), "{msg}"),
@@ -2279,56 +2859,53 @@ mod cases {
             20,
         )];
         assert!(matches!(
-            s.save_rollout(
-                &halted,
-                &[target("r1", 0, "failed", 20)],
-                &Change {
-                    health_events: &dup_event,
-                    ..Change::default()
-                },
-            )
+            s.commit(&Change {
+                rollout: Some(RolloutChange {
+                    rollout: &halted,
+                    targets: &[target("r1", 0, TargetState::Failed, 20)],
+                }),
+                pin: Some(PinChange {
+                    pin: &reverted,
+                    entry: &revert_entry,
+                }),
+                health_events: &dup_event,
+                ..Change::default()
+            })
             .await,
             Err(StoreError::Conflict(_))
         ));
-        assert_eq!(snapshot().await, before, "nothing of the refused saves");
+        assert_eq!(snapshot().await, before, "nothing of the refused commits");
 
-        // The store is still usable: the same save with a fresh job id.
+        // The store is still usable: the same commit with a fresh job id.
         let j2 = job_result("job-2", "r2", 30);
-        s.save_rollout(
-            &halted,
-            &[target("r1", 0, "failed", 30)],
-            &Change {
-                job_result: Some(&j2),
-                ..Change::default()
-            },
-        )
+        let final_targets = [target("r1", 0, TargetState::Failed, 30)];
+        s.commit(&Change {
+            rollout: Some(RolloutChange {
+                rollout: &halted,
+                targets: &final_targets,
+            }),
+            job_result: Some(&j2),
+            ..Change::default()
+        })
         .await
         .unwrap();
         let (got, targets) = s.get_rollout("ro-1").await.unwrap().unwrap();
         assert_eq!(got, halted);
         assert_eq!(
             targets,
-            vec![target("r1", 0, "failed", 30), first_targets[1].clone()]
+            vec![final_targets[0].clone(), first_targets[1].clone()]
         );
         assert_eq!(s.get_job_result("job-2").await.unwrap(), Some(j2));
     }
 
     pub async fn corrupt_rollout_rows_are_reported(ctx: Ctx) {
         let s = ctx.store.as_ref();
-        s.save_rollout(
-            &rollout("ro", "t", "running", 1),
-            &[target("r", 0, "pending", 1)],
-            &Change::default(),
+        save_rollout(
+            s,
+            &rollout("ro", "t", RolloutState::Running, 1),
+            &[target("r", 0, TargetState::Pending, 1)],
         )
-        .await
-        .unwrap();
-
-        async fn expect_corrupt<T: std::fmt::Debug>(result: Result<T, StoreError>, column: &str) {
-            match result {
-                Err(StoreError::Corrupt(msg)) => assert!(msg.contains(column), "{msg}"),
-                other => panic!("expected Corrupt naming {column}, got {other:?}"),
-            }
-        }
+        .await;
 
         ctx.exec("UPDATE rollouts SET batch_size = -1").await;
         expect_corrupt(s.get_rollout("ro").await, "rollouts.batch_size").await;
@@ -2340,6 +2917,54 @@ mod cases {
         ctx.exec("UPDATE rollouts SET failures = 0").await;
         ctx.exec("UPDATE rollout_targets SET position = -5").await;
         expect_corrupt(s.get_rollout("ro").await, "rollout_targets.target_position").await;
+    }
+
+    /// A stored state the code does not know is an error on every read of
+    /// it, never a default (and never silently skipped).
+    pub async fn unknown_stored_states_are_corrupt(ctx: Ctx) {
+        let s = ctx.store.as_ref();
+        let r = rollout("ro", "t", RolloutState::Running, 1);
+        let targets = [target("rt", 0, TargetState::Pending, 1)];
+        let o = op("o", OperationKind::Start, 1).for_runtime("rt", "t");
+        s.commit(&Change {
+            rollout: Some(RolloutChange {
+                rollout: &r,
+                targets: &targets,
+            }),
+            operation: Some(&o),
+            ..Change::default()
+        })
+        .await
+        .unwrap();
+
+        ctx.exec("UPDATE rollouts SET state = 'exploding'").await;
+        expect_corrupt(s.get_rollout("ro").await, "rollouts.state").await;
+        expect_corrupt(s.list_rollouts(None, 10).await, "rollouts.state").await;
+        expect_corrupt(s.list_rollouts(Some("t"), 10).await, "rollouts.state").await;
+        expect_corrupt(s.active_rollouts().await, "rollouts.state").await;
+        ctx.exec("UPDATE rollouts SET state = 'running', source = 'martians'")
+            .await;
+        expect_corrupt(s.get_rollout("ro").await, "rollouts.source").await;
+        expect_corrupt(s.list_rollouts(None, 10).await, "rollouts.source").await;
+        expect_corrupt(s.active_rollouts().await, "rollouts.source").await;
+        ctx.exec("UPDATE rollouts SET source = 'image_watch'").await;
+        ctx.exec("UPDATE rollout_targets SET state = 'lost'").await;
+        expect_corrupt(s.get_rollout("ro").await, "rollout_targets.target_state").await;
+        ctx.exec("UPDATE rollout_targets SET state = 'pending'")
+            .await;
+        assert_eq!(
+            s.get_rollout("ro").await.unwrap(),
+            Some((r, targets.to_vec())),
+            "the repaired rows read back"
+        );
+
+        ctx.exec("UPDATE operations SET outcome = 'maybe'").await;
+        expect_corrupt(s.list_operations(&all_ops()).await, "operations.outcome").await;
+        ctx.exec("UPDATE operations SET outcome = 'in_progress', source = 'martians'")
+            .await;
+        expect_corrupt(s.list_operations(&all_ops()).await, "operations.source").await;
+        ctx.exec("UPDATE operations SET source = 'api'").await;
+        assert_eq!(s.list_operations(&all_ops()).await.unwrap(), vec![o]);
     }
 }
 
@@ -2403,16 +3028,18 @@ async fn sqlite_migrates_down_and_up_again() {
     .await
     .unwrap();
 
-    s.save_rollout(
-        &rollout("ro", "t", "running", 1),
-        &[target("r", 0, "pending", 1)],
-        &Change::default(),
+    save_rollout(
+        &s,
+        &rollout("ro", "t", RolloutState::Running, 1),
+        &[target("r", 0, TargetState::Pending, 1)],
     )
+    .await;
+    s.commit(&Change {
+        observation: Some(&observation("t", "v1", 1, 1)),
+        ..Change::default()
+    })
     .await
     .unwrap();
-    s.put_observation(&observation("t", "v1", 1, 1))
-        .await
-        .unwrap();
 
     // Down one step: 0003's tables go, older data stays.
     s.migrate_down_to(2).await.unwrap();
@@ -2497,5 +3124,304 @@ async fn postgres_connect_by_url() {
     let _ = conn.close().await;
     if let Err(panic) = result {
         std::panic::resume_unwind(panic);
+    }
+}
+
+// --- the fake's fault and crash injection ----------------------------------------
+
+mod fake_faults {
+    use super::*;
+    use berth::ports::store::{EventStore, RuntimeStore};
+
+    fn is_crash<T: std::fmt::Debug>(result: &Result<T, StoreError>) -> bool {
+        matches!(result, Err(StoreError::Database(msg)) if msg == "injected crash")
+    }
+
+    /// A flow of write calls of every kind, one commit boundary each.
+    const STEPS: usize = 9;
+
+    async fn step(s: &dyn Store, i: usize) -> Result<(), StoreError> {
+        let p = pin("t", 1, 2);
+        match i {
+            0 => s
+                .put_template(
+                    &template("t", "v1"),
+                    &op("w0", OperationKind::TemplatePut, 1),
+                )
+                .await
+                .map(drop),
+            1 => {
+                s.commit(&Change {
+                    pin: Some(PinChange {
+                        pin: &p,
+                        entry: &promote_entry(&p, None),
+                    }),
+                    operation: Some(&op("w1", OperationKind::PinPromote, 2)),
+                    ..Change::default()
+                })
+                .await
+            }
+            2 => {
+                s.record(
+                    Some(&runtime("r1", "t", RuntimeStatus::Running, 3)),
+                    &op("w2", OperationKind::Start, 3),
+                )
+                .await
+            }
+            3 => {
+                s.commit(&Change {
+                    outbox: &[
+                        message("s", "r1", &[("i", "3")], 4),
+                        message("s", "r1", &[("i", "3b")], 4),
+                    ],
+                    ..Change::default()
+                })
+                .await
+            }
+            4 => {
+                let seq = s.outbox_pending(1).await?[0].seq;
+                s.outbox_failed(seq, "refused").await
+            }
+            5 => {
+                let seq = s.outbox_pending(1).await?[0].seq;
+                s.outbox_delete(&[seq]).await
+            }
+            6 => s
+                .fail_in_progress_operations("interrupted", "boot", 5)
+                .await
+                .map(drop),
+            7 => s
+                .unpin(
+                    "t",
+                    &unpin_entry("t", Some(p.digest.clone()), 6),
+                    &op("w7", OperationKind::PinUnpin, 6),
+                )
+                .await
+                .map(drop),
+            8 => s
+                .seed_pin(
+                    &p,
+                    &promote_entry(&p, None),
+                    &op("w8", OperationKind::PinPromote, 7),
+                )
+                .await
+                .map(drop),
+            _ => unreachable!("{STEPS} steps"),
+        }
+    }
+
+    async fn run_steps(s: &dyn Store, steps: usize) -> Result<(), StoreError> {
+        for i in 0..steps {
+            step(s, i).await?;
+        }
+        Ok(())
+    }
+
+    /// Everything the flow can have changed.
+    async fn snapshot(
+        s: &dyn Store,
+    ) -> (
+        Vec<Template>,
+        Vec<Pin>,
+        Vec<PinHistoryEntry>,
+        Vec<RuntimeRecord>,
+        Vec<Operation>,
+        Vec<OutboxRow>,
+    ) {
+        (
+            s.list_templates().await.unwrap(),
+            s.list_pins().await.unwrap(),
+            s.pin_history("t", 100).await.unwrap(),
+            s.list_runtimes(&RuntimeFilter::default()).await.unwrap(),
+            s.list_operations(&all_ops()).await.unwrap(),
+            all_outbox(s).await,
+        )
+    }
+
+    #[tokio::test]
+    async fn a_crash_at_boundary_k_keeps_exactly_the_first_k_minus_one_writes() {
+        let clean = FakeStore::new();
+        run_steps(&clean, STEPS).await.unwrap();
+        let n = clean.writes();
+        assert_eq!(n, STEPS as u64, "one write call per step");
+
+        for k in 1..=n {
+            let fake = FakeStore::new();
+            fake.crash_at_commit(k);
+            let services: Arc<dyn Store> = Arc::new(fake.clone());
+            let result = run_steps(services.as_ref(), STEPS).await;
+            assert!(is_crash(&result), "k={k}: {result:?}");
+            assert!(fake.crashed());
+            assert_eq!(fake.writes(), k - 1, "k={k}");
+            drop(services);
+
+            // A fresh process on the same store sees what was committed:
+            // the same as a clean run of the first k-1 steps.
+            fake.revive();
+            let restarted: Arc<dyn Store> = Arc::new(fake.clone());
+            let expected = FakeStore::new();
+            run_steps(&expected, k as usize - 1).await.unwrap();
+            assert_eq!(
+                snapshot(restarted.as_ref()).await,
+                snapshot(&expected).await,
+                "k={k}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn after_a_crash_every_call_fails_until_revive() {
+        let fake = FakeStore::new();
+        run_steps(&fake, 1).await.unwrap();
+        fake.crash_at_commit(1);
+        // Reads before the crash still work: only write calls count.
+        assert_eq!(fake.list_templates().await.unwrap().len(), 1);
+        assert!(is_crash(
+            &fake.record(None, &op("x", OperationKind::Start, 1)).await
+        ));
+
+        assert!(is_crash(&fake.list_templates().await));
+        assert!(is_crash(&fake.get_runtime("r1").await));
+        assert!(is_crash(&fake.outbox_pending(10).await));
+        assert!(is_crash(&fake.get_rollout("ro").await));
+        assert!(is_crash(&fake.is_rejected("t", "d").await));
+        assert!(is_crash(&fake.list_notifications(10).await));
+        assert!(is_crash(&fake.commit(&Change::default()).await));
+        assert!(is_crash(
+            &fake
+                .put_template(
+                    &template("u", "v1"),
+                    &op("y", OperationKind::TemplatePut, 1)
+                )
+                .await
+        ));
+        assert!(is_crash(&fake.outbox_delete(&[1]).await));
+        assert_eq!(fake.writes(), 1);
+
+        fake.revive();
+        assert!(!fake.crashed());
+        assert_eq!(fake.list_templates().await.unwrap().len(), 1);
+        assert_eq!(
+            op_ids(&fake.list_operations(&all_ops()).await.unwrap()),
+            ["w0"]
+        );
+        // Writes work again, and the count goes on.
+        fake.record(None, &op("after", OperationKind::Start, 2))
+            .await
+            .unwrap();
+        assert_eq!(fake.writes(), 2);
+    }
+
+    #[tokio::test]
+    async fn writes_counts_successful_write_calls_only() {
+        let fake = FakeStore::new();
+        let job = job_result("job-1", "r1", 1);
+        let with_job = Change {
+            job_result: Some(&job),
+            ..Change::default()
+        };
+        fake.commit(&with_job).await.unwrap();
+        assert_eq!(fake.writes(), 1);
+        // Refused: not counted.
+        assert!(matches!(
+            fake.commit(&with_job).await,
+            Err(StoreError::Conflict(_))
+        ));
+        assert_eq!(fake.writes(), 1);
+        // Reads: not counted.
+        fake.get_job_result("job-1").await.unwrap();
+        fake.list_operations(&all_ops()).await.unwrap();
+        assert_eq!(fake.writes(), 1);
+        // Successful calls that change nothing still count.
+        assert!(!fake
+            .delete_template("nope", &op("d", OperationKind::TemplateDelete, 2))
+            .await
+            .unwrap());
+        assert!(!fake
+            .unpin(
+                "t",
+                &unpin_entry("t", None, 2),
+                &op("u", OperationKind::PinUnpin, 2)
+            )
+            .await
+            .unwrap());
+        fake.commit(&Change::default()).await.unwrap();
+        assert_eq!(fake.writes(), 4);
+        // `record` is one commit.
+        fake.record(None, &op("r", OperationKind::Start, 3))
+            .await
+            .unwrap();
+        assert_eq!(fake.writes(), 5);
+    }
+
+    #[tokio::test]
+    async fn the_crash_counts_every_write_call_refused_or_not() {
+        let fake = FakeStore::new();
+        let job = job_result("job-1", "r1", 1);
+        let with_job = Change {
+            job_result: Some(&job),
+            ..Change::default()
+        };
+        fake.commit(&with_job).await.unwrap();
+        fake.crash_at_commit(2);
+        assert!(matches!(
+            fake.commit(&with_job).await,
+            Err(StoreError::Conflict(_))
+        ));
+        assert!(!fake.crashed(), "the first call was refused, not crashed");
+        let o = op("o", OperationKind::Start, 2);
+        assert!(is_crash(&fake.record(None, &o).await));
+        fake.revive();
+        assert_eq!(op_count(&fake).await, 0, "the crashed call wrote nothing");
+    }
+
+    #[tokio::test]
+    async fn fail_next_write_fails_one_write_and_the_store_goes_on() {
+        let fake = FakeStore::new();
+        let o1 = op("o1", OperationKind::Start, 1);
+        fake.record(None, &o1).await.unwrap();
+        fake.fail_next_write(StoreError::Conflict("injected".into()));
+        // Reads are not affected.
+        assert_eq!(op_count(&fake).await, 1);
+        let r = runtime("r1", "t", RuntimeStatus::Running, 2);
+        let o2 = op("o2", OperationKind::Start, 2);
+        match fake.record(Some(&r), &o2).await {
+            Err(StoreError::Conflict(msg)) => assert_eq!(msg, "injected"),
+            other => panic!("expected the injected error, got {other:?}"),
+        }
+        assert!(!fake.crashed());
+        assert_eq!(
+            fake.get_runtime("r1").await.unwrap(),
+            None,
+            "nothing written"
+        );
+        assert_eq!(fake.writes(), 1);
+
+        fake.record(Some(&r), &o2).await.unwrap();
+        assert_eq!(fake.get_runtime("r1").await.unwrap(), Some(r));
+        assert_eq!(
+            op_ids(&fake.list_operations(&all_ops()).await.unwrap()),
+            ["o2", "o1"]
+        );
+        assert_eq!(fake.writes(), 2);
+    }
+
+    #[tokio::test]
+    async fn clones_share_one_store() {
+        let fake = FakeStore::new();
+        let held: Arc<dyn Store> = Arc::new(fake.clone());
+        held.record(None, &op("o", OperationKind::Start, 1))
+            .await
+            .unwrap();
+        assert_eq!(op_count(&fake).await, 1);
+        assert_eq!(fake.writes(), 1);
+        fake.crash_at_commit(1);
+        assert!(is_crash(
+            &held.record(None, &op("p", OperationKind::Start, 2)).await
+        ));
+        assert!(
+            is_crash(&held.list_templates().await),
+            "one crash for every handle"
+        );
     }
 }

@@ -10,9 +10,11 @@ pub mod clock;
 pub mod engine;
 pub mod probe;
 pub mod registry;
+pub mod store;
 
 pub use bus::FakeBus;
 pub use clock::FakeClock;
 pub use engine::FakeEngine;
 pub use probe::FakeProbe;
 pub use registry::FakeRegistry;
+pub use store::FakeStore;

@@ -9,14 +9,12 @@ use std::time::Duration;
 use berth::fakes::probe::Answer;
 use berth::fakes::{FakeClock, FakeEngine, FakeProbe, FakeRegistry, FakeStore};
 use berth::metrics::Metrics;
-use berth::ports::{Engine, Store};
+use berth::ports::Engine;
 use berth::services::lifecycle::StartRequest;
 use berth::services::{Caller, Context, Services, Settings};
 use berth::template_doc::TemplateDoc;
 use berth_core::image::{Digest, Repository};
-use berth_core::operation::{OperationKind, Outcome, Source};
-use berth_core::rollout::{RolloutState, TargetState};
-use berth_core::status::RuntimeStatus;
+use berth_core::operation::Source;
 use serde_json::json;
 
 pub const OWNER: &str = "bt-fake";

@@ -721,10 +721,12 @@ pub(crate) mod sql {
         rollout_cols!(),
         " FROM rollouts WHERE template = $1 ORDER BY seq DESC LIMIT $2"
     );
+    /// Excludes the finished states rather than selecting the active ones,
+    /// so that a row with an unknown state is read (and reported corrupt).
     pub const ACTIVE_ROLLOUTS: &str = concat!(
         "SELECT ",
         rollout_cols!(),
-        " FROM rollouts WHERE state IN ('running', 'paused') ORDER BY seq"
+        " FROM rollouts WHERE state NOT IN ('halted', 'completed', 'aborted') ORDER BY seq"
     );
 }
 

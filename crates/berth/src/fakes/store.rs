@@ -1,0 +1,642 @@
+//! An in-memory [`Store`], held to the same contract suite as the SQL
+//! adapters (`tests/store_contract.rs`), with fault and crash injection for
+//! the services' crash tests.
+//!
+//! Every call takes one lock; a write first checks everything that could
+//! refuse it and only then changes anything, so a refused or failed write
+//! leaves no trace, as a rolled-back transaction would.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use async_trait::async_trait;
+use berth_core::event::{HealthEvent, HealthEventType, JobResult, Notification};
+use berth_core::operation::{Operation, Outcome};
+use berth_core::pin::{Pin, PinHistoryEntry};
+use berth_core::rollout::RolloutState;
+use berth_core::runtime::RuntimeRecord;
+use berth_core::status::RuntimeStatus;
+use berth_core::template::Template;
+
+use crate::ports::store::{
+    Change, EventFilter, EventStore, Observation, OperationFilter, OutboxMessage, OutboxRow,
+    OutboxStore, RejectionChange, RolloutRow, RolloutStore, RolloutTarget, RuntimeFilter,
+    RuntimeStore, Store, StoreError, TemplateStore, WatchStore,
+};
+
+/// What every call returns once an injected crash has "killed the process".
+const CRASH: &str = "injected crash";
+
+fn crash() -> StoreError {
+    StoreError::Database(CRASH.to_string())
+}
+
+/// A handle on one in-memory store; clones share it, so a test keeps one
+/// while the services hold it as `Arc<dyn Store>`.
+#[derive(Clone, Default)]
+pub struct FakeStore {
+    inner: Arc<Mutex<Inner>>,
+}
+
+#[derive(Default)]
+struct Inner {
+    data: Data,
+    faults: Faults,
+}
+
+/// Run when the injected crash fires: what else dies with the process.
+type CrashHook = Arc<dyn Fn() + Send + Sync>;
+
+#[derive(Default)]
+struct Faults {
+    on_crash: Option<CrashHook>,
+    /// Write calls left until the crash: 1 means the next one crashes.
+    crash_in: Option<u64>,
+    /// The crash happened: every call fails until `revive`.
+    crashed: bool,
+    fail_next: Option<StoreError>,
+    /// Write calls that returned `Ok`.
+    writes: u64,
+}
+
+impl Faults {
+    /// Called at the start of every write call, before it checks anything.
+    fn before_write(&mut self) -> Result<(), StoreError> {
+        if self.crashed {
+            return Err(crash());
+        }
+        match self.crash_in {
+            Some(1) => {
+                self.crash_in = None;
+                self.crashed = true;
+                if let Some(hook) = &self.on_crash {
+                    hook();
+                }
+                return Err(crash());
+            }
+            Some(n) => self.crash_in = Some(n - 1),
+            None => {}
+        }
+        match self.fail_next.take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The tables. Vectors keep the order of writing (the SQL `seq`); maps
+/// keyed by name or id keep byte order (the SQL `COLLATE "C"`).
+#[derive(Default)]
+struct Data {
+    templates: BTreeMap<String, Template>,
+    pins: BTreeMap<String, Pin>,
+    pin_history: Vec<PinHistoryEntry>,
+    runtimes: BTreeMap<String, RuntimeRecord>,
+    /// An update keeps the operation's place.
+    operations: Vec<Operation>,
+    health_events: Vec<HealthEvent>,
+    notifications: Vec<Notification>,
+    job_results: BTreeMap<String, JobResult>,
+    outbox: BTreeMap<i64, OutboxEntry>,
+    /// The last seq handed out; seqs are never reused.
+    outbox_seq: i64,
+    observations: BTreeMap<String, Observation>,
+    /// By (template, digest).
+    rejections: BTreeMap<(String, String), Rejection>,
+    /// In the order of first saving; an update keeps the rollout's place.
+    rollouts: Vec<RolloutRow>,
+    /// By rollout id, then runtime id.
+    rollout_targets: BTreeMap<String, BTreeMap<String, RolloutTarget>>,
+}
+
+struct OutboxEntry {
+    message: OutboxMessage,
+    attempts: i64,
+    last_error: Option<String>,
+}
+
+struct Rejection {
+    reason: String,
+    at_ms: i64,
+}
+
+impl Data {
+    fn upsert_operation(&mut self, op: &Operation) {
+        match self.operations.iter_mut().find(|o| o.id == op.id) {
+            Some(stored) => *stored = op.clone(),
+            None => self.operations.push(op.clone()),
+        }
+    }
+
+    /// The refusals of `commit`, checked in the SQL adapters' order before
+    /// anything is written.
+    fn check_change(&self, change: &Change<'_>) -> Result<(), StoreError> {
+        if let Some(job) = change.job_result {
+            if self.job_results.contains_key(&job.job_id) {
+                return Err(StoreError::Conflict(format!(
+                    "job {:?} already has a result",
+                    job.job_id
+                )));
+            }
+        }
+        for (i, e) in change.health_events.iter().enumerate() {
+            let stored = self.health_events.iter().any(|s| s.id == e.id);
+            let earlier = change.health_events[..i].iter().any(|s| s.id == e.id);
+            if stored || earlier {
+                return Err(StoreError::Conflict(format!(
+                    "health event {:?} is already stored",
+                    e.id
+                )));
+            }
+        }
+        for (i, n) in change.notifications.iter().enumerate() {
+            let stored = self.notifications.iter().any(|s| s.id == n.id);
+            let earlier = change.notifications[..i].iter().any(|s| s.id == n.id);
+            if stored || earlier {
+                return Err(StoreError::Conflict(format!(
+                    "notification {:?} is already stored",
+                    n.id
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes a change that [`Data::check_change`] accepted.
+    fn apply_change(&mut self, change: &Change<'_>) {
+        if let Some(job) = change.job_result {
+            self.job_results.insert(job.job_id.clone(), job.clone());
+        }
+        if let Some(r) = change.runtime {
+            self.runtimes.insert(r.id.clone(), r.clone());
+        }
+        if let Some(op) = change.operation {
+            self.upsert_operation(op);
+        }
+        if let Some(p) = change.pin {
+            self.pins.insert(p.pin.template.clone(), p.pin.clone());
+            self.pin_history.push(p.entry.clone());
+        }
+        if let Some(obs) = change.observation {
+            self.observations.insert(obs.template.clone(), obs.clone());
+        }
+        match change.rejection {
+            Some(RejectionChange::Reject {
+                template,
+                digest,
+                reason,
+                at_ms,
+            }) => {
+                self.rejections.insert(
+                    (template.to_string(), digest.to_string()),
+                    Rejection {
+                        reason: reason.to_string(),
+                        at_ms,
+                    },
+                );
+            }
+            Some(RejectionChange::Lift { template, digest }) => {
+                self.rejections
+                    .remove(&(template.to_string(), digest.to_string()));
+            }
+            None => {}
+        }
+        if let Some(r) = change.rollout {
+            match self.rollouts.iter_mut().find(|s| s.id == r.rollout.id) {
+                Some(stored) => *stored = r.rollout.clone(),
+                None => self.rollouts.push(r.rollout.clone()),
+            }
+            let targets = self
+                .rollout_targets
+                .entry(r.rollout.id.clone())
+                .or_default();
+            for t in r.targets {
+                targets.insert(t.runtime_id.clone(), t.clone());
+            }
+        }
+        self.health_events
+            .extend(change.health_events.iter().cloned());
+        self.notifications
+            .extend(change.notifications.iter().cloned());
+        for m in change.outbox {
+            self.outbox_seq += 1;
+            self.outbox.insert(
+                self.outbox_seq,
+                OutboxEntry {
+                    message: m.clone(),
+                    attempts: 0,
+                    last_error: None,
+                },
+            );
+        }
+    }
+}
+
+/// The newest `limit` of `rows` (kept oldest first) that `keep` accepts.
+fn newest_first<T: Clone>(rows: &[T], limit: u32, keep: impl Fn(&T) -> bool) -> Vec<T> {
+    rows.iter()
+        .rev()
+        .filter(|r| keep(r))
+        .take(limit as usize)
+        .cloned()
+        .collect()
+}
+
+impl FakeStore {
+    pub fn new() -> Self {
+        FakeStore::default()
+    }
+
+    /// The `k`-th write call from now (1-based; `commit`, `record` and every
+    /// other method that writes count, whether or not they would succeed)
+    /// writes nothing and fails with `Database("injected crash")`, and from
+    /// then on every call, reads included, fails the same way until
+    /// [`FakeStore::revive`]: the process died at that commit boundary.
+    pub fn crash_at_commit(&self, k: u64) {
+        assert!(k >= 1, "crash_at_commit counts from 1");
+        self.lock().faults.crash_in = Some(k);
+    }
+
+    /// Ends a crash (and drops any fault not yet fired), as a restarted
+    /// process finds the database: exactly what was committed.
+    pub fn revive(&self) {
+        let mut inner = self.lock();
+        inner.faults = Faults {
+            writes: inner.faults.writes,
+            on_crash: inner.faults.on_crash.take(),
+            ..Faults::default()
+        };
+    }
+
+    /// Runs `hook` when an injected crash fires (e.g. the engine becomes
+    /// unavailable: a dead process does nothing more to the host). Kept
+    /// across [`FakeStore::revive`].
+    pub fn on_crash(&self, hook: impl Fn() + Send + Sync + 'static) {
+        self.lock().faults.on_crash = Some(Arc::new(hook));
+    }
+
+    /// Whether an injected crash has happened (and not yet been revived).
+    pub fn crashed(&self) -> bool {
+        self.lock().faults.crashed
+    }
+
+    /// How many write calls have succeeded so far: after a clean run of a
+    /// flow, its number of commit boundaries (the `k`s to crash at).
+    pub fn writes(&self) -> u64 {
+        self.lock().faults.writes
+    }
+
+    /// The next write call writes nothing and returns `error`; the store
+    /// goes on working afterwards.
+    pub fn fail_next_write(&self, error: StoreError) {
+        self.lock().faults.fail_next = Some(error);
+    }
+
+    /// The error kept by the last [`OutboxStore::outbox_failed`] of message
+    /// `seq`, which the port does not read back.
+    pub fn outbox_error(&self, seq: i64) -> Option<String> {
+        self.lock()
+            .data
+            .outbox
+            .get(&seq)
+            .and_then(|e| e.last_error.clone())
+    }
+
+    /// The reason and time of a stored rejection, which the port does not
+    /// read back.
+    pub fn rejection(&self, template: &str, digest: &str) -> Option<(String, i64)> {
+        self.lock()
+            .data
+            .rejections
+            .get(&(template.to_string(), digest.to_string()))
+            .map(|r| (r.reason.clone(), r.at_ms))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A test that panicked while holding the lock left consistent data:
+        // every write checks before it changes anything.
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn read<T>(&self, read: impl FnOnce(&Data) -> T) -> Result<T, StoreError> {
+        let inner = self.lock();
+        if inner.faults.crashed {
+            return Err(crash());
+        }
+        Ok(read(&inner.data))
+    }
+
+    /// Runs one write call. `write` must return `Err` only before it has
+    /// changed anything.
+    fn write<T>(
+        &self,
+        write: impl FnOnce(&mut Data) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut inner = self.lock();
+        inner.faults.before_write()?;
+        let out = write(&mut inner.data)?;
+        inner.faults.writes += 1;
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl TemplateStore for FakeStore {
+    async fn put_template(&self, template: &Template, op: &Operation) -> Result<bool, StoreError> {
+        self.write(|d| {
+            let existed = d
+                .templates
+                .insert(template.name.clone(), template.clone())
+                .is_some();
+            d.upsert_operation(op);
+            Ok(!existed)
+        })
+    }
+
+    async fn get_template(&self, name: &str) -> Result<Option<Template>, StoreError> {
+        self.read(|d| d.templates.get(name).cloned())
+    }
+
+    async fn list_templates(&self) -> Result<Vec<Template>, StoreError> {
+        self.read(|d| d.templates.values().cloned().collect())
+    }
+
+    async fn delete_template(&self, name: &str, op: &Operation) -> Result<bool, StoreError> {
+        self.write(|d| {
+            if !d.templates.contains_key(name) {
+                return Ok(false);
+            }
+            let users = d
+                .runtimes
+                .values()
+                .filter(|r| r.template == name && r.status != RuntimeStatus::Removed)
+                .count();
+            if users > 0 {
+                let runtimes = if users == 1 { "runtime" } else { "runtimes" };
+                return Err(StoreError::Conflict(format!(
+                    "template {name:?} is used by {users} {runtimes} that {} not removed; \
+                     remove {} first",
+                    if users == 1 { "is" } else { "are" },
+                    if users == 1 { "it" } else { "them" },
+                )));
+            }
+            d.templates.remove(name);
+            d.pins.remove(name);
+            d.upsert_operation(op);
+            Ok(true)
+        })
+    }
+
+    async fn get_pin(&self, template: &str) -> Result<Option<Pin>, StoreError> {
+        self.read(|d| d.pins.get(template).cloned())
+    }
+
+    async fn list_pins(&self) -> Result<Vec<Pin>, StoreError> {
+        self.read(|d| d.pins.values().cloned().collect())
+    }
+
+    async fn seed_pin(
+        &self,
+        pin: &Pin,
+        entry: &PinHistoryEntry,
+        op: &Operation,
+    ) -> Result<bool, StoreError> {
+        self.write(|d| {
+            if d.pin_history.iter().any(|e| e.template == pin.template) {
+                return Ok(false);
+            }
+            d.pins.insert(pin.template.clone(), pin.clone());
+            d.pin_history.push(entry.clone());
+            d.upsert_operation(op);
+            Ok(true)
+        })
+    }
+
+    async fn unpin(
+        &self,
+        template: &str,
+        entry: &PinHistoryEntry,
+        op: &Operation,
+    ) -> Result<bool, StoreError> {
+        self.write(|d| {
+            if d.pins.remove(template).is_none() {
+                return Ok(false);
+            }
+            d.pin_history.push(entry.clone());
+            d.upsert_operation(op);
+            Ok(true)
+        })
+    }
+
+    async fn pin_history(
+        &self,
+        template: &str,
+        limit: u32,
+    ) -> Result<Vec<PinHistoryEntry>, StoreError> {
+        self.read(|d| newest_first(&d.pin_history, limit, |e| e.template == template))
+    }
+}
+
+#[async_trait]
+impl RuntimeStore for FakeStore {
+    async fn get_runtime(&self, id: &str) -> Result<Option<RuntimeRecord>, StoreError> {
+        self.read(|d| d.runtimes.get(id).cloned())
+    }
+
+    async fn list_runtimes(
+        &self,
+        filter: &RuntimeFilter,
+    ) -> Result<Vec<RuntimeRecord>, StoreError> {
+        self.read(|d| {
+            d.runtimes
+                .values()
+                .filter(|r| filter.template.as_ref().is_none_or(|t| r.template == *t))
+                .filter(|r| filter.status.is_none_or(|s| r.status == s))
+                .cloned()
+                .collect()
+        })
+    }
+
+    async fn list_operations(
+        &self,
+        filter: &OperationFilter,
+    ) -> Result<Vec<Operation>, StoreError> {
+        self.read(|d| {
+            newest_first(&d.operations, filter.limit, |o| {
+                filter
+                    .runtime_id
+                    .as_ref()
+                    .is_none_or(|r| o.runtime_id.as_ref() == Some(r))
+                    && filter.kind.is_none_or(|k| o.kind == k)
+            })
+        })
+    }
+
+    async fn fail_in_progress_operations(
+        &self,
+        code: &str,
+        message: &str,
+        now_ms: i64,
+    ) -> Result<Vec<Operation>, StoreError> {
+        self.write(|d| {
+            let mut changed = Vec::new();
+            for o in &mut d.operations {
+                if o.outcome == Outcome::InProgress {
+                    o.outcome = Outcome::Failure;
+                    o.error_code = Some(code.to_string());
+                    o.error_message = Some(message.to_string());
+                    o.finished_at_ms = Some(now_ms);
+                    changed.push(o.clone());
+                }
+            }
+            Ok(changed)
+        })
+    }
+
+    async fn get_job_result(&self, job_id: &str) -> Result<Option<JobResult>, StoreError> {
+        self.read(|d| d.job_results.get(job_id).cloned())
+    }
+}
+
+#[async_trait]
+impl EventStore for FakeStore {
+    async fn list_health_events(
+        &self,
+        filter: &EventFilter,
+    ) -> Result<Vec<HealthEvent>, StoreError> {
+        self.read(|d| {
+            newest_first(&d.health_events, filter.limit, |e| {
+                filter
+                    .runtime_id
+                    .as_ref()
+                    .is_none_or(|r| e.runtime_id == *r)
+                    && filter.event_type.is_none_or(|t| e.event_type == t)
+            })
+        })
+    }
+
+    async fn has_health_event(
+        &self,
+        runtime_id: &str,
+        container_id: &str,
+        event_type: HealthEventType,
+    ) -> Result<bool, StoreError> {
+        self.read(|d| {
+            d.health_events.iter().any(|e| {
+                e.runtime_id == runtime_id
+                    && e.container_id.as_deref() == Some(container_id)
+                    && e.event_type == event_type
+            })
+        })
+    }
+
+    async fn list_notifications(&self, limit: u32) -> Result<Vec<Notification>, StoreError> {
+        self.read(|d| newest_first(&d.notifications, limit, |_| true))
+    }
+}
+
+#[async_trait]
+impl OutboxStore for FakeStore {
+    async fn outbox_pending(&self, limit: u32) -> Result<Vec<OutboxRow>, StoreError> {
+        self.read(|d| {
+            d.outbox
+                .iter()
+                .take(limit as usize)
+                .map(|(seq, e)| OutboxRow {
+                    seq: *seq,
+                    message: e.message.clone(),
+                    attempts: e.attempts,
+                })
+                .collect()
+        })
+    }
+
+    async fn outbox_delete(&self, seqs: &[i64]) -> Result<(), StoreError> {
+        self.write(|d| {
+            for seq in seqs {
+                d.outbox.remove(seq);
+            }
+            Ok(())
+        })
+    }
+
+    async fn outbox_failed(&self, seq: i64, error: &str) -> Result<(), StoreError> {
+        self.write(|d| {
+            if let Some(e) = d.outbox.get_mut(&seq) {
+                e.attempts += 1;
+                e.last_error = Some(error.to_string());
+            }
+            Ok(())
+        })
+    }
+}
+
+#[async_trait]
+impl WatchStore for FakeStore {
+    async fn get_observation(&self, template: &str) -> Result<Option<Observation>, StoreError> {
+        self.read(|d| d.observations.get(template).cloned())
+    }
+
+    async fn is_rejected(&self, template: &str, digest: &str) -> Result<bool, StoreError> {
+        self.read(|d| {
+            d.rejections
+                .contains_key(&(template.to_string(), digest.to_string()))
+        })
+    }
+}
+
+#[async_trait]
+impl RolloutStore for FakeStore {
+    async fn get_rollout(
+        &self,
+        id: &str,
+    ) -> Result<Option<(RolloutRow, Vec<RolloutTarget>)>, StoreError> {
+        self.read(|d| {
+            let rollout = d.rollouts.iter().find(|r| r.id == id)?.clone();
+            // By runtime id already; a stable sort by position keeps that
+            // as the tie-break.
+            let mut targets: Vec<RolloutTarget> = d
+                .rollout_targets
+                .get(id)
+                .map(|t| t.values().cloned().collect())
+                .unwrap_or_default();
+            targets.sort_by_key(|t| t.position);
+            Some((rollout, targets))
+        })
+    }
+
+    async fn list_rollouts(
+        &self,
+        template: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<RolloutRow>, StoreError> {
+        self.read(|d| {
+            newest_first(&d.rollouts, limit, |r| {
+                template.is_none_or(|t| r.template == t)
+            })
+        })
+    }
+
+    async fn active_rollouts(&self) -> Result<Vec<RolloutRow>, StoreError> {
+        self.read(|d| {
+            d.rollouts
+                .iter()
+                .filter(|r| matches!(r.state, RolloutState::Running | RolloutState::Paused))
+                .cloned()
+                .collect()
+        })
+    }
+}
+
+#[async_trait]
+impl Store for FakeStore {
+    async fn commit(&self, change: &Change<'_>) -> Result<(), StoreError> {
+        self.write(|d| {
+            d.check_change(change)?;
+            d.apply_change(change);
+            Ok(())
+        })
+    }
+}
