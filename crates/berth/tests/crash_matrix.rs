@@ -12,13 +12,13 @@ mod world;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use berth::services::lifecycle::StartRequest;
+use berth::fakes::probe::Answer;
 use berth::ports::Engine;
+use berth::services::lifecycle::StartRequest;
 use berth::services::Services;
 use berth_core::operation::{OperationKind, Outcome};
 use berth_core::rollout::{RolloutState, TargetState};
 use berth_core::status::RuntimeStatus;
-use berth::fakes::probe::Answer;
 use serde_json::json;
 use world::*;
 
@@ -420,7 +420,10 @@ async fn reconcile(_: &World, s: &Arc<Services>) {
 #[tokio::test(start_paused = true)]
 async fn reconcile_recreate_converges_after_a_crash_at_every_commit() {
     let n = count_writes(vanished, reconcile).await;
-    assert_eq!(n, 2, "intent with the disappearance, then the outcome");
+    assert_eq!(
+        n, 3,
+        "intent with the disappearance, the bring-up's start, the outcome"
+    );
     for k in 1..=n {
         let case = format!("crash at commit {k} of {n}");
         let w = World::new();

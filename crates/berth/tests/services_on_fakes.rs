@@ -7,11 +7,11 @@ mod world;
 use std::sync::Arc;
 use std::time::Duration;
 
-use berth::fakes::FakeBus;
 use berth::fakes::engine::Op;
+use berth::fakes::FakeBus;
 use berth::ports::{Bus, EngineError};
-use berth::services::lifecycle::StartRequest;
 use berth::services::jobs::JobConsumer;
+use berth::services::lifecycle::StartRequest;
 use berth::services::outbox::OutboxRelay;
 use berth::streams::{JOB_RESULTS, START_JOBS, STOP_JOBS};
 use berth_core::status::RuntimeStatus;
@@ -71,7 +71,11 @@ async fn a_start_job_is_answered_once_even_when_delivered_twice() {
     );
     bus.ensure_group(START_JOBS, &consumer.group).await.unwrap();
     bus.ensure_group(STOP_JOBS, &consumer.group).await.unwrap();
-    let job = fields(&[("job_id", "j-1"), ("runtime_id", "w-1"), ("template", "app")]);
+    let job = fields(&[
+        ("job_id", "j-1"),
+        ("runtime_id", "w-1"),
+        ("template", "app"),
+    ]);
     bus.publish(START_JOBS, &job).await.unwrap();
     bus.publish(START_JOBS, &job).await.unwrap(); // a producer's retry
     consume_once(&consumer, &bus).await;
@@ -89,8 +93,7 @@ async fn a_start_job_is_answered_once_even_when_delivered_twice() {
     assert_eq!(results[0].field("job_id"), Some("j-1"));
     assert_eq!(results[0].field("outcome"), Some("success"));
     assert_eq!(
-        w.engine
-            .calls(berth::fakes::engine::Op::CreateContainer),
+        w.engine.calls(berth::fakes::engine::Op::CreateContainer),
         1,
         "the duplicate did not start a second container"
     );
@@ -114,7 +117,11 @@ async fn a_malformed_job_gets_a_failure_result_and_does_not_block() {
         .unwrap();
     bus.publish(
         START_JOBS,
-        &fields(&[("job_id", "j-2"), ("runtime_id", "w-2"), ("template", "app")]),
+        &fields(&[
+            ("job_id", "j-2"),
+            ("runtime_id", "w-2"),
+            ("template", "app"),
+        ]),
     )
     .await
     .unwrap();
@@ -126,7 +133,10 @@ async fn a_malformed_job_gets_a_failure_result_and_does_not_block() {
     let results = bus.entries(JOB_RESULTS);
     assert_eq!(results.len(), 2, "{results:?}");
     let bad = &results[0];
-    assert!(bad.field("job_id").unwrap().starts_with("entry:"), "{bad:?}");
+    assert!(
+        bad.field("job_id").unwrap().starts_with("entry:"),
+        "{bad:?}"
+    );
     assert_eq!(bad.field("outcome"), Some("failure"));
     assert_eq!(bad.field("error_code"), Some("invalid_request"));
     assert_eq!(results[1].field("job_id"), Some("j-2"));
@@ -200,8 +210,19 @@ async fn refresh_recreates_runtimes_on_another_digest() {
         .await
         .unwrap();
     assert_eq!(report.recreated.len(), RUNTIMES, "{report:?}");
-    for rec in s.ctx.store.list_runtimes(&Default::default()).await.unwrap() {
-        assert_eq!(rec.image_digest.as_deref(), Some(digest(2).as_str()), "{}", rec.id);
+    for rec in s
+        .ctx
+        .store
+        .list_runtimes(&Default::default())
+        .await
+        .unwrap()
+    {
+        assert_eq!(
+            rec.image_digest.as_deref(),
+            Some(digest(2).as_str()),
+            "{}",
+            rec.id
+        );
         assert_eq!(rec.status, RuntimeStatus::Running);
     }
     assert_one_container_each(&w, &s, "refresh").await;

@@ -174,4 +174,3 @@ pub async fn assert_one_container_each(w: &World, s: &Services, case: &str) {
         assert!(mine[0].running, "{case}: {} runs", rec.id);
     }
 }
-
