@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use berth::adapters::store::sqlite::SqliteStore;
-use berth::ports::Store;
+use berth::ports::{RuntimeStore, Store};
 use berth_core::operation::{Operation, OperationKind, Source};
 use berth_core::runtime::RuntimeRecord;
 use berth_core::status::RuntimeStatus;
