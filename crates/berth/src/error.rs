@@ -6,12 +6,25 @@ use berth_core::{ErrorCode, ValidationError};
 
 use crate::ports::{EngineError, StoreError};
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("{message}")]
 pub struct Error {
     pub code: ErrorCode,
     pub message: String,
+    /// The adapter's error this one came from, kept for logs.
+    #[source]
+    pub source: Option<std::sync::Arc<dyn std::error::Error + Send + Sync>>,
 }
+
+/// Two errors are equal when they say the same to a person; the source is
+/// for logs only.
+impl PartialEq for Error {
+    fn eq(&self, other: &Self) -> bool {
+        self.code == other.code && self.message == other.message
+    }
+}
+
+impl Eq for Error {}
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -20,7 +33,14 @@ impl Error {
         Error {
             code,
             message: message.into(),
+            source: None,
         }
+    }
+
+    /// Keeps `source` for logs.
+    pub fn caused_by(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(std::sync::Arc::new(source));
+        self
     }
 
     pub fn invalid(message: impl Into<String>) -> Self {
@@ -67,6 +87,7 @@ impl From<ValidationError> for Error {
 
 impl From<StoreError> for Error {
     fn from(e: StoreError) -> Self {
+        let source = e.clone();
         match e {
             StoreError::Conflict(m) => Error::new(ErrorCode::Conflict, m),
             StoreError::Database(m) => Error::new(
@@ -77,6 +98,7 @@ impl From<StoreError> for Error {
                 Error::new(ErrorCode::Internal, format!("stored data is corrupt: {m}"))
             }
         }
+        .caused_by(source)
     }
 }
 
@@ -84,6 +106,7 @@ impl Error {
     /// Maps an engine failure met while doing `doing` (e.g. "start the
     /// container"); `fallback` is the code for Docker refusing the request.
     pub fn from_engine(e: EngineError, fallback: ErrorCode, doing: &str) -> Self {
+        let source = e.clone();
         match e {
             EngineError::Unavailable(m) => Error::new(ErrorCode::DockerUnavailable, m),
             EngineError::PullFailed { image, message } => Error::new(
@@ -97,5 +120,6 @@ impl Error {
             | EngineError::NetworkMissing { .. }
             | EngineError::Rejected(_) => Error::new(fallback, format!("could not {doing}: {e}")),
         }
+        .caused_by(source)
     }
 }

@@ -130,8 +130,21 @@ async fn sigterm_lets_an_operation_in_flight_finish() {
                 .await
         }
     });
-    // Let the request reach berth, then ask it to stop while Docker works.
-    tokio::time::sleep(Duration::from_millis(60)).await;
+    // Once berth has recorded the start as under way (Docker is working),
+    // ask it to stop.
+    let ops_url = format!("{}/v1/operations?runtime=inflight", berth.base);
+    let mut under_way = false;
+    for _ in 0..2000 {
+        let ops: Value = get_json(&client, ops_url.clone()).await;
+        if ops["operations"]
+            .as_array()
+            .is_some_and(|o| o.iter().any(|o| o["outcome"] == "in_progress"))
+        {
+            under_way = true;
+            break;
+        }
+    }
+    assert!(under_way, "the start was seen in progress");
     berth.sigterm();
     let answer = start
         .await

@@ -74,7 +74,8 @@ impl IntoResponse for ApiError {
         let status =
             StatusCode::from_u16(self.0.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         if status.is_server_error() {
-            tracing::warn!(code = %self.0.code, message = %self.0.message, "request failed");
+            let source = self.0.source.as_ref().map(|s| format!("{s:?}"));
+            tracing::warn!(code = %self.0.code, message = %self.0.message, source = ?source, "request failed");
         }
         let body = ErrorBody {
             error: ErrorDetail {

@@ -8,7 +8,8 @@
 //! notifications, a job result, messages to publish), written in that same
 //! transaction by [`Store::commit`]. Adapters:
 //! `adapters::store::sqlite` and `adapters::store::postgres`, both held to
-//! one contract suite (`tests/store_contract.rs`).
+//! one contract suite (`tests/store_contract.rs`) with the in-memory
+//! `fakes::FakeStore`.
 
 use async_trait::async_trait;
 use berth_core::event::{HealthEvent, HealthEventType, JobResult, Notification};
@@ -19,7 +20,7 @@ use berth_core::runtime::RuntimeRecord;
 use berth_core::status::RuntimeStatus;
 use berth_core::template::Template;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The change contradicts what is stored (e.g. deleting a template
     /// that runtimes still use). The message is for a person.

@@ -93,6 +93,17 @@ fn advance(rec: &mut RuntimeRecord, event: LifecycleEvent) -> Result<()> {
     Ok(())
 }
 
+/// The failed end of an operation: the record keeps the error, the
+/// operation row says why; written together by the caller.
+pub(super) fn note_failure(rec: &mut RuntimeRecord, op: &mut Operation, err: &Error, now: i64) {
+    rec.last_error = Some(LastError {
+        code: err.code.as_str().to_string(),
+        message: err.message.clone(),
+    });
+    rec.updated_at_ms = now;
+    op.fail(err.code.as_str(), &err.message, now);
+}
+
 /// The first step of a new operation, from the record's settled status.
 fn begin(rec: &mut RuntimeRecord, event: LifecycleEvent) -> Result<()> {
     rec.status =
@@ -230,14 +241,23 @@ impl LifecycleService {
         let template = self.template(&req.template).await?;
 
         let now = self.ctx.now_ms();
-        let mut rec = existing
-            .unwrap_or_else(|| RuntimeRecord::new(&req.id, &req.template, req.env.clone(), now));
-        rec.status = next_status(
-            (rec.generation > 0 || rec.container_id.is_some()).then_some(settled(rec.status)),
-            LifecycleEvent::StartRequested,
-        )
-        .or_else(|_| next_status(None, LifecycleEvent::StartRequested))
-        .map_err(|e| transition_error(&req.id, e))?;
+        let mut rec = match existing {
+            Some(mut rec) => {
+                if rec.status == RuntimeStatus::Running {
+                    // Its container does not run (checked above): it exited
+                    // before the reconciler saw it.
+                    advance(&mut rec, LifecycleEvent::Exited)?;
+                }
+                begin(&mut rec, LifecycleEvent::StartRequested)?;
+                rec
+            }
+            None => {
+                let mut rec = RuntimeRecord::new(&req.id, &req.template, req.env.clone(), now);
+                rec.status = next_status(None, LifecycleEvent::StartRequested)
+                    .map_err(|e| transition_error(&req.id, e))?;
+                rec
+            }
+        };
         rec.updated_at_ms = now;
         let op = self
             .ctx
@@ -294,11 +314,7 @@ impl LifecycleService {
                     }
                 }
                 advance(&mut rec, LifecycleEvent::Failed)?;
-                rec.last_error = Some(LastError {
-                    code: err.code.as_str().to_string(),
-                    message: err.message.clone(),
-                });
-                op.fail(err.code.as_str(), &err.message, now);
+                note_failure(&mut rec, &mut op, &err, now);
                 let effects = Effects {
                     notifications: vec![self.start_failed_notification(&rec, &err)],
                     ..Effects::default()
@@ -710,11 +726,7 @@ impl LifecycleService {
                     },
                 )
                 .map_err(|e| transition_error(id, e))?;
-                rec.last_error = Some(LastError {
-                    code: err.code.as_str().to_string(),
-                    message: err.message.clone(),
-                });
-                op.fail(err.code.as_str(), &err.message, now);
+                note_failure(&mut rec, &mut op, &err, now);
                 self.ctx.record(Some(&rec), &op).await?;
                 Err(err)
             }
@@ -794,17 +806,15 @@ impl LifecycleService {
                 let mut op = op;
                 let now = self.ctx.now_ms();
                 let still_running = self.container_runs(&rec).await.unwrap_or(false);
-                rec.status = if still_running {
-                    RuntimeStatus::Running
-                } else {
-                    RuntimeStatus::Failed
-                };
-                rec.last_error = Some(LastError {
-                    code: e.code.as_str().to_string(),
-                    message: e.message.clone(),
-                });
-                rec.updated_at_ms = now;
-                op.fail(e.code.as_str(), &e.message, now);
+                advance(
+                    &mut rec,
+                    if still_running {
+                        LifecycleEvent::Started
+                    } else {
+                        LifecycleEvent::Failed
+                    },
+                )?;
+                note_failure(&mut rec, &mut op, &e, now);
                 self.ctx.record(Some(&rec), &op).await?;
                 return Err(e);
             }
@@ -859,12 +869,7 @@ impl LifecycleService {
                 Ok(rec)
             }
             Err(err) => {
-                op.fail(err.code.as_str(), &err.message, now);
-                rec.last_error = Some(LastError {
-                    code: err.code.as_str().to_string(),
-                    message: err.message.clone(),
-                });
-                rec.updated_at_ms = now;
+                note_failure(&mut rec, &mut op, &err, now);
                 self.ctx.record(Some(&rec), &op).await?;
                 Err(err)
             }
@@ -907,11 +912,12 @@ impl LifecycleService {
                 }
             }
             let runs = self.container_runs(&rec).await.unwrap_or(false);
-            rec.status = if runs {
-                RuntimeStatus::Running
-            } else {
-                RuntimeStatus::Failed
+            let settles_as = match (runs, rec.status) {
+                (true, RuntimeStatus::Stopping) => LifecycleEvent::StopFailed,
+                (true, _) => LifecycleEvent::Started,
+                (false, _) => LifecycleEvent::Failed,
             };
+            advance(&mut rec, settles_as)?;
             rec.last_error = (!runs).then(|| LastError {
                 code: ErrorCode::Interrupted.as_str().to_string(),
                 message: format!("berth stopped during a {} operation", op.kind),

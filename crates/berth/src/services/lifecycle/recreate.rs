@@ -6,12 +6,12 @@
 use berth_core::container::{container_name, engine_endpoint, plan_container, Placement};
 use berth_core::health_gate::{self, DockerHealth, GatePolicy, GateStep, Observation};
 use berth_core::operation::OperationKind;
-use berth_core::runtime::{LastError, RuntimeRecord};
-use berth_core::status::RuntimeStatus;
+use berth_core::runtime::RuntimeRecord;
+use berth_core::status::{next_status, LifecycleEvent, RuntimeStatus};
 use berth_core::template::Template;
 use berth_core::ErrorCode;
 
-use super::{no_progress, with_container_details, LifecycleService, Prepared};
+use super::{no_progress, note_failure, with_container_details, LifecycleService, Prepared};
 use crate::error::{Error, Result};
 use crate::services::Caller;
 
@@ -69,15 +69,11 @@ impl LifecycleService {
                 let restored = self.ctx.engine.start_container(&old_cid).await;
                 if let Err(e) = &restored {
                     tracing::warn!(runtime = %rec.id, error = %e, "could not start the old container again");
-                    rec.status = RuntimeStatus::Failed;
+                    rec.status = next_status(Some(rec.status), LifecycleEvent::Failed)
+                        .map_err(|e| Error::new(ErrorCode::Conflict, e.to_string()))?;
                 }
                 op = op.detail("restored", restored.is_ok().to_string());
-                rec.last_error = Some(LastError {
-                    code: err.code.as_str().to_string(),
-                    message: err.message.clone(),
-                });
-                rec.updated_at_ms = self.ctx.now_ms();
-                op.fail(err.code.as_str(), &err.message, self.ctx.now_ms());
+                note_failure(&mut rec, &mut op, &err, self.ctx.now_ms());
                 self.ctx.record(Some(&rec), &op).await?;
                 Err(err)
             }
@@ -146,7 +142,8 @@ impl LifecycleService {
         rec.image_ref = Some(image_ref);
         rec.image_digest = digest;
         rec.engine_endpoint = engine_endpoint(template, &rec.id);
-        rec.status = RuntimeStatus::Running;
+        // Still `running`: only a running runtime is recreated, and it runs
+        // on the new container now.
         Ok(())
     }
 

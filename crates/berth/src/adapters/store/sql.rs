@@ -1,0 +1,303 @@
+//! Every statement the store runs, written once for both backends:
+//! `$n` placeholders work on SQLite and PostgreSQL alike.
+
+macro_rules! template_cols {
+    () => {
+        "name, doc"
+    };
+}
+macro_rules! pin_cols {
+    () => {
+        "template, digest, promoted_at_ms, promoted_by, reason"
+    };
+}
+macro_rules! pin_history_cols {
+    () => {
+        "template, action, digest, previous_digest, at_ms, by_who, reason"
+    };
+}
+macro_rules! runtime_cols {
+    () => {
+        "id, template, status, container_id, image_ref, image_digest, engine_endpoint, \
+         generation, env, created_at_ms, updated_at_ms, last_error_code, last_error_message"
+    };
+}
+macro_rules! operation_cols {
+    () => {
+        "id, runtime_id, template, kind, source, outcome, error_code, error_message, \
+         started_at_ms, finished_at_ms, details"
+    };
+}
+
+pub const TEMPLATE_EXISTS: &str = "SELECT 1 AS one FROM templates WHERE name = $1";
+pub const UPSERT_TEMPLATE: &str =
+    "INSERT INTO templates (name, doc, created_at_ms, updated_at_ms) \
+     VALUES ($1, $2, $3, $3) \
+     ON CONFLICT (name) DO UPDATE SET doc = excluded.doc, updated_at_ms = excluded.updated_at_ms";
+pub const GET_TEMPLATE: &str = concat!(
+    "SELECT ",
+    template_cols!(),
+    " FROM templates WHERE name = $1"
+);
+pub const LIST_TEMPLATES: &str =
+    concat!("SELECT ", template_cols!(), " FROM templates ORDER BY name");
+pub const COUNT_LIVE_RUNTIMES_OF_TEMPLATE: &str =
+    "SELECT COUNT(*) AS n FROM runtimes WHERE template = $1 AND status <> 'removed'";
+pub const DELETE_TEMPLATE: &str = "DELETE FROM templates WHERE name = $1";
+
+pub const GET_PIN: &str = concat!("SELECT ", pin_cols!(), " FROM pins WHERE template = $1");
+pub const LIST_PINS: &str = concat!("SELECT ", pin_cols!(), " FROM pins ORDER BY template");
+pub const UPSERT_PIN: &str = concat!(
+    "INSERT INTO pins (",
+    pin_cols!(),
+    ") VALUES ($1, $2, $3, $4, $5) \
+     ON CONFLICT (template) DO UPDATE SET digest = excluded.digest, \
+     promoted_at_ms = excluded.promoted_at_ms, promoted_by = excluded.promoted_by, \
+     reason = excluded.reason"
+);
+pub const DELETE_PIN: &str = "DELETE FROM pins WHERE template = $1";
+pub const PIN_HISTORY_EXISTS: &str = "SELECT 1 AS one FROM pin_history WHERE template = $1 LIMIT 1";
+pub const INSERT_PIN_HISTORY: &str = concat!(
+    "INSERT INTO pin_history (",
+    pin_history_cols!(),
+    ") VALUES ($1, $2, $3, $4, $5, $6, $7)"
+);
+pub const PIN_HISTORY: &str = concat!(
+    "SELECT ",
+    pin_history_cols!(),
+    " FROM pin_history WHERE template = $1 ORDER BY seq DESC LIMIT $2"
+);
+
+pub const GET_RUNTIME: &str = concat!("SELECT ", runtime_cols!(), " FROM runtimes WHERE id = $1");
+pub const LIST_RUNTIMES: &str = concat!("SELECT ", runtime_cols!(), " FROM runtimes ORDER BY id");
+pub const LIST_RUNTIMES_BY_TEMPLATE: &str = concat!(
+    "SELECT ",
+    runtime_cols!(),
+    " FROM runtimes WHERE template = $1 ORDER BY id"
+);
+pub const LIST_RUNTIMES_BY_STATUS: &str = concat!(
+    "SELECT ",
+    runtime_cols!(),
+    " FROM runtimes WHERE status = $1 ORDER BY id"
+);
+pub const LIST_RUNTIMES_BY_TEMPLATE_AND_STATUS: &str = concat!(
+    "SELECT ",
+    runtime_cols!(),
+    " FROM runtimes WHERE template = $1 AND status = $2 ORDER BY id"
+);
+/// Replaces every column of an existing record: what was recorded is
+/// what `get_runtime` returns.
+pub const UPSERT_RUNTIME: &str = concat!(
+    "INSERT INTO runtimes (",
+    runtime_cols!(),
+    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+     ON CONFLICT (id) DO UPDATE SET template = excluded.template, status = excluded.status, \
+     container_id = excluded.container_id, image_ref = excluded.image_ref, \
+     image_digest = excluded.image_digest, engine_endpoint = excluded.engine_endpoint, \
+     generation = excluded.generation, env = excluded.env, \
+     created_at_ms = excluded.created_at_ms, updated_at_ms = excluded.updated_at_ms, last_error_code = excluded.last_error_code, \
+     last_error_message = excluded.last_error_message"
+);
+
+/// Keeps `seq` (the row's place in the log) of an existing operation.
+pub const UPSERT_OPERATION: &str = concat!(
+    "INSERT INTO operations (",
+    operation_cols!(),
+    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+     ON CONFLICT (id) DO UPDATE SET runtime_id = excluded.runtime_id, \
+     template = excluded.template, kind = excluded.kind, source = excluded.source, \
+     outcome = excluded.outcome, error_code = excluded.error_code, \
+     error_message = excluded.error_message, started_at_ms = excluded.started_at_ms, \
+     finished_at_ms = excluded.finished_at_ms, details = excluded.details"
+);
+pub const LIST_OPERATIONS: &str = concat!(
+    "SELECT ",
+    operation_cols!(),
+    " FROM operations ORDER BY seq DESC LIMIT $1"
+);
+pub const LIST_OPERATIONS_BY_RUNTIME: &str = concat!(
+    "SELECT ",
+    operation_cols!(),
+    " FROM operations WHERE runtime_id = $1 ORDER BY seq DESC LIMIT $2"
+);
+pub const LIST_OPERATIONS_BY_KIND: &str = concat!(
+    "SELECT ",
+    operation_cols!(),
+    " FROM operations WHERE kind = $1 ORDER BY seq DESC LIMIT $2"
+);
+pub const LIST_OPERATIONS_BY_RUNTIME_AND_KIND: &str = concat!(
+    "SELECT ",
+    operation_cols!(),
+    " FROM operations WHERE runtime_id = $1 AND kind = $2 ORDER BY seq DESC LIMIT $3"
+);
+macro_rules! health_event_cols {
+    () => {
+        "id, runtime_id, event_type, container_id, at_ms, details"
+    };
+}
+macro_rules! notification_cols {
+    () => {
+        "id, notification_type, audience, payload, created_at_ms"
+    };
+}
+macro_rules! job_result_cols {
+    () => {
+        "job_id, runtime_id, kind, success, container_id, engine_endpoint, error_code, \
+         error_message, finished_at_ms"
+    };
+}
+macro_rules! outbox_cols {
+    () => {
+        "seq, stream, partition_key, fields, created_at_ms, attempts"
+    };
+}
+
+pub const INSERT_HEALTH_EVENT: &str = concat!(
+    "INSERT INTO health_events (",
+    health_event_cols!(),
+    ") VALUES ($1, $2, $3, $4, $5, $6)"
+);
+pub const LIST_HEALTH_EVENTS: &str = concat!(
+    "SELECT ",
+    health_event_cols!(),
+    " FROM health_events ORDER BY seq DESC LIMIT $1"
+);
+pub const LIST_HEALTH_EVENTS_BY_RUNTIME: &str = concat!(
+    "SELECT ",
+    health_event_cols!(),
+    " FROM health_events WHERE runtime_id = $1 ORDER BY seq DESC LIMIT $2"
+);
+pub const LIST_HEALTH_EVENTS_BY_TYPE: &str = concat!(
+    "SELECT ",
+    health_event_cols!(),
+    " FROM health_events WHERE event_type = $1 ORDER BY seq DESC LIMIT $2"
+);
+pub const LIST_HEALTH_EVENTS_BY_RUNTIME_AND_TYPE: &str = concat!(
+    "SELECT ",
+    health_event_cols!(),
+    " FROM health_events WHERE runtime_id = $1 AND event_type = $2 \
+     ORDER BY seq DESC LIMIT $3"
+);
+pub const HEALTH_EVENT_EXISTS: &str = "SELECT 1 AS one FROM health_events \
+     WHERE runtime_id = $1 AND container_id = $2 AND event_type = $3 LIMIT 1";
+
+pub const INSERT_NOTIFICATION: &str = concat!(
+    "INSERT INTO notifications (",
+    notification_cols!(),
+    ") VALUES ($1, $2, $3, $4, $5)"
+);
+pub const LIST_NOTIFICATIONS: &str = concat!(
+    "SELECT ",
+    notification_cols!(),
+    " FROM notifications ORDER BY seq DESC LIMIT $1"
+);
+
+/// Inserts nothing when the job id already has a result: the caller
+/// sees 0 rows affected (no unique-violation error, which would abort
+/// a PostgreSQL transaction).
+pub const INSERT_JOB_RESULT: &str = concat!(
+    "INSERT INTO job_results (",
+    job_result_cols!(),
+    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (job_id) DO NOTHING"
+);
+pub const GET_JOB_RESULT: &str = concat!(
+    "SELECT ",
+    job_result_cols!(),
+    " FROM job_results WHERE job_id = $1"
+);
+
+pub const INSERT_OUTBOX: &str = "INSERT INTO outbox \
+     (stream, partition_key, fields, created_at_ms) VALUES ($1, $2, $3, $4)";
+pub const OUTBOX_PENDING: &str = concat!(
+    "SELECT ",
+    outbox_cols!(),
+    " FROM outbox ORDER BY seq LIMIT $1"
+);
+pub const OUTBOX_FAILED: &str =
+    "UPDATE outbox SET attempts = attempts + 1, last_error = $2 WHERE seq = $1";
+
+pub const FAIL_IN_PROGRESS_OPERATIONS: &str = concat!(
+    "UPDATE operations SET outcome = 'failure', error_code = $1, error_message = $2, \
+     finished_at_ms = $3 WHERE outcome = 'in_progress' RETURNING seq, ",
+    operation_cols!()
+);
+
+macro_rules! observation_cols {
+    () => {
+        "template, reference, digest, observed_at_ms"
+    };
+}
+macro_rules! rollout_cols {
+    () => {
+        "id, template, from_digest, to_digest, state, batch_size, max_failures, failures, \
+         revert_pin, source, message, created_at_ms, updated_at_ms"
+    };
+}
+
+pub const GET_OBSERVATION: &str = concat!(
+    "SELECT ",
+    observation_cols!(),
+    " FROM image_observations WHERE template = $1"
+);
+pub const UPSERT_OBSERVATION: &str = concat!(
+    "INSERT INTO image_observations (",
+    observation_cols!(),
+    ") VALUES ($1, $2, $3, $4) \
+     ON CONFLICT (template) DO UPDATE SET reference = excluded.reference, \
+     digest = excluded.digest, observed_at_ms = excluded.observed_at_ms"
+);
+
+pub const UPSERT_REJECTION: &str = "INSERT INTO rejected_digests \
+     (template, digest, reason, rejected_at_ms) VALUES ($1, $2, $3, $4) \
+     ON CONFLICT (template, digest) DO UPDATE SET reason = excluded.reason, \
+     rejected_at_ms = excluded.rejected_at_ms";
+pub const IS_REJECTED: &str =
+    "SELECT 1 AS one FROM rejected_digests WHERE template = $1 AND digest = $2";
+pub const DELETE_REJECTION: &str =
+    "DELETE FROM rejected_digests WHERE template = $1 AND digest = $2";
+
+/// Keeps `seq` (the rollout's place in the list) of an existing rollout.
+pub const UPSERT_ROLLOUT: &str = concat!(
+    "INSERT INTO rollouts (",
+    rollout_cols!(),
+    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+     ON CONFLICT (id) DO UPDATE SET template = excluded.template, \
+     from_digest = excluded.from_digest, to_digest = excluded.to_digest, \
+     state = excluded.state, batch_size = excluded.batch_size, \
+     max_failures = excluded.max_failures, failures = excluded.failures, \
+     revert_pin = excluded.revert_pin, source = excluded.source, \
+     message = excluded.message, created_at_ms = excluded.created_at_ms, \
+     updated_at_ms = excluded.updated_at_ms"
+);
+pub const UPSERT_ROLLOUT_TARGET: &str = "INSERT INTO rollout_targets \
+     (rollout_id, runtime_id, position, state, error, updated_at_ms) \
+     VALUES ($1, $2, $3, $4, $5, $6) \
+     ON CONFLICT (rollout_id, runtime_id) DO UPDATE SET position = excluded.position, \
+     state = excluded.state, error = excluded.error, updated_at_ms = excluded.updated_at_ms";
+/// The rollout with one row per target (or one row of NULL targets),
+/// in one statement, so that the rollout and its targets are read at
+/// one point in time.
+pub const GET_ROLLOUT: &str = "SELECT r.id, r.template, r.from_digest, r.to_digest, \
+     r.state, r.batch_size, r.max_failures, r.failures, r.revert_pin, r.source, r.message, \
+     r.created_at_ms, r.updated_at_ms, t.runtime_id AS target_runtime_id, \
+     t.position AS target_position, t.state AS target_state, t.error AS target_error, \
+     t.updated_at_ms AS target_updated_at_ms \
+     FROM rollouts r LEFT JOIN rollout_targets t ON t.rollout_id = r.id \
+     WHERE r.id = $1 ORDER BY t.position, t.runtime_id";
+pub const LIST_ROLLOUTS: &str = concat!(
+    "SELECT ",
+    rollout_cols!(),
+    " FROM rollouts ORDER BY seq DESC LIMIT $1"
+);
+pub const LIST_ROLLOUTS_BY_TEMPLATE: &str = concat!(
+    "SELECT ",
+    rollout_cols!(),
+    " FROM rollouts WHERE template = $1 ORDER BY seq DESC LIMIT $2"
+);
+/// Excludes the finished states rather than selecting the active ones,
+/// so that a row with an unknown state is read (and reported corrupt).
+pub const ACTIVE_ROLLOUTS: &str = concat!(
+    "SELECT ",
+    rollout_cols!(),
+    " FROM rollouts WHERE state NOT IN ('halted', 'completed', 'aborted') ORDER BY seq"
+);
