@@ -41,7 +41,14 @@ pub struct Placement<'a> {
     pub network: &'a str,
     /// Host directory for this runtime's state (`<data_dir>/runtimes/<id>/state`).
     pub state_dir: &'a str,
+    /// Host directory of this runtime's plugins
+    /// (`<data_dir>/runtimes/<id>/plugins`, one subdirectory per plugin).
+    pub plugins_dir: &'a str,
 }
+
+/// Where every plugin of a runtime appears in its containers, read-only:
+/// `/plugins/<name>`.
+pub const PLUGINS_PATH: &str = "/plugins";
 
 pub fn container_name(owner: &str, runtime_id: &str) -> String {
     format!("{owner}-{runtime_id}")
@@ -97,11 +104,22 @@ pub fn plan_container(
         labels,
         network: place.network.to_string(),
         alias: network_alias(&template.name, &record.id),
-        binds: vec![Bind {
-            host_path: place.state_dir.to_string(),
-            container_path: template.state_path.clone(),
-            read_only: false,
-        }],
+        // The plugins directory is mounted whole: a plugin installed,
+        // updated or removed (a rename inside it) shows at
+        // `/plugins/<name>` without changing the container's mounts, so a
+        // restart, recreate or rollout keeps every plugin.
+        binds: vec![
+            Bind {
+                host_path: place.state_dir.to_string(),
+                container_path: template.state_path.clone(),
+                read_only: false,
+            },
+            Bind {
+                host_path: place.plugins_dir.to_string(),
+                container_path: PLUGINS_PATH.to_string(),
+                read_only: true,
+            },
+        ],
     }
 }
 
@@ -149,6 +167,7 @@ mod tests {
             owner: "berth",
             network: "berth",
             state_dir: "/data/runtimes/ws-1/state",
+            plugins_dir: "/data/runtimes/ws-1/plugins",
         };
         let spec = plan_container(&place, &template, &record, "r.example/e:latest", 3, 42);
         assert_eq!(spec.name, "berth-ws-1");
@@ -161,6 +180,15 @@ mod tests {
         assert!(spec.env.contains(&"BERTH_RUNTIME_ID=ws-1".to_string()));
         assert!(spec.env.contains(&"BERTH_GENERATION=3".to_string()));
         assert_eq!(spec.binds[0].container_path, "/var/lib/runtime");
+        assert!(!spec.binds[0].read_only);
+        assert_eq!(
+            spec.binds[1],
+            Bind {
+                host_path: "/data/runtimes/ws-1/plugins".into(),
+                container_path: "/plugins".into(),
+                read_only: true,
+            }
+        );
         assert_eq!(
             engine_endpoint(&template, "ws-1").as_deref(),
             Some("http://engine-ws-1:8080")

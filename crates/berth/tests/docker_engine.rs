@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use berth::adapters::docker::DockerEngine;
 use berth::ports::engine::{Engine, EngineError, EngineEvent, EngineEventKind, PullProgress};
 use berth_core::container::{
-    plan_container, Bind, ContainerSpec, Placement, LABEL_OWNER, LABEL_RUNTIME_ID,
+    plan_container, ContainerSpec, Placement, LABEL_OWNER, LABEL_RUNTIME_ID,
 };
 use berth_core::image::Repository;
 use berth_core::runtime::RuntimeRecord;
@@ -349,17 +349,14 @@ async fn container_lifecycle_keeps_labels_alias_env_and_state() {
         BTreeMap::from([("FROM_REQUEST".into(), "also".into())]),
         0,
     );
+    let plugins_dir = plugins.path().to_string_lossy().to_string();
     let place = Placement {
         owner: &owner,
         network: &network,
         state_dir: &state_dir,
+        plugins_dir: &plugins_dir,
     };
-    let mut spec: ContainerSpec = plan_container(&place, &template, &record, &image_ref, 1, 7);
-    spec.binds.push(Bind {
-        host_path: plugins.path().to_string_lossy().to_string(),
-        container_path: "/plugins/p".into(),
-        read_only: true,
-    });
+    let spec: ContainerSpec = plan_container(&place, &template, &record, &image_ref, 1, 7);
 
     let id = engine.create_container(&spec).await.unwrap();
     let created = engine.inspect_container(&spec.name).await.unwrap().unwrap();
@@ -391,7 +388,10 @@ async fn container_lifecycle_keeps_labels_alias_env_and_state() {
     let host_config = raw.host_config.as_ref().unwrap();
     let binds = host_config.binds.clone().unwrap();
     assert!(binds.contains(&format!("{state_dir}:/var/lib/runtime")));
-    assert!(binds.iter().any(|b| b.ends_with(":/plugins/p:ro")));
+    assert!(
+        binds.contains(&format!("{plugins_dir}:/plugins:ro")),
+        "{binds:?}"
+    );
     assert_eq!(host_config.network_mode.as_deref(), Some(network.as_str()));
     let restart = host_config.restart_policy.as_ref().unwrap().name;
     assert_eq!(restart, Some(bollard::models::RestartPolicyNameEnum::NO));
@@ -426,7 +426,7 @@ async fn container_lifecycle_keeps_labels_alias_env_and_state() {
             "sh",
             "-c",
             "cat /var/lib/runtime/kept.txt && echo inside > /var/lib/runtime/written.txt \
-             && cat /plugins/p/plugin.txt && ! echo x > /plugins/p/denied.txt",
+             && cat /plugins/plugin.txt && ! echo x > /plugins/denied.txt",
         ],
     )
     .await;

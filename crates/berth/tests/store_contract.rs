@@ -19,14 +19,16 @@ use berth::adapters::store::{self, PostgresStore, SqliteStore};
 use berth::fakes::FakeStore;
 use berth::ports::store::{
     Change, EventFilter, Observation, OperationFilter, OutboxMessage, OutboxRow, OutboxStore,
-    PinChange, RejectionChange, RolloutChange, RolloutRow, RolloutStore, RolloutTarget,
-    RuntimeFilter, Store, StoreError, TemplateStore, WatchStore,
+    PinChange, PluginChange, PluginRecord, PluginUpdate, PluginUpdateFilter, RejectionChange,
+    RolloutChange, RolloutRow, RolloutStore, RolloutTarget, RuntimeFilter, Store, StoreError,
+    TemplateStore, WatchStore,
 };
 use berth::template_doc::TemplateDoc;
 use berth_core::event::{HealthEvent, HealthEventType, JobResult, Notification};
 use berth_core::image::Digest;
 use berth_core::operation::{Operation, OperationKind, Outcome, Source};
 use berth_core::pin::{Pin, PinAction, PinHistoryEntry};
+use berth_core::plugin::UpdateStatus;
 use berth_core::rollout::{RolloutState, TargetState};
 use berth_core::runtime::{LastError, RuntimeRecord};
 use berth_core::status::RuntimeStatus;
@@ -299,6 +301,10 @@ contract!(
         rollouts_commit_get_round_trip,
         rollouts_list_newest_first_and_active_oldest_first,
         refused_commit_writes_nothing_of_its_rollout_pin_observation_or_rejection,
+        plugins_put_get_list_delete,
+        plugin_updates_one_pending_per_runtime_and_plugin,
+        plugin_updates_filters_newest_first,
+        concurrent_sweeps_queue_one_pending_update,
     ],
     sql only: [
         corrupt_rows_are_reported,
@@ -560,6 +566,273 @@ async fn expect_corrupt<T: std::fmt::Debug>(result: Result<T, StoreError>, colum
 
 mod cases {
     use super::*;
+
+    fn plugin(runtime: &str, name: &str, sha: Option<&str>) -> PluginRecord {
+        PluginRecord {
+            runtime_id: runtime.to_string(),
+            name: name.to_string(),
+            source: "git+https://git.example/acme/skills".to_string(),
+            track: "tag:latest".to_string(),
+            installed_sha: sha.map(str::to_string),
+            installed_at_ms: sha.map(|_| 5),
+            resolved_at_ms: None,
+            last_error: None,
+        }
+    }
+
+    fn update(
+        id: &str,
+        runtime: &str,
+        name: &str,
+        to: &str,
+        status: UpdateStatus,
+        at: i64,
+    ) -> PluginUpdate {
+        PluginUpdate {
+            id: id.to_string(),
+            runtime_id: runtime.to_string(),
+            plugin: name.to_string(),
+            track: "tag:latest".to_string(),
+            from_sha: Some("a".repeat(40)),
+            to_sha: to.to_string(),
+            status,
+            created_at_ms: at,
+            updated_at_ms: at,
+        }
+    }
+
+    async fn put_update(s: &dyn Store, u: &PluginUpdate) -> Result<(), StoreError> {
+        s.commit(&Change {
+            plugin_update: Some(u),
+            ..Change::default()
+        })
+        .await
+    }
+
+    pub async fn plugins_put_get_list_delete(ctx: Ctx) {
+        let s = ctx.store.as_ref();
+        assert_eq!(s.get_plugin("r1", "skills").await.unwrap(), None);
+        let mut p = plugin("r1", "skills", None);
+        p.last_error = Some(LastError {
+            code: "git_failed".into(),
+            message: "unreachable".into(),
+        });
+        for rec in [
+            p.clone(),
+            plugin("r1", "tools", Some(&"b".repeat(40))),
+            plugin("r0", "skills", None),
+        ] {
+            let o = op(
+                &format!("i-{}-{}", rec.runtime_id, rec.name),
+                OperationKind::PluginInstall,
+                1,
+            );
+            s.commit(&Change {
+                plugin: Some(PluginChange::Put(&rec)),
+                operation: Some(&o),
+                ..Change::default()
+            })
+            .await
+            .unwrap();
+        }
+        assert_eq!(s.get_plugin("r1", "skills").await.unwrap(), Some(p.clone()));
+        let all: Vec<(String, String)> = s
+            .list_plugins(None)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|p| (p.runtime_id, p.name))
+            .collect();
+        assert_eq!(
+            all,
+            [
+                ("r0".into(), "skills".into()),
+                ("r1".into(), "skills".into()),
+                ("r1".into(), "tools".into())
+            ]
+        );
+        assert_eq!(s.list_plugins(Some("r1")).await.unwrap().len(), 2);
+        // A put replaces.
+        let mut installed = p.clone();
+        installed.installed_sha = Some("c".repeat(40));
+        installed.last_error = None;
+        s.commit(&Change {
+            plugin: Some(PluginChange::Put(&installed)),
+            ..Change::default()
+        })
+        .await
+        .unwrap();
+        assert_eq!(s.get_plugin("r1", "skills").await.unwrap(), Some(installed));
+        // Delete, twice: the second finds nothing and is no error.
+        for _ in 0..2 {
+            s.commit(&Change {
+                plugin: Some(PluginChange::Delete {
+                    runtime_id: "r1",
+                    name: "skills",
+                }),
+                ..Change::default()
+            })
+            .await
+            .unwrap();
+        }
+        assert_eq!(s.get_plugin("r1", "skills").await.unwrap(), None);
+        assert_eq!(s.list_plugins(Some("r1")).await.unwrap().len(), 1);
+    }
+
+    pub async fn plugin_updates_one_pending_per_runtime_and_plugin(ctx: Ctx) {
+        let s = ctx.store.as_ref();
+        let (b, c) = ("b".repeat(40), "c".repeat(40));
+        let first = update("u1", "r1", "skills", &b, UpdateStatus::Pending, 1);
+        put_update(s, &first).await.unwrap();
+        // A second pending row for the same plugin is refused, with
+        // nothing of its change written.
+        let second = update("u2", "r1", "skills", &c, UpdateStatus::Pending, 2);
+        let o = op("refused", OperationKind::PluginApply, 2);
+        let refused = s
+            .commit(&Change {
+                plugin_update: Some(&second),
+                operation: Some(&o),
+                ..Change::default()
+            })
+            .await;
+        assert!(
+            matches!(refused, Err(StoreError::Conflict(_))),
+            "{refused:?}"
+        );
+        assert_eq!(op_count(s).await, 0, "nothing of the refused change");
+        assert_eq!(s.get_plugin_update("u2").await.unwrap(), None);
+        // Moving the pending one's target is an update of the same row.
+        let mut moved = first.clone();
+        moved.to_sha = c.clone();
+        moved.updated_at_ms = 3;
+        put_update(s, &moved).await.unwrap();
+        let pending = s
+            .pending_plugin_update("r1", "skills")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(pending.id, "u1");
+        assert_eq!(pending.to_sha, c);
+        assert_eq!(pending.created_at_ms, 1, "created_at stays");
+        assert_eq!(pending.updated_at_ms, 3);
+        // Other plugins and runtimes have their own pending row.
+        put_update(
+            s,
+            &update("u3", "r1", "tools", &b, UpdateStatus::Pending, 4),
+        )
+        .await
+        .unwrap();
+        put_update(
+            s,
+            &update("u4", "r2", "skills", &b, UpdateStatus::Pending, 5),
+        )
+        .await
+        .unwrap();
+        // Once applied, a new pending update may be queued.
+        let mut applied = moved.clone();
+        applied.status = UpdateStatus::Applied;
+        put_update(s, &applied).await.unwrap();
+        assert_eq!(s.pending_plugin_update("r1", "skills").await.unwrap(), None);
+        put_update(s, &second).await.unwrap();
+        assert_eq!(
+            s.pending_plugin_update("r1", "skills")
+                .await
+                .unwrap()
+                .map(|u| u.id),
+            Some("u2".to_string())
+        );
+        assert_eq!(
+            s.get_plugin_update("u1").await.unwrap().unwrap().status,
+            UpdateStatus::Applied
+        );
+    }
+
+    pub async fn plugin_updates_filters_newest_first(ctx: Ctx) {
+        let s = ctx.store.as_ref();
+        let b = "b".repeat(40);
+        put_update(
+            s,
+            &update("u1", "r1", "skills", &b, UpdateStatus::Applied, 1),
+        )
+        .await
+        .unwrap();
+        put_update(
+            s,
+            &update("u2", "r1", "skills", &b, UpdateStatus::Pending, 2),
+        )
+        .await
+        .unwrap();
+        put_update(
+            s,
+            &update("u3", "r2", "tools", &b, UpdateStatus::Dismissed, 3),
+        )
+        .await
+        .unwrap();
+        let ids = |v: Vec<PluginUpdate>| v.into_iter().map(|u| u.id).collect::<Vec<_>>();
+        let all = PluginUpdateFilter {
+            limit: 100,
+            ..Default::default()
+        };
+        assert_eq!(
+            ids(s.list_plugin_updates(&all).await.unwrap()),
+            ["u3", "u2", "u1"]
+        );
+        let pending = PluginUpdateFilter {
+            status: Some(UpdateStatus::Pending),
+            ..all.clone()
+        };
+        assert_eq!(ids(s.list_plugin_updates(&pending).await.unwrap()), ["u2"]);
+        let r1 = PluginUpdateFilter {
+            runtime_id: Some("r1".into()),
+            ..all.clone()
+        };
+        assert_eq!(ids(s.list_plugin_updates(&r1).await.unwrap()), ["u2", "u1"]);
+        let tools = PluginUpdateFilter {
+            plugin: Some("tools".into()),
+            ..all.clone()
+        };
+        assert_eq!(ids(s.list_plugin_updates(&tools).await.unwrap()), ["u3"]);
+        let one = PluginUpdateFilter { limit: 1, ..all };
+        assert_eq!(ids(s.list_plugin_updates(&one).await.unwrap()), ["u3"]);
+    }
+
+    /// Two sweeps that both saw no pending update race to queue one: the
+    /// store lets exactly one in.
+    pub async fn concurrent_sweeps_queue_one_pending_update(ctx: Ctx) {
+        let mut tasks = Vec::new();
+        for i in 0..8 {
+            let store = ctx.store.clone();
+            tasks.push(tokio::spawn(async move {
+                let u = update(
+                    &format!("u{i}"),
+                    "r1",
+                    "skills",
+                    &"b".repeat(40),
+                    UpdateStatus::Pending,
+                    i,
+                );
+                put_update(store.as_ref(), &u).await
+            }));
+        }
+        let mut ok = 0;
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(()) => ok += 1,
+                Err(StoreError::Conflict(_)) => {}
+                Err(e) => panic!("unexpected {e:?}"),
+            }
+        }
+        assert_eq!(ok, 1);
+        let pending = PluginUpdateFilter {
+            status: Some(UpdateStatus::Pending),
+            limit: 100,
+            ..Default::default()
+        };
+        assert_eq!(
+            ctx.store.list_plugin_updates(&pending).await.unwrap().len(),
+            1
+        );
+    }
 
     pub async fn templates_put_get_list(ctx: Ctx) {
         let s = ctx.store.as_ref();
@@ -2380,9 +2653,20 @@ mod cases {
                 10,
             ),
         ];
+        let pl1 = plugin("r1", "skills", Some(&"a".repeat(40)));
+        let pu1 = update(
+            "pu-1",
+            "r1",
+            "skills",
+            &"b".repeat(40),
+            UpdateStatus::Pending,
+            10,
+        );
         s.commit(&Change {
             runtime: Some(&r1),
             operation: Some(&o1),
+            plugin: Some(PluginChange::Put(&pl1)),
+            plugin_update: Some(&pu1),
             pin: Some(PinChange {
                 pin: &p1,
                 entry: &e1,
@@ -2423,6 +2707,18 @@ mod cases {
         assert_eq!(s.list_notifications(10).await.unwrap(), notes1.to_vec());
         assert_eq!(s.get_job_result("job-1").await.unwrap(), Some(job1.clone()));
         assert_eq!(messages(&all_outbox(s).await), out1.to_vec());
+        assert_eq!(
+            s.get_plugin("r1", "skills").await.unwrap(),
+            Some(pl1.clone())
+        );
+        assert_eq!(
+            s.get_plugin_update("pu-1").await.unwrap(),
+            Some(pu1.clone())
+        );
+        let all_updates = PluginUpdateFilter {
+            limit: 100,
+            ..Default::default()
+        };
 
         let snapshot = || async {
             (
@@ -2443,6 +2739,10 @@ mod cases {
                     s.list_notifications(100).await.unwrap(),
                     s.get_job_result("job-2").await.unwrap(),
                     all_outbox(s).await,
+                ),
+                (
+                    s.list_plugins(None).await.unwrap(),
+                    s.list_plugin_updates(&all_updates).await.unwrap(),
                 ),
             )
         };
@@ -2473,9 +2773,22 @@ mod cases {
             20,
         )];
         let fresh_events = [e2_new.clone()];
+        let pu2 = update(
+            "pu-2",
+            "r1",
+            "tools",
+            &"c".repeat(40),
+            UpdateStatus::Pending,
+            20,
+        );
         let next = Change {
             runtime: Some(&r1_failed),
             operation: Some(&o2),
+            plugin: Some(PluginChange::Delete {
+                runtime_id: "r1",
+                name: "skills",
+            }),
+            plugin_update: Some(&pu2),
             pin: Some(PinChange {
                 pin: &p2,
                 entry: &e2,
@@ -2497,7 +2810,22 @@ mod cases {
 
         let dup_stored_event = [e2_new.clone(), evs1[0].clone()];
         let dup_event_in_change = [e2_new.clone(), e2_new.clone()];
+        let second_pending = update(
+            "pu-3",
+            "r1",
+            "skills",
+            &"d".repeat(40),
+            UpdateStatus::Pending,
+            20,
+        );
         let refused = [
+            (
+                "a second pending update of one plugin",
+                Change {
+                    plugin_update: Some(&second_pending),
+                    ..next
+                },
+            ),
             (
                 "a duplicate job result",
                 Change {
@@ -2537,6 +2865,8 @@ mod cases {
 
         // Without the refusal, all of it.
         s.commit(&next).await.unwrap();
+        assert_eq!(s.get_plugin("r1", "skills").await.unwrap(), None);
+        assert_eq!(s.get_plugin_update("pu-2").await.unwrap(), Some(pu2));
         assert_eq!(s.get_runtime("r1").await.unwrap(), Some(r1_failed));
         assert_eq!(s.list_operations(&all_ops()).await.unwrap(), vec![o2, o1]);
         assert_eq!(s.get_pin("t").await.unwrap(), Some(p2));
@@ -2987,7 +3317,7 @@ async fn connect_opens_sqlite_urls_and_refuses_unknown_schemes() {
     // Reopening finds the data and migrates nothing twice.
     let again = SqliteStore::open(&file).await.unwrap();
     assert!(again.get_template("t").await.unwrap().is_some());
-    assert_eq!(again.schema_versions().await.unwrap(), [1, 2, 3]);
+    assert_eq!(again.schema_versions().await.unwrap(), [1, 2, 3, 4]);
 
     let mem = store::connect("sqlite::memory:", dir.path()).await.unwrap();
     mem.put_template(
@@ -3041,7 +3371,7 @@ async fn sqlite_migrates_down_and_up_again() {
     .await
     .unwrap();
 
-    // Down one step: 0003's tables go, older data stays.
+    // Down to 2: 0004's and 0003's tables go, older data stays.
     s.migrate_down_to(2).await.unwrap();
     assert_eq!(s.schema_versions().await.unwrap(), [1, 2]);
     assert!(s.get_rollout("ro").await.is_err(), "the rollouts are gone");
@@ -3049,7 +3379,7 @@ async fn sqlite_migrates_down_and_up_again() {
     assert_eq!(s.outbox_pending(10).await.unwrap().len(), 1);
     s.close().await;
     let s = SqliteStore::open(&file).await.unwrap();
-    assert_eq!(s.schema_versions().await.unwrap(), [1, 2, 3]);
+    assert_eq!(s.schema_versions().await.unwrap(), [1, 2, 3, 4]);
     assert_eq!(s.get_rollout("ro").await.unwrap(), None);
     assert!(s.list_rollouts(None, 10).await.unwrap().is_empty());
 
@@ -3060,7 +3390,7 @@ async fn sqlite_migrates_down_and_up_again() {
     assert!(s.get_template("t").await.unwrap().is_some());
     s.close().await;
     let s = SqliteStore::open(&file).await.unwrap();
-    assert_eq!(s.schema_versions().await.unwrap(), [1, 2, 3]);
+    assert_eq!(s.schema_versions().await.unwrap(), [1, 2, 3, 4]);
     assert!(s.outbox_pending(10).await.unwrap().is_empty());
     assert!(s.get_template("t").await.unwrap().is_some());
 
@@ -3069,7 +3399,7 @@ async fn sqlite_migrates_down_and_up_again() {
     assert!(s.list_templates().await.is_err(), "the tables are gone");
     s.close().await;
     let s = SqliteStore::open(&file).await.unwrap();
-    assert_eq!(s.schema_versions().await.unwrap(), [1, 2, 3]);
+    assert_eq!(s.schema_versions().await.unwrap(), [1, 2, 3, 4]);
     assert!(s.list_templates().await.unwrap().is_empty());
     assert!(s.outbox_pending(10).await.unwrap().is_empty());
 }
@@ -3107,12 +3437,12 @@ async fn postgres_connect_by_url() {
         }
         let s = PostgresStore::connect(&url).await.unwrap();
         assert_eq!(op_count(&s).await, 2, "both URLs reached the same database");
-        assert_eq!(s.schema_versions().await.unwrap(), [1, 2, 3]);
+        assert_eq!(s.schema_versions().await.unwrap(), [1, 2, 3, 4]);
         s.migrate_down_to(0).await.unwrap();
         assert!(s.list_templates().await.is_err(), "the tables are gone");
         s.close().await;
         let s = PostgresStore::connect(&url).await.unwrap();
-        assert_eq!(s.schema_versions().await.unwrap(), [1, 2, 3]);
+        assert_eq!(s.schema_versions().await.unwrap(), [1, 2, 3, 4]);
         assert_eq!(op_count(&s).await, 0);
         s.close().await;
     })

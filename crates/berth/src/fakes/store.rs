@@ -13,6 +13,7 @@ use async_trait::async_trait;
 use berth_core::event::{HealthEvent, HealthEventType, JobResult, Notification};
 use berth_core::operation::{Operation, Outcome};
 use berth_core::pin::{Pin, PinHistoryEntry};
+use berth_core::plugin::UpdateStatus;
 use berth_core::rollout::RolloutState;
 use berth_core::runtime::RuntimeRecord;
 use berth_core::status::RuntimeStatus;
@@ -20,8 +21,9 @@ use berth_core::template::Template;
 
 use crate::ports::store::{
     Change, EventFilter, EventStore, Observation, OperationFilter, OutboxMessage, OutboxRow,
-    OutboxStore, RejectionChange, RolloutRow, RolloutStore, RolloutTarget, RuntimeFilter,
-    RuntimeStore, Store, StoreError, TemplateStore, WatchStore,
+    OutboxStore, PluginChange, PluginRecord, PluginStore, PluginUpdate, PluginUpdateFilter,
+    RejectionChange, RolloutRow, RolloutStore, RolloutTarget, RuntimeFilter, RuntimeStore, Store,
+    StoreError, TemplateStore, WatchStore,
 };
 
 /// What every call returns once an injected crash has "killed the process".
@@ -107,6 +109,10 @@ struct Data {
     rollouts: Vec<RolloutRow>,
     /// By rollout id, then runtime id.
     rollout_targets: BTreeMap<String, BTreeMap<String, RolloutTarget>>,
+    /// By (runtime id, name).
+    plugins: BTreeMap<(String, String), PluginRecord>,
+    /// In the order of first writing; an update keeps its place.
+    plugin_updates: Vec<PluginUpdate>,
 }
 
 struct OutboxEntry {
@@ -136,6 +142,20 @@ impl Data {
                 return Err(StoreError::Conflict(format!(
                     "job {:?} already has a result",
                     job.job_id
+                )));
+            }
+        }
+        if let Some(u) = change.plugin_update {
+            let other_pending = self.plugin_updates.iter().any(|s| {
+                s.id != u.id
+                    && s.status == UpdateStatus::Pending
+                    && s.runtime_id == u.runtime_id
+                    && s.plugin == u.plugin
+            });
+            if u.status == UpdateStatus::Pending && other_pending {
+                return Err(StoreError::Conflict(format!(
+                    "plugin {:?} of runtime {:?} already has a pending update",
+                    u.plugin, u.runtime_id
                 )));
             }
         }
@@ -212,6 +232,30 @@ impl Data {
                 .or_default();
             for t in r.targets {
                 targets.insert(t.runtime_id.clone(), t.clone());
+            }
+        }
+        match change.plugin {
+            Some(PluginChange::Put(p)) => {
+                self.plugins
+                    .insert((p.runtime_id.clone(), p.name.clone()), p.clone());
+            }
+            Some(PluginChange::Delete { runtime_id, name }) => {
+                self.plugins
+                    .remove(&(runtime_id.to_string(), name.to_string()));
+            }
+            None => {}
+        }
+        if let Some(u) = change.plugin_update {
+            match self.plugin_updates.iter_mut().find(|s| s.id == u.id) {
+                Some(stored) => {
+                    // The SQL upsert keeps the row's identity columns.
+                    stored.track = u.track.clone();
+                    stored.from_sha = u.from_sha.clone();
+                    stored.to_sha = u.to_sha.clone();
+                    stored.status = u.status;
+                    stored.updated_at_ms = u.updated_at_ms;
+                }
+                None => self.plugin_updates.push(u.clone()),
             }
         }
         self.health_events
@@ -626,6 +670,71 @@ impl RolloutStore for FakeStore {
                 .filter(|r| matches!(r.state, RolloutState::Running | RolloutState::Paused))
                 .cloned()
                 .collect()
+        })
+    }
+}
+
+#[async_trait]
+impl PluginStore for FakeStore {
+    async fn get_plugin(
+        &self,
+        runtime_id: &str,
+        name: &str,
+    ) -> Result<Option<PluginRecord>, StoreError> {
+        self.read(|d| {
+            d.plugins
+                .get(&(runtime_id.to_string(), name.to_string()))
+                .cloned()
+        })
+    }
+
+    async fn list_plugins(
+        &self,
+        runtime_id: Option<&str>,
+    ) -> Result<Vec<PluginRecord>, StoreError> {
+        self.read(|d| {
+            d.plugins
+                .values()
+                .filter(|p| runtime_id.is_none_or(|r| p.runtime_id == r))
+                .cloned()
+                .collect()
+        })
+    }
+
+    async fn get_plugin_update(&self, id: &str) -> Result<Option<PluginUpdate>, StoreError> {
+        self.read(|d| d.plugin_updates.iter().find(|u| u.id == id).cloned())
+    }
+
+    async fn pending_plugin_update(
+        &self,
+        runtime_id: &str,
+        plugin: &str,
+    ) -> Result<Option<PluginUpdate>, StoreError> {
+        self.read(|d| {
+            d.plugin_updates
+                .iter()
+                .find(|u| {
+                    u.status == UpdateStatus::Pending
+                        && u.runtime_id == runtime_id
+                        && u.plugin == plugin
+                })
+                .cloned()
+        })
+    }
+
+    async fn list_plugin_updates(
+        &self,
+        filter: &PluginUpdateFilter,
+    ) -> Result<Vec<PluginUpdate>, StoreError> {
+        self.read(|d| {
+            newest_first(&d.plugin_updates, filter.limit, |u| {
+                filter.status.is_none_or(|s| u.status == s)
+                    && filter
+                        .runtime_id
+                        .as_deref()
+                        .is_none_or(|r| u.runtime_id == r)
+                    && filter.plugin.as_deref().is_none_or(|p| u.plugin == p)
+            })
         })
     }
 }

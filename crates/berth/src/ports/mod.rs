@@ -13,6 +13,6 @@ pub use clock::{Clock, SystemClock};
 pub use engine::{ContainerInfo, Engine, EngineError, ImageInfo, PullProgress};
 pub use registry::{Registry, RegistryError};
 pub use store::{
-    EventStore, OperationFilter, OutboxStore, RolloutStore, RuntimeFilter, RuntimeStore, Store,
-    StoreError, TemplateStore, WatchStore,
+    EventStore, OperationFilter, OutboxStore, PluginStore, RolloutStore, RuntimeFilter,
+    RuntimeStore, Store, StoreError, TemplateStore, WatchStore,
 };

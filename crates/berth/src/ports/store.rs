@@ -15,8 +15,9 @@ use async_trait::async_trait;
 use berth_core::event::{HealthEvent, HealthEventType, JobResult, Notification};
 use berth_core::operation::{Operation, OperationKind, Source};
 use berth_core::pin::{Pin, PinHistoryEntry};
+use berth_core::plugin::UpdateStatus;
 use berth_core::rollout::{RolloutState, TargetState};
-use berth_core::runtime::RuntimeRecord;
+use berth_core::runtime::{LastError, RuntimeRecord};
 use berth_core::status::RuntimeStatus;
 use berth_core::template::Template;
 
@@ -114,6 +115,57 @@ pub struct RolloutChange<'a> {
     pub targets: &'a [RolloutTarget],
 }
 
+/// A plugin installed into a runtime at a tracked ref; keyed by
+/// (`runtime_id`, `name`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginRecord {
+    pub runtime_id: String,
+    pub name: String,
+    /// Canonical text of a `berth_core::plugin::PluginSource`.
+    pub source: String,
+    /// Canonical text of a `berth_core::plugin::TrackedRef`.
+    pub track: String,
+    /// The commit installed; `None` until the first install succeeded.
+    pub installed_sha: Option<String>,
+    pub installed_at_ms: Option<i64>,
+    /// When the sweeper last resolved its track.
+    pub resolved_at_ms: Option<i64>,
+    /// The last failure to resolve or install, for a person.
+    pub last_error: Option<LastError>,
+}
+
+/// An update the drift sweeper queued for one plugin of one runtime.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginUpdate {
+    pub id: String,
+    pub runtime_id: String,
+    pub plugin: String,
+    pub track: String,
+    pub from_sha: Option<String>,
+    pub to_sha: String,
+    pub status: UpdateStatus,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+/// A plugin row written or removed.
+#[derive(Debug, Clone, Copy)]
+pub enum PluginChange<'a> {
+    /// Inserts or replaces by (runtime id, name).
+    Put(&'a PluginRecord),
+    /// Removes the plugin; none to remove is no error. Its updates stay
+    /// (the log of what was offered).
+    Delete { runtime_id: &'a str, name: &'a str },
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PluginUpdateFilter {
+    pub status: Option<UpdateStatus>,
+    pub runtime_id: Option<String>,
+    pub plugin: Option<String>,
+    pub limit: u32,
+}
+
 /// Everything one decision writes, in one transaction (see
 /// [`Store::commit`]). Build it with `..Change::default()` for the parts a
 /// change does not have.
@@ -129,6 +181,11 @@ pub struct Change<'a> {
     pub observation: Option<&'a Observation>,
     pub rejection: Option<RejectionChange<'a>>,
     pub rollout: Option<RolloutChange<'a>>,
+    pub plugin: Option<PluginChange<'a>>,
+    /// Upserted by id. `Conflict` (and nothing written) when it is
+    /// `pending` and another pending update of the same runtime and plugin
+    /// exists.
+    pub plugin_update: Option<&'a PluginUpdate>,
     /// Appended; ids are unique.
     pub health_events: &'a [HealthEvent],
     /// Appended; ids are unique.
@@ -147,6 +204,8 @@ impl Change<'_> {
             && self.observation.is_none()
             && self.rejection.is_none()
             && self.rollout.is_none()
+            && self.plugin.is_none()
+            && self.plugin_update.is_none()
             && self.health_events.is_empty()
             && self.notifications.is_empty()
             && self.job_result.is_none()
@@ -322,10 +381,35 @@ pub trait RolloutStore: Send + Sync + 'static {
     async fn active_rollouts(&self) -> Result<Vec<RolloutRow>, StoreError>;
 }
 
+/// Plugins and their update queue (written through [`Store::commit`]).
+#[async_trait]
+pub trait PluginStore: Send + Sync + 'static {
+    async fn get_plugin(
+        &self,
+        runtime_id: &str,
+        name: &str,
+    ) -> Result<Option<PluginRecord>, StoreError>;
+    /// By runtime id, then name; only the runtime's when given.
+    async fn list_plugins(&self, runtime_id: Option<&str>)
+        -> Result<Vec<PluginRecord>, StoreError>;
+    async fn get_plugin_update(&self, id: &str) -> Result<Option<PluginUpdate>, StoreError>;
+    /// The pending update of one plugin of one runtime, if any.
+    async fn pending_plugin_update(
+        &self,
+        runtime_id: &str,
+        plugin: &str,
+    ) -> Result<Option<PluginUpdate>, StoreError>;
+    /// Newest first (order of first writing), at most `filter.limit`.
+    async fn list_plugin_updates(
+        &self,
+        filter: &PluginUpdateFilter,
+    ) -> Result<Vec<PluginUpdate>, StoreError>;
+}
+
 /// The whole store: every role, and the one write path of decisions.
 #[async_trait]
 pub trait Store:
-    TemplateStore + RuntimeStore + EventStore + OutboxStore + WatchStore + RolloutStore
+    TemplateStore + RuntimeStore + EventStore + OutboxStore + WatchStore + RolloutStore + PluginStore
 {
     /// Writes every part of `change` in ONE transaction: all of it or
     /// nothing. `Conflict` (and nothing written) when `change.job_result`'s

@@ -116,6 +116,7 @@ struct Prepared {
     image_ref: String,
     digest: Option<String>,
     state_dir: PathBuf,
+    plugins_dir: PathBuf,
 }
 
 /// The facts of a runtime's new container, for its operation row.
@@ -411,14 +412,17 @@ impl LifecycleService {
             image_ref,
             digest,
             state_dir,
+            plugins_dir,
         } = self.prepare_create(template, rec, progress).await?;
 
         let generation = rec.generation + 1;
         let state_dir_text = state_dir.to_string_lossy();
+        let plugins_dir_text = plugins_dir.to_string_lossy();
         let place = Placement {
             owner: &self.ctx.settings.owner,
             network: &self.ctx.settings.network,
             state_dir: &state_dir_text,
+            plugins_dir: &plugins_dir_text,
         };
         let spec = plan_container(
             &place,
@@ -502,19 +506,23 @@ impl LifecycleService {
         let digest = self.ensure_image(&image, progress).await?;
         self.ensure_network().await?;
         let state_dir = self.state_dir(&rec.id);
-        tokio::fs::create_dir_all(&state_dir).await.map_err(|e| {
-            Error::new(
-                ErrorCode::StartFailed,
-                format!(
-                    "could not create the state directory {}: {e}",
-                    state_dir.display()
-                ),
-            )
-        })?;
+        let plugins_dir = self.ctx.settings.plugins_dir(&rec.id);
+        for (dir, what) in [(&state_dir, "state"), (&plugins_dir, "plugins")] {
+            tokio::fs::create_dir_all(dir).await.map_err(|e| {
+                Error::new(
+                    ErrorCode::StartFailed,
+                    format!(
+                        "could not create the {what} directory {}: {e}",
+                        dir.display()
+                    ),
+                )
+            })?;
+        }
         Ok(Prepared {
             image_ref,
             digest,
             state_dir,
+            plugins_dir,
         })
     }
 

@@ -47,6 +47,17 @@ pub struct Settings {
     pub adoption_grace: Duration,
 }
 
+impl Settings {
+    /// `<data_dir>/runtimes/<id>/plugins`: one directory per plugin,
+    /// mounted read-only at `/plugins` in every container of the runtime.
+    pub fn plugins_dir(&self, runtime_id: &str) -> PathBuf {
+        self.data_dir
+            .join("runtimes")
+            .join(runtime_id)
+            .join("plugins")
+    }
+}
+
 /// Who asked: the operation's source and a name for the pin history.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {

@@ -58,11 +58,13 @@ pub(crate) static SQLITE: &[Migration] = &[
     migration!("sqlite", 1, "0001", "init"),
     migration!("sqlite", 2, "0002", "events_outbox"),
     migration!("sqlite", 3, "0003", "watch_rollouts"),
+    migration!("sqlite", 4, "0004", "plugins"),
 ];
 pub(crate) static POSTGRES: &[Migration] = &[
     migration!("postgres", 1, "0001", "init"),
     migration!("postgres", 2, "0002", "events_outbox"),
     migration!("postgres", 3, "0003", "watch_rollouts"),
+    migration!("postgres", 4, "0004", "plugins"),
 ];
 
 const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS berth_migrations (\
@@ -259,7 +261,7 @@ mod tests {
 
     use super::*;
 
-    /// The tables of 0001, of 0002, of 0003.
+    /// The tables of 0001, of 0002, of 0003, of 0004.
     const TABLES_0001: [&str; 5] = ["templates", "pins", "pin_history", "runtimes", "operations"];
     const TABLES_0002: [&str; 4] = ["health_events", "notifications", "job_results", "outbox"];
     const TABLES_0003: [&str; 4] = [
@@ -268,7 +270,8 @@ mod tests {
         "rollouts",
         "rollout_targets",
     ];
-    const TABLES: [&str; 13] = [
+    const TABLES_0004: [&str; 2] = ["plugins", "plugin_updates"];
+    const TABLES: [&str; 15] = [
         "templates",
         "pins",
         "pin_history",
@@ -282,10 +285,16 @@ mod tests {
         "rejected_digests",
         "rollouts",
         "rollout_targets",
+        "plugins",
+        "plugin_updates",
     ];
     /// The tables each migration adds, by version.
-    const BY_VERSION: [(i64, &[&str]); 3] =
-        [(1, &TABLES_0001), (2, &TABLES_0002), (3, &TABLES_0003)];
+    const BY_VERSION: [(i64, &[&str]); 4] = [
+        (1, &TABLES_0001),
+        (2, &TABLES_0002),
+        (3, &TABLES_0003),
+        (4, &TABLES_0004),
+    ];
 
     #[test]
     fn the_table_lists_agree() {

@@ -8,6 +8,7 @@ use berth_core::event::{HealthEvent, HealthEventType, JobResult, Notification};
 use berth_core::image::Digest;
 use berth_core::operation::{Operation, OperationKind, Outcome, Source};
 use berth_core::pin::{Pin, PinAction, PinHistoryEntry};
+use berth_core::plugin::UpdateStatus;
 use berth_core::rollout::{RolloutState, TargetState};
 use berth_core::runtime::{LastError, RuntimeRecord};
 use berth_core::status::RuntimeStatus;
@@ -16,7 +17,8 @@ use sqlx::Row;
 
 use super::corrupt;
 use crate::ports::store::{
-    Observation, OutboxMessage, OutboxRow, RolloutRow, RolloutTarget, StoreError,
+    Observation, OutboxMessage, OutboxRow, PluginRecord, PluginUpdate, RolloutRow, RolloutTarget,
+    StoreError,
 };
 use crate::template_doc::TemplateDoc;
 
@@ -360,4 +362,61 @@ pub(crate) fn outbox_delete_sql(n: usize) -> String {
 /// operation's end when known, else its start (the store reads no clock).
 pub(crate) fn op_time(op: &Operation) -> i64 {
     op.finished_at_ms.unwrap_or(op.started_at_ms)
+}
+
+/// An error stored as two columns, both or neither.
+fn decode_last_error(
+    row: &impl Columns,
+    table: &str,
+    code_col: &str,
+    message_col: &str,
+) -> Result<Option<LastError>, StoreError> {
+    match (
+        row.opt_text(table, code_col)?,
+        row.opt_text(table, message_col)?,
+    ) {
+        (None, None) => Ok(None),
+        (Some(code), Some(message)) => Ok(Some(LastError { code, message })),
+        (Some(_), None) => Err(corrupt(
+            table,
+            message_col,
+            format!("missing beside {code_col}"),
+        )),
+        (None, Some(_)) => Err(corrupt(
+            table,
+            code_col,
+            format!("missing beside {message_col}"),
+        )),
+    }
+}
+
+pub(crate) fn plugin_from_row(row: &impl Columns) -> Result<PluginRecord, StoreError> {
+    const T: &str = "plugins";
+    Ok(PluginRecord {
+        runtime_id: row.text(T, "runtime_id")?,
+        name: row.text(T, "name")?,
+        source: row.text(T, "source")?,
+        track: row.text(T, "track")?,
+        installed_sha: row.opt_text(T, "installed_sha")?,
+        installed_at_ms: row.opt_int(T, "installed_at_ms")?,
+        resolved_at_ms: row.opt_int(T, "resolved_at_ms")?,
+        last_error: decode_last_error(row, T, "error_code", "error_message")?,
+    })
+}
+
+pub(crate) fn plugin_update_from_row(row: &impl Columns) -> Result<PluginUpdate, StoreError> {
+    const T: &str = "plugin_updates";
+    Ok(PluginUpdate {
+        id: row.text(T, "id")?,
+        runtime_id: row.text(T, "runtime_id")?,
+        plugin: row.text(T, "plugin")?,
+        track: row.text(T, "track")?,
+        from_sha: row.opt_text(T, "from_sha")?,
+        to_sha: row.text(T, "to_sha")?,
+        status: decode_enum(row.text(T, "status")?, T, "status", |s| {
+            UpdateStatus::parse(s).ok()
+        })?,
+        created_at_ms: row.int(T, "created_at_ms")?,
+        updated_at_ms: row.int(T, "updated_at_ms")?,
+    })
 }

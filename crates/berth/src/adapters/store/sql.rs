@@ -301,3 +301,67 @@ pub const ACTIVE_ROLLOUTS: &str = concat!(
     rollout_cols!(),
     " FROM rollouts WHERE state NOT IN ('halted', 'completed', 'aborted') ORDER BY seq"
 );
+
+// --- plugins -----------------------------------------------------------
+
+macro_rules! plugin_cols {
+    () => {
+        "runtime_id, name, source, track, installed_sha, installed_at_ms, resolved_at_ms, \
+         error_code, error_message"
+    };
+}
+macro_rules! plugin_update_cols {
+    () => {
+        "id, runtime_id, plugin, track, from_sha, to_sha, status, created_at_ms, updated_at_ms"
+    };
+}
+pub const UPSERT_PLUGIN: &str = concat!(
+    "INSERT INTO plugins (",
+    plugin_cols!(),
+    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+     ON CONFLICT (runtime_id, name) DO UPDATE SET source = excluded.source, \
+     track = excluded.track, installed_sha = excluded.installed_sha, \
+     installed_at_ms = excluded.installed_at_ms, resolved_at_ms = excluded.resolved_at_ms, \
+     error_code = excluded.error_code, error_message = excluded.error_message"
+);
+pub const DELETE_PLUGIN: &str = "DELETE FROM plugins WHERE runtime_id = $1 AND name = $2";
+pub const GET_PLUGIN: &str = concat!(
+    "SELECT ",
+    plugin_cols!(),
+    " FROM plugins WHERE runtime_id = $1 AND name = $2"
+);
+pub const LIST_PLUGINS: &str = concat!(
+    "SELECT ",
+    plugin_cols!(),
+    " FROM plugins ORDER BY runtime_id, name"
+);
+pub const LIST_PLUGINS_OF_RUNTIME: &str = concat!(
+    "SELECT ",
+    plugin_cols!(),
+    " FROM plugins WHERE runtime_id = $1 ORDER BY name"
+);
+pub const UPSERT_PLUGIN_UPDATE: &str = concat!(
+    "INSERT INTO plugin_updates (",
+    plugin_update_cols!(),
+    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+     ON CONFLICT (id) DO UPDATE SET track = excluded.track, from_sha = excluded.from_sha, \
+     to_sha = excluded.to_sha, status = excluded.status, updated_at_ms = excluded.updated_at_ms"
+);
+pub const GET_PLUGIN_UPDATE: &str = concat!(
+    "SELECT ",
+    plugin_update_cols!(),
+    " FROM plugin_updates WHERE id = $1"
+);
+pub const PENDING_PLUGIN_UPDATE: &str = concat!(
+    "SELECT ",
+    plugin_update_cols!(),
+    " FROM plugin_updates WHERE runtime_id = $1 AND plugin = $2 AND status = 'pending'"
+);
+/// Filters are optional: a NULL parameter matches every row.
+pub const LIST_PLUGIN_UPDATES: &str = concat!(
+    "SELECT ",
+    plugin_update_cols!(),
+    " FROM plugin_updates WHERE ($1 IS NULL OR status = $1) \
+     AND ($2 IS NULL OR runtime_id = $2) AND ($3 IS NULL OR plugin = $3) \
+     ORDER BY seq DESC LIMIT $4"
+);

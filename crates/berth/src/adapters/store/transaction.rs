@@ -24,12 +24,14 @@ macro_rules! impl_store {
                 db_err, encode_fields, encode_map, encode_template, health_event_from_row,
                 job_result_from_row, notification_from_row, observation_from_row, op_time,
                 operation_from_row, outbox_delete_sql, outbox_row_from_row, pin_entry_from_row,
-                pin_from_row, rollout_from_row, rollout_target_from_row, runtime_from_row, sql,
-                template_from_row, unique_err, Columns, OUTBOX_DELETE_CHUNK,
+                pin_from_row, plugin_from_row, plugin_update_from_row, rollout_from_row,
+                rollout_target_from_row, runtime_from_row, sql, template_from_row, unique_err,
+                Columns, OUTBOX_DELETE_CHUNK,
             };
             use $crate::ports::store::{
                 Change, EventFilter, EventStore, Observation, OperationFilter, OutboxMessage,
-                OutboxRow, OutboxStore, RejectionChange, RolloutRow, RolloutStore, RolloutTarget,
+                OutboxRow, OutboxStore, PluginChange, PluginRecord, PluginStore, PluginUpdate,
+                PluginUpdateFilter, RejectionChange, RolloutRow, RolloutStore, RolloutTarget,
                 RuntimeFilter, RuntimeStore, Store, StoreError, TemplateStore, WatchStore,
             };
 
@@ -280,6 +282,58 @@ macro_rules! impl_store {
                             .map_err(db_err)?;
                     }
                     None => {}
+                }
+                match change.plugin {
+                    Some(PluginChange::Put(p)) => {
+                        let (code, message) = match &p.last_error {
+                            Some(e) => (Some(e.code.as_str()), Some(e.message.as_str())),
+                            None => (None, None),
+                        };
+                        sqlx::query(sql::UPSERT_PLUGIN)
+                            .bind(&p.runtime_id)
+                            .bind(&p.name)
+                            .bind(&p.source)
+                            .bind(&p.track)
+                            .bind(p.installed_sha.as_deref())
+                            .bind(p.installed_at_ms)
+                            .bind(p.resolved_at_ms)
+                            .bind(code)
+                            .bind(message)
+                            .execute(&mut **tx)
+                            .await
+                            .map_err(db_err)?;
+                    }
+                    Some(PluginChange::Delete { runtime_id, name }) => {
+                        sqlx::query(sql::DELETE_PLUGIN)
+                            .bind(runtime_id)
+                            .bind(name)
+                            .execute(&mut **tx)
+                            .await
+                            .map_err(db_err)?;
+                    }
+                    None => {}
+                }
+                if let Some(u) = change.plugin_update {
+                    sqlx::query(sql::UPSERT_PLUGIN_UPDATE)
+                        .bind(&u.id)
+                        .bind(&u.runtime_id)
+                        .bind(&u.plugin)
+                        .bind(&u.track)
+                        .bind(u.from_sha.as_deref())
+                        .bind(&u.to_sha)
+                        .bind(u.status.as_str())
+                        .bind(u.created_at_ms)
+                        .bind(u.updated_at_ms)
+                        .execute(&mut **tx)
+                        .await
+                        .map_err(|err| {
+                            unique_err(err, || {
+                                format!(
+                                    "plugin {:?} of runtime {:?} already has a pending update",
+                                    u.plugin, u.runtime_id
+                                )
+                            })
+                        })?;
                 }
                 if let Some(r) = change.rollout {
                     upsert_rollout(tx, r.rollout).await?;
@@ -586,6 +640,86 @@ macro_rules! impl_store {
                         .map_err(db_err)?
                         .map(|row| job_result_from_row(&row))
                         .transpose()
+                }
+            }
+
+            #[async_trait]
+            impl PluginStore for $store {
+                async fn get_plugin(
+                    &self,
+                    runtime_id: &str,
+                    name: &str,
+                ) -> Result<Option<PluginRecord>, StoreError> {
+                    sqlx::query(sql::GET_PLUGIN)
+                        .bind(runtime_id)
+                        .bind(name)
+                        .fetch_optional(&self.pool)
+                        .await
+                        .map_err(db_err)?
+                        .map(|row| plugin_from_row(&row))
+                        .transpose()
+                }
+
+                async fn list_plugins(
+                    &self,
+                    runtime_id: Option<&str>,
+                ) -> Result<Vec<PluginRecord>, StoreError> {
+                    let query = match runtime_id {
+                        None => sqlx::query(sql::LIST_PLUGINS),
+                        Some(r) => sqlx::query(sql::LIST_PLUGINS_OF_RUNTIME).bind(r),
+                    };
+                    query
+                        .fetch_all(&self.pool)
+                        .await
+                        .map_err(db_err)?
+                        .iter()
+                        .map(plugin_from_row)
+                        .collect()
+                }
+
+                async fn get_plugin_update(
+                    &self,
+                    id: &str,
+                ) -> Result<Option<PluginUpdate>, StoreError> {
+                    sqlx::query(sql::GET_PLUGIN_UPDATE)
+                        .bind(id)
+                        .fetch_optional(&self.pool)
+                        .await
+                        .map_err(db_err)?
+                        .map(|row| plugin_update_from_row(&row))
+                        .transpose()
+                }
+
+                async fn pending_plugin_update(
+                    &self,
+                    runtime_id: &str,
+                    plugin: &str,
+                ) -> Result<Option<PluginUpdate>, StoreError> {
+                    sqlx::query(sql::PENDING_PLUGIN_UPDATE)
+                        .bind(runtime_id)
+                        .bind(plugin)
+                        .fetch_optional(&self.pool)
+                        .await
+                        .map_err(db_err)?
+                        .map(|row| plugin_update_from_row(&row))
+                        .transpose()
+                }
+
+                async fn list_plugin_updates(
+                    &self,
+                    filter: &PluginUpdateFilter,
+                ) -> Result<Vec<PluginUpdate>, StoreError> {
+                    sqlx::query(sql::LIST_PLUGIN_UPDATES)
+                        .bind(filter.status.map(|s| s.as_str()))
+                        .bind(filter.runtime_id.as_deref())
+                        .bind(filter.plugin.as_deref())
+                        .bind(i64::from(filter.limit))
+                        .fetch_all(&self.pool)
+                        .await
+                        .map_err(db_err)?
+                        .iter()
+                        .map(plugin_update_from_row)
+                        .collect()
                 }
             }
 

@@ -92,6 +92,7 @@ impl LifecycleService {
             image_ref,
             digest,
             state_dir,
+            plugins_dir,
         } = self.prepare_create(template, rec, &no_progress).await?;
 
         engine
@@ -101,10 +102,12 @@ impl LifecycleService {
 
         let generation = rec.generation + 1;
         let state_dir_text = state_dir.to_string_lossy();
+        let plugins_dir_text = plugins_dir.to_string_lossy();
         let place = Placement {
             owner: &self.ctx.settings.owner,
             network: &self.ctx.settings.network,
             state_dir: &state_dir_text,
+            plugins_dir: &plugins_dir_text,
         };
         let mut spec = plan_container(
             &place,

@@ -1,0 +1,4 @@
+DROP INDEX plugin_updates_runtime;
+DROP INDEX plugin_updates_one_pending;
+DROP TABLE plugin_updates;
+DROP TABLE plugins;
