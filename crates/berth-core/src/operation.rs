@@ -43,6 +43,8 @@ string_enum!(
         ReconcileExited => "reconcile_exited",
         PluginInstall => "plugin_install",
         PluginApply => "plugin_apply",
+        PluginUninstall => "plugin_uninstall",
+        PluginDismiss => "plugin_dismiss",
         PinPromote => "pin_promote",
         PinUnpin => "pin_unpin",
         TemplatePut => "template_put",

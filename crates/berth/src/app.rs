@@ -69,6 +69,10 @@ pub async fn build_services(config: &Config) -> Result<Arc<Services>, BootError>
             registry_config(config),
             clock.clone(),
         )?),
+        git: Arc::new(crate::adapters::git::GitCli::new(
+            &crate::adapters::git::GitProtocol::for_plugins(config.plugin_allow_file_sources),
+            config.plugin_git_timeout,
+        )),
         clock,
         metrics: Arc::new(Metrics::default()),
         settings: Settings {
@@ -78,6 +82,12 @@ pub async fn build_services(config: &Config) -> Result<Arc<Services>, BootError>
             operation_deadline: config.operation_timeout,
             publish_outbox: config.redis_url.is_some(),
             adoption_grace: config.adoption_grace,
+            plugins: crate::services::plugins::PluginSettings {
+                policy: berth_core::plugin::SourcePolicy {
+                    allow_file: config.plugin_allow_file_sources,
+                    allowed_hosts: config.plugin_allowed_hosts.clone(),
+                },
+            },
         },
         outbox_wakeup: Default::default(),
     }))
@@ -163,6 +173,10 @@ pub async fn start(config: Config) -> Result<RunningServer, BootError> {
             "recorded operations interrupted by the last shutdown as failed, and settled their runtimes"
         );
     }
+    let settled = services.plugins.recover().await?;
+    if settled > 0 {
+        tracing::warn!(directories = settled, "settled plugin directories a crash left aside");
+    }
     // Background loops: the reconciler (its first pass runs at once) and
     // the Docker events listener. They stop when `background` is cancelled.
     let background = CancellationToken::new();
@@ -182,6 +196,12 @@ pub async fn start(config: Config) -> Result<RunningServer, BootError> {
                 .run_loop(config.image_watch_interval, background.clone()),
         );
     }
+    loops.spawn(
+        services
+            .plugins
+            .clone()
+            .run_loop(config.plugin_sweep_interval, background.clone()),
+    );
     let resumed = services.rollouts.resume_active().await?;
     if resumed > 0 {
         tracing::info!(

@@ -111,6 +111,13 @@ pub struct ImageWatchConfig {
 #[serde(deny_unknown_fields)]
 pub struct PluginsConfig {
     pub sweep_interval: Option<String>,
+    /// `git+file://` sources (off by default: they read berth's own disk).
+    #[serde(default)]
+    pub allow_file_sources: bool,
+    /// Hosts plugin sources may name (any when absent).
+    pub allowed_hosts: Option<Vec<String>>,
+    /// Longest one git command may take.
+    pub git_timeout: Option<String>,
 }
 
 /// The settled configuration of `berth serve`.
@@ -132,6 +139,9 @@ pub struct Config {
     pub image_watch_enabled: bool,
     pub image_watch_interval: Duration,
     pub plugin_sweep_interval: Duration,
+    pub plugin_allow_file_sources: bool,
+    pub plugin_allowed_hosts: Option<Vec<String>>,
+    pub plugin_git_timeout: Duration,
     /// `[[templates]]`, each with its name; upserted at boot.
     pub templates: Vec<TemplateDoc>,
     pub registries: std::collections::BTreeMap<String, RegistryEntry>,
@@ -225,6 +235,15 @@ impl Config {
         }
         let image_watch = file.image_watch.unwrap_or_default();
         let plugins = file.plugins.unwrap_or_default();
+        if let Some(hosts) = &plugins.allowed_hosts {
+            if let Some(bad) = hosts.iter().find(|h| {
+                h.is_empty() || h.starts_with('-') || h.chars().any(|c| c.is_whitespace() || c.is_control() || c == '/')
+            }) {
+                return Err(ConfigError::Invalid(format!(
+                    "plugins.allowed_hosts: {bad:?} is not a host name"
+                )));
+            }
+        }
         let mut names = std::collections::BTreeSet::new();
         for (i, t) in file.templates.iter().enumerate() {
             let Some(name) = &t.name else {
@@ -298,7 +317,14 @@ impl Config {
             plugin_sweep_interval: duration(
                 "plugins.sweep_interval",
                 plugins.sweep_interval.as_deref(),
-                Duration::from_secs(300),
+                Duration::from_secs(3600),
+            )?,
+            plugin_allow_file_sources: plugins.allow_file_sources,
+            plugin_allowed_hosts: plugins.allowed_hosts.clone(),
+            plugin_git_timeout: duration(
+                "plugins.git_timeout",
+                plugins.git_timeout.as_deref(),
+                Duration::from_secs(120),
             )?,
             templates: file.templates,
             registries: file.registries,

@@ -32,6 +32,11 @@ pub struct Metrics {
     pub docker_events: Counter,
     pub outbox_published: Counter,
     pub stream_jobs: Family<OperationLabels, Counter>,
+    pub plugin_sweeps: Counter,
+    /// Unix time (s) of the last finished plugin sweep.
+    pub plugin_sweep_last_run: Gauge,
+    pub plugin_updates_queued: Counter,
+    pub plugin_sweep_failures: Counter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -96,8 +101,36 @@ impl Default for Metrics {
             "Stream jobs answered, by kind and outcome",
             stream_jobs.clone(),
         );
+        let plugin_sweeps = Counter::default();
+        registry.register(
+            "plugin_sweeps",
+            "Plugin drift sweeps finished",
+            plugin_sweeps.clone(),
+        );
+        let plugin_sweep_last_run = Gauge::default();
+        registry.register(
+            "plugin_sweep_last_run_timestamp_seconds",
+            "When the last plugin drift sweep finished",
+            plugin_sweep_last_run.clone(),
+        );
+        let plugin_updates_queued = Counter::default();
+        registry.register(
+            "plugin_updates_queued",
+            "Plugin updates queued or moved forward by sweeps",
+            plugin_updates_queued.clone(),
+        );
+        let plugin_sweep_failures = Counter::default();
+        registry.register(
+            "plugin_sweep_failures",
+            "Distinct plugin sources and tracks a sweep could not resolve",
+            plugin_sweep_failures.clone(),
+        );
         Metrics {
             registry,
+            plugin_sweeps,
+            plugin_sweep_last_run,
+            plugin_updates_queued,
+            plugin_sweep_failures,
             http_requests,
             operations,
             image_pulls,
@@ -119,6 +152,18 @@ impl Metrics {
                 outcome: outcome.to_string(),
             })
             .inc();
+    }
+
+    pub fn plugin_sweep_finished(
+        &self,
+        report: &crate::services::plugins::SweepReport,
+        finished_ms: i64,
+    ) {
+        self.plugin_sweeps.inc();
+        self.plugin_sweep_last_run.set(finished_ms / 1000);
+        self.plugin_updates_queued.inc_by(report.queued as u64);
+        self.plugin_sweep_failures
+            .inc_by(report.failed.len() as u64);
     }
 
     /// The Prometheus text exposition.

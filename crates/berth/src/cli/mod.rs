@@ -10,6 +10,7 @@ mod format;
 mod images;
 mod log;
 mod pin;
+mod plugin;
 mod rollout;
 mod runtime;
 mod template;
@@ -24,6 +25,7 @@ use client::{Answer, CliError, Client};
 pub use images::RefreshArgs;
 pub use log::{EventsArgs, NotificationsArgs, OpsArgs};
 pub use pin::PinCommand;
+pub use plugin::{PluginCommand, PluginUpdateCommand};
 pub use rollout::RolloutCommand;
 pub use runtime::RuntimeCommand;
 pub use template::{TemplateCommand, TemplatePutArgs};
@@ -87,6 +89,14 @@ pub enum Command {
     /// List, show, pause, resume, abort and watch rollouts of new digests
     #[command(subcommand)]
     Rollout(RolloutCommand),
+    /// Install, list and remove plugins (git sources) of a runtime
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+    /// List, apply and dismiss queued plugin updates
+    #[command(subcommand, name = "plugin-update")]
+    PluginUpdate(PluginUpdateCommand),
+    /// Run one plugin drift sweep now; exits 1 if a source failed
+    Sweep,
 }
 
 /// `KEY=VALUE`; the value may contain `=` and may be empty.
@@ -172,6 +182,9 @@ async fn execute(cli: Cli) -> Result<i32, CliError> {
         Command::Refresh(a) => images::refresh(&ctx, a).await,
         Command::Watch => images::watch(&ctx).await.map(|()| 0),
         Command::Rollout(c) => rollout::rollout(&ctx, c).await,
+        Command::Plugin(c) => plugin::plugin(&ctx, c).await.map(|()| 0),
+        Command::PluginUpdate(c) => plugin::plugin_update(&ctx, c).await.map(|()| 0),
+        Command::Sweep => plugin::sweep(&ctx).await,
     }
 }
 

@@ -465,9 +465,161 @@ pub struct StatusView {
     pub reconcile_last_run: i64,
     /// ms since the epoch; 0 = never (or the watcher is off).
     pub image_watch_last_tick: i64,
+    /// When the last plugin drift sweep finished (0 = never).
+    pub plugin_sweep_last_run: i64,
     /// Messages waiting for Redis (counted up to 1001).
     pub outbox_pending: usize,
     pub active_rollouts: usize,
     /// Runtime count by status.
     pub runtimes: BTreeMap<String, usize>,
+}
+
+// --- plugins ---------------------------------------------------------------
+
+/// `POST /v1/runtimes/{id}/plugins`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InstallPluginRequest {
+    /// Directory name and mount point (`/plugins/<name>`): lowercase
+    /// letters, digits and `-`.
+    pub name: String,
+    /// `git+https://host/path`, `git+ssh://[user@]host/path` or
+    /// `git+file:///path` (with `plugins.allow_file_sources`).
+    pub source: String,
+    /// `none`, `tag:<name>`, `tag:latest`, `branch:<name>`, `sha:<40 hex>`
+    /// or a bare branch name.
+    #[serde(default = "default_track")]
+    pub track: String,
+    /// Restart a running runtime so that it loads the plugin (default true).
+    #[serde(default = "default_true")]
+    pub restart: bool,
+}
+
+fn default_track() -> String {
+    "tag:latest".to_string()
+}
+
+fn default_true() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct PluginView {
+    pub runtime_id: String,
+    pub name: String,
+    pub source: String,
+    pub track: String,
+    /// The commit installed (40 hex), null before the first install.
+    pub installed_sha: Option<String>,
+    pub installed_at: Option<i64>,
+    /// When the drift sweeper last resolved the track.
+    pub resolved_at: Option<i64>,
+    pub last_error: Option<ErrorDetail>,
+}
+
+impl From<crate::ports::store::PluginRecord> for PluginView {
+    fn from(p: crate::ports::store::PluginRecord) -> Self {
+        PluginView {
+            runtime_id: p.runtime_id,
+            name: p.name,
+            source: p.source,
+            track: p.track,
+            installed_sha: p.installed_sha,
+            installed_at: p.installed_at_ms,
+            resolved_at: p.resolved_at_ms,
+            last_error: p.last_error.map(|e| ErrorDetail {
+                code: e.code,
+                message: e.message,
+            }),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct PluginList {
+    pub plugins: Vec<PluginView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct PluginUpdateView {
+    pub id: String,
+    pub runtime_id: String,
+    pub plugin: String,
+    pub track: String,
+    pub from_sha: Option<String>,
+    pub to_sha: String,
+    /// pending, applied or dismissed.
+    pub status: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl From<crate::ports::store::PluginUpdate> for PluginUpdateView {
+    fn from(u: crate::ports::store::PluginUpdate) -> Self {
+        PluginUpdateView {
+            id: u.id,
+            runtime_id: u.runtime_id,
+            plugin: u.plugin,
+            track: u.track,
+            from_sha: u.from_sha,
+            to_sha: u.to_sha,
+            status: u.status.as_str().to_string(),
+            created_at: u.created_at_ms,
+            updated_at: u.updated_at_ms,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct PluginUpdateList {
+    pub plugin_updates: Vec<PluginUpdateView>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PluginUpdateQuery {
+    /// pending, applied or dismissed.
+    pub status: Option<String>,
+    pub runtime: Option<String>,
+    pub plugin: Option<String>,
+    /// At most this many (1 to 1000, default 100).
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct SweepFailure {
+    pub source: String,
+    pub track: String,
+    pub error: ErrorDetail,
+}
+
+/// `POST /v1/admin/plugins/sweep`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct SweepReportView {
+    /// Distinct (source, track) resolved.
+    pub resolved: usize,
+    /// Updates queued or moved forward.
+    pub queued: usize,
+    pub failed: Vec<SweepFailure>,
+}
+
+impl From<crate::services::plugins::SweepReport> for SweepReportView {
+    fn from(r: crate::services::plugins::SweepReport) -> Self {
+        SweepReportView {
+            resolved: r.resolved,
+            queued: r.queued,
+            failed: r
+                .failed
+                .into_iter()
+                .map(|f| SweepFailure {
+                    source: f.source,
+                    track: f.track,
+                    error: ErrorDetail {
+                        code: f.error.code.as_str().to_string(),
+                        message: f.error.message,
+                    },
+                })
+                .collect(),
+        }
+    }
 }

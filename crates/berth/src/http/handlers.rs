@@ -470,8 +470,150 @@ pub async fn status(State(state): State<AppState>) -> ApiResult<Json<StatusView>
         docker_events_connected: s.docker_events_connected,
         reconcile_last_run: s.reconcile_last_run_ms,
         image_watch_last_tick: s.image_watch_last_tick_ms,
+        plugin_sweep_last_run: s.plugin_sweep_last_run_ms,
         outbox_pending: s.outbox_pending,
         active_rollouts: s.active_rollouts,
         runtimes: s.runtimes,
     }))
+}
+
+// --- plugins ---------------------------------------------------------------
+
+#[utoipa::path(post, path = "/v1/runtimes/{id}/plugins", tag = "plugins", request_body = InstallPluginRequest,
+    params(("id" = String, Path, description = "runtime id")),
+    responses((status = 201, description = "installed", body = PluginView),
+              (status = 200, description = "already installed from this source and track", body = PluginView),
+              (status = 400, description = "invalid_request, invalid_plugin_source or invalid_tracked_ref", body = ErrorBody),
+              (status = 404, description = "runtime_not_found or ref_not_found", body = ErrorBody),
+              (status = 409, description = "runtime_removed, or the name is taken by another source or track", body = ErrorBody),
+              (status = 502, description = "git_failed, or the restart failed", body = ErrorBody)))]
+pub async fn install_plugin(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<InstallPluginRequest>,
+) -> ApiResult<(StatusCode, Json<PluginView>)> {
+    let caller = caller(&headers);
+    let services = state.services.clone();
+    let (plugin, created) = state
+        .run(async move {
+            services
+                .plugins
+                .install(
+                    crate::services::plugins::InstallRequest {
+                        runtime_id: id,
+                        name: req.name,
+                        source: req.source,
+                        track: req.track,
+                        restart: req.restart,
+                    },
+                    &caller,
+                )
+                .await
+        })
+        .await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(plugin.into())))
+}
+
+#[utoipa::path(get, path = "/v1/runtimes/{id}/plugins", tag = "plugins",
+    params(("id" = String, Path, description = "runtime id")),
+    responses((status = 200, body = PluginList), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn list_plugins(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<PluginList>> {
+    let plugins = state.services.plugins.list(&id).await?;
+    Ok(Json(PluginList {
+        plugins: plugins.into_iter().map(Into::into).collect(),
+    }))
+}
+
+#[utoipa::path(delete, path = "/v1/runtimes/{id}/plugins/{name}", tag = "plugins",
+    params(("id" = String, Path, description = "runtime id"), ("name" = String, Path, description = "plugin name")),
+    responses((status = 204, description = "uninstalled: no row, no directory"),
+              (status = 400, body = ErrorBody), (status = 404, description = "runtime_not_found or plugin_not_found", body = ErrorBody)))]
+pub async fn uninstall_plugin(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((id, name)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    let caller = caller(&headers);
+    let services = state.services.clone();
+    state
+        .run(async move { services.plugins.uninstall(&id, &name, &caller).await })
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(get, path = "/v1/plugin-updates", tag = "plugins", params(PluginUpdateQuery),
+    responses((status = 200, body = PluginUpdateList), (status = 400, body = ErrorBody)))]
+pub async fn list_plugin_updates(
+    State(state): State<AppState>,
+    ApiQuery(q): ApiQuery<PluginUpdateQuery>,
+) -> ApiResult<Json<PluginUpdateList>> {
+    let updates = state
+        .services
+        .plugins
+        .updates(
+            q.status.as_deref(),
+            q.runtime.as_deref(),
+            q.plugin.as_deref(),
+            q.limit,
+        )
+        .await?;
+    Ok(Json(PluginUpdateList {
+        plugin_updates: updates.into_iter().map(Into::into).collect(),
+    }))
+}
+
+#[utoipa::path(post, path = "/v1/plugin-updates/{id}/apply", tag = "plugins",
+    params(("id" = String, Path, description = "plugin update id")),
+    responses((status = 200, description = "applied (again: idempotent)", body = PluginUpdateView),
+              (status = 404, description = "update_not_found", body = ErrorBody),
+              (status = 409, description = "dismissed, or its plugin is gone", body = ErrorBody),
+              (status = 502, description = "git_failed, or the restart failed", body = ErrorBody)))]
+pub async fn apply_plugin_update(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Json<PluginUpdateView>> {
+    let caller = caller(&headers);
+    let services = state.services.clone();
+    let update = state
+        .run(async move { services.plugins.apply(&id, &caller).await })
+        .await?;
+    Ok(Json(update.into()))
+}
+
+#[utoipa::path(post, path = "/v1/plugin-updates/{id}/dismiss", tag = "plugins",
+    params(("id" = String, Path, description = "plugin update id")),
+    responses((status = 200, description = "dismissed (again: idempotent)", body = PluginUpdateView),
+              (status = 404, description = "update_not_found", body = ErrorBody),
+              (status = 409, description = "already applied", body = ErrorBody)))]
+pub async fn dismiss_plugin_update(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Json<PluginUpdateView>> {
+    let caller = caller(&headers);
+    let services = state.services.clone();
+    let update = state
+        .run(async move { services.plugins.dismiss(&id, &caller).await })
+        .await?;
+    Ok(Json(update.into()))
+}
+
+#[utoipa::path(post, path = "/v1/admin/plugins/sweep", tag = "admin",
+    responses((status = 200, body = SweepReportView), (status = 503, description = "storage_unavailable", body = ErrorBody)))]
+pub async fn sweep_plugins(State(state): State<AppState>) -> ApiResult<Json<SweepReportView>> {
+    let services = state.services.clone();
+    let report = state
+        .run(async move { services.plugins.sweep().await })
+        .await?;
+    Ok(Json(report.into()))
 }

@@ -12,7 +12,7 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use berth_core::operation::Source;
 use berth_core::ErrorCode;
@@ -203,6 +203,15 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/reconcile", post(reconcile_now))
         .route("/admin/images/refresh", post(refresh_images))
         .route("/admin/images/watch", post(watch_images))
+        .route(
+            "/runtimes/{id}/plugins",
+            get(list_plugins).post(install_plugin),
+        )
+        .route("/runtimes/{id}/plugins/{name}", delete(uninstall_plugin))
+        .route("/plugin-updates", get(list_plugin_updates))
+        .route("/plugin-updates/{id}/apply", post(apply_plugin_update))
+        .route("/plugin-updates/{id}/dismiss", post(dismiss_plugin_update))
+        .route("/admin/plugins/sweep", post(sweep_plugins))
         .route("/rollouts", get(list_rollouts))
         .route("/rollouts/{id}", get(get_rollout))
         .route("/rollouts/{id}/pause", post(pause_rollout))

@@ -748,6 +748,12 @@ impl LifecycleService {
 
     /// The runtime's lock, if no operation holds it (for the reconciler,
     /// which skips busy runtimes rather than waiting for them).
+    /// Waits for the runtime's lock: the caller's change is the only one
+    /// under way for it in this process.
+    pub async fn lock(&self, id: &str) -> super::locks::KeyGuard {
+        self.locks.lock(id).await
+    }
+
     pub fn try_lock(&self, id: &str) -> Option<super::locks::KeyGuard> {
         self.locks.try_lock(id)
     }

@@ -9,6 +9,7 @@ pub mod locks;
 pub mod operations;
 pub mod outbox;
 pub mod pins;
+pub mod plugins;
 pub mod reconciler;
 pub mod refresh;
 pub mod rollouts;
@@ -45,6 +46,7 @@ pub struct Settings {
     /// Containers younger than this are not adopted (a create may still be
     /// returning).
     pub adoption_grace: Duration,
+    pub plugins: plugins::PluginSettings,
 }
 
 impl Settings {
@@ -80,6 +82,7 @@ pub struct Context {
     pub engine: Arc<dyn Engine>,
     pub probe: Arc<dyn crate::ports::probe::HealthProbe>,
     pub registry: Arc<dyn crate::ports::Registry>,
+    pub git: Arc<dyn crate::ports::git::RefResolver>,
     pub clock: Arc<dyn Clock>,
     pub metrics: Arc<Metrics>,
     pub settings: Settings,
@@ -232,6 +235,7 @@ pub struct Services {
     pub refresh: Arc<refresh::RefreshService>,
     pub rollouts: Arc<rollouts::RolloutService>,
     pub watcher: Arc<watcher::ImageWatcher>,
+    pub plugins: Arc<plugins::PluginService>,
 }
 
 impl Services {
@@ -255,6 +259,7 @@ impl Services {
                 rollouts.clone(),
                 refresh.clone(),
             )),
+            plugins: Arc::new(plugins::PluginService::new(ctx.clone(), runtimes.clone())),
             refresh,
             rollouts,
             pins,
@@ -282,6 +287,7 @@ pub struct StatusReport {
     /// ms since the epoch; 0 = never.
     pub reconcile_last_run_ms: i64,
     pub image_watch_last_tick_ms: i64,
+    pub plugin_sweep_last_run_ms: i64,
     /// Capped at `OUTBOX_COUNT_CAP` + 1.
     pub outbox_pending: usize,
     pub active_rollouts: usize,
@@ -311,6 +317,7 @@ impl Services {
                 .load(std::sync::atomic::Ordering::Relaxed),
             reconcile_last_run_ms: self.reconciler.last_run_ms(),
             image_watch_last_tick_ms: self.watcher.last_tick_ms(),
+            plugin_sweep_last_run_ms: self.plugins.last_sweep_ms(),
             outbox_pending: store.outbox_pending(OUTBOX_COUNT_CAP + 1).await?.len(),
             active_rollouts: store.active_rollouts().await?.len(),
             runtimes,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use berth::fakes::probe::Answer;
-use berth::fakes::{FakeClock, FakeEngine, FakeProbe, FakeRegistry, FakeStore};
+use berth::fakes::{FakeClock, FakeEngine, FakeProbe, FakeRefResolver, FakeRegistry, FakeStore};
 use berth::metrics::Metrics;
 use berth::ports::Engine;
 use berth::services::lifecycle::StartRequest;
@@ -34,6 +34,7 @@ pub struct World {
     pub store: FakeStore,
     pub engine: FakeEngine,
     pub registry: Arc<FakeRegistry>,
+    pub git: Arc<FakeRefResolver>,
     pub probe: Arc<FakeProbe>,
     pub clock: Arc<FakeClock>,
     pub data: tempfile::TempDir,
@@ -54,6 +55,7 @@ impl World {
             store,
             engine,
             registry: Arc::new(FakeRegistry::new()),
+            git: Arc::new(FakeRefResolver::new()),
             probe,
             clock,
             data: tempfile::tempdir().unwrap(),
@@ -73,6 +75,7 @@ impl World {
             engine: Arc::new(self.engine.clone()),
             probe: self.probe.clone(),
             registry: self.registry.clone(),
+            git: self.git.clone(),
             clock: self.clock.clone(),
             metrics: Arc::new(Metrics::default()),
             settings: Settings {
@@ -82,6 +85,7 @@ impl World {
                 operation_deadline: Duration::from_secs(300),
                 publish_outbox,
                 adoption_grace: Duration::from_secs(30),
+                plugins: Default::default(),
             },
             outbox_wakeup: Default::default(),
         })

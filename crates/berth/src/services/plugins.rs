@@ -1,0 +1,885 @@
+//! Plugins (git drift): install a git source into a runtime at a tracked
+//! ref, uninstall it, sweep for upstream moves into an update queue, and
+//! apply or dismiss queued updates. Decisions come from
+//! `berth_core::plugin`; git runs behind the `RefResolver` port; every
+//! record change is written with its operation row in one commit.
+//!
+//! On disk a plugin is `<data_dir>/runtimes/<id>/plugins/<name>`, which
+//! every container of the runtime sees read-only at `/plugins/<name>`. A
+//! commit is fetched beside it (`.incoming-…`) and renamed into place; the
+//! directory it replaces is renamed aside (`.old-…`, `.removed-…`) first, so
+//! a crash leaves either version whole, and [`PluginService::recover`]
+//! settles what a crash left aside.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_core::id::validate_runtime_id;
+use berth_core::operation::OperationKind;
+use berth_core::plugin::{
+    drift, resolve, CommitSha, DismissedUpdate, DriftDecision, PendingUpdate, PluginName,
+    PluginSource, RemoteRef, SourcePolicy, TrackedRef, UpdateAction, UpdateStatus, UpdateStep,
+};
+use berth_core::runtime::{LastError, RuntimeRecord};
+use berth_core::status::RuntimeStatus;
+use berth_core::ErrorCode;
+use futures_util::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+use super::lifecycle::LifecycleService;
+use super::{Caller, Context, Effects};
+use crate::error::{Error, Result};
+use crate::ports::git::{GitError, RefResolver};
+use crate::ports::store::{
+    Change, PluginChange, PluginRecord, PluginUpdate, PluginUpdateFilter,
+};
+
+/// Distinct sources a sweep lists at once.
+const SWEEP_CONCURRENCY: usize = 8;
+
+/// What configuration says about plugins.
+#[derive(Debug, Clone)]
+pub struct PluginSettings {
+    pub policy: SourcePolicy,
+}
+
+impl Default for PluginSettings {
+    fn default() -> Self {
+        PluginSettings {
+            policy: SourcePolicy {
+                allow_file: false,
+                allowed_hosts: None,
+            },
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstallRequest {
+    pub runtime_id: String,
+    pub name: String,
+    pub source: String,
+    pub track: String,
+    /// Restart a running runtime afterwards, so that it loads the plugin.
+    pub restart: bool,
+}
+
+/// One (source, track) a sweep could not resolve.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SweepFailure {
+    pub source: String,
+    pub track: String,
+    pub error: Error,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SweepReport {
+    /// Distinct (source, track) resolved.
+    pub resolved: usize,
+    /// Updates queued or moved forward.
+    pub queued: usize,
+    pub failed: Vec<SweepFailure>,
+}
+
+pub struct PluginService {
+    ctx: Arc<Context>,
+    git: Arc<dyn RefResolver>,
+    runtimes: Arc<LifecycleService>,
+    last_sweep_ms: AtomicI64,
+    /// One sweep at a time in this process (the store keeps one pending
+    /// update per plugin across processes).
+    sweeping: tokio::sync::Mutex<()>,
+}
+
+fn git_error(e: GitError, doing: &str) -> Error {
+    let code = match &e {
+        GitError::NotFound(_) => ErrorCode::RefNotFound,
+        GitError::Refused(_) => ErrorCode::InvalidPluginSource,
+        GitError::Unavailable(_) | GitError::Failed { .. } => ErrorCode::GitFailed,
+    };
+    Error::new(code, format!("could not {doing}: {e}")).caused_by(e)
+}
+
+fn io_error(e: std::io::Error, doing: &str, path: &Path) -> Error {
+    Error::new(
+        ErrorCode::Internal,
+        format!("could not {doing} {}: {e}", path.display()),
+    )
+    .caused_by(e)
+}
+
+fn plugin_not_found(runtime_id: &str, name: &str) -> Error {
+    Error::new(
+        ErrorCode::PluginNotFound,
+        format!("runtime {runtime_id:?} has no plugin {name:?}"),
+    )
+}
+
+fn update_not_found(id: &str) -> Error {
+    Error::new(
+        ErrorCode::UpdateNotFound,
+        format!("plugin update {id:?} does not exist"),
+    )
+}
+
+/// A stored plugin row's source and track, decoded. They were checked
+/// against the policy of their day when installed.
+fn decode(p: &PluginRecord) -> Result<(PluginSource, TrackedRef)> {
+    let corrupt = |what: &str, e: berth_core::ValidationError| {
+        Error::new(
+            ErrorCode::Internal,
+            format!(
+                "plugin {:?} of runtime {:?}: stored {what} is invalid: {}",
+                p.name, p.runtime_id, e.message
+            ),
+        )
+    };
+    let source = PluginSource::parse(&p.source, &SourcePolicy::permissive())
+        .map_err(|e| corrupt("source", e))?;
+    let track = TrackedRef::parse(&p.track).map_err(|e| corrupt("track", e))?;
+    Ok((source, track))
+}
+
+/// The port's listing in the core's terms; lines whose object id is not a
+/// SHA-1 commit id cannot be installed and are left out.
+fn core_refs(refs: Vec<crate::ports::git::RemoteRef>) -> Vec<RemoteRef> {
+    refs.into_iter()
+        .filter_map(|r| {
+            Some(RemoteRef {
+                sha: CommitSha::parse(&r.sha).ok()?,
+                name: r.name,
+            })
+        })
+        .collect()
+}
+
+impl PluginService {
+    pub fn new(
+        ctx: Arc<Context>,
+        runtimes: Arc<LifecycleService>,
+    ) -> Self {
+        PluginService {
+            git: ctx.git.clone(),
+            ctx,
+            runtimes,
+            last_sweep_ms: AtomicI64::new(0),
+            sweeping: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// When the last sweep finished (ms since the epoch; 0 = never).
+    pub fn last_sweep_ms(&self) -> i64 {
+        self.last_sweep_ms.load(Ordering::Relaxed)
+    }
+
+    async fn runtime(&self, id: &str) -> Result<RuntimeRecord> {
+        validate_runtime_id(id)?;
+        let rec = self
+            .ctx
+            .store
+            .get_runtime(id)
+            .await?
+            .ok_or_else(|| Error::runtime_not_found(id))?;
+        Ok(rec)
+    }
+
+    pub async fn list(&self, runtime_id: &str) -> Result<Vec<PluginRecord>> {
+        self.runtime(runtime_id).await?;
+        Ok(self.ctx.store.list_plugins(Some(runtime_id)).await?)
+    }
+
+    /// The commit `track` of `source` points at now.
+    async fn resolve(&self, source: &PluginSource, track: &TrackedRef) -> Result<CommitSha> {
+        let refs = if track.needs_listing() {
+            let listed = self
+                .git
+                .list_refs(source.git_url())
+                .await
+                .map_err(|e| git_error(e, &format!("list the refs of {source}")))?;
+            core_refs(listed)
+        } else {
+            Vec::new()
+        };
+        let resolved = resolve(track, &refs).map_err(|e| {
+            Error::new(
+                e.code(),
+                format!("{track} of {source} cannot be installed: {e}"),
+            )
+        })?;
+        Ok(resolved.sha)
+    }
+
+    /// Fetches `sha` beside the plugin's directory and renames it into
+    /// place; the version it replaces is removed once the new one is there.
+    async fn put_files(
+        &self,
+        runtime_id: &str,
+        name: &PluginName,
+        source: &PluginSource,
+        sha: &CommitSha,
+    ) -> Result<()> {
+        let dir = self.ctx.settings.plugins_dir(runtime_id);
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .map_err(|e| io_error(e, "create the plugins directory", &dir))?;
+        let tag = &uuid::Uuid::now_v7().simple().to_string()[20..];
+        let incoming = dir.join(format!(".incoming-{name}-{tag}"));
+        self.git
+            .fetch_commit(source.git_url(), sha.as_str(), &incoming)
+            .await
+            .map_err(|e| git_error(e, &format!("fetch {sha} of {source}")))?;
+        let target = dir.join(name.as_str());
+        let old = dir.join(format!(".old-{name}-{tag}"));
+        let replaced = match tokio::fs::rename(&target, &old).await {
+            Ok(()) => true,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+            Err(e) => return Err(io_error(e, "move aside", &target)),
+        };
+        tokio::fs::rename(&incoming, &target)
+            .await
+            .map_err(|e| io_error(e, "move into place", &target))?;
+        sync_dir(&dir).await?;
+        if replaced {
+            remove_tree(&old).await;
+        }
+        Ok(())
+    }
+
+    /// Installs a plugin (`(plugin, true)`), or answers the installed one
+    /// when it already is from this source and track (`(plugin, false)`).
+    pub async fn install(
+        &self,
+        req: InstallRequest,
+        caller: &Caller,
+    ) -> Result<(PluginRecord, bool)> {
+        let name = PluginName::parse(&req.name)?;
+        let source = PluginSource::parse(&req.source, &self.ctx.settings.plugins.policy)?;
+        let track = TrackedRef::parse(&req.track)?;
+        let rec = self.runtime(&req.runtime_id).await?;
+        if rec.status == RuntimeStatus::Removed {
+            return Err(Error::new(
+                ErrorCode::RuntimeRemoved,
+                format!("runtime {:?} was removed; it takes no plugins", rec.id),
+            ));
+        }
+        let guard = self.runtimes.lock(&rec.id).await;
+        if let Some(existing) = self.ctx.store.get_plugin(&rec.id, name.as_str()).await? {
+            if existing.source == source.as_str() && existing.track == track.to_string() {
+                return Ok((existing, false));
+            }
+            return Err(Error::new(
+                ErrorCode::Conflict,
+                format!(
+                    "runtime {:?} already has a plugin {name:?} from {} at {}; remove it first",
+                    rec.id, existing.source, existing.track
+                ),
+            ));
+        }
+        let mut op = self
+            .ctx
+            .begin_op(OperationKind::PluginInstall, caller)
+            .for_runtime(&rec.id, &rec.template)
+            .detail("plugin", name.as_str())
+            .detail("source", source.as_str())
+            .detail("track", track.to_string());
+        self.ctx.record(None, &op).await?;
+        let installed = async {
+            let sha = self.resolve(&source, &track).await?;
+            self.put_files(&rec.id, &name, &source, &sha).await?;
+            Ok::<_, Error>(sha)
+        }
+        .await;
+        let now = self.ctx.now_ms();
+        let sha = match installed {
+            Ok(sha) => sha,
+            Err(e) => {
+                op.fail(e.code.as_str(), &e.message, now);
+                self.ctx.record(None, &op).await?;
+                return Err(e);
+            }
+        };
+        let plugin = PluginRecord {
+            runtime_id: rec.id.clone(),
+            name: name.to_string(),
+            source: source.to_string(),
+            track: track.to_string(),
+            installed_sha: Some(sha.to_string()),
+            installed_at_ms: Some(now),
+            resolved_at_ms: Some(now),
+            last_error: None,
+        };
+        op = op.detail("installed_sha", sha.as_str());
+        op.succeed(now);
+        self.ctx
+            .commit_change(
+                Change {
+                    plugin: Some(PluginChange::Put(&plugin)),
+                    operation: Some(&op),
+                    ..Change::default()
+                },
+                &Effects::default(),
+            )
+            .await?;
+        if req.restart {
+            self.restart_to_load(&rec.id, caller, guard).await?;
+        }
+        Ok((plugin, true))
+    }
+
+    /// Restarts a running runtime (holding its lock) so that it loads what
+    /// changed in `/plugins`.
+    async fn restart_to_load(
+        &self,
+        runtime_id: &str,
+        caller: &Caller,
+        _guard: super::locks::KeyGuard,
+    ) -> Result<()> {
+        let rec = self.runtime(runtime_id).await?;
+        if rec.status == RuntimeStatus::Running {
+            self.runtimes
+                .restart_locked(runtime_id, caller, OperationKind::Restart, Effects::default())
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Removes the plugin's row, directory and so its mount (the files
+    /// vanish from `/plugins/<name>` at once; the runtime is not restarted).
+    pub async fn uninstall(&self, runtime_id: &str, name: &str, caller: &Caller) -> Result<()> {
+        let name = PluginName::parse(name)?;
+        let rec = self.runtime(runtime_id).await?;
+        let _guard = self.runtimes.lock(&rec.id).await;
+        let Some(plugin) = self.ctx.store.get_plugin(&rec.id, name.as_str()).await? else {
+            return Err(plugin_not_found(&rec.id, name.as_str()));
+        };
+        let dir = self.ctx.settings.plugins_dir(&rec.id);
+        let target = dir.join(name.as_str());
+        let aside = dir.join(format!(
+            ".removed-{name}-{}",
+            &uuid::Uuid::now_v7().simple().to_string()[20..]
+        ));
+        match tokio::fs::rename(&target, &aside).await {
+            Ok(()) => sync_dir(&dir).await?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_error(e, "move aside", &target)),
+        }
+        let mut op = self
+            .ctx
+            .begin_op(OperationKind::PluginUninstall, caller)
+            .for_runtime(&rec.id, &rec.template)
+            .detail("plugin", name.as_str())
+            .detail("source", plugin.source.clone());
+        if let Some(sha) = &plugin.installed_sha {
+            op = op.detail("installed_sha", sha.clone());
+        }
+        op.succeed(self.ctx.now_ms());
+        self.ctx
+            .commit_change(
+                Change {
+                    plugin: Some(PluginChange::Delete {
+                        runtime_id: &rec.id,
+                        name: name.as_str(),
+                    }),
+                    operation: Some(&op),
+                    ..Change::default()
+                },
+                &Effects::default(),
+            )
+            .await?;
+        remove_tree(&aside).await;
+        Ok(())
+    }
+
+    pub async fn updates(
+        &self,
+        status: Option<&str>,
+        runtime_id: Option<&str>,
+        plugin: Option<&str>,
+        limit: Option<u32>,
+    ) -> Result<Vec<PluginUpdate>> {
+        let status = status
+            .map(|s| {
+                UpdateStatus::parse(s).map_err(|_| {
+                    Error::invalid(format!(
+                        "status {s:?} is not one of pending, applied, dismissed"
+                    ))
+                })
+            })
+            .transpose()?;
+        if let Some(r) = runtime_id {
+            validate_runtime_id(r)?;
+        }
+        if let Some(p) = plugin {
+            PluginName::parse(p)?;
+        }
+        let limit = super::operations::check_limit(limit)?;
+        Ok(self
+            .ctx
+            .store
+            .list_plugin_updates(&PluginUpdateFilter {
+                status,
+                runtime_id: runtime_id.map(str::to_string),
+                plugin: plugin.map(str::to_string),
+                limit,
+            })
+            .await?)
+    }
+
+    async fn update(&self, id: &str) -> Result<PluginUpdate> {
+        if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            return Err(Error::new(
+                ErrorCode::InvalidId,
+                format!("{id:?} is not a plugin update id"),
+            ));
+        }
+        self.ctx
+            .store
+            .get_plugin_update(id)
+            .await?
+            .ok_or_else(|| update_not_found(id))
+    }
+
+    /// Applies a pending update: re-resolves the track, installs that
+    /// commit, records it, marks the update applied and restarts the
+    /// runtime. Applying an applied update answers it as it is.
+    pub async fn apply(&self, id: &str, caller: &Caller) -> Result<PluginUpdate> {
+        let update = self.update(id).await?;
+        let guard = self.runtimes.lock(&update.runtime_id).await;
+        // Re-read under the lock: another apply or a dismiss may have won.
+        let mut update = self.update(id).await?;
+        match update.status.request(UpdateAction::Apply) {
+            Ok(UpdateStep::AlreadyDone) => return Ok(update),
+            Ok(UpdateStep::Proceed) => {}
+            Err(refusal) => {
+                return Err(Error::new(
+                    refusal.code(),
+                    format!("plugin update {id:?}: {refusal}"),
+                ))
+            }
+        }
+        let Some(mut plugin) = self
+            .ctx
+            .store
+            .get_plugin(&update.runtime_id, &update.plugin)
+            .await?
+        else {
+            return Err(Error::new(
+                ErrorCode::Conflict,
+                format!(
+                    "plugin update {id:?}: runtime {:?} no longer has plugin {:?}",
+                    update.runtime_id, update.plugin
+                ),
+            ));
+        };
+        let rec = self.runtime(&update.runtime_id).await?;
+        let (source, track) = decode(&plugin)?;
+        let name = PluginName::parse(&plugin.name)?;
+        let mut op = self
+            .ctx
+            .begin_op(OperationKind::PluginApply, caller)
+            .for_runtime(&rec.id, &rec.template)
+            .detail("plugin", name.as_str())
+            .detail("update_id", id)
+            .detail("from_sha", plugin.installed_sha.clone().unwrap_or_default());
+        self.ctx.record(None, &op).await?;
+        let installed = async {
+            let sha = self.resolve(&source, &track).await?;
+            self.put_files(&rec.id, &name, &source, &sha).await?;
+            Ok::<_, Error>(sha)
+        }
+        .await;
+        let now = self.ctx.now_ms();
+        let sha = match installed {
+            Ok(sha) => sha,
+            Err(e) => {
+                op.fail(e.code.as_str(), &e.message, now);
+                plugin.last_error = Some(LastError {
+                    code: e.code.as_str().to_string(),
+                    message: e.message.clone(),
+                });
+                self.ctx
+                    .commit_change(
+                        Change {
+                            plugin: Some(PluginChange::Put(&plugin)),
+                            operation: Some(&op),
+                            ..Change::default()
+                        },
+                        &Effects::default(),
+                    )
+                    .await?;
+                return Err(e);
+            }
+        };
+        plugin.installed_sha = Some(sha.to_string());
+        plugin.installed_at_ms = Some(now);
+        plugin.resolved_at_ms = Some(now);
+        plugin.last_error = None;
+        update.status = UpdateStatus::Applied;
+        // What was installed: upstream may have moved since the sweep.
+        update.to_sha = sha.to_string();
+        update.updated_at_ms = now;
+        op = op.detail("installed_sha", sha.as_str());
+        op.succeed(now);
+        self.ctx
+            .commit_change(
+                Change {
+                    plugin: Some(PluginChange::Put(&plugin)),
+                    plugin_update: Some(&update),
+                    operation: Some(&op),
+                    ..Change::default()
+                },
+                &Effects::default(),
+            )
+            .await?;
+        self.restart_to_load(&rec.id, caller, guard).await?;
+        Ok(update)
+    }
+
+    /// Dismisses a pending update; dismissing it again answers it as it is.
+    pub async fn dismiss(&self, id: &str, caller: &Caller) -> Result<PluginUpdate> {
+        let update = self.update(id).await?;
+        let _guard = self.runtimes.lock(&update.runtime_id).await;
+        let mut update = self.update(id).await?;
+        match update.status.request(UpdateAction::Dismiss) {
+            Ok(UpdateStep::AlreadyDone) => return Ok(update),
+            Ok(UpdateStep::Proceed) => {}
+            Err(refusal) => {
+                return Err(Error::new(
+                    refusal.code(),
+                    format!("plugin update {id:?}: {refusal}"),
+                ))
+            }
+        }
+        let now = self.ctx.now_ms();
+        update.status = UpdateStatus::Dismissed;
+        update.updated_at_ms = now;
+        let mut op = self
+            .ctx
+            .begin_op(OperationKind::PluginDismiss, caller)
+            .detail("plugin", update.plugin.clone())
+            .detail("update_id", id)
+            .detail("to_sha", update.to_sha.clone());
+        op.runtime_id = Some(update.runtime_id.clone());
+        op.succeed(now);
+        self.ctx
+            .commit_change(
+                Change {
+                    plugin_update: Some(&update),
+                    operation: Some(&op),
+                    ..Change::default()
+                },
+                &Effects::default(),
+            )
+            .await?;
+        Ok(update)
+    }
+
+    /// One drift sweep: each distinct (source, track) of a plugin that
+    /// tracks a moving ref is resolved once (one listing per source); a
+    /// plugin whose upstream commit is not the installed one gets one
+    /// pending update (a later move moves its target), with a
+    /// `plugin.drift_detected` intent. A failing source is reported and
+    /// kept on its plugins' `last_error`; it never stops the others.
+    pub async fn sweep(&self) -> Result<SweepReport> {
+        self.sweep_until(&CancellationToken::new()).await
+    }
+
+    async fn sweep_until(&self, cancel: &CancellationToken) -> Result<SweepReport> {
+        let _one = self.sweeping.lock().await;
+        let plugins = self.ctx.store.list_plugins(None).await?;
+        // source → track → plugins
+        let mut groups: BTreeMap<String, BTreeMap<String, Vec<PluginRecord>>> = BTreeMap::new();
+        for p in plugins {
+            let Ok((_, track)) = decode(&p) else {
+                tracing::warn!(runtime = %p.runtime_id, plugin = %p.name, "plugin row does not decode; not swept");
+                continue;
+            };
+            if !track.needs_sweep() || p.installed_sha.is_none() {
+                continue;
+            }
+            groups
+                .entry(p.source.clone())
+                .or_default()
+                .entry(p.track.clone())
+                .or_default()
+                .push(p);
+        }
+        let listings: Vec<_> = futures_util::stream::iter(groups.keys().cloned())
+            .map(|source| async move {
+                let listed = match PluginSource::parse(&source, &SourcePolicy::permissive()) {
+                    Ok(s) => self
+                        .git
+                        .list_refs(s.git_url())
+                        .await
+                        .map(core_refs)
+                        .map_err(|e| git_error(e, &format!("list the refs of {source}"))),
+                    Err(e) => Err(e.into()),
+                };
+                (source, listed)
+            })
+            .buffer_unordered(SWEEP_CONCURRENCY)
+            .take_until(cancel.cancelled())
+            .collect()
+            .await;
+        let mut report = SweepReport::default();
+        for (source, listed) in listings {
+            let Some(tracks) = groups.remove(&source) else {
+                continue;
+            };
+            for (track_text, members) in tracks {
+                if cancel.is_cancelled() {
+                    break;
+                }
+                let upstream = listed.as_ref().map_err(Clone::clone).and_then(|refs| {
+                    let track = TrackedRef::parse(&track_text)?;
+                    resolve(&track, refs)
+                        .map(|r| r.sha)
+                        .map_err(|e| Error::new(e.code(), format!("{track} of {source}: {e}")))
+                });
+                match upstream {
+                    Ok(sha) => {
+                        report.resolved += 1;
+                        for p in members {
+                            match self.queue_if_drifted(p, &sha).await {
+                                Ok(true) => report.queued += 1,
+                                Ok(false) => {}
+                                Err(e) => tracing::warn!(error = %e, "could not record a drift"),
+                            }
+                        }
+                    }
+                    Err(error) => {
+                        for p in members {
+                            if let Err(e) = self.note_sweep_failure(p, &error).await {
+                                tracing::warn!(error = %e, "could not record a sweep failure");
+                            }
+                        }
+                        report.failed.push(SweepFailure {
+                            source: source.clone(),
+                            track: track_text,
+                            error,
+                        });
+                    }
+                }
+            }
+        }
+        let finished = self.ctx.now_ms();
+        self.last_sweep_ms.store(finished, Ordering::Relaxed);
+        self.ctx.metrics.plugin_sweep_finished(&report, finished);
+        Ok(report)
+    }
+
+    /// Queues (or moves) the plugin's pending update when upstream is not
+    /// what is installed; returns whether it did.
+    async fn queue_if_drifted(&self, mut p: PluginRecord, upstream: &CommitSha) -> Result<bool> {
+        let store = &self.ctx.store;
+        for _attempt in 0..2 {
+            let installed = p.installed_sha.as_deref().and_then(|s| CommitSha::parse(s).ok());
+            let pending_row = store.pending_plugin_update(&p.runtime_id, &p.name).await?;
+            let pending = pending_row.as_ref().and_then(|u| {
+                Some(PendingUpdate {
+                    id: u.id.clone(),
+                    to_sha: CommitSha::parse(&u.to_sha).ok()?,
+                })
+            });
+            let last_dismissed = store
+                .list_plugin_updates(&PluginUpdateFilter {
+                    status: Some(UpdateStatus::Dismissed),
+                    runtime_id: Some(p.runtime_id.clone()),
+                    plugin: Some(p.name.clone()),
+                    limit: 1,
+                })
+                .await?
+                .into_iter()
+                .next()
+                .and_then(|u| {
+                    Some(DismissedUpdate {
+                        from_sha: u.from_sha.as_deref().and_then(|s| CommitSha::parse(s).ok()),
+                        to_sha: CommitSha::parse(&u.to_sha).ok()?,
+                    })
+                });
+            let now = self.ctx.now_ms();
+            p.resolved_at_ms = Some(now);
+            p.last_error = None;
+            let update = match drift(installed.as_ref(), upstream, pending.as_ref(), last_dismissed.as_ref()) {
+                DriftDecision::UpToDate | DriftDecision::KeepPending | DriftDecision::KeepDismissed => {
+                    None
+                }
+                DriftDecision::Queue { to_sha } => Some(PluginUpdate {
+                    id: uuid::Uuid::now_v7().to_string(),
+                    runtime_id: p.runtime_id.clone(),
+                    plugin: p.name.clone(),
+                    track: p.track.clone(),
+                    from_sha: p.installed_sha.clone(),
+                    to_sha: to_sha.to_string(),
+                    status: UpdateStatus::Pending,
+                    created_at_ms: now,
+                    updated_at_ms: now,
+                }),
+                DriftDecision::MoveTarget { to_sha, .. } => pending_row.map(|mut u| {
+                    u.to_sha = to_sha.to_string();
+                    u.updated_at_ms = now;
+                    u
+                }),
+            };
+            let effects = match &update {
+                Some(u) => Effects {
+                    notifications: vec![self.ctx.notification(
+                        "plugin.drift_detected",
+                        &[
+                            ("runtime_id", p.runtime_id.clone()),
+                            ("plugin", p.name.clone()),
+                            ("source", p.source.clone()),
+                            ("track", p.track.clone()),
+                            ("from_sha", u.from_sha.clone().unwrap_or_default()),
+                            ("to_sha", u.to_sha.clone()),
+                            ("update_id", u.id.clone()),
+                        ],
+                    )],
+                    ..Effects::default()
+                },
+                None => Effects::default(),
+            };
+            let written = self
+                .ctx
+                .commit_change(
+                    Change {
+                        plugin: Some(PluginChange::Put(&p)),
+                        plugin_update: update.as_ref(),
+                        ..Change::default()
+                    },
+                    &effects,
+                )
+                .await;
+            match written {
+                Ok(()) => return Ok(update.is_some()),
+                // Another sweep queued one first: decide again on its row.
+                Err(e) if e.code == ErrorCode::Conflict => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(false)
+    }
+
+    async fn note_sweep_failure(&self, mut p: PluginRecord, error: &Error) -> Result<()> {
+        p.resolved_at_ms = Some(self.ctx.now_ms());
+        p.last_error = Some(LastError {
+            code: error.code.as_str().to_string(),
+            message: error.message.clone(),
+        });
+        self.ctx
+            .commit_change(
+                Change {
+                    plugin: Some(PluginChange::Put(&p)),
+                    ..Change::default()
+                },
+                &Effects::default(),
+            )
+            .await
+    }
+
+    /// Sweeps every `interval` until `cancel`; a sweep in progress stops
+    /// between sources when cancelled.
+    pub async fn run_loop(self: Arc<Self>, interval: Duration, cancel: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(interval) => {}
+            }
+            match self.sweep_until(&cancel).await {
+                Ok(r) if !r.failed.is_empty() => {
+                    tracing::warn!(failed = r.failed.len(), "plugin sweep had failures")
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "plugin sweep failed"),
+            }
+        }
+    }
+
+    /// Boot: settles what a crash left beside plugin directories. A
+    /// fetch that never got renamed in goes; a directory moved aside by an
+    /// uninstall goes if its row is gone and comes back if not; the
+    /// previous version moved aside by an install comes back when the new
+    /// one never arrived, else goes.
+    pub async fn recover(&self) -> Result<usize> {
+        let runtimes_dir = self.ctx.settings.data_dir.join("runtimes");
+        let Ok(mut entries) = tokio::fs::read_dir(&runtimes_dir).await else {
+            return Ok(0);
+        };
+        let mut settled = 0;
+        while let Ok(Some(entry)) = entries.next_entry().await {
+            let runtime_id = entry.file_name().to_string_lossy().to_string();
+            let dir = entry.path().join("plugins");
+            let Ok(mut plugins) = tokio::fs::read_dir(&dir).await else {
+                continue;
+            };
+            while let Ok(Some(p)) = plugins.next_entry().await {
+                let file = p.file_name().to_string_lossy().to_string();
+                let Some((kind, name)) = aside_parts(&file) else {
+                    continue;
+                };
+                let target = dir.join(name);
+                let restore = match kind {
+                    "incoming" => false,
+                    "removed" => self.ctx.store.get_plugin(&runtime_id, name).await?.is_some(),
+                    _ => tokio::fs::metadata(&target).await.is_err(),
+                };
+                if restore && tokio::fs::metadata(&target).await.is_err() {
+                    tokio::fs::rename(p.path(), &target)
+                        .await
+                        .map_err(|e| io_error(e, "restore", &target))?;
+                } else {
+                    remove_tree(&p.path()).await;
+                }
+                settled += 1;
+            }
+        }
+        Ok(settled)
+    }
+}
+
+/// `.incoming-<name>-<tag>`, `.old-<name>-<tag>`, `.removed-<name>-<tag>`
+/// → (kind, name).
+fn aside_parts(file: &str) -> Option<(&str, &str)> {
+    let rest = file.strip_prefix('.')?;
+    let (kind, rest) = rest.split_once('-')?;
+    if !matches!(kind, "incoming" | "old" | "removed") {
+        return None;
+    }
+    let (name, _tag) = rest.rsplit_once('-')?;
+    Some((kind, name))
+}
+
+/// A rename is durable only once its directory is synced.
+async fn sync_dir(dir: &Path) -> Result<()> {
+    let path: PathBuf = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || std::fs::File::open(&path)?.sync_all())
+        .await
+        .map_err(|e| Error::new(ErrorCode::Internal, format!("sync task failed: {e}")))?
+        .map_err(|e| io_error(e, "sync", dir))
+}
+
+/// Best effort: what is left is settled by the next `recover`.
+async fn remove_tree(path: &Path) {
+    if let Err(e) = tokio::fs::remove_dir_all(path).await {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(path = %path.display(), error = %e, "could not remove a plugin directory");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::aside_parts;
+
+    #[test]
+    fn aside_names() {
+        assert_eq!(aside_parts(".incoming-skills-0a1b"), Some(("incoming", "skills")));
+        assert_eq!(aside_parts(".old-my-tools-0a1b"), Some(("old", "my-tools")));
+        assert_eq!(aside_parts(".removed-x-1"), Some(("removed", "x")));
+        assert_eq!(aside_parts("skills"), None);
+        assert_eq!(aside_parts(".other-x-1"), None);
+    }
+}
