@@ -87,6 +87,7 @@ command -v redis-cli >/dev/null || missing+=(redis-tools)
 # The images are FROM scratch, so /bin/busybox must be the static build.
 pkg_installed busybox-static || missing+=(busybox-static)
 command -v curl >/dev/null || missing+=(curl)
+command -v git >/dev/null || missing+=(git)
 docker info >/dev/null 2>&1 || command -v dockerd >/dev/null || missing+=(docker.io)
 
 if ((${#missing[@]})); then

@@ -8,6 +8,7 @@
 pub mod bus;
 pub mod clock;
 pub mod engine;
+pub mod git;
 pub mod probe;
 pub mod registry;
 pub mod store;
@@ -15,6 +16,7 @@ pub mod store;
 pub use bus::FakeBus;
 pub use clock::FakeClock;
 pub use engine::FakeEngine;
+pub use git::FakeRefResolver;
 pub use probe::FakeProbe;
 pub use registry::FakeRegistry;
 pub use store::FakeStore;

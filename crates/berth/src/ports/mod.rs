@@ -4,6 +4,7 @@
 pub mod bus;
 pub mod clock;
 pub mod engine;
+pub mod git;
 pub mod probe;
 pub mod registry;
 pub mod store;
@@ -11,6 +12,7 @@ pub mod store;
 pub use bus::{Bus, BusError, StreamEntry};
 pub use clock::{Clock, SystemClock};
 pub use engine::{ContainerInfo, Engine, EngineError, ImageInfo, PullProgress};
+pub use git::{GitError, RefResolver, RemoteRef};
 pub use registry::{Registry, RegistryError};
 pub use store::{
     EventStore, OperationFilter, OutboxStore, PluginStore, RolloutStore, RuntimeFilter,
