@@ -144,16 +144,31 @@ fn decode(p: &PluginRecord) -> Result<(PluginSource, TrackedRef)> {
 }
 
 /// The port's listing in the core's terms; lines whose object id is not a
-/// SHA-1 commit id cannot be installed and are left out.
+/// SHA-1 commit id cannot be installed and are left out. The listing has
+/// branches and tags only, so `HEAD` (what track `none` installs) is taken
+/// to be `main`, else `master`.
 fn core_refs(refs: Vec<crate::ports::git::RemoteRef>) -> Vec<RemoteRef> {
-    refs.into_iter()
+    let mut out: Vec<RemoteRef> = refs
+        .into_iter()
         .filter_map(|r| {
             Some(RemoteRef {
                 sha: CommitSha::parse(&r.sha).ok()?,
                 name: r.name,
             })
         })
-        .collect()
+        .collect();
+    if !out.iter().any(|r| r.name == "HEAD") {
+        let default = ["refs/heads/main", "refs/heads/master"]
+            .iter()
+            .find_map(|name| out.iter().find(|r| r.name == *name).map(|r| r.sha.clone()));
+        if let Some(sha) = default {
+            out.push(RemoteRef {
+                name: "HEAD".to_string(),
+                sha,
+            });
+        }
+    }
+    out
 }
 
 impl PluginService {
