@@ -13,6 +13,7 @@ pub mod id;
 pub mod image;
 pub mod operation;
 pub mod pin;
+pub mod plugin;
 pub mod reconcile;
 pub mod rollout;
 pub mod runtime;
