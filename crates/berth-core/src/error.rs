@@ -11,12 +11,19 @@ pub enum ErrorCode {
     InvalidDigest,
     InvalidImageRef,
     InvalidTrackedRef,
+    InvalidPluginSource,
     TemplateNotFound,
     RuntimeNotFound,
+    PluginNotFound,
+    UpdateNotFound,
+    /// The tracked ref is not (or no longer) in the plugin source's listing.
+    RefNotFound,
     RuntimeRemoved,
     Conflict,
     ImageNotPinned,
     ImagePullFailed,
+    /// git could not list or fetch a plugin source.
+    GitFailed,
     StartFailed,
     /// A recreated container failed its health gate; the old one was restored.
     HealthCheckFailed,
@@ -34,6 +41,38 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    pub const ALL: [ErrorCode; 29] = [
+        ErrorCode::InvalidRequest,
+        ErrorCode::InvalidId,
+        ErrorCode::InvalidDigest,
+        ErrorCode::InvalidImageRef,
+        ErrorCode::InvalidTrackedRef,
+        ErrorCode::InvalidPluginSource,
+        ErrorCode::TemplateNotFound,
+        ErrorCode::RuntimeNotFound,
+        ErrorCode::PluginNotFound,
+        ErrorCode::UpdateNotFound,
+        ErrorCode::RefNotFound,
+        ErrorCode::RuntimeRemoved,
+        ErrorCode::Conflict,
+        ErrorCode::ImageNotPinned,
+        ErrorCode::ImagePullFailed,
+        ErrorCode::GitFailed,
+        ErrorCode::StartFailed,
+        ErrorCode::HealthCheckFailed,
+        ErrorCode::StopFailed,
+        ErrorCode::RemoveFailed,
+        ErrorCode::DockerUnavailable,
+        ErrorCode::Unauthorized,
+        ErrorCode::PayloadTooLarge,
+        ErrorCode::NotFound,
+        ErrorCode::MethodNotAllowed,
+        ErrorCode::Timeout,
+        ErrorCode::Interrupted,
+        ErrorCode::StorageUnavailable,
+        ErrorCode::Internal,
+    ];
+
     pub const fn as_str(self) -> &'static str {
         match self {
             ErrorCode::InvalidRequest => "invalid_request",
@@ -41,12 +80,17 @@ impl ErrorCode {
             ErrorCode::InvalidDigest => "invalid_digest",
             ErrorCode::InvalidImageRef => "invalid_image_ref",
             ErrorCode::InvalidTrackedRef => "invalid_tracked_ref",
+            ErrorCode::InvalidPluginSource => "invalid_plugin_source",
             ErrorCode::TemplateNotFound => "template_not_found",
             ErrorCode::RuntimeNotFound => "runtime_not_found",
+            ErrorCode::PluginNotFound => "plugin_not_found",
+            ErrorCode::UpdateNotFound => "update_not_found",
+            ErrorCode::RefNotFound => "ref_not_found",
             ErrorCode::RuntimeRemoved => "runtime_removed",
             ErrorCode::Conflict => "conflict",
             ErrorCode::ImageNotPinned => "image_not_pinned",
             ErrorCode::ImagePullFailed => "image_pull_failed",
+            ErrorCode::GitFailed => "git_failed",
             ErrorCode::StartFailed => "start_failed",
             ErrorCode::HealthCheckFailed => "health_check_failed",
             ErrorCode::StopFailed => "stop_failed",
@@ -100,4 +144,41 @@ pub struct ParseStateError {
     pub what: &'static str,
     pub value: String,
     pub expected: &'static [&'static str],
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The names are a public contract: snake_case and one per code.
+    #[test]
+    fn codes_are_distinct_snake_case() {
+        let mut seen = std::collections::HashSet::new();
+        for code in ErrorCode::ALL {
+            let name = code.as_str();
+            assert!(
+                !name.is_empty()
+                    && name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+                    && !name.starts_with('_')
+                    && !name.ends_with('_'),
+                "{name:?}"
+            );
+            assert!(seen.insert(name), "{name} twice");
+        }
+    }
+
+    #[test]
+    fn plugin_codes_have_their_contract_names() {
+        for (code, name) in [
+            (ErrorCode::InvalidTrackedRef, "invalid_tracked_ref"),
+            (ErrorCode::InvalidPluginSource, "invalid_plugin_source"),
+            (ErrorCode::PluginNotFound, "plugin_not_found"),
+            (ErrorCode::UpdateNotFound, "update_not_found"),
+            (ErrorCode::RefNotFound, "ref_not_found"),
+            (ErrorCode::GitFailed, "git_failed"),
+        ] {
+            assert_eq!(code.as_str(), name);
+            assert!(ErrorCode::ALL.contains(&code), "{name} missing from ALL");
+        }
+    }
 }

@@ -9,7 +9,7 @@ use crate::error::{ErrorCode, ValidationError};
 
 pub const MAX_ID_LEN: usize = 63;
 
-fn check_name(kind: &str, code: ErrorCode, value: &str) -> Result<(), ValidationError> {
+pub(crate) fn check_name(kind: &str, code: ErrorCode, value: &str) -> Result<(), ValidationError> {
     let fail = |why: &str| {
         Err(ValidationError::new(
             code,

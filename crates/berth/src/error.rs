@@ -65,13 +65,16 @@ impl Error {
     pub fn http_status(&self) -> u16 {
         use ErrorCode::*;
         match self.code {
-            InvalidRequest | InvalidId | InvalidDigest | InvalidImageRef | InvalidTrackedRef => 400,
+            InvalidRequest | InvalidId | InvalidDigest | InvalidImageRef | InvalidTrackedRef
+            | InvalidPluginSource => 400,
             Unauthorized => 401,
-            TemplateNotFound | RuntimeNotFound | NotFound => 404,
+            TemplateNotFound | RuntimeNotFound | PluginNotFound | UpdateNotFound | RefNotFound
+            | NotFound => 404,
             MethodNotAllowed => 405,
             RuntimeRemoved | Conflict | ImageNotPinned => 409,
             PayloadTooLarge => 413,
-            ImagePullFailed | StartFailed | HealthCheckFailed | StopFailed | RemoveFailed => 502,
+            ImagePullFailed | GitFailed | StartFailed | HealthCheckFailed | StopFailed
+            | RemoveFailed => 502,
             DockerUnavailable | StorageUnavailable => 503,
             Timeout => 504,
             Interrupted | Internal => 500,
@@ -121,5 +124,24 @@ impl Error {
             | EngineError::Rejected(_) => Error::new(fallback, format!("could not {doing}: {e}")),
         }
         .caused_by(source)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plugin_codes_map_to_their_http_statuses() {
+        for (code, status) in [
+            (ErrorCode::InvalidTrackedRef, 400),
+            (ErrorCode::InvalidPluginSource, 400),
+            (ErrorCode::PluginNotFound, 404),
+            (ErrorCode::UpdateNotFound, 404),
+            (ErrorCode::RefNotFound, 404),
+            (ErrorCode::GitFailed, 502),
+        ] {
+            assert_eq!(Error::new(code, "x").http_status(), status, "{code}");
+        }
     }
 }
