@@ -175,7 +175,10 @@ pub async fn start(config: Config) -> Result<RunningServer, BootError> {
     }
     let settled = services.plugins.recover().await?;
     if settled > 0 {
-        tracing::warn!(directories = settled, "settled plugin directories a crash left aside");
+        tracing::warn!(
+            directories = settled,
+            "settled plugin directories a crash left aside"
+        );
     }
     // Background loops: the reconciler (its first pass runs at once) and
     // the Docker events listener. They stop when `background` is cancelled.

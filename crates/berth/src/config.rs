@@ -237,7 +237,10 @@ impl Config {
         let plugins = file.plugins.unwrap_or_default();
         if let Some(hosts) = &plugins.allowed_hosts {
             if let Some(bad) = hosts.iter().find(|h| {
-                h.is_empty() || h.starts_with('-') || h.chars().any(|c| c.is_whitespace() || c.is_control() || c == '/')
+                h.is_empty()
+                    || h.starts_with('-')
+                    || h.chars()
+                        .any(|c| c.is_whitespace() || c.is_control() || c == '/')
             }) {
                 return Err(ConfigError::Invalid(format!(
                     "plugins.allowed_hosts: {bad:?} is not a host name"

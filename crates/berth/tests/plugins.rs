@@ -72,11 +72,17 @@ impl Upstream {
         } else {
             git(&self.work, &["tag", "-f", name]);
         }
-        git(&self.work, &["push", "-q", "-f", "origin", &format!("refs/tags/{name}")]);
+        git(
+            &self.work,
+            &["push", "-q", "-f", "origin", &format!("refs/tags/{name}")],
+        );
     }
 
     fn delete_tag(&self, name: &str) {
-        git(&self.work, &["push", "-q", "origin", &format!(":refs/tags/{name}")]);
+        git(
+            &self.work,
+            &["push", "-q", "origin", &format!(":refs/tags/{name}")],
+        );
     }
 }
 
@@ -108,7 +114,13 @@ fn exec(cid: &str, script: &str) -> (bool, String) {
     )
 }
 
-async fn install(t: &TestServer, rt: &str, name: &str, source: &str, track: &str) -> (StatusCode, Value) {
+async fn install(
+    t: &TestServer,
+    rt: &str,
+    name: &str,
+    source: &str,
+    track: &str,
+) -> (StatusCode, Value) {
     t.post(
         &format!("/v1/runtimes/{rt}/plugins"),
         json!({"name": name, "source": source, "track": track}),
@@ -154,7 +166,10 @@ async fn tag_latest_installs_the_highest_release_read_only_and_drift_is_queued()
     assert_eq!(p["track"], "tag:latest");
 
     // Restarted, and the plugin is there, read-only.
-    let cid_now = t.get("/v1/runtimes/ws-1").await.1["container_id"].as_str().unwrap().to_string();
+    let cid_now = t.get("/v1/runtimes/ws-1").await.1["container_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert_eq!(cid_now, cid, "a restart keeps the container");
     let (ok, out) = exec(&cid, "cat /plugins/skills/README");
     assert!(ok, "{out}");
@@ -205,7 +220,9 @@ async fn tag_latest_installs_the_highest_release_read_only_and_drift_is_queued()
 
     // Apply: installed, applied, restarted; the container sees the new files.
     let id = moved[0]["id"].as_str().unwrap().to_string();
-    let (status, applied) = t.post(&format!("/v1/plugin-updates/{id}/apply"), json!({})).await;
+    let (status, applied) = t
+        .post(&format!("/v1/plugin-updates/{id}/apply"), json!({}))
+        .await;
     assert_eq!(status, StatusCode::OK, "{applied}");
     assert_eq!(applied["status"], "applied");
     let (_, list) = t.get("/v1/runtimes/ws-1/plugins").await;
@@ -214,10 +231,14 @@ async fn tag_latest_installs_the_highest_release_read_only_and_drift_is_queued()
     assert!(ok);
     assert_eq!(out, "v1.12.0");
     // Idempotent; dismissing an applied update is a conflict.
-    let (status, again) = t.post(&format!("/v1/plugin-updates/{id}/apply"), json!({})).await;
+    let (status, again) = t
+        .post(&format!("/v1/plugin-updates/{id}/apply"), json!({}))
+        .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(again, applied);
-    let (status, err) = t.post(&format!("/v1/plugin-updates/{id}/dismiss"), json!({})).await;
+    let (status, err) = t
+        .post(&format!("/v1/plugin-updates/{id}/dismiss"), json!({}))
+        .await;
     assert_eq!(status, StatusCode::CONFLICT, "{err}");
     assert_eq!(err["error"]["code"], "conflict");
     let ops = t.operations("runtime=ws-1&kind=plugin_apply").await;
@@ -274,7 +295,13 @@ async fn dismiss_moved_tags_force_pushed_branches_deleted_refs_and_vanished_repo
         assert_eq!(status, StatusCode::CREATED, "{name}: {p}");
     }
     let (_, p) = t.get("/v1/runtimes/ws-2/plugins").await;
-    let branchy_row = p["plugins"].as_array().unwrap().iter().find(|p| p["name"] == "branchy").unwrap().clone();
+    let branchy_row = p["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "branchy")
+        .unwrap()
+        .clone();
     assert_eq!(branchy_row["installed_sha"], first.as_str());
 
     // The branch is force-pushed to an unrelated commit; the tag is moved;
@@ -292,7 +319,13 @@ async fn dismiss_moved_tags_force_pushed_branches_deleted_refs_and_vanished_repo
     assert_eq!(failed.len(), 1, "{report}");
     assert_eq!(failed[0]["source"], doomed.source().as_str());
     let (_, p) = t.get("/v1/runtimes/ws-2/plugins").await;
-    let doomed_row = p["plugins"].as_array().unwrap().iter().find(|p| p["name"] == "doomed").unwrap().clone();
+    let doomed_row = p["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "doomed")
+        .unwrap()
+        .clone();
     assert!(doomed_row["last_error"]["code"].is_string(), "{doomed_row}");
     let pending = updates(&t, "status=pending&runtime=ws-2").await;
     let to = |name: &str| pending.iter().find(|u| u["plugin"] == name).unwrap()["to_sha"].clone();
@@ -300,13 +333,22 @@ async fn dismiss_moved_tags_force_pushed_branches_deleted_refs_and_vanished_repo
     assert_eq!(to("tagged"), moved.as_str());
 
     // Dismiss one: not queued again for the same move; apply of it is 409.
-    let id = pending.iter().find(|u| u["plugin"] == "tagged").unwrap()["id"].as_str().unwrap().to_string();
-    let (status, d) = t.post(&format!("/v1/plugin-updates/{id}/dismiss"), json!({})).await;
+    let id = pending.iter().find(|u| u["plugin"] == "tagged").unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (status, d) = t
+        .post(&format!("/v1/plugin-updates/{id}/dismiss"), json!({}))
+        .await;
     assert_eq!(status, StatusCode::OK, "{d}");
     assert_eq!(d["status"], "dismissed");
-    let (status, _) = t.post(&format!("/v1/plugin-updates/{id}/dismiss"), json!({})).await;
+    let (status, _) = t
+        .post(&format!("/v1/plugin-updates/{id}/dismiss"), json!({}))
+        .await;
     assert_eq!(status, StatusCode::OK, "dismiss is idempotent");
-    let (status, err) = t.post(&format!("/v1/plugin-updates/{id}/apply"), json!({})).await;
+    let (status, err) = t
+        .post(&format!("/v1/plugin-updates/{id}/apply"), json!({}))
+        .await;
     assert_eq!(status, StatusCode::CONFLICT, "{err}");
     assert_eq!(sweep(&t).await["queued"], 0);
 
@@ -315,8 +357,10 @@ async fn dismiss_moved_tags_force_pushed_branches_deleted_refs_and_vanished_repo
     let report = sweep(&t).await;
     let failed: Vec<&Value> = report["failed"].as_array().unwrap().iter().collect();
     assert!(
-        failed.iter().any(|f| f["source"] == tagged.source().as_str()
-            && f["error"]["code"] == "ref_not_found"),
+        failed
+            .iter()
+            .any(|f| f["source"] == tagged.source().as_str()
+                && f["error"]["code"] == "ref_not_found"),
         "{report}"
     );
     let (status, err) = t.post("/v1/plugin-updates/nope/apply", json!({})).await;
@@ -339,25 +383,72 @@ async fn bad_sources_and_refs_are_refused_before_git_runs() {
     .await;
     runtime(&t, "ws-3").await;
     let cases = [
-        (format!("--upload-pack={touch}"), "tag:latest", "invalid_plugin_source"),
-        (format!("git+ssh://-oProxyCommand={touch}/x"), "tag:latest", "invalid_plugin_source"),
-        (format!("ext::sh -c {touch}"), "tag:latest", "invalid_plugin_source"),
-        ("git+https://git.example/a\nb".to_string(), "tag:latest", "invalid_plugin_source"),
-        ("git+https://git.example/a;b".to_string(), "tag:latest", "invalid_plugin_source"),
-        ("git+https://elsewhere.example/a".to_string(), "tag:latest", "invalid_plugin_source"),
+        (
+            format!("--upload-pack={touch}"),
+            "tag:latest",
+            "invalid_plugin_source",
+        ),
+        (
+            format!("git+ssh://-oProxyCommand={touch}/x"),
+            "tag:latest",
+            "invalid_plugin_source",
+        ),
+        (
+            format!("ext::sh -c {touch}"),
+            "tag:latest",
+            "invalid_plugin_source",
+        ),
+        (
+            "git+https://git.example/a\nb".to_string(),
+            "tag:latest",
+            "invalid_plugin_source",
+        ),
+        (
+            "git+https://git.example/a;b".to_string(),
+            "tag:latest",
+            "invalid_plugin_source",
+        ),
+        (
+            "git+https://elsewhere.example/a".to_string(),
+            "tag:latest",
+            "invalid_plugin_source",
+        ),
         // File sources are off unless configured.
         (up.source(), "tag:latest", "invalid_plugin_source"),
-        ("git+https://git.example/a".to_string(), "--upload-pack=x", "invalid_tracked_ref"),
-        ("git+https://git.example/a".to_string(), "tag:-x", "invalid_tracked_ref"),
-        ("git+https://git.example/a".to_string(), "branch:a..b", "invalid_tracked_ref"),
-        ("git+https://git.example/a".to_string(), "sha:123", "invalid_tracked_ref"),
+        (
+            "git+https://git.example/a".to_string(),
+            "--upload-pack=x",
+            "invalid_tracked_ref",
+        ),
+        (
+            "git+https://git.example/a".to_string(),
+            "tag:-x",
+            "invalid_tracked_ref",
+        ),
+        (
+            "git+https://git.example/a".to_string(),
+            "branch:a..b",
+            "invalid_tracked_ref",
+        ),
+        (
+            "git+https://git.example/a".to_string(),
+            "sha:123",
+            "invalid_tracked_ref",
+        ),
     ];
     for (source, track, code) in cases {
         let (status, err) = install(&t, "ws-3", "p", &source, track).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{source} {track}: {err}");
         assert_eq!(err["error"]["code"], code, "{source} {track}: {err}");
     }
-    let (status, err) = install(&t, "ws-3", "Bad Name", "git+https://git.example/a", "tag:latest").await;
+    let (status, err) = install(
+        &t,
+        "ws-3",
+        "Bad Name",
+        "git+https://git.example/a",
+        "tag:latest",
+    )
+    .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{err}");
     let (status, err) = install(&t, "nope", "p", "git+https://git.example/a", "tag:latest").await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{err}");
@@ -365,6 +456,9 @@ async fn bad_sources_and_refs_are_refused_before_git_runs() {
     let (_, list) = t.get("/v1/runtimes/ws-3/plugins").await;
     assert_eq!(list["plugins"], json!([]));
     let ops = t.operations("runtime=ws-3&kind=plugin_install").await;
-    assert!(ops.is_empty(), "refused before anything was attempted: {ops:?}");
+    assert!(
+        ops.is_empty(),
+        "refused before anything was attempted: {ops:?}"
+    );
     t.shutdown().await;
 }

@@ -189,7 +189,9 @@ pub(super) async fn plugin_update(ctx: &Ctx, command: PluginUpdateCommand) -> Re
             }
             let answer = ctx.client.get(&["v1", "plugin-updates"], &query).await?;
             show(ctx, &answer, |list: PluginUpdateList| {
-                let mut t = Table::new(&["ID", "RUNTIME", "PLUGIN", "TRACK", "FROM", "TO", "STATUS", "UPDATED"]);
+                let mut t = Table::new(&[
+                    "ID", "RUNTIME", "PLUGIN", "TRACK", "FROM", "TO", "STATUS", "UPDATED",
+                ]);
                 for u in &list.plugin_updates {
                     t.row([
                         u.id.clone(),
@@ -232,9 +234,15 @@ pub(super) async fn sweep(ctx: &Ctx) -> Result<i32, CliError> {
         .await?;
     let report: SweepReportView = answer.decode()?;
     show(ctx, &answer, |r: SweepReportView| {
-        let mut out = format!("resolved {} source(s) and track(s); queued {} update(s)\n", r.resolved, r.queued);
+        let mut out = format!(
+            "resolved {} source(s) and track(s); queued {} update(s)\n",
+            r.resolved, r.queued
+        );
         for f in &r.failed {
-            out.push_str(&format!("failed: {} at {}: {} ({})\n", f.source, f.track, f.error.message, f.error.code));
+            out.push_str(&format!(
+                "failed: {} at {}: {} ({})\n",
+                f.source, f.track, f.error.message, f.error.code
+            ));
         }
         out
     })?;

@@ -33,9 +33,7 @@ use super::lifecycle::LifecycleService;
 use super::{Caller, Context, Effects};
 use crate::error::{Error, Result};
 use crate::ports::git::{GitError, RefResolver};
-use crate::ports::store::{
-    Change, PluginChange, PluginRecord, PluginUpdate, PluginUpdateFilter,
-};
+use crate::ports::store::{Change, PluginChange, PluginRecord, PluginUpdate, PluginUpdateFilter};
 
 /// Distinct sources a sweep lists at once.
 const SWEEP_CONCURRENCY: usize = 8;
@@ -172,10 +170,7 @@ fn core_refs(refs: Vec<crate::ports::git::RemoteRef>) -> Vec<RemoteRef> {
 }
 
 impl PluginService {
-    pub fn new(
-        ctx: Arc<Context>,
-        runtimes: Arc<LifecycleService>,
-    ) -> Self {
+    pub fn new(ctx: Arc<Context>, runtimes: Arc<LifecycleService>) -> Self {
         PluginService {
             git: ctx.git.clone(),
             ctx,
@@ -355,7 +350,12 @@ impl PluginService {
         let rec = self.runtime(runtime_id).await?;
         if rec.status == RuntimeStatus::Running {
             self.runtimes
-                .restart_locked(runtime_id, caller, OperationKind::Restart, Effects::default())
+                .restart_locked(
+                    runtime_id,
+                    caller,
+                    OperationKind::Restart,
+                    Effects::default(),
+                )
                 .await?;
         }
         Ok(())
@@ -444,7 +444,10 @@ impl PluginService {
     }
 
     async fn update(&self, id: &str) -> Result<PluginUpdate> {
-        if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        if id.is_empty()
+            || id.len() > 64
+            || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
             return Err(Error::new(
                 ErrorCode::InvalidId,
                 format!("{id:?} is not a plugin update id"),
@@ -691,7 +694,10 @@ impl PluginService {
     async fn queue_if_drifted(&self, mut p: PluginRecord, upstream: &CommitSha) -> Result<bool> {
         let store = &self.ctx.store;
         for _attempt in 0..2 {
-            let installed = p.installed_sha.as_deref().and_then(|s| CommitSha::parse(s).ok());
+            let installed = p
+                .installed_sha
+                .as_deref()
+                .and_then(|s| CommitSha::parse(s).ok());
             let pending_row = store.pending_plugin_update(&p.runtime_id, &p.name).await?;
             let pending = pending_row.as_ref().and_then(|u| {
                 Some(PendingUpdate {
@@ -718,10 +724,15 @@ impl PluginService {
             let now = self.ctx.now_ms();
             p.resolved_at_ms = Some(now);
             p.last_error = None;
-            let update = match drift(installed.as_ref(), upstream, pending.as_ref(), last_dismissed.as_ref()) {
-                DriftDecision::UpToDate | DriftDecision::KeepPending | DriftDecision::KeepDismissed => {
-                    None
-                }
+            let update = match drift(
+                installed.as_ref(),
+                upstream,
+                pending.as_ref(),
+                last_dismissed.as_ref(),
+            ) {
+                DriftDecision::UpToDate
+                | DriftDecision::KeepPending
+                | DriftDecision::KeepDismissed => None,
                 DriftDecision::Queue { to_sha } => Some(PluginUpdate {
                     id: uuid::Uuid::now_v7().to_string(),
                     runtime_id: p.runtime_id.clone(),
@@ -838,7 +849,12 @@ impl PluginService {
                 let target = dir.join(name);
                 let restore = match kind {
                     "incoming" => false,
-                    "removed" => self.ctx.store.get_plugin(&runtime_id, name).await?.is_some(),
+                    "removed" => self
+                        .ctx
+                        .store
+                        .get_plugin(&runtime_id, name)
+                        .await?
+                        .is_some(),
                     _ => tokio::fs::metadata(&target).await.is_err(),
                 };
                 if restore && tokio::fs::metadata(&target).await.is_err() {
@@ -891,7 +907,10 @@ mod tests {
 
     #[test]
     fn aside_names() {
-        assert_eq!(aside_parts(".incoming-skills-0a1b"), Some(("incoming", "skills")));
+        assert_eq!(
+            aside_parts(".incoming-skills-0a1b"),
+            Some(("incoming", "skills"))
+        );
         assert_eq!(aside_parts(".old-my-tools-0a1b"), Some(("old", "my-tools")));
         assert_eq!(aside_parts(".removed-x-1"), Some(("removed", "x")));
         assert_eq!(aside_parts("skills"), None);
