@@ -198,7 +198,7 @@ pub async fn operations_of(s: &Services, runtime_id: &str) -> Vec<Operation> {
         .unwrap()
 }
 
-/// The notifications of one type, in the order the store lists them.
+/// The notifications of one type, newest first.
 pub async fn notifications_of(s: &Services, notification_type: &str) -> Vec<Notification> {
     s.ctx
         .store
