@@ -77,7 +77,10 @@ async fn stop_then_start_brings_the_same_container_back() {
     };
     assert_eq!(rec.status, RuntimeStatus::Running);
     assert_eq!(rec.container_id.as_deref(), Some(cid.as_str()));
-    assert_eq!(rec.generation, 1, "the same container, not a new generation");
+    assert_eq!(
+        rec.generation, 1,
+        "the same container, not a new generation"
+    );
     assert_eq!(w.engine.calls(Op::CreateContainer), 1);
     assert!(
         w.engine
@@ -94,7 +97,11 @@ async fn stop_then_start_brings_the_same_container_back() {
         .collect();
     assert_eq!(
         kinds,
-        [OperationKind::Start, OperationKind::Stop, OperationKind::Start],
+        [
+            OperationKind::Start,
+            OperationKind::Stop,
+            OperationKind::Start
+        ],
         "the second stop is not logged; newest first"
     );
 }
@@ -126,7 +133,10 @@ async fn restart_runs_the_container_again_and_a_new_generation_when_it_is_gone()
     assert_eq!(mine.len(), 1, "{mine:?}");
     assert_eq!(mine[0].id, new_cid);
     assert_eq!(
-        mine[0].labels.get("io.berth.generation").map(String::as_str),
+        mine[0]
+            .labels
+            .get("io.berth.generation")
+            .map(String::as_str),
         Some("2")
     );
 
@@ -251,9 +261,16 @@ async fn a_removed_runtime_cannot_be_started_or_restarted() {
     assert_eq!(err.http_status(), 409);
     let err = s.runtimes.restart("w-1", &caller()).await.unwrap_err();
     assert_eq!(err.code, ErrorCode::RuntimeRemoved, "{err:?}");
-    assert_eq!(s.runtimes.get("w-1").await.unwrap().status, RuntimeStatus::Removed);
+    assert_eq!(
+        s.runtimes.get("w-1").await.unwrap().status,
+        RuntimeStatus::Removed
+    );
     assert!(w.engine.list_containers().await.unwrap().is_empty());
-    assert_eq!(w.engine.calls(Op::CreateContainer), 1, "only the first start");
+    assert_eq!(
+        w.engine.calls(Op::CreateContainer),
+        1,
+        "only the first start"
+    );
 }
 
 #[tokio::test(start_paused = true)]

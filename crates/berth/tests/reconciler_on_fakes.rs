@@ -14,8 +14,7 @@ use berth::ports::Engine;
 use berth::services::reconciler::ReconcileReport;
 use berth::services::Services;
 use berth_core::container::{
-    ContainerSpec, LABEL_GENERATION, LABEL_IMAGE_REF, LABEL_OWNER, LABEL_RUNTIME_ID,
-    LABEL_TEMPLATE,
+    ContainerSpec, LABEL_GENERATION, LABEL_IMAGE_REF, LABEL_OWNER, LABEL_RUNTIME_ID, LABEL_TEMPLATE,
 };
 use berth_core::event::HealthEventType;
 use berth_core::operation::{OperationKind, Outcome, Source};
@@ -116,7 +115,10 @@ async fn a_labelled_container_without_a_record_is_adopted_after_the_grace() {
     assert_eq!(rec.template, "app");
     assert_eq!(rec.container_id.as_deref(), Some(cid.as_str()));
     assert_eq!(rec.generation, 1);
-    assert_eq!(rec.image_ref.as_deref(), Some(format!("{REPO}:stable").as_str()));
+    assert_eq!(
+        rec.image_ref.as_deref(),
+        Some(format!("{REPO}:stable").as_str())
+    );
     assert_eq!(rec.image_digest.as_deref(), Some(digest(1).as_str()));
     let ops = operations_of(&s, "orphan").await;
     assert_eq!(ops.len(), 1, "{ops:?}");
@@ -175,7 +177,11 @@ async fn another_owners_containers_are_never_touched() {
         calls(Op::StartContainer),
     );
     let report = s.reconciler.run_once().await.unwrap();
-    assert_eq!(report, ReconcileReport::default(), "ours are fine, theirs invisible");
+    assert_eq!(
+        report,
+        ReconcileReport::default(),
+        "ours are fine, theirs invisible"
+    );
     assert_eq!(theirs.list_containers().await.unwrap(), before);
     assert!(s.ctx.store.get_runtime("ghost").await.unwrap().is_none());
     assert_eq!(
@@ -248,7 +254,11 @@ async fn on_failure_backs_off_exponentially_then_reports_the_limit_once() {
         );
         w.clock.advance(ms(1));
         let report = s.reconciler.run_once().await.unwrap();
-        assert_eq!(report.restarted, ["crasher"], "attempt {attempt}: {report:?}");
+        assert_eq!(
+            report.restarted,
+            ["crasher"],
+            "attempt {attempt}: {report:?}"
+        );
         assert_eq!(
             s.runtimes.get("crasher").await.unwrap().status,
             RuntimeStatus::Running

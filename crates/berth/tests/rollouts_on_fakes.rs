@@ -38,7 +38,8 @@ async fn fleet(w: &World, n: usize, rollout: serde_json::Value) -> Arc<Services>
             .unwrap();
     }
     w.registry.add_digest(&repo(), &digest(2));
-    w.engine.add_image(&format!("{REPO}:next"), digest(2).as_str());
+    w.engine
+        .add_image(&format!("{REPO}:next"), digest(2).as_str());
     s.pins
         .promote("app", digest(2).as_str(), None, &caller())
         .await
@@ -48,7 +49,13 @@ async fn fleet(w: &World, n: usize, rollout: serde_json::Value) -> Arc<Services>
 
 async fn roll_to(s: &Services, to: &Digest) -> String {
     s.rollouts
-        .start("app", Some(digest(1).as_str()), to.as_str(), false, Source::Api)
+        .start(
+            "app",
+            Some(digest(1).as_str()),
+            to.as_str(),
+            false,
+            Source::Api,
+        )
         .await
         .unwrap()
         .id
@@ -94,7 +101,11 @@ async fn a_paused_rollout_finishes_its_recreate_stops_and_resumes_where_it_was()
     let s = fleet(&w, 3, json!({"batch_size": 1})).await;
     let id = roll_to(&s, &digest(2)).await;
     until_a_recreate_is_under_way(&w).await;
-    let paused = s.rollouts.set_state(&id, RolloutState::Paused).await.unwrap();
+    let paused = s
+        .rollouts
+        .set_state(&id, RolloutState::Paused)
+        .await
+        .unwrap();
     assert_eq!(paused.state, RolloutState::Paused);
     s.rollouts.settle().await;
 
@@ -106,7 +117,11 @@ async fn a_paused_rollout_finishes_its_recreate_stops_and_resumes_where_it_was()
     assert_eq!(digests(&s).await, [d(2), d(1), d(1)]);
     assert_eq!(w.engine.calls(Op::CreateContainer), 3 + 1);
 
-    let resumed = s.rollouts.set_state(&id, RolloutState::Running).await.unwrap();
+    let resumed = s
+        .rollouts
+        .set_state(&id, RolloutState::Running)
+        .await
+        .unwrap();
     assert_eq!(resumed.state, RolloutState::Running);
     s.rollouts.settle().await;
     assert_eq!(
@@ -122,7 +137,11 @@ async fn a_paused_rollout_finishes_its_recreate_stops_and_resumes_where_it_was()
     assert_one_container_each(&w, &s, "after the resume").await;
 
     // A finished rollout is not steered: 409, and nothing changes.
-    for to in [RolloutState::Paused, RolloutState::Running, RolloutState::Aborted] {
+    for to in [
+        RolloutState::Paused,
+        RolloutState::Running,
+        RolloutState::Aborted,
+    ] {
         let err = s.rollouts.set_state(&id, to).await.unwrap_err();
         assert_eq!(err.code, ErrorCode::Conflict, "{to:?}: {err:?}");
         assert_eq!(err.http_status(), 409);
@@ -165,7 +184,10 @@ async fn a_paused_rollout_is_aborted_without_running_again() {
     let s = fleet(&w, 2, json!({"batch_size": 1})).await;
     let id = roll_to(&s, &digest(2)).await;
     until_a_recreate_is_under_way(&w).await;
-    s.rollouts.set_state(&id, RolloutState::Paused).await.unwrap();
+    s.rollouts
+        .set_state(&id, RolloutState::Paused)
+        .await
+        .unwrap();
     s.rollouts.settle().await;
     let creates = w.engine.calls(Op::CreateContainer);
     s.rollouts
@@ -222,8 +244,16 @@ async fn peak_containers(max_unavailable: u32) -> usize {
 
 #[tokio::test(start_paused = true)]
 async fn max_unavailable_two_recreates_two_at_once() {
-    assert_eq!(peak_containers(1).await, 4 + 1, "one new generation at a time");
-    assert_eq!(peak_containers(2).await, 4 + 2, "two side by side, never three");
+    assert_eq!(
+        peak_containers(1).await,
+        4 + 1,
+        "one new generation at a time"
+    );
+    assert_eq!(
+        peak_containers(2).await,
+        4 + 2,
+        "two side by side, never three"
+    );
 }
 
 #[tokio::test(start_paused = true)]

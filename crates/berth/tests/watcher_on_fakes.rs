@@ -50,7 +50,13 @@ async fn one_lookup_per_repo_and_tag_however_many_templates_and_runtimes() {
     put_template(&s, "c", watched(REPO, "edge", "notify")).await;
     put_template(&s, "d", watched(OTHER, "stable", "notify")).await;
     put_template(&s, "quiet", json!({"image": REPO, "tag": "stable"})).await;
-    for (id, template) in [("a-1", "a"), ("a-2", "a"), ("b-1", "b"), ("c-1", "c"), ("q-1", "quiet")] {
+    for (id, template) in [
+        ("a-1", "a"),
+        ("a-2", "a"),
+        ("b-1", "b"),
+        ("c-1", "c"),
+        ("q-1", "quiet"),
+    ] {
         s.runtimes
             .start(start_request(id, template), &caller())
             .await
@@ -91,7 +97,10 @@ async fn notify_says_so_once_per_move_and_never_restarts_anything() {
 
     w.publish("stable", &digest(2));
     assert_eq!(s.watcher.tick().await.unwrap().notified, ["nfy"]);
-    assert!(s.watcher.tick().await.unwrap().notified.is_empty(), "once per move");
+    assert!(
+        s.watcher.tick().await.unwrap().notified.is_empty(),
+        "once per move"
+    );
     w.publish("stable", &digest(3));
     assert_eq!(s.watcher.tick().await.unwrap().notified, ["nfy"]);
     assert!(s.watcher.tick().await.unwrap().notified.is_empty());
@@ -99,15 +108,44 @@ async fn notify_says_so_once_per_move_and_never_restarts_anything() {
     let said = notifications_of(&s, "image.update_available").await;
     let moves: Vec<(String, String)> = said
         .iter()
-        .map(|n| (n.payload["old_digest"].clone(), n.payload["new_digest"].clone()))
+        .map(|n| {
+            (
+                n.payload["old_digest"].clone(),
+                n.payload["new_digest"].clone(),
+            )
+        })
         .collect();
     let d = |n| digest(n).to_string();
     assert_eq!(moves, [(d(2), d(3)), (d(1), d(2))], "newest first");
-    assert_eq!(engine_calls(&w), before, "nothing pulled, stopped or started");
-    assert!(s.ctx.store.get_pin("nfy").await.unwrap().is_none(), "no pin");
-    assert!(s.ctx.store.list_rollouts(Some("nfy"), 10).await.unwrap().is_empty());
-    for rec in s.ctx.store.list_runtimes(&Default::default()).await.unwrap() {
-        assert_eq!(rec.image_digest.as_deref(), Some(digest(1).as_str()), "{}", rec.id);
+    assert_eq!(
+        engine_calls(&w),
+        before,
+        "nothing pulled, stopped or started"
+    );
+    assert!(
+        s.ctx.store.get_pin("nfy").await.unwrap().is_none(),
+        "no pin"
+    );
+    assert!(s
+        .ctx
+        .store
+        .list_rollouts(Some("nfy"), 10)
+        .await
+        .unwrap()
+        .is_empty());
+    for rec in s
+        .ctx
+        .store
+        .list_runtimes(&Default::default())
+        .await
+        .unwrap()
+    {
+        assert_eq!(
+            rec.image_digest.as_deref(),
+            Some(digest(1).as_str()),
+            "{}",
+            rec.id
+        );
     }
     assert_one_container_each(&w, &s, "notify").await;
 }
@@ -126,13 +164,23 @@ async fn halted_on_a_bad_release(w: &World) -> Arc<Services> {
     s.rollouts.settle().await;
     let rollouts = s.ctx.store.list_rollouts(Some("trk"), 10).await.unwrap();
     assert_eq!(rollouts[0].state, RolloutState::Halted);
-    assert!(s.ctx.store.is_rejected("trk", digest(2).as_str()).await.unwrap());
+    assert!(s
+        .ctx
+        .store
+        .is_rejected("trk", digest(2).as_str())
+        .await
+        .unwrap());
     w.probe.script("http://", Answer::Healthy);
     s
 }
 
 async fn rollouts(s: &Services) -> usize {
-    s.ctx.store.list_rollouts(Some("trk"), 10).await.unwrap().len()
+    s.ctx
+        .store
+        .list_rollouts(Some("trk"), 10)
+        .await
+        .unwrap()
+        .len()
 }
 
 async fn pin(s: &Services) -> Digest {
@@ -145,7 +193,10 @@ async fn a_rejected_digest_is_not_offered_again_until_the_tag_moves() {
     let s = halted_on_a_bad_release(&w).await;
     for _ in 0..3 {
         let report = s.watcher.tick().await.unwrap();
-        assert!(report.tracked.is_empty() && report.notified.is_empty(), "{report:?}");
+        assert!(
+            report.tracked.is_empty() && report.notified.is_empty(),
+            "{report:?}"
+        );
         s.rollouts.settle().await;
     }
     assert_eq!(rollouts(&s).await, 1, "no second try of digest 2");
@@ -161,12 +212,26 @@ async fn a_rejected_digest_is_not_offered_again_until_the_tag_moves() {
     // Back to the rejected one: still refused, nothing changes.
     w.publish("stable", &digest(2));
     let report = s.watcher.tick().await.unwrap();
-    assert!(report.tracked.is_empty() && report.notified.is_empty(), "{report:?}");
+    assert!(
+        report.tracked.is_empty() && report.notified.is_empty(),
+        "{report:?}"
+    );
     s.rollouts.settle().await;
     assert_eq!(rollouts(&s).await, 2);
     assert_eq!(pin(&s).await, digest(3));
-    for rec in s.ctx.store.list_runtimes(&Default::default()).await.unwrap() {
-        assert_eq!(rec.image_digest.as_deref(), Some(digest(3).as_str()), "{}", rec.id);
+    for rec in s
+        .ctx
+        .store
+        .list_runtimes(&Default::default())
+        .await
+        .unwrap()
+    {
+        assert_eq!(
+            rec.image_digest.as_deref(),
+            Some(digest(3).as_str()),
+            "{}",
+            rec.id
+        );
     }
     assert_one_container_each(&w, &s, "after the rejected digest came back").await;
 }
@@ -179,7 +244,10 @@ async fn a_failing_repository_does_not_stop_the_others() {
     let s = w.boot();
     put_template(&s, "mine", watched(REPO, "stable", "notify")).await;
     put_template(&s, "theirs", watched(OTHER, "stable", "notify")).await;
-    assert_eq!(sorted(s.watcher.tick().await.unwrap().seeded), ["mine", "theirs"]);
+    assert_eq!(
+        sorted(s.watcher.tick().await.unwrap().seeded),
+        ["mine", "theirs"]
+    );
 
     push(&w, &repo(), "stable", &digest(2));
     push(&w, &other(), "stable", &digest(2));
