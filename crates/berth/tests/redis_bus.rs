@@ -79,6 +79,10 @@ fn ids(entries: &[StreamEntry]) -> Vec<String> {
 
 const SHORT: Duration = Duration::from_millis(100);
 
+/// Far beyond any deadline of the bus: a call still running after this
+/// hangs. A bound on hangs, not a timing assertion.
+const HANG: Duration = Duration::from_secs(60);
+
 #[tokio::test]
 async fn values_that_are_not_utf8_are_read_back_lossily() {
     let bus = bus().await;
@@ -238,16 +242,11 @@ async fn redis_errors_are_typed_by_their_code() {
 }
 
 #[tokio::test]
-async fn unreachable_redis_is_unavailable_quickly_without_the_password() {
-    let started = Instant::now();
-    let err = RedisBus::connect("redis://user:s3cret@127.0.0.1:1")
+async fn unreachable_redis_is_unavailable_without_the_password() {
+    let err = tokio::time::timeout(HANG, RedisBus::connect("redis://user:s3cret@127.0.0.1:1"))
         .await
+        .expect("a refused connection ends the connect")
         .expect_err("nothing listens on port 1");
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "{:?}",
-        started.elapsed()
-    );
     match err {
         BusError::Unavailable(msg) => {
             assert!(msg.contains("127.0.0.1:1"), "{msg}");
@@ -385,15 +384,14 @@ async fn bus_recovers_after_redis_restarts() {
         1
     );
 
-    // Down: commands fail as Unavailable, promptly.
+    // Down: commands fail as Unavailable (within their deadline; the
+    // bound only catches a hang).
     server.down();
-    let started = Instant::now();
-    let err = bus
-        .publish(jobs, &fields(&[("n", "2")]))
+    let err = tokio::time::timeout(HANG, bus.publish(jobs, &fields(&[("n", "2")])))
         .await
+        .expect("a publish to a stopped server ends")
         .expect_err("server is down");
     assert!(matches!(err, BusError::Unavailable(_)), "{err:?}");
-    assert!(started.elapsed() < Duration::from_secs(6));
 
     // Up again (empty: no persistence). The manager reconnects; the stale
     // pooled read connection is replaced without an error reaching the caller.
@@ -409,25 +407,26 @@ async fn bus_recovers_after_redis_restarts() {
         .expect("first read after restart");
     assert_eq!(ids(&got), vec![id]);
 
-    // A read blocked while the server goes away fails fast, not after its block.
+    // A read blocked while the server goes away fails with it, not after
+    // its block: blocked for an hour, a read that is not cut off would
+    // outlast the hang bound.
     let reader = {
         let bus = Arc::clone(&bus);
         tokio::spawn(async move {
-            let started = Instant::now();
-            let result = bus
-                .read_group(&[jobs], "g", "c", 10, Duration::from_secs(5))
-                .await;
-            (result, started.elapsed())
+            bus.read_group(&[jobs], "g", "c", 10, Duration::from_secs(3600))
+                .await
         })
     };
     server.until_blocked_clients(1).await;
     server.down();
-    let (result, waited) = reader.await.expect("reader");
+    let result = tokio::time::timeout(HANG, reader)
+        .await
+        .expect("the blocked read ends when its server goes away")
+        .expect("reader");
     assert!(
         matches!(result, Err(BusError::Unavailable(_))),
         "{result:?}"
     );
-    assert!(waited < Duration::from_secs(3), "{waited:?}");
     let err = bus
         .read_group(&[jobs], "g", "c", 10, SHORT)
         .await

@@ -3,7 +3,7 @@
 //! Runs at start-up, every `reconcile_interval`, after every events
 //! reconnect, when the events listener asks, and on demand.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,6 +18,7 @@ use berth_core::reconcile::{
 };
 use berth_core::runtime::RuntimeRecord;
 use berth_core::status::{next_status, LifecycleEvent, RuntimeStatus};
+use berth_core::template::RestartPolicy;
 use berth_core::ErrorCode;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -135,16 +136,25 @@ impl Reconciler {
             });
         }
         let in_flight = self.runtimes.busy_ids();
-        let running_records: HashMap<&str, &RuntimeRecord> = records
+        // The list does not carry exit codes; inspect the few that matter:
+        // a running record's container (its exit is recorded) and an exited
+        // one under `on-failure` (its code decides the restart; unknown
+        // counts as a failure).
+        let exit_code_matters: HashSet<&str> = records
             .iter()
-            .filter(|r| r.status == RuntimeStatus::Running)
-            .filter_map(|r| r.container_id.as_deref().map(|c| (c, r)))
+            .filter(|r| match r.status {
+                RuntimeStatus::Running => true,
+                RuntimeStatus::Exited => policies
+                    .get(&r.template)
+                    .is_some_and(|p| p.restart == RestartPolicy::OnFailure),
+                _ => false,
+            })
+            .filter_map(|r| r.container_id.as_deref())
             .collect();
         let mut observed = Vec::with_capacity(containers.len());
         for c in containers {
             let mut exit_code = c.exit_code;
-            // The list does not carry exit codes; inspect the few that matter.
-            if !c.running && exit_code.is_none() && running_records.contains_key(c.id.as_str()) {
+            if !c.running && exit_code.is_none() && exit_code_matters.contains(c.id.as_str()) {
                 if let Ok(Some(info)) = ctx.engine.inspect_container(&c.id).await {
                     exit_code = info.exit_code;
                 }

@@ -9,12 +9,14 @@ use std::time::Duration;
 use berth::fakes::probe::Answer;
 use berth::fakes::{FakeClock, FakeEngine, FakeProbe, FakeRefResolver, FakeRegistry, FakeStore};
 use berth::metrics::Metrics;
-use berth::ports::Engine;
+use berth::ports::engine::ContainerInfo;
+use berth::ports::{Engine, OperationFilter};
 use berth::services::lifecycle::StartRequest;
 use berth::services::{Caller, Context, Services, Settings};
 use berth::template_doc::TemplateDoc;
+use berth_core::event::Notification;
 use berth_core::image::{Digest, Repository};
-use berth_core::operation::Source;
+use berth_core::operation::{Operation, Source};
 use serde_json::json;
 
 pub const OWNER: &str = "bt-fake";
@@ -177,4 +179,48 @@ pub async fn assert_one_container_each(w: &World, s: &Services, case: &str) {
         );
         assert!(mine[0].running, "{case}: {} runs", rec.id);
     }
+}
+
+pub fn start_request(id: &str, template: &str) -> StartRequest {
+    StartRequest {
+        id: id.to_string(),
+        template: template.to_string(),
+        env: BTreeMap::new(),
+    }
+}
+
+/// The runtime's operation log, newest first.
+pub async fn operations_of(s: &Services, runtime_id: &str) -> Vec<Operation> {
+    s.ctx
+        .store
+        .list_operations(&OperationFilter {
+            runtime_id: Some(runtime_id.to_string()),
+            kind: None,
+            limit: 1000,
+        })
+        .await
+        .unwrap()
+}
+
+/// The notifications of one type, newest first.
+pub async fn notifications_of(s: &Services, notification_type: &str) -> Vec<Notification> {
+    s.ctx
+        .store
+        .list_notifications(1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|n| n.notification_type == notification_type)
+        .collect()
+}
+
+/// The containers (of this owner) labelled with `runtime_id`.
+pub async fn containers_of(w: &World, runtime_id: &str) -> Vec<ContainerInfo> {
+    w.engine
+        .list_containers()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|c| c.labels.get("io.berth.runtime_id").map(String::as_str) == Some(runtime_id))
+        .collect()
 }
