@@ -462,3 +462,118 @@ async fn bad_sources_and_refs_are_refused_before_git_runs() {
     );
     t.shutdown().await;
 }
+
+/// A bulk apply across a template's runtimes is a rollout: a runtime that
+/// fails its health gate after the update is restored to its previous
+/// commit and the rollout halts; resumed once the runtime is healthy, it
+/// finishes and every runtime runs the new commit.
+#[tokio::test]
+async fn a_bulk_apply_halts_on_an_unhealthy_runtime_restores_it_and_resumes() {
+    let up = Upstream::new();
+    let v1 = up.commit("v1.0.0");
+    up.tag("v1.0.0", true);
+    let t = berth().await;
+    t.put_template(
+        "gated",
+        json!({"image": test_image(), "tag": "v1", "port": 8080, "stop_grace": "1s",
+               "health": {"path": "/healthz", "interval": "200ms", "timeout": "1s", "grace": "3s"},
+               "rollout": {"batch_size": 1, "max_failures": 1}}),
+    )
+    .await;
+    let mut cids = Vec::new();
+    for id in ["ga", "gb"] {
+        let (status, rt) = t.start_runtime(id, "gated").await;
+        assert_eq!(status, StatusCode::CREATED, "{rt}");
+        cids.push(rt["container_id"].as_str().unwrap().to_string());
+        let (status, p) = install(&t, id, "skills", &up.source(), "tag:latest").await;
+        assert_eq!(status, StatusCode::CREATED, "{p}");
+        assert_eq!(p["installed_sha"], v1.as_str());
+    }
+    // ga goes bad: its health path disappears (in the container's own layer,
+    // so a restart keeps it gone).
+    let (ok, out) = exec(&cids[0], "rm /www/healthz");
+    assert!(ok, "{out}");
+    let v2 = up.commit("v1.1.0");
+    up.tag("v1.1.0", false);
+
+    let (status, rollout) = t
+        .post(
+            "/v1/plugin-updates/apply",
+            json!({"template": "gated", "plugin": "skills"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{rollout}");
+    assert_eq!(rollout["plugin"], "skills");
+    assert_eq!(rollout["to_digest"], v2.as_str());
+    let id = rollout["id"].as_str().unwrap().to_string();
+    let done = |until: &'static [&'static str]| {
+        let t = &t;
+        let id = id.clone();
+        async move {
+            eventually("the plugin rollout to stop", async || {
+                let (_, r) = t.get(&format!("/v1/rollouts/{id}")).await;
+                until
+                    .contains(&r["state"].as_str().unwrap_or(""))
+                    .then_some(r)
+            })
+            .await
+        }
+    };
+    let halted = done(&["halted", "completed"]).await;
+    assert_eq!(halted["state"], "halted", "{halted}");
+    let targets = halted["targets"].as_array().unwrap();
+    let state_of =
+        |rid: &str| targets.iter().find(|x| x["runtime_id"] == rid).unwrap()["state"].clone();
+    assert_eq!(state_of("ga"), "failed", "{halted}");
+    assert_eq!(
+        state_of("gb"),
+        "pending",
+        "the halt came before gb: {halted}"
+    );
+    // ga is back on v1: its row, its files, and it runs.
+    let (_, list) = t.get("/v1/runtimes/ga/plugins").await;
+    assert_eq!(list["plugins"][0]["installed_sha"], v1.as_str(), "{list}");
+    assert_eq!(
+        list["plugins"][0]["last_error"]["code"], "health_check_failed",
+        "{list}"
+    );
+    let (ok, out) = exec(&cids[0], "cat /plugins/skills/README");
+    assert!(ok);
+    assert_eq!(out, "v1.0.0");
+    let (_, ga) = t.get("/v1/runtimes/ga").await;
+    assert_eq!(ga["status"], "running", "{ga}");
+    let (_, notes) = t.get("/v1/notifications").await;
+    assert!(notes["notifications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|n| n["notification_type"] == "rollout.halted" && n["payload"]["plugin"] == "skills"));
+
+    // Healthy again; resume retries ga and goes on to gb.
+    let (ok, out) = exec(&cids[0], "echo ok > /www/healthz");
+    assert!(ok, "{out}");
+    let (status, r) = t
+        .post(&format!("/v1/rollouts/{id}/resume"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{r}");
+    let finished = done(&["completed", "halted"]).await;
+    assert_eq!(finished["state"], "completed", "{finished}");
+    for (rid, cid) in [("ga", &cids[0]), ("gb", &cids[1])] {
+        let (_, list) = t.get(&format!("/v1/runtimes/{rid}/plugins")).await;
+        assert_eq!(
+            list["plugins"][0]["installed_sha"],
+            v2.as_str(),
+            "{rid}: {list}"
+        );
+        let (ok, out) = exec(cid, "cat /plugins/skills/README");
+        assert!(ok);
+        assert_eq!(out, "v1.1.0", "{rid}");
+    }
+    let applies = t.operations("runtime=ga&kind=plugin_apply").await;
+    let outcomes: Vec<&str> = applies
+        .iter()
+        .map(|o| o["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, ["success", "failure"], "{applies:?}");
+    t.shutdown().await;
+}

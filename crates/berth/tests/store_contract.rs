@@ -305,6 +305,7 @@ contract!(
         plugin_updates_one_pending_per_runtime_and_plugin,
         plugin_updates_filters_newest_first,
         concurrent_sweeps_queue_one_pending_update,
+        plugin_rollouts_keep_their_plugin,
     ],
     sql only: [
         corrupt_rows_are_reported,
@@ -510,6 +511,7 @@ fn rollout(id: &str, template: &str, state: RolloutState, at: i64) -> RolloutRow
         message: None,
         created_at_ms: at,
         updated_at_ms: at,
+        plugin: None,
     }
 }
 
@@ -794,6 +796,21 @@ mod cases {
         assert_eq!(ids(s.list_plugin_updates(&tools).await.unwrap()), ["u3"]);
         let one = PluginUpdateFilter { limit: 1, ..all };
         assert_eq!(ids(s.list_plugin_updates(&one).await.unwrap()), ["u3"]);
+    }
+
+    pub async fn plugin_rollouts_keep_their_plugin(ctx: Ctx) {
+        let s = ctx.store.as_ref();
+        let mut r = rollout("rp", "t", RolloutState::Running, 1);
+        r.plugin = Some("skills".to_string());
+        r.from_digest = None;
+        r.revert_pin = false;
+        r.to_digest = "b".repeat(40);
+        save_rollout(s, &r, &[target("r1", 0, TargetState::Pending, 1)]).await;
+        let (got, targets) = s.get_rollout("rp").await.unwrap().unwrap();
+        assert_eq!(got, r);
+        assert_eq!(targets.len(), 1);
+        assert_eq!(s.list_rollouts(None, 10).await.unwrap(), vec![r.clone()]);
+        assert_eq!(s.active_rollouts().await.unwrap(), vec![r]);
     }
 
     /// Two sweeps that both saw no pending update race to queue one: the
@@ -3317,7 +3334,7 @@ async fn connect_opens_sqlite_urls_and_refuses_unknown_schemes() {
     // Reopening finds the data and migrates nothing twice.
     let again = SqliteStore::open(&file).await.unwrap();
     assert!(again.get_template("t").await.unwrap().is_some());
-    assert_eq!(again.schema_versions().await.unwrap(), [1, 2, 3, 4]);
+    assert_eq!(again.schema_versions().await.unwrap(), [1, 2, 3, 4, 5]);
 
     let mem = store::connect("sqlite::memory:", dir.path()).await.unwrap();
     mem.put_template(
@@ -3371,7 +3388,7 @@ async fn sqlite_migrates_down_and_up_again() {
     .await
     .unwrap();
 
-    // Down to 2: 0004's and 0003's tables go, older data stays.
+    // Down to 2: what 0005, 0004 and 0003 added goes, older data stays.
     s.migrate_down_to(2).await.unwrap();
     assert_eq!(s.schema_versions().await.unwrap(), [1, 2]);
     assert!(s.get_rollout("ro").await.is_err(), "the rollouts are gone");
@@ -3379,7 +3396,7 @@ async fn sqlite_migrates_down_and_up_again() {
     assert_eq!(s.outbox_pending(10).await.unwrap().len(), 1);
     s.close().await;
     let s = SqliteStore::open(&file).await.unwrap();
-    assert_eq!(s.schema_versions().await.unwrap(), [1, 2, 3, 4]);
+    assert_eq!(s.schema_versions().await.unwrap(), [1, 2, 3, 4, 5]);
     assert_eq!(s.get_rollout("ro").await.unwrap(), None);
     assert!(s.list_rollouts(None, 10).await.unwrap().is_empty());
 
@@ -3390,7 +3407,7 @@ async fn sqlite_migrates_down_and_up_again() {
     assert!(s.get_template("t").await.unwrap().is_some());
     s.close().await;
     let s = SqliteStore::open(&file).await.unwrap();
-    assert_eq!(s.schema_versions().await.unwrap(), [1, 2, 3, 4]);
+    assert_eq!(s.schema_versions().await.unwrap(), [1, 2, 3, 4, 5]);
     assert!(s.outbox_pending(10).await.unwrap().is_empty());
     assert!(s.get_template("t").await.unwrap().is_some());
 
@@ -3399,7 +3416,7 @@ async fn sqlite_migrates_down_and_up_again() {
     assert!(s.list_templates().await.is_err(), "the tables are gone");
     s.close().await;
     let s = SqliteStore::open(&file).await.unwrap();
-    assert_eq!(s.schema_versions().await.unwrap(), [1, 2, 3, 4]);
+    assert_eq!(s.schema_versions().await.unwrap(), [1, 2, 3, 4, 5]);
     assert!(s.list_templates().await.unwrap().is_empty());
     assert!(s.outbox_pending(10).await.unwrap().is_empty());
 }
@@ -3437,12 +3454,12 @@ async fn postgres_connect_by_url() {
         }
         let s = PostgresStore::connect(&url).await.unwrap();
         assert_eq!(op_count(&s).await, 2, "both URLs reached the same database");
-        assert_eq!(s.schema_versions().await.unwrap(), [1, 2, 3, 4]);
+        assert_eq!(s.schema_versions().await.unwrap(), [1, 2, 3, 4, 5]);
         s.migrate_down_to(0).await.unwrap();
         assert!(s.list_templates().await.is_err(), "the tables are gone");
         s.close().await;
         let s = PostgresStore::connect(&url).await.unwrap();
-        assert_eq!(s.schema_versions().await.unwrap(), [1, 2, 3, 4]);
+        assert_eq!(s.schema_versions().await.unwrap(), [1, 2, 3, 4, 5]);
         assert_eq!(op_count(&s).await, 0);
         s.close().await;
     })

@@ -2,8 +2,8 @@
 //! installed into runtimes from git, and the queue of their updates.
 
 use crate::http::dto::{
-    InstallPluginRequest, PluginList, PluginUpdateList, PluginUpdateView, PluginView,
-    SweepReportView,
+    BulkApplyRequest, InstallPluginRequest, PluginList, PluginUpdateList, PluginUpdateView,
+    PluginView, RolloutView, SweepReportView,
 };
 
 use super::client::CliError;
@@ -68,6 +68,16 @@ pub enum PluginUpdateCommand {
     Apply {
         #[arg(value_parser = parse_path_segment)]
         id: String,
+    },
+    /// Apply one plugin's newest commit across a template's running
+    /// runtimes as a health-gated rollout (follow it with `berth rollout watch`)
+    ApplyAll {
+        /// Template whose runtimes to update
+        #[arg(long)]
+        template: String,
+        /// Plugin name
+        #[arg(long)]
+        plugin: String,
     },
     /// Dismiss an update: it is not offered again for the same move
     Dismiss {
@@ -214,6 +224,23 @@ pub(super) async fn plugin_update(ctx: &Ctx, command: PluginUpdateCommand) -> Re
                 .post::<serde_json::Value>(&["v1", "plugin-updates", &id, "apply"], None)
                 .await?;
             show(ctx, &answer, |u: PluginUpdateView| update_fields(&u))
+        }
+        PluginUpdateCommand::ApplyAll { template, plugin } => {
+            let body = BulkApplyRequest { template, plugin };
+            let answer = ctx
+                .client
+                .post(&["v1", "plugin-updates", "apply"], Some(&body))
+                .await?;
+            show(ctx, &answer, |r: RolloutView| {
+                format!(
+                    "rollout {} of plugin {} to {} started ({} runtime(s) per batch); follow it with: berth rollout watch {}\n",
+                    r.id,
+                    r.plugin.as_deref().unwrap_or("-"),
+                    r.to_digest,
+                    r.batch_size,
+                    r.id
+                )
+            })
         }
         PluginUpdateCommand::Dismiss { id } => {
             let answer = ctx

@@ -380,6 +380,7 @@ mod tests {
             message: None,
             created_at: 0,
             updated_at: 1_700_000_000_000,
+            plugin: None,
             progress: Some(RolloutProgress {
                 total: 4,
                 updated: 1,

@@ -390,6 +390,9 @@ pub struct RolloutView {
     pub message: Option<String>,
     pub created_at: i64,
     pub updated_at: i64,
+    /// Set for a plugin rollout (`to_digest` is then the commit it installs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plugin: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<RolloutProgress>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -425,6 +428,7 @@ impl RolloutView {
             message: r.message,
             created_at: r.created_at_ms,
             updated_at: r.updated_at_ms,
+            plugin: r.plugin,
             progress,
             targets: targets.map(|ts| {
                 ts.into_iter()
@@ -622,4 +626,13 @@ impl From<crate::services::plugins::SweepReport> for SweepReportView {
                 .collect(),
         }
     }
+}
+
+/// `POST /v1/plugin-updates/apply`: one plugin's update across a template's
+/// running runtimes, as a health-gated rollout.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BulkApplyRequest {
+    pub template: String,
+    pub plugin: String,
 }

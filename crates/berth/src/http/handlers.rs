@@ -617,3 +617,28 @@ pub async fn sweep_plugins(State(state): State<AppState>) -> ApiResult<Json<Swee
         .await?;
     Ok(Json(report.into()))
 }
+
+#[utoipa::path(post, path = "/v1/plugin-updates/apply", tag = "plugins", request_body = BulkApplyRequest,
+    responses((status = 202, description = "a rollout applying the plugin's newest commit in health-gated batches; a runtime that fails its gate is restored to its previous commit", body = RolloutView),
+              (status = 400, body = ErrorBody),
+              (status = 404, description = "template_not_found, plugin_not_found or ref_not_found", body = ErrorBody),
+              (status = 409, description = "the runtimes install the plugin from different sources or tracks", body = ErrorBody),
+              (status = 502, description = "git_failed", body = ErrorBody)))]
+pub async fn bulk_apply_plugin(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiJson(req): ApiJson<BulkApplyRequest>,
+) -> ApiResult<(StatusCode, Json<RolloutView>)> {
+    let caller = caller(&headers);
+    berth_core::id::validate_template_name(&req.template)?;
+    let services = state.services.clone();
+    let row = state
+        .run(async move {
+            services
+                .rollouts
+                .start_plugin(&req.template, &req.plugin, &caller)
+                .await
+        })
+        .await?;
+    Ok((StatusCode::ACCEPTED, Json(RolloutView::from_row(row, None))))
+}

@@ -209,6 +209,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/runtimes/{id}/plugins/{name}", delete(uninstall_plugin))
         .route("/plugin-updates", get(list_plugin_updates))
+        .route("/plugin-updates/apply", post(bulk_apply_plugin))
         .route("/plugin-updates/{id}/apply", post(apply_plugin_update))
         .route("/plugin-updates/{id}/dismiss", post(dismiss_plugin_update))
         .route("/admin/plugins/sweep", post(sweep_plugins))

@@ -24,7 +24,7 @@ use crate::template_doc::{
         handlers::pause_rollout, handlers::resume_rollout, handlers::abort_rollout,
         handlers::install_plugin, handlers::list_plugins, handlers::uninstall_plugin,
         handlers::list_plugin_updates, handlers::apply_plugin_update, handlers::dismiss_plugin_update,
-        handlers::sweep_plugins,
+        handlers::sweep_plugins, handlers::bulk_apply_plugin,
     ),
     components(schemas(
         ErrorBody, ErrorDetail, Health, TemplateDoc, HealthDoc, RolloutDoc, UpdatePolicyDoc, RestartDoc,
@@ -33,7 +33,7 @@ use crate::template_doc::{
         HealthEventView, HealthEventList, NotificationView, NotificationList, FailedAction, ReconcileReportView,
         RefreshRequest, RefreshResponse, TemplateFailure, WatchReportView, RolloutTargetView, RolloutProgress,
         RolloutView, RolloutList, StatusView, InstallPluginRequest, PluginView, PluginList,
-        PluginUpdateView, PluginUpdateList, SweepFailure, SweepReportView,
+        PluginUpdateView, PluginUpdateList, SweepFailure, SweepReportView, BulkApplyRequest,
     )),
     modifiers(&BearerAuth),
     security(("bearer" = [])),

@@ -244,6 +244,9 @@ pub struct RolloutRow {
     pub message: Option<String>,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
+    /// A plugin rollout applies this plugin's update (and `to_digest` is
+    /// the commit); `None` for a rollout of an image digest.
+    pub plugin: Option<String>,
 }
 
 /// One runtime's place and progress in a rollout; keyed by the rollout id

@@ -244,10 +244,12 @@ impl Services {
         let runtimes = Arc::new(lifecycle::LifecycleService::new(ctx.clone()));
         let reconciler = Arc::new(reconciler::Reconciler::new(ctx.clone(), runtimes.clone()));
         let pins = Arc::new(pins::PinService::new(ctx.clone()));
+        let plugins = Arc::new(plugins::PluginService::new(ctx.clone(), runtimes.clone()));
         let rollouts = Arc::new(rollouts::RolloutService::new(
             ctx.clone(),
             runtimes.clone(),
             pins.clone(),
+            plugins.clone(),
         ));
         let refresh = Arc::new(refresh::RefreshService::new(ctx.clone(), runtimes.clone()));
         Arc::new(Services {
@@ -259,7 +261,7 @@ impl Services {
                 rollouts.clone(),
                 refresh.clone(),
             )),
-            plugins: Arc::new(plugins::PluginService::new(ctx.clone(), runtimes.clone())),
+            plugins,
             refresh,
             rollouts,
             pins,

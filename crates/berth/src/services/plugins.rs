@@ -231,6 +231,21 @@ impl PluginService {
         source: &PluginSource,
         sha: &CommitSha,
     ) -> Result<()> {
+        if let Some(old) = self.swap_in(runtime_id, name, source, sha).await? {
+            remove_tree(&old).await;
+        }
+        Ok(())
+    }
+
+    /// Fetches `sha` and renames it into place; returns where the version
+    /// it replaced was moved aside (`.old-…`), if there was one.
+    async fn swap_in(
+        &self,
+        runtime_id: &str,
+        name: &PluginName,
+        source: &PluginSource,
+        sha: &CommitSha,
+    ) -> Result<Option<PathBuf>> {
         let dir = self.ctx.settings.plugins_dir(runtime_id);
         tokio::fs::create_dir_all(&dir)
             .await
@@ -252,10 +267,187 @@ impl PluginService {
             .await
             .map_err(|e| io_error(e, "move into place", &target))?;
         sync_dir(&dir).await?;
-        if replaced {
-            remove_tree(&old).await;
+        Ok(replaced.then_some(old))
+    }
+
+    /// Puts the version moved aside by [`PluginService::swap_in`] back.
+    async fn swap_back(
+        &self,
+        runtime_id: &str,
+        name: &PluginName,
+        old: Option<&Path>,
+    ) -> Result<()> {
+        let dir = self.ctx.settings.plugins_dir(runtime_id);
+        let target = dir.join(name.as_str());
+        let failed = dir.join(format!(
+            ".incoming-{name}-{}",
+            &uuid::Uuid::now_v7().simple().to_string()[20..]
+        ));
+        tokio::fs::rename(&target, &failed)
+            .await
+            .map_err(|e| io_error(e, "move aside", &target))?;
+        if let Some(old) = old {
+            tokio::fs::rename(old, &target)
+                .await
+                .map_err(|e| io_error(e, "restore", &target))?;
         }
+        sync_dir(&dir).await?;
+        remove_tree(&failed).await;
         Ok(())
+    }
+
+    /// The commit `plugin` of `template`'s runtimes would be updated to:
+    /// they must all install it from one source and track.
+    pub async fn upstream_for_template(&self, template: &str, plugin: &str) -> Result<CommitSha> {
+        let name = PluginName::parse(plugin)?;
+        let runtimes: std::collections::BTreeSet<String> = self
+            .ctx
+            .store
+            .list_runtimes(&crate::ports::RuntimeFilter {
+                template: Some(template.to_string()),
+                status: None,
+            })
+            .await?
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        let installs: Vec<PluginRecord> = self
+            .ctx
+            .store
+            .list_plugins(None)
+            .await?
+            .into_iter()
+            .filter(|p| p.name == name.as_str() && runtimes.contains(&p.runtime_id))
+            .collect();
+        let Some(first) = installs.first() else {
+            return Err(Error::new(
+                ErrorCode::PluginNotFound,
+                format!("no runtime of template {template:?} has plugin {plugin:?}"),
+            ));
+        };
+        if let Some(other) = installs
+            .iter()
+            .find(|p| p.source != first.source || p.track != first.track)
+        {
+            return Err(Error::new(
+                ErrorCode::Conflict,
+                format!(
+                    "runtimes of template {template:?} install {plugin:?} from different sources or tracks ({} at {} on {:?}, {} at {} on {:?}); apply them one by one",
+                    first.source, first.track, first.runtime_id, other.source, other.track, other.runtime_id
+                ),
+            ));
+        }
+        let (source, track) = decode(first)?;
+        self.ctx.settings.plugins.policy.check(&source)?;
+        self.resolve(&source, &track).await
+    }
+
+    /// One runtime of a plugin rollout: installs `to_sha`, restarts the
+    /// runtime and waits for its health gate; on failure the previous
+    /// commit is put back and the runtime restarted on it. The plugin row,
+    /// its pending update (applied) and the operation are one commit.
+    pub async fn apply_gated(
+        &self,
+        runtime_id: &str,
+        plugin: &str,
+        to_sha: &str,
+        caller: &Caller,
+    ) -> Result<()> {
+        let name = PluginName::parse(plugin)?;
+        let to = CommitSha::parse(to_sha)?;
+        let _guard = self.runtimes.lock(runtime_id).await;
+        let rec = self.runtime(runtime_id).await?;
+        let Some(mut row) = self.ctx.store.get_plugin(runtime_id, name.as_str()).await? else {
+            return Err(plugin_not_found(runtime_id, name.as_str()));
+        };
+        let (source, _) = decode(&row)?;
+        let template = self
+            .ctx
+            .store
+            .get_template(&rec.template)
+            .await?
+            .ok_or_else(|| Error::template_not_found(&rec.template))?;
+        let mut op = self
+            .ctx
+            .begin_op(OperationKind::PluginApply, caller)
+            .for_runtime(&rec.id, &rec.template)
+            .detail("plugin", name.as_str())
+            .detail("from_sha", row.installed_sha.clone().unwrap_or_default())
+            .detail("to_sha", to.as_str())
+            .detail("gated", "true");
+        self.ctx.record(None, &op).await?;
+        let old = match self.swap_in(&rec.id, &name, &source, &to).await {
+            Ok(old) => old,
+            Err(e) => {
+                op.fail(e.code.as_str(), &e.message, self.ctx.now_ms());
+                self.ctx.record(None, &op).await?;
+                return Err(e);
+            }
+        };
+        let gated = async {
+            let restarted = self
+                .runtimes
+                .restart_locked(&rec.id, caller, OperationKind::Restart, Effects::default())
+                .await?;
+            let cid = restarted.container_id.clone().unwrap_or_default();
+            self.runtimes.health_gate(&template, &cid).await
+        }
+        .await;
+        let now = self.ctx.now_ms();
+        if let Err(e) = gated {
+            // Restore: the previous commit, and the runtime running it.
+            self.swap_back(&rec.id, &name, old.as_deref()).await?;
+            let restored = self
+                .runtimes
+                .restart_locked(&rec.id, caller, OperationKind::Restart, Effects::default())
+                .await;
+            op = op.detail("restored", restored.is_ok().to_string());
+            op.fail(e.code.as_str(), &e.message, now);
+            row.last_error = Some(LastError {
+                code: e.code.as_str().to_string(),
+                message: e.message.clone(),
+            });
+            self.ctx
+                .commit_change(
+                    Change {
+                        plugin: Some(PluginChange::Put(&row)),
+                        operation: Some(&op),
+                        ..Change::default()
+                    },
+                    &Effects::default(),
+                )
+                .await?;
+            return Err(e);
+        }
+        if let Some(old) = &old {
+            remove_tree(old).await;
+        }
+        row.installed_sha = Some(to.to_string());
+        row.installed_at_ms = Some(now);
+        row.last_error = None;
+        let applied = self
+            .ctx
+            .store
+            .pending_plugin_update(&rec.id, name.as_str())
+            .await?
+            .map(|mut u| {
+                u.status = UpdateStatus::Applied;
+                u.to_sha = to.to_string();
+                u.updated_at_ms = now;
+                u
+            });
+        op.succeed(now);
+        self.ctx
+            .commit_change(
+                Change {
+                    plugin: Some(PluginChange::Put(&row)),
+                    plugin_update: applied.as_ref(),
+                    operation: Some(&op),
+                    ..Change::default()
+                },
+                &Effects::default(),
+            )
+            .await
     }
 
     /// Installs a plugin (`(plugin, true)`), or answers the installed one

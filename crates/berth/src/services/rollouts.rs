@@ -17,6 +17,7 @@ use tokio_util::task::TaskTracker;
 
 use super::lifecycle::LifecycleService;
 use super::pins::PinService;
+use super::plugins::PluginService;
 use super::{Caller, Context, Effects};
 use crate::error::{Error, Result};
 use crate::ports::store::{Change, RejectionChange, RolloutChange, RolloutRow, RolloutTarget};
@@ -29,16 +30,23 @@ pub struct RolloutService {
     ctx: Arc<Context>,
     runtimes: Arc<LifecycleService>,
     pins: Arc<PinService>,
+    plugins: Arc<PluginService>,
     tasks: TaskTracker,
     cancel: CancellationToken,
 }
 
 impl RolloutService {
-    pub fn new(ctx: Arc<Context>, runtimes: Arc<LifecycleService>, pins: Arc<PinService>) -> Self {
+    pub fn new(
+        ctx: Arc<Context>,
+        runtimes: Arc<LifecycleService>,
+        pins: Arc<PinService>,
+        plugins: Arc<PluginService>,
+    ) -> Self {
         RolloutService {
             ctx,
             runtimes,
             pins,
+            plugins,
             tasks: TaskTracker::new(),
             cancel: CancellationToken::new(),
         }
@@ -108,6 +116,7 @@ impl RolloutService {
             message: None,
             created_at_ms: now,
             updated_at_ms: now,
+            plugin: None,
         };
         let targets: Vec<RolloutTarget> = runtimes
             .iter()
@@ -137,6 +146,67 @@ impl RolloutService {
         let (row, targets) = self
             .plan(template, from_digest, to_digest, revert_pin, source)
             .await?;
+        self.save(&row, &targets).await?;
+        self.spawn(row.id.clone());
+        Ok(row)
+    }
+
+    /// Applies `plugin`'s newest commit across `template`'s running
+    /// runtimes that have it installed at another commit: in batches, each
+    /// restart gated on health, a failed one restored to its previous
+    /// commit, halting after `rollout.max_failures`. The track is resolved
+    /// once, so every runtime gets the same commit.
+    pub async fn start_plugin(
+        self: &Arc<Self>,
+        template: &str,
+        plugin: &str,
+        caller: &Caller,
+    ) -> Result<RolloutRow> {
+        let t = self
+            .ctx
+            .store
+            .get_template(template)
+            .await?
+            .ok_or_else(|| Error::template_not_found(template))?;
+        let to_sha = self.plugins.upstream_for_template(template, plugin).await?;
+        let running = self
+            .ctx
+            .store
+            .list_runtimes(&RuntimeFilter {
+                template: Some(template.to_string()),
+                status: Some(RuntimeStatus::Running),
+            })
+            .await?;
+        let mut targets = Vec::new();
+        let now = self.ctx.now_ms();
+        for r in running {
+            let installed = self.ctx.store.get_plugin(&r.id, plugin).await?;
+            if installed.is_some_and(|p| p.installed_sha.as_deref() != Some(to_sha.as_str())) {
+                targets.push(RolloutTarget {
+                    runtime_id: r.id.clone(),
+                    position: targets.len() as u32,
+                    state: TargetState::Pending,
+                    error: None,
+                    updated_at_ms: now,
+                });
+            }
+        }
+        let row = RolloutRow {
+            id: uuid::Uuid::now_v7().to_string(),
+            template: template.to_string(),
+            from_digest: None,
+            to_digest: to_sha.to_string(),
+            state: RolloutState::Running,
+            batch_size: t.rollout.batch_size,
+            max_failures: t.rollout.max_failures,
+            failures: 0,
+            revert_pin: false,
+            source: caller.source,
+            message: None,
+            created_at_ms: now,
+            updated_at_ms: now,
+            plugin: Some(plugin.to_string()),
+        };
         self.save(&row, &targets).await?;
         self.spawn(row.id.clone());
         Ok(row)
@@ -227,12 +297,16 @@ impl RolloutService {
                         .map_or(1, |t| t.rollout.max_unavailable.max(1))
                         as usize;
                     let to = row.to_digest.clone();
+                    let plugin = row.plugin.clone();
                     let outcomes: Vec<(String, Result<TargetOutcome>)> =
                         futures_util::stream::iter(batch)
                             .map(|rid| {
-                                let (to, caller) = (&to, &caller);
+                                let (to, caller, plugin) = (&to, &caller, &plugin);
                                 async move {
-                                    let outcome = self.recreate_target(&rid, to, caller).await;
+                                    let outcome = match plugin {
+                                        Some(p) => self.plugin_target(&rid, p, to, caller).await,
+                                        None => self.recreate_target(&rid, to, caller).await,
+                                    };
                                     (rid, outcome)
                                 }
                             })
@@ -290,6 +364,31 @@ impl RolloutService {
         })
     }
 
+    /// Installs the plugin's commit on one target, health-gated, unless the
+    /// runtime is gone, stopped, lost the plugin or already has it.
+    async fn plugin_target(
+        &self,
+        rid: &str,
+        plugin: &str,
+        to_sha: &str,
+        caller: &Caller,
+    ) -> Result<TargetOutcome> {
+        let runs = matches!(
+            self.ctx.store.get_runtime(rid).await?,
+            Some(r) if r.status == RuntimeStatus::Running
+        );
+        let installed = self.ctx.store.get_plugin(rid, plugin).await?;
+        Ok(match installed {
+            Some(p) if runs && p.installed_sha.as_deref() != Some(to_sha) => {
+                match self.plugins.apply_gated(rid, plugin, to_sha, caller).await {
+                    Ok(()) => (TargetState::Updated, None),
+                    Err(e) => (TargetState::Failed, Some(e.message)),
+                }
+            }
+            _ => (TargetState::Skipped, None),
+        })
+    }
+
     /// Halts the rollout in one commit: the halted state, and under
     /// `track` the rejection of its digest and the pin back to the previous
     /// one, with the `rollout.halted` intent. A crash before that commit
@@ -308,6 +407,9 @@ impl RolloutService {
         ];
         if let Some(from) = &row.from_digest {
             payload.push(("from_digest", from.clone()));
+        }
+        if let Some(plugin) = &row.plugin {
+            payload.push(("plugin", plugin.clone()));
         }
         // Under `track`: back to the previous digest, and do not try this
         // one again until the tag moves or an operator steps in.

@@ -59,12 +59,14 @@ pub(crate) static SQLITE: &[Migration] = &[
     migration!("sqlite", 2, "0002", "events_outbox"),
     migration!("sqlite", 3, "0003", "watch_rollouts"),
     migration!("sqlite", 4, "0004", "plugins"),
+    migration!("sqlite", 5, "0005", "plugin_rollouts"),
 ];
 pub(crate) static POSTGRES: &[Migration] = &[
     migration!("postgres", 1, "0001", "init"),
     migration!("postgres", 2, "0002", "events_outbox"),
     migration!("postgres", 3, "0003", "watch_rollouts"),
     migration!("postgres", 4, "0004", "plugins"),
+    migration!("postgres", 5, "0005", "plugin_rollouts"),
 ];
 
 const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS berth_migrations (\
@@ -289,11 +291,14 @@ mod tests {
         "plugin_updates",
     ];
     /// The tables each migration adds, by version.
-    const BY_VERSION: [(i64, &[&str]); 4] = [
+    /// 0005 adds a column, no table.
+    const TABLES_0005: [&str; 0] = [];
+    const BY_VERSION: [(i64, &[&str]); 5] = [
         (1, &TABLES_0001),
         (2, &TABLES_0002),
         (3, &TABLES_0003),
         (4, &TABLES_0004),
+        (5, &TABLES_0005),
     ];
 
     #[test]

@@ -322,6 +322,7 @@ pub(crate) fn rollout_from_row(row: &impl Columns) -> Result<RolloutRow, StoreEr
         message: row.opt_text(T, "message")?,
         created_at_ms: row.int(T, "created_at_ms")?,
         updated_at_ms: row.int(T, "updated_at_ms")?,
+        plugin: row.opt_text(T, "plugin")?,
     })
 }
 

@@ -230,7 +230,7 @@ macro_rules! observation_cols {
 macro_rules! rollout_cols {
     () => {
         "id, template, from_digest, to_digest, state, batch_size, max_failures, failures, \
-         revert_pin, source, message, created_at_ms, updated_at_ms"
+         revert_pin, source, message, created_at_ms, updated_at_ms, plugin"
     };
 }
 
@@ -260,8 +260,8 @@ pub const DELETE_REJECTION: &str =
 pub const UPSERT_ROLLOUT: &str = concat!(
     "INSERT INTO rollouts (",
     rollout_cols!(),
-    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
-     ON CONFLICT (id) DO UPDATE SET template = excluded.template, \
+    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
+     ON CONFLICT (id) DO UPDATE SET template = excluded.template, plugin = excluded.plugin, \
      from_digest = excluded.from_digest, to_digest = excluded.to_digest, \
      state = excluded.state, batch_size = excluded.batch_size, \
      max_failures = excluded.max_failures, failures = excluded.failures, \
@@ -279,7 +279,7 @@ pub const UPSERT_ROLLOUT_TARGET: &str = "INSERT INTO rollout_targets \
 /// one point in time.
 pub const GET_ROLLOUT: &str = "SELECT r.id, r.template, r.from_digest, r.to_digest, \
      r.state, r.batch_size, r.max_failures, r.failures, r.revert_pin, r.source, r.message, \
-     r.created_at_ms, r.updated_at_ms, t.runtime_id AS target_runtime_id, \
+     r.created_at_ms, r.updated_at_ms, r.plugin, t.runtime_id AS target_runtime_id, \
      t.position AS target_position, t.state AS target_state, t.error AS target_error, \
      t.updated_at_ms AS target_updated_at_ms \
      FROM rollouts r LEFT JOIN rollout_targets t ON t.rollout_id = r.id \

@@ -190,6 +190,7 @@ macro_rules! impl_store {
                     .bind(r.message.as_deref())
                     .bind(r.created_at_ms)
                     .bind(r.updated_at_ms)
+                    .bind(r.plugin.as_deref())
                     .execute(&mut **tx)
                     .await
                     .map_err(db_err)?;

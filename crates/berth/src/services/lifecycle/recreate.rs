@@ -153,7 +153,7 @@ impl LifecycleService {
     /// The health gate on the new container: the service observes (inspect,
     /// and the template's probe when it has one) and waits; core's
     /// [`health_gate::next`] decides.
-    pub(super) async fn health_gate(&self, template: &Template, cid: &str) -> Result<()> {
+    pub(crate) async fn health_gate(&self, template: &Template, cid: &str) -> Result<()> {
         let policy = GatePolicy::of(template);
         let started_ms = self.ctx.now_ms();
         loop {
