@@ -244,11 +244,18 @@ async fn tag_latest_installs_the_highest_release_read_only_and_drift_is_queued()
     let ops = t.operations("runtime=ws-1&kind=plugin_apply").await;
     assert_eq!(ops.len(), 1, "the second apply did nothing: {ops:?}");
 
-    // The plugin survives a recreate.
-    let (status, _) = t
+    // The plugin survives a recreate (the template moves to another image).
+    t.put_app_template("app", "v2").await;
+    let (status, refreshed) = t
         .post("/v1/admin/images/refresh", json!({"recreate": true}))
         .await;
-    assert_eq!(status, StatusCode::OK);
+    assert_eq!(status, StatusCode::OK, "{refreshed}");
+    assert_eq!(refreshed["recreated"], json!(["ws-1"]), "{refreshed}");
+    let cid = t.get("/v1/runtimes/ws-1").await.1["container_id"].as_str().unwrap().to_string();
+    assert_ne!(cid, cid_now, "a new container");
+    let (ok, out) = exec(&cid, "cat /plugins/skills/README");
+    assert!(ok, "{out}");
+    assert_eq!(out, "v1.12.0");
 
     // Uninstall: no row, no directory, nothing in the container.
     let (status, _) = t
@@ -258,8 +265,9 @@ async fn tag_latest_installs_the_highest_release_read_only_and_drift_is_queued()
     let (_, list) = t.get("/v1/runtimes/ws-1/plugins").await;
     assert_eq!(list["plugins"], json!([]));
     assert!(!plugin_dir(&t, "ws-1", "skills").exists());
-    let (ok, _) = exec(&cid, "test -e /plugins/skills");
-    assert!(!ok, "gone from the container");
+    let (ok, out) = exec(&cid, "test -e /plugins/skills || echo gone");
+    assert!(ok, "the container runs: {out}");
+    assert_eq!(out, "gone", "gone from the container");
     let (status, err) = t
         .call(Method::DELETE, "/v1/runtimes/ws-1/plugins/skills", None)
         .await;
