@@ -251,7 +251,10 @@ async fn tag_latest_installs_the_highest_release_read_only_and_drift_is_queued()
         .await;
     assert_eq!(status, StatusCode::OK, "{refreshed}");
     assert_eq!(refreshed["recreated"], json!(["ws-1"]), "{refreshed}");
-    let cid = t.get("/v1/runtimes/ws-1").await.1["container_id"].as_str().unwrap().to_string();
+    let cid = t.get("/v1/runtimes/ws-1").await.1["container_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert_ne!(cid, cid_now, "a new container");
     let (ok, out) = exec(&cid, "cat /plugins/skills/README");
     assert!(ok, "{out}");

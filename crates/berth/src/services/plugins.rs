@@ -222,29 +222,17 @@ impl PluginService {
         Ok(resolved.sha)
     }
 
-    /// Fetches `sha` beside the plugin's directory and renames it into
-    /// place; the version it replaces is removed once the new one is there.
-    async fn put_files(
-        &self,
-        runtime_id: &str,
-        name: &PluginName,
-        source: &PluginSource,
-        sha: &CommitSha,
-    ) -> Result<()> {
-        if let Some(old) = self.swap_in(runtime_id, name, source, sha).await? {
-            remove_tree(&old).await;
-        }
-        Ok(())
-    }
-
     /// Fetches `sha` and renames it into place; returns where the version
-    /// it replaced was moved aside (`.old-…`), if there was one.
+    /// it replaced was moved aside, `.old-<name>-<replacing sha>`, so that
+    /// recovery can tell from the row whether the commit that followed
+    /// happened. The caller removes it once the row is written.
     async fn swap_in(
         &self,
         runtime_id: &str,
         name: &PluginName,
         source: &PluginSource,
         sha: &CommitSha,
+        replacing: Option<&str>,
     ) -> Result<Option<PathBuf>> {
         let dir = self.ctx.settings.plugins_dir(runtime_id);
         tokio::fs::create_dir_all(&dir)
@@ -257,7 +245,7 @@ impl PluginService {
             .await
             .map_err(|e| git_error(e, &format!("fetch {sha} of {source}")))?;
         let target = dir.join(name.as_str());
-        let old = dir.join(format!(".old-{name}-{tag}"));
+        let old = dir.join(format!(".old-{name}-{}", replacing.unwrap_or("none")));
         let replaced = match tokio::fs::rename(&target, &old).await {
             Ok(()) => true,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
@@ -376,7 +364,10 @@ impl PluginService {
             .detail("to_sha", to.as_str())
             .detail("gated", "true");
         self.ctx.record(None, &op).await?;
-        let old = match self.swap_in(&rec.id, &name, &source, &to).await {
+        let old = match self
+            .swap_in(&rec.id, &name, &source, &to, row.installed_sha.as_deref())
+            .await
+        {
             Ok(old) => old,
             Err(e) => {
                 op.fail(e.code.as_str(), &e.message, self.ctx.now_ms());
@@ -419,9 +410,6 @@ impl PluginService {
                 .await?;
             return Err(e);
         }
-        if let Some(old) = &old {
-            remove_tree(old).await;
-        }
         row.installed_sha = Some(to.to_string());
         row.installed_at_ms = Some(now);
         row.last_error = None;
@@ -447,7 +435,11 @@ impl PluginService {
                 },
                 &Effects::default(),
             )
-            .await
+            .await?;
+        if let Some(old) = &old {
+            remove_tree(old).await;
+        }
+        Ok(())
     }
 
     /// Installs a plugin (`(plugin, true)`), or answers the installed one
@@ -490,7 +482,8 @@ impl PluginService {
         self.ctx.record(None, &op).await?;
         let installed = async {
             let sha = self.resolve(&source, &track).await?;
-            self.put_files(&rec.id, &name, &source, &sha).await?;
+            // A new plugin: nothing was there to move aside.
+            self.swap_in(&rec.id, &name, &source, &sha, None).await?;
             Ok::<_, Error>(sha)
         }
         .await;
@@ -695,15 +688,18 @@ impl PluginService {
             .detail("update_id", id)
             .detail("from_sha", plugin.installed_sha.clone().unwrap_or_default());
         self.ctx.record(None, &op).await?;
+        let previous = plugin.installed_sha.clone();
         let installed = async {
             let sha = self.resolve(&source, &track).await?;
-            self.put_files(&rec.id, &name, &source, &sha).await?;
-            Ok::<_, Error>(sha)
+            let old = self
+                .swap_in(&rec.id, &name, &source, &sha, previous.as_deref())
+                .await?;
+            Ok::<_, Error>((sha, old))
         }
         .await;
         let now = self.ctx.now_ms();
-        let sha = match installed {
-            Ok(sha) => sha,
+        let (sha, old) = match installed {
+            Ok(done) => done,
             Err(e) => {
                 op.fail(e.code.as_str(), &e.message, now);
                 plugin.last_error = Some(LastError {
@@ -744,6 +740,9 @@ impl PluginService {
                 &Effects::default(),
             )
             .await?;
+        if let Some(old) = &old {
+            remove_tree(old).await;
+        }
         self.restart_to_load(&rec.id, caller, guard).await?;
         Ok(update)
     }
@@ -1016,11 +1015,16 @@ impl PluginService {
         }
     }
 
-    /// Boot: settles what a crash left beside plugin directories. A
-    /// fetch that never got renamed in goes; a directory moved aside by an
-    /// uninstall goes if its row is gone and comes back if not; the
-    /// previous version moved aside by an install comes back when the new
-    /// one never arrived, else goes.
+    /// Boot: settles what a crash left in plugin directories, from the
+    /// rows (the truth):
+    /// - `.incoming-…` (a fetch never renamed in) goes;
+    /// - `.removed-<name>-…` (an uninstall) comes back when the row is
+    ///   still there, else goes;
+    /// - `.old-<name>-<sha>` (the version an update replaced) comes back
+    ///   when the row still names `<sha>` (the update's commit never
+    ///   happened), else goes;
+    /// - a plugin directory with no row (an install cut before its commit)
+    ///   goes.
     pub async fn recover(&self) -> Result<usize> {
         let runtimes_dir = self.ctx.settings.data_dir.join("runtimes");
         let Ok(mut entries) = tokio::fs::read_dir(&runtimes_dir).await else {
@@ -1030,31 +1034,44 @@ impl PluginService {
         while let Ok(Some(entry)) = entries.next_entry().await {
             let runtime_id = entry.file_name().to_string_lossy().to_string();
             let dir = entry.path().join("plugins");
-            let Ok(mut plugins) = tokio::fs::read_dir(&dir).await else {
+            let Ok(mut listing) = tokio::fs::read_dir(&dir).await else {
                 continue;
             };
-            while let Ok(Some(p)) = plugins.next_entry().await {
-                let file = p.file_name().to_string_lossy().to_string();
-                let Some((kind, name)) = aside_parts(&file) else {
+            let mut names = Vec::new();
+            while let Ok(Some(p)) = listing.next_entry().await {
+                names.push(p.file_name().to_string_lossy().to_string());
+            }
+            // Asides first (they may restore a name), then orphans.
+            names.sort_by_key(|n| !n.starts_with('.'));
+            for file in names {
+                let path = dir.join(&file);
+                let row = |name: &str| {
+                    let (store, runtime_id, name) =
+                        (self.ctx.store.clone(), runtime_id.clone(), name.to_string());
+                    async move { store.get_plugin(&runtime_id, &name).await }
+                };
+                let Some((kind, name, tag)) = aside_parts(&file) else {
+                    if row(&file).await?.is_none() {
+                        remove_tree(&path).await;
+                        settled += 1;
+                    }
                     continue;
                 };
-                let target = dir.join(name);
                 let restore = match kind {
-                    "incoming" => false,
-                    "removed" => self
-                        .ctx
-                        .store
-                        .get_plugin(&runtime_id, name)
+                    "removed" => row(name).await?.is_some(),
+                    "old" => row(name)
                         .await?
-                        .is_some(),
-                    _ => tokio::fs::metadata(&target).await.is_err(),
+                        .is_some_and(|p| p.installed_sha.as_deref() == Some(tag)),
+                    _ => false,
                 };
-                if restore && tokio::fs::metadata(&target).await.is_err() {
-                    tokio::fs::rename(p.path(), &target)
+                let target = dir.join(name);
+                if restore {
+                    remove_tree(&target).await;
+                    tokio::fs::rename(&path, &target)
                         .await
                         .map_err(|e| io_error(e, "restore", &target))?;
                 } else {
-                    remove_tree(&p.path()).await;
+                    remove_tree(&path).await;
                 }
                 settled += 1;
             }
@@ -1063,16 +1080,16 @@ impl PluginService {
     }
 }
 
-/// `.incoming-<name>-<tag>`, `.old-<name>-<tag>`, `.removed-<name>-<tag>`
-/// → (kind, name).
-fn aside_parts(file: &str) -> Option<(&str, &str)> {
+/// `.incoming-<name>-<tag>`, `.old-<name>-<sha>`, `.removed-<name>-<tag>`
+/// → (kind, name, tag).
+fn aside_parts(file: &str) -> Option<(&str, &str, &str)> {
     let rest = file.strip_prefix('.')?;
     let (kind, rest) = rest.split_once('-')?;
     if !matches!(kind, "incoming" | "old" | "removed") {
         return None;
     }
-    let (name, _tag) = rest.rsplit_once('-')?;
-    Some((kind, name))
+    let (name, tag) = rest.rsplit_once('-')?;
+    Some((kind, name, tag))
 }
 
 /// A rename is durable only once its directory is synced.
@@ -1101,10 +1118,13 @@ mod tests {
     fn aside_names() {
         assert_eq!(
             aside_parts(".incoming-skills-0a1b"),
-            Some(("incoming", "skills"))
+            Some(("incoming", "skills", "0a1b"))
         );
-        assert_eq!(aside_parts(".old-my-tools-0a1b"), Some(("old", "my-tools")));
-        assert_eq!(aside_parts(".removed-x-1"), Some(("removed", "x")));
+        assert_eq!(
+            aside_parts(".old-my-tools-ab12"),
+            Some(("old", "my-tools", "ab12"))
+        );
+        assert_eq!(aside_parts(".removed-x-1"), Some(("removed", "x", "1")));
         assert_eq!(aside_parts("skills"), None);
         assert_eq!(aside_parts(".other-x-1"), None);
     }

@@ -103,6 +103,7 @@ impl World {
         self.engine.set_unavailable(false);
         let s = self.boot();
         s.runtimes.recover_interrupted().await.unwrap();
+        s.plugins.recover().await.unwrap();
         s.rollouts.resume_active().await.unwrap();
         s.watcher.tick().await.unwrap();
         s.rollouts.settle().await;
