@@ -187,9 +187,29 @@ async fn tag_latest_installs_the_highest_release_read_only_and_drift_is_queued()
     assert_eq!(status, StatusCode::CONFLICT, "{err}");
 
     // Nothing moved: a sweep queues nothing.
+    let (_, status) = t.get("/v1/status").await;
+    assert_eq!(
+        status["plugin_sweep_last_run"], 0,
+        "never swept yet: {status}"
+    );
     let report = sweep(&t).await;
     assert_eq!(report["resolved"], 1, "{report}");
     assert_eq!(report["queued"], 0, "{report}");
+    let (_, status) = t.get("/v1/status").await;
+    assert!(
+        status["plugin_sweep_last_run"].as_i64().unwrap() > 0,
+        "{status}"
+    );
+    let metrics = t
+        .client
+        .get(format!("{}/metrics", t.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("berth_plugin_sweeps_total 1"), "{metrics}");
 
     // Upstream releases v1.11.0 (annotated): one pending update, peeled.
     let c1110 = up.commit("v1.11.0");

@@ -41,6 +41,7 @@ pub(super) async fn status(ctx: &Ctx) -> Result<(), CliError> {
             ),
             ("last reconcile", when(s.reconcile_last_run)),
             ("last image watch", when(s.image_watch_last_tick)),
+            ("last plugin sweep", when(s.plugin_sweep_last_run)),
             (
                 "outbox pending",
                 if s.outbox_pending > 1000 {
