@@ -722,10 +722,7 @@ mod cases {
             Some(stamped(a))
         );
         assert_eq!(s.get_plugin("r2", "tools").await.unwrap(), Some(stamped(b)));
-        assert_eq!(
-            s.get_plugin("r2", "skills").await.unwrap(),
-            Some(untouched)
-        );
+        assert_eq!(s.get_plugin("r2", "skills").await.unwrap(), Some(untouched));
         assert_eq!(
             s.list_plugins(None).await.unwrap().len(),
             3,

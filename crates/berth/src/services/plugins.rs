@@ -727,8 +727,9 @@ impl PluginService {
     /// update as the sweep read the queue. Decided on that alone (no
     /// dismissal counted, which only ever keeps a move from being queued),
     /// a decision that writes nothing is final; one that writes is made
-    /// again on the plugin's rows as they are now, and written with its
-    /// intent in one commit. `resolved_at_ms` is the sweep's to write.
+    /// again on the plugin's rows as they are now (its pending update read
+    /// again when there was one, its last dismissed one), and written with
+    /// its intent in one commit. `resolved_at_ms` is the sweep's to write.
     async fn queue_if_drifted(
         &self,
         p: &PluginRecord,
@@ -748,8 +749,16 @@ impl PluginService {
             return Ok(false);
         }
         let store = &self.ctx.store;
+        // None was pending when the queue was read: should one have been
+        // queued since, the store refuses a second (`Conflict`) and the
+        // next attempt reads it.
+        let mut none_pending = seen.is_none();
         for _attempt in 0..2 {
-            let pending_row = store.pending_plugin_update(&p.runtime_id, &p.name).await?;
+            let pending_row = if std::mem::take(&mut none_pending) {
+                None
+            } else {
+                store.pending_plugin_update(&p.runtime_id, &p.name).await?
+            };
             let pending = pending_row.as_ref().and_then(pending_of);
             let last_dismissed = store
                 .list_plugin_updates(&PluginUpdateFilter {
