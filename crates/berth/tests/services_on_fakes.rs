@@ -1,6 +1,7 @@
 //! Service behaviour on the fakes, with paused time: the stream consumer,
-//! the outbox relay and refresh. (Lifecycle, reconciler, rollouts and the
-//! watcher are cut at every commit in `crash_matrix.rs`.)
+//! the outbox relay, refresh and the plugin sweep's writes. (Lifecycle,
+//! reconciler, rollouts and the watcher are cut at every commit in
+//! `crash_matrix.rs`.)
 
 mod world;
 
@@ -226,4 +227,94 @@ async fn refresh_recreates_runtimes_on_another_digest() {
         assert_eq!(rec.status, RuntimeStatus::Running);
     }
     assert_one_container_each(&w, &s, "refresh").await;
+}
+
+/// A sweep writes once for every plugin it resolved (their `resolved_at_ms`,
+/// a failure's `last_error` cleared), plus one commit per update it queues.
+#[tokio::test(start_paused = true)]
+async fn a_sweep_stamps_resolved_plugins_in_one_write_and_commits_each_update() {
+    use berth::ports::store::{Change, PluginChange, PluginRecord, PluginUpdateFilter};
+    use berth::ports::{Clock, EventStore, PluginStore, Store};
+    use berth_core::plugin::UpdateStatus;
+
+    let w = World::new();
+    let s = w.boot();
+    let url = "https://git.example/acme/skills";
+    let (a, b) = ("a".repeat(40), "b".repeat(40));
+    w.git.set_ref(url, "refs/heads/main", &a);
+    let runtimes = ["w-1", "w-2", "w-3"];
+    for rt in runtimes {
+        let p = PluginRecord {
+            runtime_id: rt.to_string(),
+            name: "skills".to_string(),
+            source: format!("git+{url}"),
+            track: "branch:main".to_string(),
+            installed_sha: Some(a.clone()),
+            installed_at_ms: Some(1),
+            resolved_at_ms: Some(1),
+            last_error: None,
+        };
+        w.store
+            .commit(&Change {
+                plugin: Some(PluginChange::Put(&p)),
+                ..Change::default()
+            })
+            .await
+            .unwrap();
+    }
+    let plugins = || async { w.store.list_plugins(None).await.unwrap() };
+
+    w.git.set_unavailable(url, true);
+    let report = s.plugins.sweep().await.unwrap();
+    assert_eq!(report.failed.len(), 1, "{report:?}");
+    assert!(plugins().await.iter().all(|p| p.last_error.is_some()));
+
+    // Reachable again, nothing moved: one write clears every failure.
+    w.git.set_unavailable(url, false);
+    w.clock.advance(Duration::from_secs(60));
+    let before = w.store.writes();
+    let report = s.plugins.sweep().await.unwrap();
+    assert_eq!((report.resolved, report.queued), (1, 0), "{report:?}");
+    assert_eq!(w.store.writes() - before, 1);
+    for p in plugins().await {
+        assert_eq!(p.last_error, None, "{p:?}");
+        assert_eq!(p.resolved_at_ms, Some(w.clock.now_ms()), "{p:?}");
+        assert_eq!(p.installed_sha.as_deref(), Some(a.as_str()));
+    }
+
+    // Upstream moved: one commit per queued update (with its intent), then
+    // the one stamp.
+    w.git.set_ref(url, "refs/heads/main", &b);
+    let before = w.store.writes();
+    let report = s.plugins.sweep().await.unwrap();
+    assert_eq!(report.queued, runtimes.len(), "{report:?}");
+    assert_eq!(w.store.writes() - before, runtimes.len() as u64 + 1);
+    let pending = w
+        .store
+        .list_plugin_updates(&PluginUpdateFilter {
+            status: Some(UpdateStatus::Pending),
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(pending.len(), runtimes.len());
+    assert!(pending
+        .iter()
+        .all(|u| u.to_sha == b && u.from_sha.as_deref() == Some(a.as_str())));
+    let drift = w
+        .store
+        .list_notifications(100)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|n| n.notification_type == "plugin.drift_detected")
+        .count();
+    assert_eq!(drift, runtimes.len());
+
+    // Nothing new: the stamp only.
+    let before = w.store.writes();
+    let report = s.plugins.sweep().await.unwrap();
+    assert_eq!(report.queued, 0, "{report:?}");
+    assert_eq!(w.store.writes() - before, 1);
 }

@@ -306,6 +306,7 @@ contract!(
         plugin_updates_filters_newest_first,
         concurrent_sweeps_queue_one_pending_update,
         plugin_rollouts_keep_their_plugin,
+        mark_plugins_resolved_touches_only_those_plugins,
     ],
     sql only: [
         corrupt_rows_are_reported,
@@ -679,6 +680,56 @@ mod cases {
         }
         assert_eq!(s.get_plugin("r1", "skills").await.unwrap(), None);
         assert_eq!(s.list_plugins(Some("r1")).await.unwrap().len(), 1);
+    }
+
+    /// One call stamps `resolved_at_ms` and clears `last_error` of every
+    /// plugin named, however many; other columns, other plugins and names
+    /// with no plugin are left alone.
+    pub async fn mark_plugins_resolved_touches_only_those_plugins(ctx: Ctx) {
+        let s = ctx.store.as_ref();
+        let failed = LastError {
+            code: "git_failed".into(),
+            message: "unreachable".into(),
+        };
+        let mut a = plugin("r1", "skills", Some(&"b".repeat(40)));
+        a.last_error = Some(failed.clone());
+        let mut b = plugin("r2", "tools", Some(&"c".repeat(40)));
+        b.resolved_at_ms = Some(7);
+        let mut untouched = plugin("r2", "skills", None);
+        untouched.last_error = Some(failed.clone());
+        for rec in [&a, &b, &untouched] {
+            s.commit(&Change {
+                plugin: Some(PluginChange::Put(rec)),
+                ..Change::default()
+            })
+            .await
+            .unwrap();
+        }
+        // Nothing to mark writes nothing.
+        s.mark_plugins_resolved(&[], 40).await.unwrap();
+        assert_eq!(s.get_plugin("r1", "skills").await.unwrap(), Some(a.clone()));
+        // More names than one statement takes, most of them of no plugin,
+        // with the real ones first and last.
+        let mut keys = vec![("r1".to_string(), "skills".to_string())];
+        keys.extend((0..2500).map(|i| ("r1".to_string(), format!("ghost-{i}"))));
+        keys.push(("r2".to_string(), "tools".to_string()));
+        s.mark_plugins_resolved(&keys, 42).await.unwrap();
+        let stamped = |mut p: PluginRecord| {
+            p.resolved_at_ms = Some(42);
+            p.last_error = None;
+            p
+        };
+        assert_eq!(
+            s.get_plugin("r1", "skills").await.unwrap(),
+            Some(stamped(a))
+        );
+        assert_eq!(s.get_plugin("r2", "tools").await.unwrap(), Some(stamped(b)));
+        assert_eq!(s.get_plugin("r2", "skills").await.unwrap(), Some(untouched));
+        assert_eq!(
+            s.list_plugins(None).await.unwrap().len(),
+            3,
+            "no row for a name without a plugin"
+        );
     }
 
     pub async fn plugin_updates_one_pending_per_runtime_and_plugin(ctx: Ctx) {

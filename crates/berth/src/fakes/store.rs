@@ -737,6 +737,22 @@ impl PluginStore for FakeStore {
             })
         })
     }
+
+    async fn mark_plugins_resolved(
+        &self,
+        keys: &[(String, String)],
+        at_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.write(|d| {
+            for key in keys {
+                if let Some(p) = d.plugins.get_mut(key) {
+                    p.resolved_at_ms = Some(at_ms);
+                    p.last_error = None;
+                }
+            }
+            Ok(())
+        })
+    }
 }
 
 #[async_trait]

@@ -384,7 +384,8 @@ pub trait RolloutStore: Send + Sync + 'static {
     async fn active_rollouts(&self) -> Result<Vec<RolloutRow>, StoreError>;
 }
 
-/// Plugins and their update queue (written through [`Store::commit`]).
+/// Plugins and their update queue (written through [`Store::commit`],
+/// but for the sweep's bookkeeping, [`PluginStore::mark_plugins_resolved`]).
 #[async_trait]
 pub trait PluginStore: Send + Sync + 'static {
     async fn get_plugin(
@@ -407,6 +408,15 @@ pub trait PluginStore: Send + Sync + 'static {
         &self,
         filter: &PluginUpdateFilter,
     ) -> Result<Vec<PluginUpdate>, StoreError>;
+    /// Sets `resolved_at_ms` to `at_ms` and clears `last_error` of every
+    /// plugin in `keys` (runtime id, name), all in ONE transaction, however
+    /// many; a key with no plugin is ignored. A sweep's record of the
+    /// plugins it resolved, in one write instead of one per plugin.
+    async fn mark_plugins_resolved(
+        &self,
+        keys: &[(String, String)],
+        at_ms: i64,
+    ) -> Result<(), StoreError>;
 }
 
 /// The whole store: every role, and the one write path of decisions.

@@ -11,7 +11,7 @@
 //! a crash leaves either version whole, and [`PluginService::recover`]
 //! settles what a crash left aside.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
@@ -833,6 +833,10 @@ impl PluginService {
             .take_until(cancel.cancelled())
             .collect()
             .await;
+        // The queue as it is now, read once: a plugin whose decision on it
+        // writes nothing costs no query of its own.
+        let mut pending = self.pending_updates().await?;
+        let mut resolved_keys = Vec::new();
         let mut report = SweepReport::default();
         for (source, listed) in listings {
             let Some(tracks) = groups.remove(&source) else {
@@ -852,11 +856,14 @@ impl PluginService {
                     Ok(sha) => {
                         report.resolved += 1;
                         for p in members {
-                            match self.queue_if_drifted(p, &sha).await {
+                            let key = (p.runtime_id.clone(), p.name.clone());
+                            let seen = pending.remove(&key);
+                            match self.queue_if_drifted(&p, &sha, seen.as_ref()).await {
                                 Ok(true) => report.queued += 1,
                                 Ok(false) => {}
                                 Err(e) => tracing::warn!(error = %e, "could not record a drift"),
                             }
+                            resolved_keys.push(key);
                         }
                     }
                     Err(error) => {
@@ -874,28 +881,76 @@ impl PluginService {
                 }
             }
         }
+        // Every plugin whose track resolved, queued or not, in one write.
+        if let Err(e) = self
+            .ctx
+            .store
+            .mark_plugins_resolved(&resolved_keys, self.ctx.now_ms())
+            .await
+        {
+            tracing::warn!(error = %e, "could not record when plugins were resolved");
+        }
         let finished = self.ctx.now_ms();
         self.last_sweep_ms.store(finished, Ordering::Relaxed);
         self.ctx.metrics.plugin_sweep_finished(&report, finished);
         Ok(report)
     }
 
+    /// Every pending update, by (runtime id, plugin).
+    async fn pending_updates(&self) -> Result<HashMap<(String, String), PluginUpdate>> {
+        let rows = self
+            .ctx
+            .store
+            .list_plugin_updates(&PluginUpdateFilter {
+                status: Some(UpdateStatus::Pending),
+                limit: u32::MAX,
+                ..PluginUpdateFilter::default()
+            })
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|u| ((u.runtime_id.clone(), u.plugin.clone()), u))
+            .collect())
+    }
+
     /// Queues (or moves) the plugin's pending update when upstream is not
-    /// what is installed; returns whether it did.
-    async fn queue_if_drifted(&self, mut p: PluginRecord, upstream: &CommitSha) -> Result<bool> {
+    /// what is installed; returns whether it did. `seen` is its pending
+    /// update as the sweep read the queue. Decided on that alone (no
+    /// dismissal counted, which only ever keeps a move from being queued),
+    /// a decision that writes nothing is final; one that writes is made
+    /// again on the plugin's rows as they are now (its pending update read
+    /// again when there was one, its last dismissed one), and written with
+    /// its intent in one commit. `resolved_at_ms` is the sweep's to write.
+    async fn queue_if_drifted(
+        &self,
+        p: &PluginRecord,
+        upstream: &CommitSha,
+        seen: Option<&PluginUpdate>,
+    ) -> Result<bool> {
+        let installed = p
+            .installed_sha
+            .as_deref()
+            .and_then(|s| CommitSha::parse(s).ok());
+        if !writes(&drift(
+            installed.as_ref(),
+            upstream,
+            seen.and_then(pending_of).as_ref(),
+            None,
+        )) {
+            return Ok(false);
+        }
         let store = &self.ctx.store;
+        // None was pending when the queue was read: should one have been
+        // queued since, the store refuses a second (`Conflict`) and the
+        // next attempt reads it.
+        let mut none_pending = seen.is_none();
         for _attempt in 0..2 {
-            let installed = p
-                .installed_sha
-                .as_deref()
-                .and_then(|s| CommitSha::parse(s).ok());
-            let pending_row = store.pending_plugin_update(&p.runtime_id, &p.name).await?;
-            let pending = pending_row.as_ref().and_then(|u| {
-                Some(PendingUpdate {
-                    id: u.id.clone(),
-                    to_sha: CommitSha::parse(&u.to_sha).ok()?,
-                })
-            });
+            let pending_row = if std::mem::take(&mut none_pending) {
+                None
+            } else {
+                store.pending_plugin_update(&p.runtime_id, &p.name).await?
+            };
+            let pending = pending_row.as_ref().and_then(pending_of);
             let last_dismissed = store
                 .list_plugin_updates(&PluginUpdateFilter {
                     status: Some(UpdateStatus::Dismissed),
@@ -913,8 +968,6 @@ impl PluginService {
                     })
                 });
             let now = self.ctx.now_ms();
-            p.resolved_at_ms = Some(now);
-            p.last_error = None;
             let update = match drift(
                 installed.as_ref(),
                 upstream,
@@ -923,8 +976,8 @@ impl PluginService {
             ) {
                 DriftDecision::UpToDate
                 | DriftDecision::KeepPending
-                | DriftDecision::KeepDismissed => None,
-                DriftDecision::Queue { to_sha } => Some(PluginUpdate {
+                | DriftDecision::KeepDismissed => return Ok(false),
+                DriftDecision::Queue { to_sha } => PluginUpdate {
                     id: uuid::Uuid::now_v7().to_string(),
                     runtime_id: p.runtime_id.clone(),
                     plugin: p.name.clone(),
@@ -934,44 +987,43 @@ impl PluginService {
                     status: UpdateStatus::Pending,
                     created_at_ms: now,
                     updated_at_ms: now,
-                }),
-                DriftDecision::MoveTarget { to_sha, .. } => pending_row.map(|mut u| {
+                },
+                DriftDecision::MoveTarget { to_sha, .. } => {
+                    let Some(mut u) = pending_row else {
+                        return Ok(false);
+                    };
                     u.to_sha = to_sha.to_string();
                     u.updated_at_ms = now;
                     u
-                }),
+                }
             };
-            let effects = match &update {
-                Some(u) => Effects {
-                    notifications: vec![self.ctx.notification(
-                        "plugin.drift_detected",
-                        &[
-                            ("runtime_id", p.runtime_id.clone()),
-                            ("plugin", p.name.clone()),
-                            ("source", p.source.clone()),
-                            ("track", p.track.clone()),
-                            ("from_sha", u.from_sha.clone().unwrap_or_default()),
-                            ("to_sha", u.to_sha.clone()),
-                            ("update_id", u.id.clone()),
-                        ],
-                    )],
-                    ..Effects::default()
-                },
-                None => Effects::default(),
+            let effects = Effects {
+                notifications: vec![self.ctx.notification(
+                    "plugin.drift_detected",
+                    &[
+                        ("runtime_id", p.runtime_id.clone()),
+                        ("plugin", p.name.clone()),
+                        ("source", p.source.clone()),
+                        ("track", p.track.clone()),
+                        ("from_sha", update.from_sha.clone().unwrap_or_default()),
+                        ("to_sha", update.to_sha.clone()),
+                        ("update_id", update.id.clone()),
+                    ],
+                )],
+                ..Effects::default()
             };
             let written = self
                 .ctx
                 .commit_change(
                     Change {
-                        plugin: Some(PluginChange::Put(&p)),
-                        plugin_update: update.as_ref(),
+                        plugin_update: Some(&update),
                         ..Change::default()
                     },
                     &effects,
                 )
                 .await;
             match written {
-                Ok(()) => return Ok(update.is_some()),
+                Ok(()) => return Ok(true),
                 // Another sweep queued one first: decide again on its row.
                 Err(e) if e.code == ErrorCode::Conflict => continue,
                 Err(e) => return Err(e),
@@ -1078,6 +1130,23 @@ impl PluginService {
         }
         Ok(settled)
     }
+}
+
+/// A stored pending update in the core's terms; one whose target is not a
+/// commit id counts as none.
+fn pending_of(u: &PluginUpdate) -> Option<PendingUpdate> {
+    Some(PendingUpdate {
+        id: u.id.clone(),
+        to_sha: CommitSha::parse(&u.to_sha).ok()?,
+    })
+}
+
+/// Whether the decision writes an update.
+fn writes(decision: &DriftDecision) -> bool {
+    matches!(
+        decision,
+        DriftDecision::Queue { .. } | DriftDecision::MoveTarget { .. }
+    )
 }
 
 /// `.incoming-<name>-<tag>`, `.old-<name>-<sha>`, `.removed-<name>-<tag>`

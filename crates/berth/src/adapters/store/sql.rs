@@ -357,11 +357,51 @@ pub const PENDING_PLUGIN_UPDATE: &str = concat!(
     plugin_update_cols!(),
     " FROM plugin_updates WHERE runtime_id = $1 AND plugin = $2 AND status = 'pending'"
 );
-/// Filters are optional: a NULL parameter matches every row.
-pub const LIST_PLUGIN_UPDATES: &str = concat!(
-    "SELECT ",
-    plugin_update_cols!(),
-    " FROM plugin_updates WHERE ($1 IS NULL OR status = $1) \
-     AND ($2 IS NULL OR runtime_id = $2) AND ($3 IS NULL OR plugin = $3) \
-     ORDER BY seq DESC LIMIT $4"
-);
+/// `SELECT … FROM plugin_updates` with a condition for each filter given
+/// (status, runtime id, plugin, in that order of placeholders), then the
+/// limit. A condition is left out rather than written `$n IS NULL OR …`,
+/// which no index can serve: the sweep asks for one plugin's updates once
+/// per queued update.
+pub fn list_plugin_updates(status: bool, runtime_id: bool, plugin: bool) -> String {
+    let mut conditions = Vec::new();
+    for (given, column) in [
+        (status, "status"),
+        (runtime_id, "runtime_id"),
+        (plugin, "plugin"),
+    ] {
+        if given {
+            conditions.push(format!("{column} = ${}", conditions.len() + 1));
+        }
+    }
+    let filter = if conditions.is_empty() {
+        String::new()
+    } else {
+        format!(" WHERE {}", conditions.join(" AND "))
+    };
+    format!(
+        concat!(
+            "SELECT ",
+            plugin_update_cols!(),
+            " FROM plugin_updates{} ORDER BY seq DESC LIMIT ${}"
+        ),
+        filter,
+        conditions.len() + 1
+    )
+}
+
+/// Plugins one [`mark_plugins_resolved`] statement names: two parameters
+/// each, plus the time, stay under SQLite's oldest limit of 999.
+pub const MARK_RESOLVED_CHUNK: usize = 400;
+
+/// `UPDATE plugins … WHERE (runtime_id, name) IN (VALUES ($2, $3), …)` for
+/// `n` plugins; `$1` is the time.
+pub fn mark_plugins_resolved(n: usize) -> String {
+    let keys: Vec<String> = (0..n)
+        .map(|i| format!("(${}, ${})", 2 * i + 2, 2 * i + 3))
+        .collect();
+    format!(
+        "UPDATE plugins SET resolved_at_ms = $1, error_code = NULL, error_message = NULL \
+         WHERE (runtime_id, name) IN (VALUES {})",
+        keys.join(", ")
+    )
+}

@@ -710,10 +710,22 @@ macro_rules! impl_store {
                     &self,
                     filter: &PluginUpdateFilter,
                 ) -> Result<Vec<PluginUpdate>, StoreError> {
-                    sqlx::query(sql::LIST_PLUGIN_UPDATES)
-                        .bind(filter.status.map(|s| s.as_str()))
-                        .bind(filter.runtime_id.as_deref())
-                        .bind(filter.plugin.as_deref())
+                    let statement = sql::list_plugin_updates(
+                        filter.status.is_some(),
+                        filter.runtime_id.is_some(),
+                        filter.plugin.is_some(),
+                    );
+                    let mut query = sqlx::query(&statement);
+                    if let Some(status) = filter.status {
+                        query = query.bind(status.as_str());
+                    }
+                    if let Some(runtime_id) = filter.runtime_id.as_deref() {
+                        query = query.bind(runtime_id);
+                    }
+                    if let Some(plugin) = filter.plugin.as_deref() {
+                        query = query.bind(plugin);
+                    }
+                    query
                         .bind(i64::from(filter.limit))
                         .fetch_all(&self.pool)
                         .await
@@ -721,6 +733,26 @@ macro_rules! impl_store {
                         .iter()
                         .map(plugin_update_from_row)
                         .collect()
+                }
+
+                async fn mark_plugins_resolved(
+                    &self,
+                    keys: &[(String, String)],
+                    at_ms: i64,
+                ) -> Result<(), StoreError> {
+                    if keys.is_empty() {
+                        return Ok(());
+                    }
+                    let mut tx = self.begin_write().await?;
+                    for chunk in keys.chunks(sql::MARK_RESOLVED_CHUNK) {
+                        let statement = sql::mark_plugins_resolved(chunk.len());
+                        let mut query = sqlx::query(&statement).bind(at_ms);
+                        for (runtime_id, name) in chunk {
+                            query = query.bind(runtime_id).bind(name);
+                        }
+                        query.execute(&mut *tx).await.map_err(db_err)?;
+                    }
+                    commit(tx).await
                 }
             }
 
