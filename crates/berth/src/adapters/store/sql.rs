@@ -393,15 +393,17 @@ pub fn list_plugin_updates(status: bool, runtime_id: bool, plugin: bool) -> Stri
 /// each, plus the time, stay under SQLite's oldest limit of 999.
 pub const MARK_RESOLVED_CHUNK: usize = 400;
 
-/// `UPDATE plugins … WHERE (runtime_id, name) IN (VALUES ($2, $3), …)` for
-/// `n` plugins; `$1` is the time.
+/// `UPDATE plugins … WHERE (runtime_id, name) IN (SELECT … FROM (VALUES
+/// ($2, $3), …))` for `n` plugins; `$1` is the time. The `SELECT` makes
+/// SQLite look each key up in the primary key (with a bare `VALUES` list
+/// it scans the table once per statement).
 pub fn mark_plugins_resolved(n: usize) -> String {
     let keys: Vec<String> = (0..n)
         .map(|i| format!("(${}, ${})", 2 * i + 2, 2 * i + 3))
         .collect();
     format!(
         "UPDATE plugins SET resolved_at_ms = $1, error_code = NULL, error_message = NULL \
-         WHERE (runtime_id, name) IN (VALUES {})",
+         WHERE (runtime_id, name) IN (SELECT column1, column2 FROM (VALUES {}) AS k)",
         keys.join(", ")
     )
 }
