@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use berth_core::id::validate_runtime_id;
-use berth_core::operation::OperationKind;
+use berth_core::operation::{Operation, OperationKind};
 use berth_core::plugin::{
     drift, resolve, CommitSha, DismissedUpdate, DriftDecision, PendingUpdate, PluginName,
     PluginSource, RemoteRef, SourcePolicy, TrackedRef, UpdateAction, UpdateStatus, UpdateStep,
@@ -393,21 +393,7 @@ impl PluginService {
                 .restart_locked(&rec.id, caller, OperationKind::Restart, Effects::default())
                 .await;
             op = op.detail("restored", restored.is_ok().to_string());
-            op.fail(e.code.as_str(), &e.message, now);
-            row.last_error = Some(LastError {
-                code: e.code.as_str().to_string(),
-                message: e.message.clone(),
-            });
-            self.ctx
-                .commit_change(
-                    Change {
-                        plugin: Some(PluginChange::Put(&row)),
-                        operation: Some(&op),
-                        ..Change::default()
-                    },
-                    &Effects::default(),
-                )
-                .await?;
+            self.record_failure(row, op, &e).await?;
             return Err(e);
         }
         row.installed_sha = Some(to.to_string());
@@ -701,21 +687,7 @@ impl PluginService {
         let (sha, old) = match installed {
             Ok(done) => done,
             Err(e) => {
-                op.fail(e.code.as_str(), &e.message, now);
-                plugin.last_error = Some(LastError {
-                    code: e.code.as_str().to_string(),
-                    message: e.message.clone(),
-                });
-                self.ctx
-                    .commit_change(
-                        Change {
-                            plugin: Some(PluginChange::Put(&plugin)),
-                            operation: Some(&op),
-                            ..Change::default()
-                        },
-                        &Effects::default(),
-                    )
-                    .await?;
+                self.record_failure(plugin, op, &e).await?;
                 return Err(e);
             }
         };
@@ -745,6 +717,31 @@ impl PluginService {
         }
         self.restart_to_load(&rec.id, caller, guard).await?;
         Ok(update)
+    }
+
+    /// The failed end of an apply: the plugin keeps its installed commit and
+    /// shows the error; written with the failed operation.
+    async fn record_failure(
+        &self,
+        mut plugin: PluginRecord,
+        mut op: Operation,
+        e: &Error,
+    ) -> Result<()> {
+        op.fail(e.code.as_str(), &e.message, self.ctx.now_ms());
+        plugin.last_error = Some(LastError {
+            code: e.code.as_str().to_string(),
+            message: e.message.clone(),
+        });
+        self.ctx
+            .commit_change(
+                Change {
+                    plugin: Some(PluginChange::Put(&plugin)),
+                    operation: Some(&op),
+                    ..Change::default()
+                },
+                &Effects::default(),
+            )
+            .await
     }
 
     /// Dismisses a pending update; dismissing it again answers it as it is.

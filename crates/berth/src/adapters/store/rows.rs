@@ -157,27 +157,7 @@ pub(crate) fn pin_entry_from_row(row: &impl Columns) -> Result<PinHistoryEntry, 
 pub(crate) fn runtime_from_row(row: &impl Columns) -> Result<RuntimeRecord, StoreError> {
     const T: &str = "runtimes";
     let status = row.text(T, "status")?;
-    let last_error = match (
-        row.opt_text(T, "last_error_code")?,
-        row.opt_text(T, "last_error_message")?,
-    ) {
-        (None, None) => None,
-        (Some(code), Some(message)) => Some(LastError { code, message }),
-        (Some(_), None) => {
-            return Err(corrupt(
-                T,
-                "last_error_message",
-                "missing beside last_error_code",
-            ))
-        }
-        (None, Some(_)) => {
-            return Err(corrupt(
-                T,
-                "last_error_code",
-                "missing beside last_error_message",
-            ))
-        }
-    };
+    let last_error = decode_last_error(row, T, "last_error_code", "last_error_message")?;
     Ok(RuntimeRecord {
         id: row.text(T, "id")?,
         template: row.text(T, "template")?,
