@@ -1029,7 +1029,13 @@ impl PluginService {
         Ok(false)
     }
 
-    async fn note_sweep_failure(&self, mut p: PluginRecord, error: &Error) -> Result<()> {
+    async fn note_sweep_failure(&self, p: PluginRecord, error: &Error) -> Result<()> {
+        // Under the runtime's lock, on the row as it is now: the copy read
+        // at the start of the sweep may predate an apply or an uninstall.
+        let _guard = self.runtimes.lock(&p.runtime_id).await;
+        let Some(mut p) = self.ctx.store.get_plugin(&p.runtime_id, &p.name).await? else {
+            return Ok(());
+        };
         p.resolved_at_ms = Some(self.ctx.now_ms());
         p.last_error = Some(LastError {
             code: error.code.as_str().to_string(),
