@@ -18,6 +18,7 @@ pub mod reconcile;
 pub mod rollout;
 pub mod runtime;
 pub mod status;
+pub mod store;
 pub mod template;
 
 pub use error::{ErrorCode, ParseStateError, ValidationError};
