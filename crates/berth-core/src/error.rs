@@ -16,6 +16,8 @@ pub enum ErrorCode {
     RuntimeNotFound,
     PluginNotFound,
     UpdateNotFound,
+    /// A state store the template does not declare, or with no committed data.
+    StoreNotFound,
     /// The tracked ref is not (or no longer) in the plugin source's listing.
     RefNotFound,
     RuntimeRemoved,
@@ -41,7 +43,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 29] = [
+    pub const ALL: [ErrorCode; 30] = [
         ErrorCode::InvalidRequest,
         ErrorCode::InvalidId,
         ErrorCode::InvalidDigest,
@@ -52,6 +54,7 @@ impl ErrorCode {
         ErrorCode::RuntimeNotFound,
         ErrorCode::PluginNotFound,
         ErrorCode::UpdateNotFound,
+        ErrorCode::StoreNotFound,
         ErrorCode::RefNotFound,
         ErrorCode::RuntimeRemoved,
         ErrorCode::Conflict,
@@ -85,6 +88,7 @@ impl ErrorCode {
             ErrorCode::RuntimeNotFound => "runtime_not_found",
             ErrorCode::PluginNotFound => "plugin_not_found",
             ErrorCode::UpdateNotFound => "update_not_found",
+            ErrorCode::StoreNotFound => "store_not_found",
             ErrorCode::RefNotFound => "ref_not_found",
             ErrorCode::RuntimeRemoved => "runtime_removed",
             ErrorCode::Conflict => "conflict",

@@ -49,6 +49,9 @@ string_enum!(
         PinUnpin => "pin_unpin",
         TemplatePut => "template_put",
         TemplateDelete => "template_delete",
+        StoreBatch => "store_batch",
+        StoreQuarantine => "store_quarantine",
+        StoreRebuild => "store_rebuild",
     }
 );
 

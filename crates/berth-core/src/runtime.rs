@@ -28,6 +28,8 @@ pub struct RuntimeRecord {
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
     pub last_error: Option<LastError>,
+    /// New on every start of its container; `None` before the first.
+    pub run_id: Option<String>,
 }
 
 impl RuntimeRecord {
@@ -45,6 +47,7 @@ impl RuntimeRecord {
             created_at_ms: now_ms,
             updated_at_ms: now_ms,
             last_error: None,
+            run_id: None,
         }
     }
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use crate::error::ValidationError;
 use crate::id::{validate_env_name, validate_template_name};
 use crate::image::{validate_tag, Repository};
+use crate::store::{validate_stores, StoreDescriptor};
 
 /// Names berth sets in every runtime's environment; callers cannot override them.
 pub const RESERVED_ENV: [&str; 4] = [
@@ -78,7 +79,20 @@ pub struct Template {
     pub on_disappear: DisappearPolicy,
     /// How long `docker stop` waits before it kills.
     pub stop_grace: Duration,
+    /// The state stores its runtimes keep in their state directory.
+    pub stores: Vec<StoreDescriptor>,
+    /// A command run inside the container (`docker exec`) whose exit status
+    /// is part of readiness; its output lines become diagnostics.
+    pub store_validator: Option<StoreValidator>,
 }
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreValidator {
+    pub command: Vec<String>,
+    pub timeout: Duration,
+}
+
+pub const DEFAULT_VALIDATOR_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub const DEFAULT_TAG: &str = "latest";
 pub const DEFAULT_STATE_PATH: &str = "/var/lib/runtime";
@@ -102,6 +116,8 @@ impl Template {
             restart: RestartPolicy::Never,
             on_disappear: DisappearPolicy::Dispose,
             stop_grace: DEFAULT_STOP_GRACE,
+            stores: Vec::new(),
+            store_validator: None,
         }
     }
 
@@ -144,6 +160,24 @@ impl Template {
             if h.interval.is_zero() || h.timeout.is_zero() {
                 return Err(ValidationError::invalid_request(
                     "health.interval and health.timeout must be greater than zero",
+                ));
+            }
+        }
+        validate_stores(&self.stores)?;
+        if let Some(v) = &self.store_validator {
+            if v.command.is_empty() || v.command[0].is_empty() {
+                return Err(ValidationError::invalid_request(
+                    "store_validator must name a command",
+                ));
+            }
+            if v.command.iter().any(|a| a.contains('\0')) {
+                return Err(ValidationError::invalid_request(
+                    "store_validator arguments must not contain NUL bytes",
+                ));
+            }
+            if v.timeout.is_zero() {
+                return Err(ValidationError::invalid_request(
+                    "store_validator_timeout must be greater than zero",
                 ));
             }
         }

@@ -69,7 +69,7 @@ impl Error {
             | InvalidPluginSource => 400,
             Unauthorized => 401,
             TemplateNotFound | RuntimeNotFound | PluginNotFound | UpdateNotFound | RefNotFound
-            | NotFound => 404,
+            | StoreNotFound | NotFound => 404,
             MethodNotAllowed => 405,
             RuntimeRemoved | Conflict | ImageNotPinned => 409,
             PayloadTooLarge => 413,

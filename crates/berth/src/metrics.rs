@@ -4,6 +4,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -37,6 +38,21 @@ pub struct Metrics {
     pub plugin_sweep_last_run: Gauge,
     pub plugin_updates_queued: Counter,
     pub plugin_sweep_failures: Counter,
+    /// State-store batches, by outcome (`committed`, `aborted`).
+    pub store_batches: Family<OutcomeLabels, Counter>,
+    pub store_batch_seconds: Histogram,
+    /// Readiness verdicts computed, by impact (`none`, `degraded`, `blocked`).
+    pub readiness_checks: Family<ImpactLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ImpactLabels {
+    pub impact: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -125,7 +141,30 @@ impl Default for Metrics {
             "Distinct plugin sources and tracks a sweep could not resolve",
             plugin_sweep_failures.clone(),
         );
+        let store_batches = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "store_batches",
+            "State-store batches written, by outcome",
+            store_batches.clone(),
+        );
+        let store_batch_seconds = Histogram::new(
+            [0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0].into_iter(),
+        );
+        registry.register(
+            "store_batch_commit_seconds",
+            "Time to commit one state-store batch durably",
+            store_batch_seconds.clone(),
+        );
+        let readiness_checks = Family::<ImpactLabels, Counter>::default();
+        registry.register(
+            "readiness_checks",
+            "Readiness verdicts computed, by impact",
+            readiness_checks.clone(),
+        );
         Metrics {
+            store_batches,
+            store_batch_seconds,
+            readiness_checks,
             registry,
             plugin_sweeps,
             plugin_sweep_last_run,
@@ -164,6 +203,31 @@ impl Metrics {
         self.plugin_updates_queued.inc_by(report.queued as u64);
         self.plugin_sweep_failures
             .inc_by(report.failed.len() as u64);
+    }
+
+    pub fn store_batch_committed(&self, seconds: f64) {
+        self.store_batches
+            .get_or_create(&OutcomeLabels {
+                outcome: "committed".to_string(),
+            })
+            .inc();
+        self.store_batch_seconds.observe(seconds);
+    }
+
+    pub fn store_batch_failed(&self) {
+        self.store_batches
+            .get_or_create(&OutcomeLabels {
+                outcome: "aborted".to_string(),
+            })
+            .inc();
+    }
+
+    pub fn readiness_observed(&self, impact: berth_core::store::Impact) {
+        self.readiness_checks
+            .get_or_create(&ImpactLabels {
+                impact: impact.as_str().to_string(),
+            })
+            .inc();
     }
 
     /// The Prometheus text exposition.

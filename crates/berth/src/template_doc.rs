@@ -6,8 +6,10 @@ use std::collections::BTreeMap;
 
 use berth_core::duration::{format_duration, parse_duration};
 use berth_core::image::{Digest, Repository};
+use berth_core::store::{StoreDescriptor, StoreReadiness, StoreRecovery};
 use berth_core::template::{
-    DisappearPolicy, HealthCheck, RestartPolicy, RolloutPolicy, Template, UpdatePolicy,
+    DisappearPolicy, HealthCheck, RestartPolicy, RolloutPolicy, StoreValidator, Template,
+    UpdatePolicy, DEFAULT_VALIDATOR_TIMEOUT,
 };
 use berth_core::ValidationError;
 use serde::{Deserialize, Serialize};
@@ -48,6 +50,15 @@ pub struct TemplateDoc {
     /// How long a stop waits before it kills; default `10s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_grace: Option<String>,
+    /// The state stores its runtimes keep (see docs/state-store.md).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stores: Vec<StoreDoc>,
+    /// Command run inside the container for readiness, e.g. `["/bin/check-state"]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store_validator: Option<Vec<String>>,
+    /// How long the validator may run; default `10s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store_validator_timeout: Option<String>,
     /// Only in `berth.toml`: seeds the pin unless one was ever promoted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pin: Option<String>,
@@ -63,6 +74,41 @@ pub struct HealthDoc {
     pub timeout: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grace: Option<String>,
+}
+
+/// One state store a template declares.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StoreDoc {
+    /// `[a-z0-9_.-]`, 1-64 characters.
+    pub name: String,
+    /// File path relative to the state directory, not under `.berth/`.
+    pub path: String,
+    /// Schema version the runtime's code understands; default 1.
+    #[serde(default = "one")]
+    pub schema_version: u32,
+    /// `blocking` (default) or `degrading`.
+    #[serde(default)]
+    pub readiness: StoreReadinessDoc,
+    /// `quarantine` (default) or `rebuild`.
+    #[serde(default)]
+    pub recovery: StoreRecoveryDoc,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreReadinessDoc {
+    #[default]
+    Blocking,
+    Degrading,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreRecoveryDoc {
+    #[default]
+    Quarantine,
+    Rebuild,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -171,6 +217,32 @@ impl TemplateDoc {
             Some(DisappearDoc::Recreate) => DisappearPolicy::Recreate,
         };
         t.stop_grace = duration_field("stop_grace", &self.stop_grace, t.stop_grace)?;
+        t.stores = self
+            .stores
+            .iter()
+            .map(|s| StoreDescriptor {
+                name: s.name.clone(),
+                path: s.path.clone(),
+                schema_version: s.schema_version,
+                readiness: match s.readiness {
+                    StoreReadinessDoc::Blocking => StoreReadiness::Blocking,
+                    StoreReadinessDoc::Degrading => StoreReadiness::Degrading,
+                },
+                recovery: match s.recovery {
+                    StoreRecoveryDoc::Quarantine => StoreRecovery::Quarantine,
+                    StoreRecoveryDoc::Rebuild => StoreRecovery::Rebuild,
+                },
+            })
+            .collect();
+        let validator_timeout = duration_field(
+            "store_validator_timeout",
+            &self.store_validator_timeout,
+            DEFAULT_VALIDATOR_TIMEOUT,
+        )?;
+        t.store_validator = self.store_validator.as_ref().map(|command| StoreValidator {
+            command: command.clone(),
+            timeout: validator_timeout,
+        });
         t.validate()?;
         Ok(t)
     }
@@ -216,6 +288,28 @@ impl TemplateDoc {
                 DisappearPolicy::Recreate => DisappearDoc::Recreate,
             }),
             stop_grace: Some(format_duration(t.stop_grace)),
+            stores: t
+                .stores
+                .iter()
+                .map(|s| StoreDoc {
+                    name: s.name.clone(),
+                    path: s.path.clone(),
+                    schema_version: s.schema_version,
+                    readiness: match s.readiness {
+                        StoreReadiness::Blocking => StoreReadinessDoc::Blocking,
+                        StoreReadiness::Degrading => StoreReadinessDoc::Degrading,
+                    },
+                    recovery: match s.recovery {
+                        StoreRecovery::Quarantine => StoreRecoveryDoc::Quarantine,
+                        StoreRecovery::Rebuild => StoreRecoveryDoc::Rebuild,
+                    },
+                })
+                .collect(),
+            store_validator: t.store_validator.as_ref().map(|v| v.command.clone()),
+            store_validator_timeout: t
+                .store_validator
+                .as_ref()
+                .map(|v| format_duration(v.timeout)),
             pin: None,
         }
     }

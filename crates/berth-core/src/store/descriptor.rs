@@ -94,3 +94,28 @@ pub fn validate_stores(stores: &[StoreDescriptor]) -> Result<(), ValidationError
     }
     Ok(())
 }
+
+/// The image label that says which schema version of a store the image's
+/// code understands.
+pub fn schema_label(store: &str) -> String {
+    format!("io.berth.store.{store}.schema_version")
+}
+
+/// The schema version of each store the image understands: its label
+/// when it has one that parses, else the descriptor's.
+pub fn understood_versions(
+    stores: &[StoreDescriptor],
+    image_labels: &std::collections::BTreeMap<String, String>,
+) -> std::collections::BTreeMap<String, u32> {
+    stores
+        .iter()
+        .map(|s| {
+            let v = image_labels
+                .get(&schema_label(&s.name))
+                .and_then(|v| v.trim().parse::<u32>().ok())
+                .filter(|v| *v > 0)
+                .unwrap_or(s.schema_version);
+            (s.name.clone(), v)
+        })
+        .collect()
+}

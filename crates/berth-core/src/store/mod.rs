@@ -9,7 +9,10 @@ pub mod format;
 pub mod plan;
 pub mod readiness;
 
-pub use descriptor::{validate_stores, StoreDescriptor, StoreReadiness, StoreRecovery};
+pub use descriptor::{
+    schema_label, understood_versions, validate_stores, StoreDescriptor, StoreReadiness,
+    StoreRecovery,
+};
 pub use format::{
     decode_receipts, encode_receipt, Envelope, EnvelopeHead, Manifest, ManifestEntry,
     Receipt, ReceiptLog, ReceiptRecord, StoreFileFact, MANIFEST_SCHEMA_VERSION,

@@ -13,6 +13,7 @@ mod pin;
 mod plugin;
 mod rollout;
 mod runtime;
+mod store;
 mod template;
 
 use std::io::{IsTerminal, Write};
@@ -28,6 +29,7 @@ pub use pin::PinCommand;
 pub use plugin::{PluginCommand, PluginUpdateCommand};
 pub use rollout::RolloutCommand;
 pub use runtime::RuntimeCommand;
+pub use store::StoreCommand;
 pub use template::{TemplateCommand, TemplatePutArgs};
 
 pub const DEFAULT_API_URL: &str = "http://127.0.0.1:7878";
@@ -97,6 +99,16 @@ pub enum Command {
     PluginUpdate(PluginUpdateCommand),
     /// Run one plugin drift sweep now; exits 1 if a source failed
     Sweep,
+    /// Show a runtime's state stores and commit batches to them
+    #[command(subcommand)]
+    Store(StoreCommand),
+    /// Whether a runtime is ready, and which store is at fault; exits 1
+    /// when it is blocked
+    Readiness {
+        /// Runtime id
+        #[arg(value_parser = parse_path_segment)]
+        runtime: String,
+    },
 }
 
 /// `KEY=VALUE`; the value may contain `=` and may be empty.
@@ -185,6 +197,8 @@ async fn execute(cli: Cli) -> Result<i32, CliError> {
         Command::Plugin(c) => plugin::plugin(&ctx, c).await.map(|()| 0),
         Command::PluginUpdate(c) => plugin::plugin_update(&ctx, c).await.map(|()| 0),
         Command::Sweep => plugin::sweep(&ctx).await,
+        Command::Store(c) => store::store(&ctx, c).await.map(|()| 0),
+        Command::Readiness { runtime } => store::readiness(&ctx, runtime).await,
     }
 }
 

@@ -164,6 +164,14 @@ fn runtime_fields(r: &RuntimeView) -> String {
         .add("image_digest", or_dash(r.image_digest.as_deref()))
         .add("engine_endpoint", or_dash(r.engine_endpoint.as_deref()))
         .add("generation", r.generation.to_string())
+        .add("run_id", or_dash(r.run_id.as_deref()))
+        .add(
+            "readiness",
+            r.readiness.as_ref().map_or_else(
+                || "-".to_string(),
+                |v| format!("{} ({})", v.impact, v.reason),
+            ),
+        )
         .add("created_at", format_ms(r.created_at))
         .add("updated_at", format_ms(r.updated_at))
         .add(
@@ -194,9 +202,11 @@ mod tests {
             image_digest: Some(format!("sha256:{}", "ab".repeat(32))),
             engine_endpoint: Some("172.18.0.2:8080".into()),
             generation: 2,
+            run_id: None,
             created_at: 0,
             updated_at: 1_700_000_000_000,
             last_error: None,
+            readiness: None,
         }
     }
 

@@ -118,9 +118,15 @@ pub struct RuntimeView {
     pub image_digest: Option<String>,
     pub engine_endpoint: Option<String>,
     pub generation: i64,
+    /// New each time berth starts the runtime's container; the runtime reads
+    /// it at `$BERTH_STATE_PATH/.berth/run_id`.
+    pub run_id: Option<String>,
     pub created_at: i64,
     pub updated_at: i64,
     pub last_error: Option<ErrorDetail>,
+    /// Only on `GET /v1/runtimes/{id}`: the readiness verdict.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readiness: Option<ReadinessView>,
 }
 
 impl From<RuntimeRecord> for RuntimeView {
@@ -134,12 +140,14 @@ impl From<RuntimeRecord> for RuntimeView {
             image_digest: r.image_digest,
             engine_endpoint: r.engine_endpoint,
             generation: r.generation,
+            run_id: r.run_id,
             created_at: r.created_at_ms,
             updated_at: r.updated_at_ms,
             last_error: r.last_error.map(|e| ErrorDetail {
                 code: e.code,
                 message: e.message,
             }),
+            readiness: None,
         }
     }
 }
@@ -635,4 +643,181 @@ impl From<crate::services::plugins::SweepReport> for SweepReportView {
 pub struct BulkApplyRequest {
     pub template: String,
     pub plugin: String,
+}
+
+// --- state stores ----------------------------------------------------------
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StoreWriteRequest {
+    /// A store the runtime's template declares.
+    pub store: String,
+    /// Any JSON value; kept as the envelope's `data`.
+    #[schema(value_type = Object)]
+    pub data: serde_json::Value,
+    /// The schema of `data`; default: the version the runtime's image understands.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1)]
+    pub schema_version: Option<u32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StoreBatchRequest {
+    /// The runtime's current run (`$BERTH_STATE_PATH/.berth/run_id`).
+    pub run_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub writes: Vec<StoreWriteRequest>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct ReceiptView {
+    pub receipt_id: String,
+    pub store: String,
+    pub schema_version: u32,
+    /// Hex SHA-256 of the store file's bytes.
+    pub sha256: String,
+    pub size: u64,
+}
+
+impl From<berth_core::store::Receipt> for ReceiptView {
+    fn from(r: berth_core::store::Receipt) -> Self {
+        ReceiptView {
+            receipt_id: r.receipt_id,
+            store: r.store,
+            schema_version: r.schema_version,
+            sha256: r.sha256,
+            size: r.size,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct CommittedBatchView {
+    pub batch_id: String,
+    pub seq: u64,
+    pub run_id: String,
+    pub committed_at: i64,
+    pub receipts: Vec<ReceiptView>,
+}
+
+impl From<crate::services::stores::CommittedBatch> for CommittedBatchView {
+    fn from(b: crate::services::stores::CommittedBatch) -> Self {
+        CommittedBatchView {
+            batch_id: b.batch_id,
+            seq: b.seq,
+            run_id: b.run_id,
+            committed_at: b.committed_at_ms,
+            receipts: b.receipts.into_iter().map(Into::into).collect(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct ManifestEntryView {
+    pub store: String,
+    pub schema_version: u32,
+    pub state: String,
+    pub last_receipt_id: String,
+    pub sha256: String,
+}
+
+/// `.berth/manifest.json`: the commit record of a runtime's stores.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct ManifestView {
+    pub schema_version: u32,
+    pub runtime_id: String,
+    pub active_run_id: Option<String>,
+    pub high_watermark: u64,
+    pub last_committed_batch_id: Option<String>,
+    pub last_preparing_batch_id: Option<String>,
+    pub entries: Vec<ManifestEntryView>,
+}
+
+impl From<berth_core::store::Manifest> for ManifestView {
+    fn from(m: berth_core::store::Manifest) -> Self {
+        ManifestView {
+            schema_version: m.schema_version,
+            runtime_id: m.runtime_id,
+            active_run_id: m.active_run_id,
+            high_watermark: m.high_watermark,
+            last_committed_batch_id: m.last_committed_batch_id,
+            last_preparing_batch_id: m.last_preparing_batch_id,
+            entries: m
+                .entries
+                .into_iter()
+                .map(|e| ManifestEntryView {
+                    store: e.store,
+                    schema_version: e.schema_version,
+                    state: e.state,
+                    last_receipt_id: e.last_receipt_id,
+                    sha256: e.sha256,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// One store's committed envelope.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct EnvelopeView {
+    pub schema_version: u32,
+    pub updated_at: i64,
+    pub run_id: String,
+    #[schema(value_type = Object)]
+    pub data: serde_json::Value,
+}
+
+impl From<berth_core::store::Envelope> for EnvelopeView {
+    fn from(e: berth_core::store::Envelope) -> Self {
+        EnvelopeView {
+            schema_version: e.schema_version,
+            updated_at: e.updated_at,
+            run_id: e.run_id,
+            data: e.data,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct StoreActionView {
+    /// none, block_readiness, rebuild or quarantine.
+    pub kind: String,
+    pub store: String,
+    /// missing, torn_batch, hash_mismatch, corrupt, future_schema or stale_run_id; null for none.
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct ReadinessView {
+    /// False exactly when `impact` is `blocked`.
+    pub ok: bool,
+    /// ready, degraded, container_not_running, container_unhealthy,
+    /// store_recovery_required or store_validator_failed.
+    pub reason: String,
+    /// none, degraded or blocked.
+    pub impact: String,
+    pub actions: Vec<StoreActionView>,
+    pub diagnostics: Vec<String>,
+}
+
+impl From<berth_core::store::Readiness> for ReadinessView {
+    fn from(r: berth_core::store::Readiness) -> Self {
+        ReadinessView {
+            ok: r.ok,
+            reason: r.reason.to_string(),
+            impact: r.impact.as_str().to_string(),
+            actions: r
+                .actions
+                .into_iter()
+                .map(|a| StoreActionView {
+                    kind: a.kind.as_str().to_string(),
+                    store: a.store,
+                    reason: a.reason.map(|r| r.as_str().to_string()),
+                })
+                .collect(),
+            diagnostics: r.diagnostics,
+        }
+    }
 }

@@ -34,8 +34,9 @@ fn json_rejection(rejection: JsonRejection) -> Error {
         return Error::new(
             ErrorCode::PayloadTooLarge,
             format!(
-                "the request body is larger than {} bytes",
-                super::MAX_BODY_BYTES
+                "the request body is larger than this endpoint takes ({} bytes; {} for state-store batches)",
+                super::MAX_BODY_BYTES,
+                super::MAX_STORE_BATCH_BYTES
             ),
         );
     }

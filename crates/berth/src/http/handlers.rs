@@ -227,7 +227,14 @@ pub async fn get_runtime(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<RuntimeView>> {
-    Ok(Json(state.services.runtimes.get(&id).await?.into()))
+    let rec = state.services.runtimes.get(&id).await?;
+    let mut view: RuntimeView = rec.into();
+    // The record answers even when Docker does not; readiness is then left out.
+    match state.services.stores.readiness(&id).await {
+        Ok(r) => view.readiness = Some(r.into()),
+        Err(e) => tracing::debug!(runtime = %id, error = %e.message, "readiness not computed"),
+    }
+    Ok(Json(view))
 }
 
 #[utoipa::path(post, path = "/v1/runtimes/{id}/start", tag = "runtimes",
@@ -641,4 +648,80 @@ pub async fn bulk_apply_plugin(
         })
         .await?;
     Ok((StatusCode::ACCEPTED, Json(RolloutView::from_row(row, None))))
+}
+
+// --- state stores ----------------------------------------------------------
+
+#[utoipa::path(post, path = "/v1/runtimes/{id}/store/batches", tag = "stores", request_body = StoreBatchRequest,
+    params(("id" = String, Path, description = "runtime id")),
+    responses((status = 201, description = "committed: survives any crash after this answer", body = CommittedBatchView),
+              (status = 400, description = "invalid_request (an undeclared store, a store written twice, no writes) or invalid_id", body = ErrorBody),
+              (status = 404, description = "runtime_not_found or template_not_found", body = ErrorBody),
+              (status = 409, description = "conflict: run_id is not the runtime's current run, or its manifest is unreadable; runtime_removed", body = ErrorBody),
+              (status = 413, description = "payload_too_large: a store, the batch or the body is too large", body = ErrorBody),
+              (status = 503, description = "storage_unavailable: a write or fsync failed; nothing was committed", body = ErrorBody)))]
+pub async fn write_store_batch(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<StoreBatchRequest>,
+) -> ApiResult<(StatusCode, Json<CommittedBatchView>)> {
+    let caller = caller(&headers);
+    let services = state.services.clone();
+    let request = crate::services::stores::BatchRequest {
+        run_id: req.run_id,
+        reason: req.reason,
+        writes: req
+            .writes
+            .into_iter()
+            .map(|w| crate::services::stores::StoreWrite {
+                store: w.store,
+                schema_version: w.schema_version,
+                data: w.data,
+            })
+            .collect(),
+    };
+    let batch = state
+        .run(async move { services.stores.write_batch(&id, request, &caller).await })
+        .await?;
+    Ok((StatusCode::CREATED, Json(batch.into())))
+}
+
+#[utoipa::path(get, path = "/v1/runtimes/{id}/store", tag = "stores",
+    params(("id" = String, Path, description = "runtime id")),
+    responses((status = 200, description = "the committed manifest (empty before the first batch)", body = ManifestView),
+              (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 409, description = "the manifest is unreadable", body = ErrorBody),
+              (status = 503, body = ErrorBody)))]
+pub async fn get_store_manifest(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<ManifestView>> {
+    Ok(Json(state.services.stores.manifest(&id).await?.into()))
+}
+
+#[utoipa::path(get, path = "/v1/runtimes/{id}/store/{store}", tag = "stores",
+    params(("id" = String, Path, description = "runtime id"), ("store" = String, Path, description = "store name")),
+    responses((status = 200, description = "the store's committed envelope", body = EnvelopeView),
+              (status = 400, body = ErrorBody),
+              (status = 404, description = "runtime_not_found, or store_not_found: undeclared or never committed", body = ErrorBody),
+              (status = 409, description = "the file does not hold what the last committed batch wrote", body = ErrorBody),
+              (status = 503, body = ErrorBody)))]
+pub async fn get_store_data(
+    State(state): State<AppState>,
+    Path((id, store)): Path<(String, String)>,
+) -> ApiResult<Json<EnvelopeView>> {
+    Ok(Json(state.services.stores.store_data(&id, &store).await?.into()))
+}
+
+#[utoipa::path(get, path = "/v1/runtimes/{id}/readiness", tag = "stores",
+    params(("id" = String, Path, description = "runtime id")),
+    responses((status = 200, description = "the verdict; changes nothing on disk", body = ReadinessView),
+              (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 503, description = "docker_unavailable or storage_unavailable", body = ErrorBody)))]
+pub async fn get_readiness(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<ReadinessView>> {
+    Ok(Json(state.services.stores.readiness(&id).await?.into()))
 }

@@ -25,6 +25,8 @@ use dto::{ErrorBody, ErrorDetail};
 
 /// Requests larger than this are refused with 413 `payload_too_large`.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+/// State-store batches may be larger: up to the batch limit plus JSON framing.
+pub const MAX_STORE_BATCH_BYTES: usize = 17 * 1024 * 1024;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -196,6 +198,13 @@ pub fn router(state: AppState) -> Router {
         .route("/runtimes/{id}/start", post(start_existing_runtime))
         .route("/runtimes/{id}/stop", post(stop_runtime))
         .route("/runtimes/{id}/restart", post(restart_runtime))
+        .route(
+            "/runtimes/{id}/store/batches",
+            post(write_store_batch).layer(DefaultBodyLimit::max(MAX_STORE_BATCH_BYTES)),
+        )
+        .route("/runtimes/{id}/store", get(get_store_manifest))
+        .route("/runtimes/{id}/store/{store}", get(get_store_data))
+        .route("/runtimes/{id}/readiness", get(get_readiness))
         .route("/operations", get(list_operations))
         .route("/status", get(status))
         .route("/events", get(list_events))

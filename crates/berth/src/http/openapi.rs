@@ -7,7 +7,8 @@ use utoipa::{Modify, OpenApi};
 use super::dto::*;
 use super::handlers;
 use crate::template_doc::{
-    DisappearDoc, HealthDoc, RestartDoc, RolloutDoc, TemplateDoc, UpdatePolicyDoc,
+    DisappearDoc, HealthDoc, RestartDoc, RolloutDoc, StoreDoc, StoreReadinessDoc, StoreRecoveryDoc,
+    TemplateDoc, UpdatePolicyDoc,
 };
 
 #[derive(OpenApi)]
@@ -25,6 +26,7 @@ use crate::template_doc::{
         handlers::install_plugin, handlers::list_plugins, handlers::uninstall_plugin,
         handlers::list_plugin_updates, handlers::apply_plugin_update, handlers::dismiss_plugin_update,
         handlers::sweep_plugins, handlers::bulk_apply_plugin,
+        handlers::write_store_batch, handlers::get_store_manifest, handlers::get_store_data, handlers::get_readiness,
     ),
     components(schemas(
         ErrorBody, ErrorDetail, Health, TemplateDoc, HealthDoc, RolloutDoc, UpdatePolicyDoc, RestartDoc,
@@ -34,6 +36,8 @@ use crate::template_doc::{
         RefreshRequest, RefreshResponse, TemplateFailure, WatchReportView, RolloutTargetView, RolloutProgress,
         RolloutView, RolloutList, StatusView, InstallPluginRequest, PluginView, PluginList,
         PluginUpdateView, PluginUpdateList, SweepFailure, SweepReportView, BulkApplyRequest,
+        StoreDoc, StoreReadinessDoc, StoreRecoveryDoc, StoreWriteRequest, StoreBatchRequest, ReceiptView,
+        CommittedBatchView, ManifestEntryView, ManifestView, EnvelopeView, StoreActionView, ReadinessView,
     )),
     modifiers(&BearerAuth),
     security(("bearer" = [])),

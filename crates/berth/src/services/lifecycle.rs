@@ -63,6 +63,8 @@ pub struct ListQuery {
 
 pub struct LifecycleService {
     ctx: Arc<Context>,
+    /// State stores: recovery and a new run id before every container start.
+    pub stores: Arc<super::stores::StoreService>,
     locks: KeyedLocks,
     network_ready: AtomicBool,
 }
@@ -136,6 +138,7 @@ pub(crate) fn no_progress(_: PullProgress) {}
 impl LifecycleService {
     pub fn new(ctx: Arc<Context>) -> Self {
         LifecycleService {
+            stores: Arc::new(super::stores::StoreService::new(ctx.clone())),
             ctx,
             locks: KeyedLocks::default(),
             network_ready: AtomicBool::new(false),
@@ -293,7 +296,7 @@ impl LifecycleService {
         self.ctx.record(Some(&rec), &op).await?;
         let mut created = None;
         let result = self
-            .deadline(self.bring_up(template, &mut rec, &mut created, progress))
+            .deadline(self.bring_up(template, &mut rec, &mut created, progress, op.source))
             .await;
         let now = self.ctx.now_ms();
         rec.updated_at_ms = now;
@@ -373,13 +376,19 @@ impl LifecycleService {
         rec: &mut RuntimeRecord,
         created: &mut Option<String>,
         progress: &ProgressFn,
+        source: Source,
     ) -> Result<()> {
         let engine = &self.ctx.engine;
         if let Some(cid) = rec.container_id.clone() {
             let info = engine.inspect_container(&cid).await.map_err(|e| {
                 Error::from_engine(e, ErrorCode::StartFailed, "inspect the container")
             })?;
-            if info.is_some() {
+            if let Some(info) = info {
+                if !info.running {
+                    self.stores
+                        .begin_run(template, rec, &info.image_id, source)
+                        .await?;
+                }
                 match engine.start_container(&cid).await {
                     Ok(()) => return Ok(()),
                     // Its network was deleted under us; Docker keeps the
@@ -459,6 +468,9 @@ impl LifecycleService {
             }
         };
         *created = Some(cid.clone());
+        self.stores
+            .begin_run(template, rec, &image_ref, source)
+            .await?;
         self.start_on_network(&cid).await?;
         rec.container_id = Some(cid);
         rec.generation = generation;
@@ -971,7 +983,11 @@ impl LifecycleService {
     /// that never passed its gate: it goes. If the old container is still
     /// there it runs again (undo; a rollout then retries); if it is gone the
     /// runtime is brought up afresh from its record and template (finish).
-    async fn recover_recreate(&self, rec: RuntimeRecord, interrupted: &Operation) -> Result<()> {
+    async fn recover_recreate(
+        &self,
+        mut rec: RuntimeRecord,
+        interrupted: &Operation,
+    ) -> Result<()> {
         let engine = &self.ctx.engine;
         let engine_err = |e| Error::from_engine(e, ErrorCode::StartFailed, "recover a recreate");
         let containers = engine.list_containers().await.map_err(engine_err)?;
@@ -999,6 +1015,10 @@ impl LifecycleService {
             return Ok(());
         };
         if !old.running {
+            let template = self.template(&rec.template).await?;
+            self.stores
+                .begin_run(&template, &mut rec, &old.image_id, interrupted.source)
+                .await?;
             engine.start_container(&old.id).await.map_err(engine_err)?;
         }
         let now = self.ctx.now_ms();
@@ -1016,7 +1036,8 @@ impl LifecycleService {
             "recovered after an interrupted recreate: the old container runs again",
             now,
         );
-        self.ctx.record(None, &note).await?;
+        rec.updated_at_ms = now;
+        self.ctx.record(Some(&rec), &note).await?;
         Ok(())
     }
 }

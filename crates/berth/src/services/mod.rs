@@ -13,6 +13,7 @@ pub mod plugins;
 pub mod reconciler;
 pub mod refresh;
 pub mod rollouts;
+pub mod stores;
 pub mod templates;
 pub mod watcher;
 
@@ -52,6 +53,10 @@ pub struct Settings {
 impl Settings {
     /// `<data_dir>/runtimes/<id>/plugins`: one directory per plugin,
     /// mounted read-only at `/plugins` in every container of the runtime.
+    pub fn state_dir(&self, runtime_id: &str) -> PathBuf {
+        self.data_dir.join("runtimes").join(runtime_id).join("state")
+    }
+
     pub fn plugins_dir(&self, runtime_id: &str) -> PathBuf {
         self.data_dir
             .join("runtimes")
@@ -83,6 +88,8 @@ pub struct Context {
     pub probe: Arc<dyn crate::ports::probe::HealthProbe>,
     pub registry: Arc<dyn crate::ports::Registry>,
     pub git: Arc<dyn crate::ports::git::RefResolver>,
+    /// File access to runtimes' state directories.
+    pub state_fs: Arc<dyn crate::ports::state_fs::StateFs>,
     pub clock: Arc<dyn Clock>,
     pub metrics: Arc<Metrics>,
     pub settings: Settings,
@@ -236,6 +243,7 @@ pub struct Services {
     pub rollouts: Arc<rollouts::RolloutService>,
     pub watcher: Arc<watcher::ImageWatcher>,
     pub plugins: Arc<plugins::PluginService>,
+    pub stores: Arc<stores::StoreService>,
 }
 
 impl Services {
@@ -253,6 +261,7 @@ impl Services {
         ));
         let refresh = Arc::new(refresh::RefreshService::new(ctx.clone(), runtimes.clone()));
         Arc::new(Services {
+            stores: runtimes.stores.clone(),
             templates: templates::TemplateService::new(ctx.clone()),
             watcher: Arc::new(watcher::ImageWatcher::new(
                 ctx.clone(),

@@ -381,7 +381,7 @@ impl PluginService {
                 .restart_locked(&rec.id, caller, OperationKind::Restart, Effects::default())
                 .await?;
             let cid = restarted.container_id.clone().unwrap_or_default();
-            self.runtimes.health_gate(&template, &cid).await
+            self.runtimes.health_gate(&template, &rec.id, &cid).await
         }
         .await;
         let now = self.ctx.now_ms();

@@ -60,6 +60,7 @@ pub(crate) static SQLITE: &[Migration] = &[
     migration!("sqlite", 3, "0003", "watch_rollouts"),
     migration!("sqlite", 4, "0004", "plugins"),
     migration!("sqlite", 5, "0005", "plugin_rollouts"),
+    migration!("sqlite", 6, "0006", "run_id"),
 ];
 pub(crate) static POSTGRES: &[Migration] = &[
     migration!("postgres", 1, "0001", "init"),
@@ -67,6 +68,7 @@ pub(crate) static POSTGRES: &[Migration] = &[
     migration!("postgres", 3, "0003", "watch_rollouts"),
     migration!("postgres", 4, "0004", "plugins"),
     migration!("postgres", 5, "0005", "plugin_rollouts"),
+    migration!("postgres", 6, "0006", "run_id"),
 ];
 
 const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS berth_migrations (\
@@ -293,12 +295,15 @@ mod tests {
     /// The tables each migration adds, by version.
     /// 0005 adds a column, no table.
     const TABLES_0005: [&str; 0] = [];
-    const BY_VERSION: [(i64, &[&str]); 5] = [
+    /// 0006 adds a column, no table.
+    const TABLES_0006: [&str; 0] = [];
+    const BY_VERSION: [(i64, &[&str]); 6] = [
         (1, &TABLES_0001),
         (2, &TABLES_0002),
         (3, &TABLES_0003),
         (4, &TABLES_0004),
         (5, &TABLES_0005),
+        (6, &TABLES_0006),
     ];
 
     #[test]

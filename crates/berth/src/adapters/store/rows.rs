@@ -173,6 +173,7 @@ pub(crate) fn runtime_from_row(row: &impl Columns) -> Result<RuntimeRecord, Stor
         created_at_ms: row.int(T, "created_at_ms")?,
         updated_at_ms: row.int(T, "updated_at_ms")?,
         last_error,
+        run_id: row.opt_text(T, "run_id")?,
     })
 }
 

@@ -19,7 +19,7 @@ macro_rules! pin_history_cols {
 macro_rules! runtime_cols {
     () => {
         "id, template, status, container_id, image_ref, image_digest, engine_endpoint, \
-         generation, env, created_at_ms, updated_at_ms, last_error_code, last_error_message"
+         generation, env, created_at_ms, updated_at_ms, last_error_code, last_error_message, run_id"
     };
 }
 macro_rules! operation_cols {
@@ -90,13 +90,13 @@ pub const LIST_RUNTIMES_BY_TEMPLATE_AND_STATUS: &str = concat!(
 pub const UPSERT_RUNTIME: &str = concat!(
     "INSERT INTO runtimes (",
     runtime_cols!(),
-    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
      ON CONFLICT (id) DO UPDATE SET template = excluded.template, status = excluded.status, \
      container_id = excluded.container_id, image_ref = excluded.image_ref, \
      image_digest = excluded.image_digest, engine_endpoint = excluded.engine_endpoint, \
      generation = excluded.generation, env = excluded.env, \
      created_at_ms = excluded.created_at_ms, updated_at_ms = excluded.updated_at_ms, last_error_code = excluded.last_error_code, \
-     last_error_message = excluded.last_error_message"
+     last_error_message = excluded.last_error_message, run_id = excluded.run_id"
 );
 
 /// Keeps `seq` (the row's place in the log) of an existing operation.

@@ -106,6 +106,7 @@ macro_rules! impl_store {
                     .bind(r.updated_at_ms)
                     .bind(code)
                     .bind(message)
+                    .bind(r.run_id.as_deref())
                     .execute(&mut **tx)
                     .await
                     .map_err(db_err)?;

@@ -15,6 +15,10 @@ use super::{no_progress, note_failure, with_container_details, LifecycleService,
 use crate::error::{Error, Result};
 use crate::services::Caller;
 
+/// The readiness gate of a template with stores and no health check.
+const DEFAULT_READINESS_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
+const DEFAULT_READINESS_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
+
 impl LifecycleService {
     /// Replaces a running runtime's container with one on the image its
     /// template resolves to now (pin, else tag), health-gated.
@@ -45,7 +49,7 @@ impl LifecycleService {
         let mut created = None;
         let mut staged = rec.clone();
         let result = self
-            .deadline(self.swap(&template, &mut staged, &old_cid, &mut created))
+            .deadline(self.swap(&template, &mut staged, &old_cid, &mut created, caller))
             .await;
         let now = self.ctx.now_ms();
         match result {
@@ -66,7 +70,22 @@ impl LifecycleService {
                         tracing::warn!(runtime = %rec.id, container = %new, error = %e, "could not remove the new container of a failed recreate");
                     }
                 }
-                let restored = self.ctx.engine.start_container(&old_cid).await;
+                // The old image must not read state the new one wrote in a
+                // newer schema: recovery for the old image first, new run.
+                let old_image = rec.image_ref.clone().unwrap_or_default();
+                let restored = match self
+                    .stores
+                    .begin_run(&template, &mut rec, &old_image, caller.source)
+                    .await
+                {
+                    Ok(_) => self
+                        .ctx
+                        .engine
+                        .start_container(&old_cid)
+                        .await
+                        .map_err(|e| Error::from_engine(e, ErrorCode::StartFailed, "restart the old container")),
+                    Err(e) => Err(e),
+                };
                 if let Err(e) = &restored {
                     tracing::warn!(runtime = %rec.id, error = %e, "could not start the old container again");
                     rec.status = next_status(Some(rec.status), LifecycleEvent::Failed)
@@ -86,6 +105,7 @@ impl LifecycleService {
         rec: &mut RuntimeRecord,
         old_cid: &str,
         created: &mut Option<String>,
+        caller: &Caller,
     ) -> Result<()> {
         let engine = &self.ctx.engine;
         let Prepared {
@@ -124,10 +144,13 @@ impl LifecycleService {
             Error::from_engine(e, ErrorCode::StartFailed, "create the new container")
         })?;
         *created = Some(new_cid.clone());
+        self.stores
+            .begin_run(template, rec, &image_ref, caller.source)
+            .await?;
         engine.start_container(&new_cid).await.map_err(|e| {
             Error::from_engine(e, ErrorCode::StartFailed, "start the new container")
         })?;
-        self.health_gate(template, &new_cid).await?;
+        self.health_gate(template, &rec.id, &new_cid).await?;
 
         engine.remove_container(old_cid).await.map_err(|e| {
             Error::from_engine(e, ErrorCode::RemoveFailed, "remove the old container")
@@ -153,18 +176,55 @@ impl LifecycleService {
     /// The health gate on the new container: the service observes (inspect,
     /// and the template's probe when it has one) and waits; core's
     /// [`health_gate::next`] decides.
-    pub(crate) async fn health_gate(&self, template: &Template, cid: &str) -> Result<()> {
+    pub(crate) async fn health_gate(
+        &self,
+        template: &Template,
+        runtime_id: &str,
+        cid: &str,
+    ) -> Result<()> {
         let policy = GatePolicy::of(template);
         let started_ms = self.ctx.now_ms();
         loop {
             let observation = self.observe_for_gate(&policy, cid).await?;
             match health_gate::next(&policy, self.ctx.now_ms() - started_ms, &observation) {
-                GateStep::Pass => return Ok(()),
+                GateStep::Pass => break,
                 GateStep::Fail { reason } => {
                     return Err(Error::new(ErrorCode::HealthCheckFailed, reason.to_string()))
                 }
                 GateStep::ProbeAgainAfter(wait) => tokio::time::sleep(wait).await,
             }
+        }
+        if template.stores.is_empty() && template.store_validator.is_none() {
+            return Ok(());
+        }
+        // A template with stores: readiness is the gate, within the same grace.
+        let (grace, interval) = template.health.as_ref().map_or(
+            (DEFAULT_READINESS_GRACE, DEFAULT_READINESS_INTERVAL),
+            |h| (h.grace, h.interval),
+        );
+        loop {
+            let verdict = self
+                .stores
+                .readiness_of(template, runtime_id, Some(cid))
+                .await?;
+            if verdict.ok {
+                return Ok(());
+            }
+            let waited = std::time::Duration::from_millis(
+                (self.ctx.now_ms() - started_ms).max(0) as u64,
+            );
+            if waited >= grace {
+                let mut why = format!(
+                    "the new container was not ready within {}: {}",
+                    berth_core::duration::format_duration(grace),
+                    verdict.reason
+                );
+                if let Some(first) = verdict.diagnostics.first() {
+                    why.push_str(&format!(" ({first})"));
+                }
+                return Err(Error::new(ErrorCode::HealthCheckFailed, why));
+            }
+            tokio::time::sleep(interval.min(grace - waited)).await;
         }
     }
 
