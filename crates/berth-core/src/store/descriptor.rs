@@ -39,9 +39,10 @@ impl StoreDescriptor {
         let n = &self.name;
         let name_ok = !n.is_empty()
             && n.len() <= 64
-            && n.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-            && n
-                .bytes()
+            && n.bytes()
+                .next()
+                .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+            && n.bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_.-".contains(&b));
         if !name_ok {
             return Err(ValidationError::invalid_request(format!(
@@ -92,6 +93,20 @@ pub fn validate_stores(stores: &[StoreDescriptor]) -> Result<(), ValidationError
             )));
         }
     }
+    // One store's file cannot be a directory holding another's.
+    for a in stores {
+        for b in stores {
+            if b.path.len() > a.path.len()
+                && b.path.starts_with(a.path.as_str())
+                && b.path.as_bytes()[a.path.len()] == b'/'
+            {
+                return Err(ValidationError::invalid_request(format!(
+                    "store path {:?} of store {} is inside the path {:?} of store {}",
+                    b.path, b.name, a.path, a.name
+                )));
+            }
+        }
+    }
     Ok(())
 }
 
@@ -118,4 +133,124 @@ pub fn understood_versions(
             (s.name.clone(), v)
         })
         .collect()
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorCode;
+
+    fn store(name: &str, path: &str) -> StoreDescriptor {
+        StoreDescriptor {
+            name: name.to_string(),
+            path: path.to_string(),
+            schema_version: 1,
+            readiness: StoreReadiness::Blocking,
+            recovery: StoreRecovery::Quarantine,
+        }
+    }
+
+    #[test]
+    fn good_names_and_paths_pass() {
+        for (name, path) in [
+            ("launch_state", "launch-state.json"),
+            ("a", "a"),
+            ("0.x-y_z", "sub/dir/file.json"),
+            (&"n".repeat(64)[..], ".hidden"),
+            ("s", "x/.berth/y"),
+            ("s", ".berthx/y"),
+        ] {
+            assert_eq!(store(name, path).validate(), Ok(()), "{name} {path}");
+        }
+    }
+
+    #[test]
+    fn bad_names_are_refused() {
+        for name in [
+            "",
+            "Launch",
+            "_x",
+            ".x",
+            "-x",
+            "a/b",
+            "a b",
+            "é",
+            &"n".repeat(65)[..],
+        ] {
+            let err = store(name, "f.json").validate().unwrap_err();
+            assert_eq!(err.code, ErrorCode::InvalidRequest, "{name:?}");
+            assert!(
+                err.message.contains("store name"),
+                "{name:?}: {}",
+                err.message
+            );
+        }
+    }
+
+    #[test]
+    fn paths_outside_the_state_dir_or_under_berth_are_refused() {
+        for path in [
+            "",
+            "/etc/passwd",
+            "/abs",
+            "..",
+            "../x",
+            "a/../../x",
+            "a/..",
+            ".",
+            "./x",
+            "a//b",
+            "a/",
+            ".berth",
+            ".berth/x",
+            ".berth/manifest.json",
+            "a\\..\\b",
+            "a\nb",
+            &"p".repeat(256)[..],
+        ] {
+            let err = store("s", path).validate().unwrap_err();
+            assert_eq!(err.code, ErrorCode::InvalidRequest, "{path:?}");
+            assert!(err.message.contains("path"), "{path:?}: {}", err.message);
+        }
+    }
+
+    #[test]
+    fn schema_version_zero_is_refused() {
+        let mut s = store("s", "s.json");
+        s.schema_version = 0;
+        assert!(s.validate().unwrap_err().message.contains("schema_version"));
+    }
+
+    #[test]
+    fn duplicates_are_refused() {
+        assert_eq!(
+            validate_stores(&[store("a", "a.json"), store("b", "b.json")]),
+            Ok(())
+        );
+        assert_eq!(validate_stores(&[]), Ok(()));
+        let err = validate_stores(&[store("a", "a.json"), store("a", "b.json")]).unwrap_err();
+        assert!(err.message.contains("declared twice"), "{}", err.message);
+        let err = validate_stores(&[store("a", "x.json"), store("b", "x.json")]).unwrap_err();
+        assert!(
+            err.message.contains("used by two stores"),
+            "{}",
+            err.message
+        );
+    }
+
+    #[test]
+    fn a_store_inside_another_stores_path_is_refused() {
+        for (pa, pb) in [("a", "a/b"), ("a/b", "a"), ("x/y", "x/y/z/w")] {
+            let err = validate_stores(&[store("a", pa), store("b", pb)]).unwrap_err();
+            assert!(err.message.contains("inside"), "{pa} {pb}: {}", err.message);
+        }
+        assert_eq!(
+            validate_stores(&[store("a", "ab"), store("b", "a/b"), store("c", "a.b")]),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn validate_stores_refuses_an_invalid_descriptor() {
+        let err = validate_stores(&[store("a", "a.json"), store("B", "b.json")]).unwrap_err();
+        assert!(err.message.contains("store name"));
+    }
 }

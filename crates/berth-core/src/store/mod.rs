@@ -14,8 +14,10 @@ pub use descriptor::{
     StoreRecovery,
 };
 pub use format::{
-    decode_receipts, encode_receipt, Envelope, EnvelopeHead, Manifest, ManifestEntry,
-    Receipt, ReceiptLog, ReceiptRecord, StoreFileFact, MANIFEST_SCHEMA_VERSION,
+    decode_receipts, encode_receipt, Envelope, EnvelopeHead, Manifest, ManifestEntry, Receipt,
+    ReceiptLog, ReceiptRecord, StoreFileFact, MANIFEST_SCHEMA_VERSION,
 };
-pub use plan::{plan, ActionKind, Impact, ManifestFact, PlanInput, Reason, RecoveryPlan, StoreAction};
+pub use plan::{
+    plan, ActionKind, Impact, ManifestFact, PlanInput, Reason, RecoveryPlan, StoreAction,
+};
 pub use readiness::{readiness, ContainerReadiness, Readiness, ValidatorOutcome};
