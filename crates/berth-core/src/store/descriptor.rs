@@ -133,6 +133,8 @@ pub fn understood_versions(
             (s.name.clone(), v)
         })
         .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
