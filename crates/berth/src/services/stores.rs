@@ -217,6 +217,101 @@ fn temp_beside(path: &Path, batch_id: &str) -> PathBuf {
     path.with_file_name(format!(".{name}.tmp-{batch_id}"))
 }
 
+/// What identifies a batch besides its writes.
+pub struct BatchMeta<'a> {
+    pub batch_id: &'a str,
+    pub run_id: &'a str,
+    pub reason: Option<&'a str>,
+    pub now_ms: i64,
+}
+
+/// A batch ready for [`BatchWriter::commit`].
+pub struct PreparedBatch {
+    pub record: ReceiptRecord,
+    pub files: Vec<PreparedFile>,
+    pub manifest: Manifest,
+}
+
+/// Builds a batch's envelopes, receipts and next manifest on `base`
+/// (validated writes of declared stores); refuses what is over `limits`.
+pub fn prepare_batch(
+    stores: &[berth_core::store::StoreDescriptor],
+    understood: &BTreeMap<String, u32>,
+    paths: &StatePaths,
+    base: &Manifest,
+    meta: BatchMeta<'_>,
+    writes: Vec<StoreWrite>,
+    limits: &StoreLimits,
+) -> Result<PreparedBatch> {
+    let mut files = Vec::with_capacity(writes.len());
+    let mut receipts = Vec::with_capacity(writes.len());
+    let mut total = 0usize;
+    for w in writes {
+        let d = stores
+            .iter()
+            .find(|d| d.name == w.store)
+            .ok_or_else(|| Error::invalid(format!("store {:?} is not declared", w.store)))?;
+        let schema_version = w
+            .schema_version
+            .unwrap_or_else(|| understood.get(&d.name).copied().unwrap_or(d.schema_version));
+        let envelope = Envelope {
+            schema_version,
+            updated_at: meta.now_ms,
+            run_id: meta.run_id.to_string(),
+            data: w.data,
+        };
+        let bytes = serde_json::to_vec(&envelope)
+            .map_err(|e| Error::invalid(format!("store {:?}: {e}", d.name)))?;
+        if bytes.len() > limits.max_store_bytes {
+            return Err(Error::new(
+                ErrorCode::PayloadTooLarge,
+                format!(
+                    "store {:?} would be {} bytes; a store may hold at most {}",
+                    d.name,
+                    bytes.len(),
+                    limits.max_store_bytes
+                ),
+            ));
+        }
+        total += bytes.len();
+        receipts.push(Receipt {
+            receipt_id: uuid::Uuid::now_v7().to_string(),
+            store: d.name.clone(),
+            schema_version,
+            sha256: sha256_hex(&bytes),
+            size: bytes.len() as u64,
+        });
+        files.push(PreparedFile {
+            store: d.name.clone(),
+            path: paths.store(&d.path),
+            bytes,
+        });
+    }
+    if total > limits.max_batch_bytes {
+        return Err(Error::new(
+            ErrorCode::PayloadTooLarge,
+            format!(
+                "the batch would write {total} bytes; a batch may write at most {}",
+                limits.max_batch_bytes
+            ),
+        ));
+    }
+    let record = ReceiptRecord {
+        batch_id: meta.batch_id.to_string(),
+        seq: base.high_watermark + 1,
+        run_id: meta.run_id.to_string(),
+        reason: meta.reason.map(str::to_string),
+        created_at: meta.now_ms,
+        receipts,
+    };
+    let manifest = next_manifest(base, &record);
+    Ok(PreparedBatch {
+        record,
+        files,
+        manifest,
+    })
+}
+
 /// The manifest after `receipts` of batch `record` committed on `base`.
 pub fn next_manifest(base: &Manifest, record: &ReceiptRecord) -> Manifest {
     let mut m = base.clone();
@@ -485,60 +580,26 @@ impl StoreService {
 
         let now = self.ctx.now_ms();
         let batch_id = uuid::Uuid::now_v7().to_string();
-        let mut files = Vec::with_capacity(req.writes.len());
-        let mut receipts = Vec::with_capacity(req.writes.len());
-        let mut total = 0usize;
-        for w in req.writes {
-            let d = template
-                .stores
-                .iter()
-                .find(|d| d.name == w.store)
-                .ok_or_else(|| Error::invalid("undeclared store"))?;
-            let schema_version = w
-                .schema_version
-                .unwrap_or_else(|| understood.get(&d.name).copied().unwrap_or(d.schema_version));
-            let envelope = Envelope {
-                schema_version,
-                updated_at: now,
-                run_id: req.run_id.clone(),
-                data: w.data,
-            };
-            let bytes = serde_json::to_vec(&envelope)
-                .map_err(|e| Error::invalid(format!("store {:?}: {e}", d.name)))?;
-            if bytes.len() > self.limits.max_store_bytes {
-                return Err(Error::new(
-                    ErrorCode::PayloadTooLarge,
-                    format!(
-                        "store {:?} would be {} bytes; a store may hold at most {}",
-                        d.name,
-                        bytes.len(),
-                        self.limits.max_store_bytes
-                    ),
-                ));
-            }
-            total += bytes.len();
-            receipts.push(Receipt {
-                receipt_id: uuid::Uuid::now_v7().to_string(),
-                store: d.name.clone(),
-                schema_version,
-                sha256: sha256_hex(&bytes),
-                size: bytes.len() as u64,
-            });
-            files.push(PreparedFile {
-                store: d.name.clone(),
-                path: paths.store(&d.path),
-                bytes,
-            });
-        }
-        if total > self.limits.max_batch_bytes {
-            return Err(Error::new(
-                ErrorCode::PayloadTooLarge,
-                format!(
-                    "the batch would write {total} bytes; a batch may write at most {}",
-                    self.limits.max_batch_bytes
-                ),
-            ));
-        }
+        let prepared = prepare_batch(
+            &template.stores,
+            &understood,
+            &paths,
+            &base,
+            BatchMeta {
+                batch_id: &batch_id,
+                run_id: &req.run_id,
+                reason: req.reason.as_deref(),
+                now_ms: now,
+            },
+            req.writes,
+            &self.limits,
+        )?;
+        let PreparedBatch {
+            record,
+            files,
+            manifest,
+        } = prepared;
+        let receipts = record.receipts.clone();
         for f in &files {
             if let Some(dir) = f.path.parent() {
                 fs.create_dir_all(dir)
@@ -546,15 +607,6 @@ impl StoreService {
                     .map_err(|e| fs_error(e, "create a store's directory"))?;
             }
         }
-        let record = ReceiptRecord {
-            batch_id: batch_id.clone(),
-            seq: base.high_watermark + 1,
-            run_id: req.run_id.clone(),
-            reason: req.reason.clone(),
-            created_at: now,
-            receipts: receipts.clone(),
-        };
-        let manifest = next_manifest(&base, &record);
         let writer = BatchWriter { fs, paths: &paths };
         let started = std::time::Instant::now();
         if let Err(e) = writer.commit(&record, &files, &manifest).await {
