@@ -5,4 +5,5 @@ pub mod git;
 pub mod http_probe;
 pub mod redis_bus;
 pub mod registry;
+pub mod state_fs;
 pub mod store;

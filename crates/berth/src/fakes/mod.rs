@@ -11,6 +11,7 @@ pub mod engine;
 pub mod git;
 pub mod probe;
 pub mod registry;
+pub mod state_fs;
 pub mod store;
 
 pub use bus::FakeBus;
@@ -19,4 +20,5 @@ pub use engine::FakeEngine;
 pub use git::FakeRefResolver;
 pub use probe::FakeProbe;
 pub use registry::FakeRegistry;
+pub use state_fs::FakeStateFs;
 pub use store::FakeStore;

@@ -7,6 +7,7 @@ pub mod engine;
 pub mod git;
 pub mod probe;
 pub mod registry;
+pub mod state_fs;
 pub mod store;
 
 pub use bus::{Bus, BusError, StreamEntry};
@@ -14,6 +15,7 @@ pub use clock::{Clock, SystemClock};
 pub use engine::{ContainerInfo, Engine, EngineError, ImageInfo, PullProgress};
 pub use git::{GitError, RefResolver, RemoteRef};
 pub use registry::{Registry, RegistryError};
+pub use state_fs::{write_durable, StateFs, StateFsError, StateLock};
 pub use store::{
     EventStore, OperationFilter, OutboxStore, PluginStore, RolloutStore, RuntimeFilter,
     RuntimeStore, Store, StoreError, TemplateStore, WatchStore,
