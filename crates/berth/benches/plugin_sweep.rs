@@ -165,6 +165,7 @@ async fn main() {
         probe: Arc::new(FakeProbe::new()),
         registry: Arc::new(FakeRegistry::new()),
         git: git_port.clone(),
+        state_fs: Arc::new(berth::adapters::state_fs::LocalStateFs::new()),
         clock: Arc::new(SystemClock),
         metrics: Arc::new(Metrics::default()),
         settings: Settings {

@@ -65,6 +65,7 @@ pub async fn build_services(config: &Config) -> Result<Arc<Services>, BootError>
             crate::adapters::http_probe::HttpProbe::new()
                 .map_err(|e| BootError::Io(format!("cannot build the health probe client: {e}")))?,
         ),
+        state_fs: Arc::new(crate::adapters::state_fs::LocalStateFs::new()),
         registry: Arc::new(crate::adapters::registry::OciRegistry::new(
             registry_config(config),
             clock.clone(),

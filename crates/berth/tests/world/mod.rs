@@ -39,6 +39,8 @@ pub struct World {
     pub git: Arc<FakeRefResolver>,
     pub probe: Arc<FakeProbe>,
     pub clock: Arc<FakeClock>,
+    /// Runtimes' state directories (survives berth's crash, as a disk does).
+    pub state_fs: Arc<berth::fakes::FakeStateFs>,
     pub data: tempfile::TempDir,
 }
 
@@ -60,6 +62,7 @@ impl World {
             git: Arc::new(FakeRefResolver::new()),
             probe,
             clock,
+            state_fs: Arc::new(berth::fakes::FakeStateFs::new()),
             data: tempfile::tempdir().unwrap(),
         }
     }
@@ -78,6 +81,7 @@ impl World {
             probe: self.probe.clone(),
             registry: self.registry.clone(),
             git: self.git.clone(),
+            state_fs: self.state_fs.clone(),
             clock: self.clock.clone(),
             metrics: Arc::new(Metrics::default()),
             settings: Settings {
