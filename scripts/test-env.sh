@@ -33,7 +33,9 @@ export BERTH_TEST_REDIS_URL="redis://127.0.0.1:${REDIS_PORT}"
 export BERTH_TEST_REGISTRY="$REGISTRY_ADDR"
 export BERTH_TEST_IMAGE="$BERTH_TEST_REGISTRY/berth-test/app"
 export BERTH_TEST_SLEEPER="$BERTH_TEST_REGISTRY/berth-test/sleeper"
-EXPORTS=(BERTH_TEST_DATABASE_URL BERTH_TEST_REDIS_URL BERTH_TEST_REGISTRY BERTH_TEST_IMAGE BERTH_TEST_SLEEPER)
+# The app v1 image with a config label (a whole reference, tag included).
+export BERTH_TEST_LABELLED_IMAGE="$BERTH_TEST_IMAGE:labelled"
+EXPORTS=(BERTH_TEST_DATABASE_URL BERTH_TEST_REDIS_URL BERTH_TEST_REGISTRY BERTH_TEST_IMAGE BERTH_TEST_SLEEPER BERTH_TEST_LABELLED_IMAGE)
 
 log() { printf '[test-env] %s\n' "$*" >&2; }
 die() { printf '[test-env] ERROR: %s\n' "$*" >&2; exit 1; }
@@ -258,13 +260,15 @@ rm -f "$IMG_DIR/app-broken/www/healthz"
 
 # The classic builder needs no buildx plugin and never touches the network.
 export DOCKER_BUILDKIT=0
-build() { # context tag...
+build() { # [--label key=value]... context tag...
+  local opts=()
+  while [[ ${1:-} == --label ]]; do opts+=("$1" "$2"); shift 2; done
   local ctx=$1; shift
   local tags=() t
   for t in "$@"; do tags+=(-t "$t"); done
   # Output only on failure: the classic builder prints a deprecation notice every time.
   local out
-  out=$(docker build -q "${tags[@]}" "$ctx" 2>&1) || { printf '%s\n' "$out" >&2; die "docker build of $ctx failed"; }
+  out=$(docker build -q ${opts[@]+"${opts[@]}"} "${tags[@]}" "$ctx" 2>&1) || { printf '%s\n' "$out" >&2; die "docker build of $ctx failed"; }
 }
 log "building test images"
 # `latest` is put back on v1 at every run: tests may move it to v2.
@@ -272,9 +276,11 @@ build "$IMG_DIR/app-v1" "$BERTH_TEST_IMAGE:v1" "$BERTH_TEST_IMAGE:latest"
 build "$IMG_DIR/app-v2" "$BERTH_TEST_IMAGE:v2"
 build "$IMG_DIR/sleeper" "$BERTH_TEST_SLEEPER:v1"
 build "$IMG_DIR/app-broken" "$BERTH_TEST_IMAGE:broken"
+# v1 plus a label (the classic builder adds it as a last LABEL step).
+build --label io.berth.store.launch_state.schema_version=2 "$IMG_DIR/app-v1" "$BERTH_TEST_LABELLED_IMAGE"
 
 log "pushing test images to $BERTH_TEST_REGISTRY"
-for ref in "$BERTH_TEST_IMAGE:v1" "$BERTH_TEST_IMAGE:v2" "$BERTH_TEST_IMAGE:latest" "$BERTH_TEST_IMAGE:broken" "$BERTH_TEST_SLEEPER:v1"; do
+for ref in "$BERTH_TEST_IMAGE:v1" "$BERTH_TEST_IMAGE:v2" "$BERTH_TEST_IMAGE:latest" "$BERTH_TEST_IMAGE:broken" "$BERTH_TEST_SLEEPER:v1" "$BERTH_TEST_LABELLED_IMAGE"; do
   docker push -q "$ref" >/dev/null || die "docker push $ref failed"
   log "  $(docker inspect --format '{{index .RepoDigests 0}}' "$ref" 2>/dev/null || echo "$ref") ($ref)"
 done

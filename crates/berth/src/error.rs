@@ -119,6 +119,9 @@ impl Error {
             EngineError::ForeignOwner { .. } | EngineError::Conflict(_) => {
                 Error::new(ErrorCode::Conflict, format!("could not {doing}: {e}"))
             }
+            EngineError::Timeout(_) => {
+                Error::new(ErrorCode::Timeout, format!("could not {doing}: {e}"))
+            }
             EngineError::NotFound(_)
             | EngineError::NetworkMissing { .. }
             | EngineError::Rejected(_) => Error::new(fallback, format!("could not {doing}: {e}")),
@@ -143,5 +146,17 @@ mod tests {
         ] {
             assert_eq!(Error::new(code, "x").http_status(), status, "{code}");
         }
+    }
+
+    #[test]
+    fn an_engine_timeout_is_the_timeout_code() {
+        let e = Error::from_engine(
+            EngineError::Timeout("exec did not end within 1 s".into()),
+            ErrorCode::Internal,
+            "run the command",
+        );
+        assert_eq!(e.code, ErrorCode::Timeout);
+        assert_eq!(e.http_status(), 504);
+        assert!(e.message.contains("within 1 s"), "{}", e.message);
     }
 }

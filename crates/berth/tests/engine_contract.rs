@@ -8,7 +8,8 @@
 //! `docker::<case>` and `fake::<case>`.
 //!
 //! The Docker side needs the local daemon and the test registry
-//! (`BERTH_TEST_SLEEPER`, from `scripts/test-env.sh`) and fails without
+//! (`BERTH_TEST_SLEEPER`, `BERTH_TEST_LABELLED_IMAGE`, from
+//! `scripts/test-env.sh`) and fails without
 //! them; every test uses its own owner and removes what it created, also
 //! when it fails.
 
@@ -17,12 +18,14 @@ mod common;
 use std::collections::{BTreeMap, HashMap};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use berth::adapters::docker::DockerEngine;
 use berth::fakes::FakeEngine;
-use berth::ports::engine::{Engine, EngineError, EngineEvent, EngineEventKind, PullProgress};
+use berth::ports::engine::{
+    Engine, EngineError, EngineEvent, EngineEventKind, ExecOutput, PullProgress, EXEC_OUTPUT_LIMIT,
+};
 use berth_core::container::{ContainerSpec, LABEL_OWNER, LABEL_RUNTIME_ID};
 use bollard::container::{
     Config, CreateContainerOptions, KillContainerOptions, RemoveContainerOptions,
@@ -49,6 +52,9 @@ trait Driver: Send + Sync {
     fn image(&self) -> (String, String);
     /// A repository in the same registry that does not exist.
     fn missing_repo(&self) -> String;
+    /// A pullable `repo:tag` whose image config has the label
+    /// `SCHEMA_LABEL=2`.
+    fn labelled_image(&self) -> String;
     /// A container created as someone else would, labelled with `owner`
     /// if given and nothing else; returns its id.
     async fn create_foreign(&self, name: &str, owner: Option<&str>) -> String;
@@ -99,7 +105,27 @@ contract!(
     foreign_containers_are_refused,
     a_missing_network_is_network_missing,
     events_report_this_owners_lifecycle_in_order,
+    inspect_image_returns_the_config_labels,
+    exec_reports_exit_code_and_output,
+    exec_output_keeps_the_first_64_kib,
+    exec_needs_a_running_container_of_this_owner,
+    exec_past_its_timeout_is_timeout,
 );
+
+/// The label on the labelled test image.
+const SCHEMA_LABEL: &str = "io.berth.store.launch_state.schema_version";
+
+// Commands the test images can run (static busybox); the fake is scripted
+// to answer them as the real image does.
+const ECHO_HELLO: &[&str] = &["/bin/busybox", "echo", "hello"];
+const FAIL_WITH_3: &[&str] = &["/bin/busybox", "sh", "-c", "echo bad >&2; exit 3"];
+const SLEEP_30: &[&str] = &["/bin/busybox", "sleep", "30"];
+const SEQ_TO_30000: &[&str] = &["/bin/busybox", "seq", "1", "30000"];
+
+/// What `seq 1 30000` prints (about 170 KB).
+fn seq_to_30000() -> String {
+    (1..=30000).map(|n| format!("{n}\n")).collect()
+}
 
 // --- Docker ------------------------------------------------------------------
 
@@ -190,6 +216,10 @@ impl Driver for DockerDriver {
         format!("{registry}/berth-test/{}", common::unique("missing-"))
     }
 
+    fn labelled_image(&self) -> String {
+        common::required_env("BERTH_TEST_LABELLED_IMAGE")
+    }
+
     async fn create_foreign(&self, name: &str, owner: Option<&str>) -> String {
         let (repo, tag) = self.image();
         let labels = owner
@@ -249,6 +279,7 @@ struct FakeDriver {
 }
 
 const FAKE_REPO: &str = "registry.test:5000/berth-test/sleeper";
+const FAKE_LABELLED: &str = "registry.test:5000/berth-test/app:labelled";
 
 impl FakeDriver {
     fn new() -> FakeDriver {
@@ -257,6 +288,16 @@ impl FakeDriver {
             &format!("{FAKE_REPO}:v1"),
             &format!("sha256:{}", "5e".repeat(32)),
         );
+        engine.add_image(FAKE_LABELLED, &format!("sha256:{}", "1a".repeat(32)));
+        engine.set_image_labels(FAKE_LABELLED, [(SCHEMA_LABEL, "2")]);
+        let reply = |exit_code, output: &str| ExecOutput {
+            exit_code,
+            output: output.to_string(),
+        };
+        engine.set_exec_result(ECHO_HELLO, reply(0, "hello\n"));
+        engine.set_exec_result(FAIL_WITH_3, reply(3, "bad\n"));
+        engine.set_exec_result(SEQ_TO_30000, reply(0, &seq_to_30000()));
+        engine.set_exec_hang(SLEEP_30);
         FakeDriver {
             engine,
             names: Mutex::new(0),
@@ -286,6 +327,10 @@ impl Driver for FakeDriver {
 
     fn missing_repo(&self) -> String {
         "registry.test:5000/berth-test/missing".to_string()
+    }
+
+    fn labelled_image(&self) -> String {
+        FAKE_LABELLED.to_string()
     }
 
     async fn create_foreign(&self, name: &str, owner: Option<&str>) -> String {
@@ -354,6 +399,25 @@ async fn created(engine: &dyn Engine, d: &dyn Driver) -> (String, String, String
 async fn state_of(engine: &dyn Engine, id: &str) -> (String, Option<i64>) {
     let info = engine.inspect_container(id).await.unwrap().unwrap();
     (info.state, info.exit_code)
+}
+
+/// A running container of this owner on a fresh network; returns
+/// `(id, name)`.
+async fn running(engine: &dyn Engine, d: &dyn Driver) -> (String, String) {
+    let (id, name, _) = created(engine, d).await;
+    engine.start_container(&id).await.unwrap();
+    (id, name)
+}
+
+fn argv(args: &[&str]) -> Vec<String> {
+    args.iter().map(|a| a.to_string()).collect()
+}
+
+/// Long enough for any command of the suite on a busy machine.
+const EXEC_TIMEOUT: Duration = Duration::from_secs(30);
+
+async fn exec(engine: &dyn Engine, id: &str, cmd: &[&str]) -> Result<ExecOutput, EngineError> {
+    engine.exec(id, &argv(cmd), EXEC_TIMEOUT).await
 }
 
 fn assert_foreign(result: Result<(), EngineError>, expected_owner: &str) {
@@ -796,6 +860,144 @@ mod cases {
             None,
             "labels are the container's, nothing more: {:?}",
             first.labels
+        );
+    }
+
+    pub async fn inspect_image_returns_the_config_labels(engine: &dyn Engine, d: &dyn Driver) {
+        let plain = pulled(engine, d).await;
+        let info = engine.inspect_image(&plain).await.unwrap().unwrap();
+        assert_eq!(info.labels, BTreeMap::new(), "the sleeper image has none");
+
+        let labelled = d.labelled_image();
+        engine
+            .pull_image(&labelled, &ignore_progress)
+            .await
+            .unwrap();
+        let info = engine.inspect_image(&labelled).await.unwrap().unwrap();
+        assert_eq!(
+            info.labels.get(SCHEMA_LABEL).map(String::as_str),
+            Some("2"),
+            "{:?}",
+            info.labels
+        );
+        // The same by image id.
+        let by_id = engine.inspect_image(&info.id).await.unwrap().unwrap();
+        assert_eq!(by_id.labels, info.labels);
+    }
+
+    pub async fn exec_reports_exit_code_and_output(engine: &dyn Engine, d: &dyn Driver) {
+        let (id, name) = running(engine, d).await;
+        let hello = exec(engine, &id, ECHO_HELLO).await.unwrap();
+        assert_eq!(
+            hello,
+            ExecOutput {
+                exit_code: 0,
+                output: "hello\n".to_string()
+            }
+        );
+        assert_eq!(exec(engine, &name, ECHO_HELLO).await.unwrap(), hello);
+
+        // stderr comes back too, and the command's own exit code.
+        let failed = exec(engine, &id, FAIL_WITH_3).await.unwrap();
+        assert_eq!(failed.exit_code, 3, "{failed:?}");
+        assert!(failed.output.contains("bad"), "{failed:?}");
+
+        // A binary that is not there is the command's failure, not an
+        // engine error: Docker answers 126 with the OCI runtime's message,
+        // the fake 127 "not found" (a shell's answer).
+        let missing = exec(engine, &id, &["/no/such/binary"]).await.unwrap();
+        assert!(
+            [126, 127].contains(&missing.exit_code) && !missing.output.is_empty(),
+            "{missing:?}"
+        );
+
+        match engine.exec(&id, &[], EXEC_TIMEOUT).await {
+            Err(EngineError::Rejected(_)) => {}
+            other => panic!("exec of no command: {other:?}"),
+        }
+        // Still running, and nothing of the above stuck to it.
+        assert!(
+            engine
+                .inspect_container(&id)
+                .await
+                .unwrap()
+                .unwrap()
+                .running
+        );
+    }
+
+    pub async fn exec_output_keeps_the_first_64_kib(engine: &dyn Engine, d: &dyn Driver) {
+        let (id, _) = running(engine, d).await;
+        let long = exec(engine, &id, SEQ_TO_30000).await.unwrap();
+        assert_eq!(long.exit_code, 0, "the rest was read, not left to block");
+        assert_eq!(long.output.len(), EXEC_OUTPUT_LIMIT);
+        assert!(
+            long.output == seq_to_30000()[..EXEC_OUTPUT_LIMIT],
+            "not the first {EXEC_OUTPUT_LIMIT} bytes of the output: starts {:?}, ends {:?}",
+            &long.output[..20],
+            &long.output[long.output.len() - 20..]
+        );
+    }
+
+    pub async fn exec_needs_a_running_container_of_this_owner(engine: &dyn Engine, d: &dyn Driver) {
+        let not_running = |result: Result<ExecOutput, EngineError>, what: &str| match result {
+            Err(EngineError::Conflict(message)) => {
+                assert!(message.contains("not running"), "{what}: {message}")
+            }
+            other => panic!("exec in a {what} container: {other:?}"),
+        };
+        let (id, name, _) = created(engine, d).await;
+        not_running(exec(engine, &id, ECHO_HELLO).await, "created");
+        engine.start_container(&id).await.unwrap();
+        engine.stop_container(&id, Duration::ZERO).await.unwrap();
+        not_running(exec(engine, &name, ECHO_HELLO).await, "stopped");
+        engine.start_container(&id).await.unwrap();
+        exec(engine, &id, ECHO_HELLO).await.unwrap();
+
+        engine.remove_container(&id).await.unwrap();
+        for missing in [id.clone(), name, d.unique("never-existed")] {
+            match exec(engine, &missing, ECHO_HELLO).await {
+                Err(EngineError::NotFound(_)) => {}
+                other => panic!("exec in missing container {missing}: {other:?}"),
+            }
+        }
+
+        // Another owner's and an unlabelled container, both running.
+        let other = d.unique("owner");
+        let foreign = d.create_foreign(&d.unique("foreign"), Some(&other)).await;
+        d.start_behind_back(&foreign).await;
+        let unlabelled = d.create_foreign(&d.unique("unlabelled"), None).await;
+        d.start_behind_back(&unlabelled).await;
+        assert_foreign(exec(engine, &foreign, ECHO_HELLO).await.map(|_| ()), &other);
+        assert_foreign(exec(engine, &unlabelled, ECHO_HELLO).await.map(|_| ()), "");
+        // Their owner may.
+        let theirs = d.engine_for(&other).await;
+        let hello = theirs
+            .exec(&foreign, &argv(ECHO_HELLO), EXEC_TIMEOUT)
+            .await
+            .unwrap();
+        assert_eq!(hello.output, "hello\n");
+    }
+
+    pub async fn exec_past_its_timeout_is_timeout(engine: &dyn Engine, d: &dyn Driver) {
+        let (id, _) = running(engine, d).await;
+        let began = Instant::now();
+        match engine
+            .exec(&id, &argv(SLEEP_30), Duration::from_secs(1))
+            .await
+        {
+            Err(EngineError::Timeout(message)) => assert!(!message.is_empty()),
+            other => panic!("sleep 30 with a 1 s timeout: {other:?}"),
+        }
+        let took = began.elapsed();
+        assert!(
+            took >= Duration::from_secs(1) && took < Duration::from_secs(15),
+            "took {took:?}"
+        );
+        // The container is fine and runs the next command.
+        assert_eq!(
+            exec(engine, &id, ECHO_HELLO).await.unwrap().output,
+            "hello\n"
         );
     }
 }

@@ -11,6 +11,14 @@
 //! Each view has its own call counters and fault plan; the daemon's state
 //! (images, networks, containers, availability) is shared.
 //!
+//! Exec is scripted ([`FakeEngine::set_exec_result`],
+//! [`FakeEngine::set_exec_hang`], [`FakeEngine::script_exec`],
+//! [`FakeEngine::set_exec_handler`]): the fake runs nothing, it answers a
+//! command by its longest scripted prefix, else by the handler, else like a
+//! missing binary (exit 127, output `not found`). Containers are checked as
+//! the adapter checks them (missing, another owner's, not running) before
+//! any script is looked at.
+//!
 //! Test controls (`kill`, `remove_behind_back`, `create_foreign`, …) act
 //! like the docker CLI behind berth's back: they are not counted, never
 //! fail by a fault, and panic when told to act on a container that does
@@ -29,8 +37,8 @@ use tokio::sync::broadcast;
 
 use crate::fakes::FakeClock;
 use crate::ports::engine::{
-    ContainerInfo, Engine, EngineError, EngineEvent, EngineEventKind, ImageInfo, ProgressFn,
-    PullProgress,
+    cap_exec_text, ContainerInfo, Engine, EngineError, EngineEvent, EngineEventKind, ExecOutput,
+    ImageInfo, ProgressFn, PullProgress,
 };
 use crate::ports::Clock;
 
@@ -56,6 +64,7 @@ pub enum Op {
     RenameContainer,
     InspectContainer,
     ListContainers,
+    Exec,
     Events,
 }
 
@@ -76,6 +85,44 @@ impl Health {
         }
     }
 }
+
+/// How the fake answers an exec of a command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecScript {
+    /// Ends at once with this output (cut to `EXEC_OUTPUT_LIMIT` bytes).
+    Reply(ExecOutput),
+    /// Ends with `reply` after `after` on tokio's clock (paused time skips
+    /// it), unless the caller's timeout is not longer than that: then
+    /// `Timeout` once the timeout has passed.
+    Slow { after: Duration, reply: ExecOutput },
+    /// Never ends: `Timeout` once the caller's timeout has passed on tokio's
+    /// clock.
+    Hang,
+}
+
+/// One exec that reached a running container of this owner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecCall {
+    /// The container's full id.
+    pub container_id: String,
+    pub cmd: Vec<String>,
+}
+
+type ExecHandler = dyn Fn(&ExecCall) -> Option<ExecScript> + Send + Sync;
+
+/// The daemon's exec scripts: what the containers' images would do.
+#[derive(Default)]
+struct ExecScripts {
+    /// By command prefix; the longest one that matches wins.
+    rules: BTreeMap<Vec<String>, ExecScript>,
+    /// Asked when no rule matches; `None` falls through to "not found".
+    handler: Option<Arc<ExecHandler>>,
+}
+
+/// The exit code of an exec no script answers, like a shell's for a
+/// missing command (real Docker answers an exec of a binary that does not
+/// exist with 126 and the OCI runtime's error as output).
+pub const EXEC_NOT_FOUND_EXIT_CODE: i64 = 127;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Status {
@@ -176,6 +223,8 @@ struct State {
     registry: BTreeMap<String, Remote>,
     /// Image id → its `repo@digest` entries.
     images: BTreeMap<String, BTreeSet<String>>,
+    /// Image id → its config's labels (also for images not pulled yet).
+    image_labels: BTreeMap<String, BTreeMap<String, String>>,
     /// `repo:tag` and `repo@digest` → image id.
     local_refs: BTreeMap<String, String>,
     networks: BTreeMap<String, Network>,
@@ -195,6 +244,7 @@ enum Feed {
 
 struct Daemon {
     state: Mutex<State>,
+    exec: Mutex<ExecScripts>,
     feed: broadcast::Sender<Feed>,
     clock: Arc<dyn Clock>,
 }
@@ -219,6 +269,7 @@ struct Fault {
 struct Calls {
     counts: HashMap<Op, usize>,
     faults: Vec<Fault>,
+    execs: Vec<ExecCall>,
 }
 
 /// What a call does after counting: fail at once, or act and then perhaps
@@ -249,6 +300,7 @@ impl FakeEngine {
         FakeEngine {
             daemon: Arc::new(Daemon {
                 state: Mutex::new(state),
+                exec: Mutex::default(),
                 feed,
                 clock,
             }),
@@ -292,6 +344,74 @@ impl FakeEngine {
         let remote = state.registry.entry(repo).or_default();
         remote.tags.insert(tag, digest.to_string());
         remote.digests.insert(digest.to_string());
+    }
+
+    /// Gives the image published as `reference` (`repo:tag` or
+    /// `repo@digest`, see [`FakeEngine::add_image`]) these config labels, as
+    /// `LABEL` lines or `docker build --label` would; `inspect_image`
+    /// returns them for that image, pulled before or after. Replaces labels
+    /// set before. Panics when `reference` is not published.
+    pub fn set_image_labels<K, V>(&self, reference: &str, labels: impl IntoIterator<Item = (K, V)>)
+    where
+        K: Into<String>,
+        V: Into<String>,
+    {
+        let mut state = self.state();
+        let digest = match parse_reference(reference) {
+            Reference::Tag { repo, tag } => state
+                .registry
+                .get(&repo)
+                .and_then(|r| r.tags.get(&tag))
+                .cloned(),
+            Reference::Digest { repo, digest } => state
+                .registry
+                .get(&repo)
+                .filter(|r| r.digests.contains(&digest))
+                .map(|_| digest),
+        }
+        .unwrap_or_else(|| panic!("{reference} is not published in the fake registry"));
+        let labels = labels
+            .into_iter()
+            .map(|(k, v)| (k.into(), v.into()))
+            .collect();
+        state.image_labels.insert(image_id(&digest), labels);
+    }
+
+    /// An exec of a command that starts with `prefix` (argv; `&[]` matches
+    /// every command) ends with `output`. See [`FakeEngine::script_exec`].
+    pub fn set_exec_result(&self, prefix: &[&str], output: ExecOutput) {
+        self.script_exec(prefix, ExecScript::Reply(output));
+    }
+
+    /// An exec of a command that starts with `prefix` never ends: the call
+    /// returns `Timeout` once its timeout has passed on tokio's clock (so
+    /// with paused time, at once).
+    pub fn set_exec_hang(&self, prefix: &[&str]) {
+        self.script_exec(prefix, ExecScript::Hang);
+    }
+
+    /// How an exec of a command that starts with `prefix` answers, in every
+    /// container of the daemon. The longest matching prefix wins; scripting
+    /// the same prefix again replaces it.
+    pub fn script_exec(&self, prefix: &[&str], script: ExecScript) {
+        let prefix = prefix.iter().map(|a| a.to_string()).collect();
+        self.lock_exec().rules.insert(prefix, script);
+    }
+
+    /// Asked for a command no scripted prefix matches (outside the daemon's
+    /// locks, so it may call the fake); `None` answers like a missing
+    /// binary. Replaces the handler set before.
+    pub fn set_exec_handler(
+        &self,
+        handler: impl Fn(&ExecCall) -> Option<ExecScript> + Send + Sync + 'static,
+    ) {
+        self.lock_exec().handler = Some(Arc::new(handler));
+    }
+
+    /// The execs this view ran, in order; those refused (missing, foreign
+    /// or not running container, empty command, fault) are not listed.
+    pub fn execs(&self) -> Vec<ExecCall> {
+        self.lock_calls().execs.clone()
     }
 
     /// Makes every call fail with `Unavailable`, and breaks open events
@@ -417,6 +537,36 @@ impl FakeEngine {
             .state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn lock_exec(&self) -> MutexGuard<'_, ExecScripts> {
+        self.daemon
+            .exec
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The script for `call`: the longest matching prefix, else the
+    /// handler's answer, else "not found".
+    fn exec_script(&self, call: &ExecCall) -> ExecScript {
+        let handler = {
+            let scripts = self.lock_exec();
+            let rule = scripts
+                .rules
+                .iter()
+                .filter(|(prefix, _)| call.cmd.starts_with(prefix))
+                .max_by_key(|(prefix, _)| prefix.len());
+            if let Some((_, script)) = rule {
+                return script.clone();
+            }
+            scripts.handler.clone()
+        };
+        handler.and_then(|h| h(call)).unwrap_or_else(|| {
+            ExecScript::Reply(ExecOutput {
+                exit_code: EXEC_NOT_FOUND_EXIT_CODE,
+                output: "not found".to_string(),
+            })
+        })
     }
 
     fn lock_calls(&self) -> MutexGuard<'_, Calls> {
@@ -710,6 +860,7 @@ impl Engine for FakeEngine {
         let state = self.state();
         let found = local_image(&state, image).map(|id| ImageInfo {
             repo_digests: state.images[&id].iter().cloned().collect(),
+            labels: state.image_labels.get(&id).cloned().unwrap_or_default(),
             id,
         });
         answer(lost, Ok(found))
@@ -868,6 +1019,57 @@ impl Engine for FakeEngine {
         let state = self.state();
         let found = find(&state, id_or_name).map(|at| state.containers[at].inspected());
         answer(lost, Ok(found))
+    }
+
+    async fn exec(
+        &self,
+        id: &str,
+        cmd: &[String],
+        timeout: Duration,
+    ) -> Result<ExecOutput, EngineError> {
+        let lost = self.enter(Op::Exec)?;
+        if cmd.is_empty() {
+            return Err(EngineError::Rejected(format!(
+                "no command to run in container {id}"
+            )));
+        }
+        let call = {
+            let state = self.state();
+            let at = self
+                .owned(&state, id)?
+                .ok_or_else(|| EngineError::NotFound(format!("no such container: {id}")))?;
+            let container = &state.containers[at];
+            if container.status != Status::Running {
+                return Err(EngineError::Conflict(format!(
+                    "cannot run {cmd:?} in container {id}: it is not running (it is {})",
+                    container.status.as_str()
+                )));
+            }
+            ExecCall {
+                container_id: container.id.clone(),
+                cmd: cmd.to_vec(),
+            }
+        };
+        self.lock_calls().execs.push(call.clone());
+        let capped = |reply: ExecOutput| ExecOutput {
+            output: cap_exec_text(reply.output),
+            ..reply
+        };
+        // The container is not watched while a script runs: a stop in the
+        // meantime does not end it.
+        match self.exec_script(&call) {
+            ExecScript::Reply(reply) => answer(lost, Ok(capped(reply))),
+            ExecScript::Slow { after, reply } if after < timeout => {
+                tokio::time::sleep(after).await;
+                answer(lost, Ok(capped(reply)))
+            }
+            ExecScript::Slow { .. } | ExecScript::Hang => {
+                tokio::time::sleep(timeout).await;
+                Err(EngineError::Timeout(format!(
+                    "{cmd:?} in container {id} did not end within {timeout:?} (it may still be running there)"
+                )))
+            }
+        }
     }
 
     async fn list_containers(&self) -> Result<Vec<ContainerInfo>, EngineError> {
@@ -1160,6 +1362,163 @@ mod tests {
         assert_eq!(engine.inspect_image(&pinned).await.unwrap(), Some(before));
         // The old digest is still in the registry.
         engine.pull_image(&pinned, &ignore).await.unwrap();
+    }
+
+    fn out(exit_code: i64, output: &str) -> ExecOutput {
+        ExecOutput {
+            exit_code,
+            output: output.to_string(),
+        }
+    }
+
+    fn cmd(args: &[&str]) -> Vec<String> {
+        args.iter().map(|a| a.to_string()).collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn exec_answers_by_longest_prefix_then_handler_then_not_found() {
+        let engine = FakeEngine::new("me");
+        let id = running(&engine, "c1").await;
+        let wait = Duration::from_secs(5);
+        engine.set_exec_result(&["sh"], out(1, "any sh"));
+        engine.set_exec_result(&["sh", "-c", "ok"], out(0, "ok"));
+        engine.set_exec_handler(|call| {
+            (call.cmd[0] == "echo").then(|| ExecScript::Reply(out(0, &call.cmd[1..].join(" "))))
+        });
+        assert_eq!(
+            engine
+                .exec(&id, &cmd(&["sh", "-c", "ok"]), wait)
+                .await
+                .unwrap(),
+            out(0, "ok")
+        );
+        assert_eq!(
+            engine
+                .exec(&id, &cmd(&["sh", "-c", "other"]), wait)
+                .await
+                .unwrap(),
+            out(1, "any sh")
+        );
+        assert_eq!(
+            engine
+                .exec("c1", &cmd(&["echo", "a", "b"]), wait)
+                .await
+                .unwrap(),
+            out(0, "a b")
+        );
+        assert_eq!(
+            engine.exec(&id, &cmd(&["ls"]), wait).await.unwrap(),
+            out(EXEC_NOT_FOUND_EXIT_CODE, "not found")
+        );
+        // Scripts belong to the daemon; the log to the view.
+        let theirs = engine.for_owner("them");
+        assert!(theirs.execs().is_empty());
+        assert_eq!(engine.calls(Op::Exec), 4);
+        let log = engine.execs();
+        assert_eq!(log.len(), 4);
+        assert_eq!(log[2].container_id, id, "the full id, even by name");
+        assert_eq!(log[2].cmd, cmd(&["echo", "a", "b"]));
+
+        // The empty prefix is a catch-all below every other rule.
+        engine.set_exec_result(&[], out(0, "default"));
+        assert_eq!(
+            engine.exec(&id, &cmd(&["ls"]), wait).await.unwrap(),
+            out(0, "default")
+        );
+
+        // Long replies are cut like Docker's.
+        let long = "x".repeat(crate::ports::engine::EXEC_OUTPUT_LIMIT + 5);
+        engine.set_exec_result(&["cat"], out(0, &long));
+        let cut = engine.exec(&id, &cmd(&["cat"]), wait).await.unwrap();
+        assert_eq!(cut.output.len(), crate::ports::engine::EXEC_OUTPUT_LIMIT);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn slow_and_hanging_execs_run_on_tokio_time() {
+        let engine = FakeEngine::new("me");
+        let id = running(&engine, "c1").await;
+        engine.script_exec(
+            &["migrate"],
+            ExecScript::Slow {
+                after: Duration::from_secs(20),
+                reply: out(0, "done"),
+            },
+        );
+        engine.set_exec_hang(&["sleep"]);
+
+        let began = tokio::time::Instant::now();
+        assert_eq!(
+            engine
+                .exec(&id, &cmd(&["migrate"]), Duration::from_secs(60))
+                .await
+                .unwrap(),
+            out(0, "done")
+        );
+        assert_eq!(began.elapsed(), Duration::from_secs(20));
+
+        let began = tokio::time::Instant::now();
+        assert!(matches!(
+            engine
+                .exec(&id, &cmd(&["migrate"]), Duration::from_secs(10))
+                .await,
+            Err(EngineError::Timeout(_))
+        ));
+        assert_eq!(began.elapsed(), Duration::from_secs(10));
+
+        let began = tokio::time::Instant::now();
+        assert!(matches!(
+            engine
+                .exec(&id, &cmd(&["sleep", "1"]), Duration::from_secs(3600))
+                .await,
+            Err(EngineError::Timeout(_))
+        ));
+        assert_eq!(began.elapsed(), Duration::from_secs(3600));
+    }
+
+    #[tokio::test]
+    async fn exec_faults_are_planned_like_any_call() {
+        let engine = FakeEngine::new("me");
+        let id = running(&engine, "c1").await;
+        engine.set_exec_result(&["true"], out(0, ""));
+        engine.fail_next(Op::Exec, EngineError::Unavailable("down".into()));
+        assert!(matches!(
+            engine
+                .exec(&id, &cmd(&["true"]), Duration::from_secs(1))
+                .await,
+            Err(EngineError::Unavailable(_))
+        ));
+        assert!(engine.execs().is_empty(), "a failed call ran nothing");
+        engine.lose_reply_next(Op::Exec, EngineError::Unavailable("lost".into()));
+        assert!(engine
+            .exec(&id, &cmd(&["true"]), Duration::from_secs(1))
+            .await
+            .is_err());
+        assert_eq!(engine.execs().len(), 1, "it ran; only the reply was lost");
+    }
+
+    #[tokio::test]
+    async fn image_labels_belong_to_the_published_image() {
+        let engine = FakeEngine::new("me");
+        let digest = format!("sha256:{}", "b2".repeat(32));
+        engine.add_image("r.test/app:v1", &digest);
+        engine.pull_image("r.test/app:v1", &ignore).await.unwrap();
+        let plain = engine
+            .inspect_image("r.test/app:v1")
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(plain.labels.is_empty());
+        engine.set_image_labels(&format!("r.test/app@{digest}"), [("k", "v")]);
+        let labelled = engine
+            .inspect_image("r.test/app:v1")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            labelled.labels,
+            BTreeMap::from([("k".to_string(), "v".to_string())])
+        );
+        assert_eq!(labelled.id, plain.id);
     }
 
     #[tokio::test]

@@ -12,7 +12,7 @@ pub mod store;
 
 pub use bus::{Bus, BusError, StreamEntry};
 pub use clock::{Clock, SystemClock};
-pub use engine::{ContainerInfo, Engine, EngineError, ImageInfo, PullProgress};
+pub use engine::{ContainerInfo, Engine, EngineError, ExecOutput, ImageInfo, PullProgress};
 pub use git::{GitError, RefResolver, RemoteRef};
 pub use registry::{Registry, RegistryError};
 pub use state_fs::{write_durable, StateFs, StateFsError, StateLock};
