@@ -148,7 +148,10 @@ impl Default for Metrics {
             store_batches.clone(),
         );
         let store_batch_seconds = Histogram::new(
-            [0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0].into_iter(),
+            [
+                0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+            ]
+            .into_iter(),
         );
         registry.register(
             "store_batch_commit_seconds",

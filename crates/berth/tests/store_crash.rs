@@ -21,8 +21,8 @@ use berth::services::stores::{
 };
 use berth_core::store::format::decode_manifest;
 use berth_core::store::{
-    decode_receipts, plan, ActionKind, Envelope, Impact, Manifest, ManifestFact, PlanInput,
-    Reason, RecoveryPlan, StoreDescriptor, StoreFileFact, StoreReadiness, StoreRecovery,
+    decode_receipts, plan, ActionKind, Envelope, Impact, Manifest, ManifestFact, PlanInput, Reason,
+    RecoveryPlan, StoreDescriptor, StoreFileFact, StoreReadiness, StoreRecovery,
 };
 
 const RUN: &str = "run-1";
@@ -106,7 +106,9 @@ async fn write_batch(
 
 async fn make_dirs(fs: &dyn StateFs, paths: &StatePaths) {
     fs.create_dir_all(&paths.berth_dir()).await.unwrap();
-    fs.create_dir_all(&paths.root.join("journal")).await.unwrap();
+    fs.create_dir_all(&paths.root.join("journal"))
+        .await
+        .unwrap();
 }
 
 /// What is on disk, the plan for it, and the seq each store's file holds.
@@ -180,8 +182,13 @@ fn check(s: &Survey, acked: u64, in_flight: u64, what: &str) {
         match action.kind {
             ActionKind::None => {
                 // Healthy means: the file is whole and is what the manifest names.
-                let entry = entry.unwrap_or_else(|| panic!("{what}: {} healthy without an entry", action.store));
-                assert!(seq.is_some(), "{what}: {} healthy but unreadable", action.store);
+                let entry = entry
+                    .unwrap_or_else(|| panic!("{what}: {} healthy without an entry", action.store));
+                assert!(
+                    seq.is_some(),
+                    "{what}: {} healthy but unreadable",
+                    action.store
+                );
                 assert!(
                     seq.unwrap() <= hw,
                     "{what}: {} healthy with data of an uncommitted batch",
@@ -309,7 +316,12 @@ async fn a_failed_fsync_aborts_the_batch_and_nothing_torn_reads_as_healthy() {
         }
         // Whatever the kernel dropped, nothing torn reads as healthy.
         let s = survey(&fs.after_power_loss(), &paths).await;
-        check(&s, acked, acked, &format!("fsync {i} failed, then power loss"));
+        check(
+            &s,
+            acked,
+            acked,
+            &format!("fsync {i} failed, then power loss"),
+        );
         let s = survey(&fs.after_process_kill(), &paths).await;
         check(&s, acked, acked, &format!("fsync {i} failed, then kill"));
     }
@@ -372,11 +384,10 @@ async fn a_writer_killed_at_random_moments_never_leaves_torn_state_that_reads_as
         let after_acks = 1 + seed % 5;
         let spin = (seed >> 8) % 200_000;
         let reader = std::thread::spawn(move || {
-            let mut acked = 0u64;
             let mut lines = BufReader::new(stdout).lines();
             while let Some(Ok(line)) = lines.next() {
                 if let Some(seq) = line.strip_prefix("acked ") {
-                    acked = seq.trim().parse().unwrap();
+                    let acked: u64 = seq.trim().parse().unwrap();
                     if acked == after_acks {
                         return (acked, lines);
                     }
@@ -402,7 +413,12 @@ async fn a_writer_killed_at_random_moments_never_leaves_torn_state_that_reads_as
         let fs = LocalStateFs::new();
         let paths = StatePaths { root: dir.clone() };
         let s = survey(&fs, &paths).await;
-        check(&s, acked, acked + 1, &format!("kill {round} after batch {acked}"));
+        check(
+            &s,
+            acked,
+            acked + 1,
+            &format!("kill {round} after batch {acked}"),
+        );
         if s.plan.impact != Impact::None {
             torn_seen += 1;
         }

@@ -79,7 +79,11 @@ async fn batches_readiness_and_recovery_at_restart() {
     assert_eq!(status, StatusCode::CREATED, "{rt}");
     let run1 = rt["run_id"].as_str().expect("a run id").to_string();
     let on_disk = std::fs::read_to_string(state_dir(&t, "s-1").join(".berth/run_id")).unwrap();
-    assert_eq!(on_disk.trim(), run1, "the run id is written before the start");
+    assert_eq!(
+        on_disk.trim(),
+        run1,
+        "the run id is written before the start"
+    );
 
     // Nothing checkpointed yet: blocked by the blocking store, and the
     // validator is not run while the stores block.
@@ -194,7 +198,9 @@ async fn batches_readiness_and_recovery_at_restart() {
     assert!(!state_dir(&t, "s-1").join("sessions.json").exists());
     let moved = quarantined(&t, "s-1");
     assert!(
-        moved.iter().any(|n| n.starts_with("sessions.") && n.ends_with("sessions.json")),
+        moved
+            .iter()
+            .any(|n| n.starts_with("sessions.") && n.ends_with("sessions.json")),
         "{moved:?}"
     );
     let ops = t.operations("runtime=s-1&kind=store_rebuild").await;
@@ -244,8 +250,12 @@ async fn batches_readiness_and_recovery_at_restart() {
     assert_eq!(status, StatusCode::CREATED);
     assert_eq!(readiness(&t, "s-1").await["ok"], true);
     let mut doc = template(&test_image(), "v1");
-    doc["store_validator"] = json!(["/bin/busybox", "sh", "-c",
-        "echo 'confirmed member builder has no session'; exit 3"]);
+    doc["store_validator"] = json!([
+        "/bin/busybox",
+        "sh",
+        "-c",
+        "echo 'confirmed member builder has no session'; exit 3"
+    ]);
     t.put_template("st", doc).await;
     let r = readiness(&t, "s-1").await;
     assert_eq!(r["ok"], false, "{r}");
@@ -350,7 +360,10 @@ async fn a_rollout_waits_for_the_new_run_to_checkpoint_and_restores_one_that_doe
     let halted = rollout_of(&t, "sr", 1).await;
     assert_eq!(halted["state"], "halted", "{halted}");
     let rt = runtime(&t, "r-1").await;
-    assert_eq!(rt["container_id"], old_container, "the old container is back");
+    assert_eq!(
+        rt["container_id"], old_container,
+        "the old container is back"
+    );
     assert_eq!(rt["image_digest"], v2.as_str());
     let (_, pin) = t.get("/v1/templates/sr/pin").await;
     assert_eq!(pin["digest"], v2.as_str(), "the pin is reverted: {pin}");
@@ -374,9 +387,7 @@ async fn state_a_newer_schema_wrote_is_not_read_after_a_pin_revert() {
     let mut doc = template(&image, "new");
     doc.as_object_mut().unwrap().remove("store_validator");
     t.put_template("sv", doc).await;
-    let (status, _) = t
-        .post("/v1/templates/sv/pin", json!({"digest": new}))
-        .await;
+    let (status, _) = t.post("/v1/templates/sv/pin", json!({"digest": new})).await;
     assert!(status.is_success());
     let checkpoint = Arc::new(AtomicBool::new(true));
     let (status, rt) = t.start_runtime("v-1", "sv").await;
@@ -391,7 +402,10 @@ async fn state_a_newer_schema_wrote_is_not_read_after_a_pin_revert() {
 
     // The operator rolls the pin back to the older image and recreates.
     let (status, _) = t
-        .post("/v1/templates/sv/pin", json!({"digest": old, "reason": "revert"}))
+        .post(
+            "/v1/templates/sv/pin",
+            json!({"digest": old, "reason": "revert"}),
+        )
         .await;
     assert!(status.is_success());
     let (status, report) = t

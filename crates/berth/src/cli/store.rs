@@ -129,7 +129,10 @@ pub(super) async fn store(ctx: &Ctx, command: StoreCommand) -> Result<(), CliErr
             };
             let answer = ctx
                 .client
-                .post(&["v1", "runtimes", &runtime, "store", "batches"], Some(&body))
+                .post(
+                    &["v1", "runtimes", &runtime, "store", "batches"],
+                    Some(&body),
+                )
                 .await?;
             show(ctx, &answer, |b: CommittedBatchView| {
                 let mut t = Table::new(&["STORE", "SCHEMA", "SIZE", "SHA256"]);
@@ -158,10 +161,7 @@ fn manifest_text(m: &ManifestView) -> String {
         .add("runtime", &m.runtime_id)
         .add("active run", or_dash(m.active_run_id.as_deref()))
         .add("high watermark", m.high_watermark.to_string())
-        .add(
-            "last batch",
-            or_dash(m.last_committed_batch_id.as_deref()),
-        )
+        .add("last batch", or_dash(m.last_committed_batch_id.as_deref()))
         .render();
     let mut t = Table::new(&["STORE", "SCHEMA", "STATE", "SHA256"]);
     for e in &m.entries {
@@ -183,7 +183,9 @@ pub(super) async fn readiness(ctx: &Ctx, runtime: String) -> Result<i32, CliErro
         .get(&["v1", "runtimes", &runtime, "readiness"], &[])
         .await?;
     let verdict: ReadinessView = answer.decode()?;
-    show(ctx, &answer, |r: ReadinessView| readiness_text(&runtime, &r))?;
+    show(ctx, &answer, |r: ReadinessView| {
+        readiness_text(&runtime, &r)
+    })?;
     Ok(if verdict.ok { 0 } else { 1 })
 }
 

@@ -711,7 +711,9 @@ pub async fn get_store_data(
     State(state): State<AppState>,
     Path((id, store)): Path<(String, String)>,
 ) -> ApiResult<Json<EnvelopeView>> {
-    Ok(Json(state.services.stores.store_data(&id, &store).await?.into()))
+    Ok(Json(
+        state.services.stores.store_data(&id, &store).await?.into(),
+    ))
 }
 
 #[utoipa::path(get, path = "/v1/runtimes/{id}/readiness", tag = "stores",

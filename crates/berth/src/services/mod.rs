@@ -54,7 +54,10 @@ impl Settings {
     /// `<data_dir>/runtimes/<id>/plugins`: one directory per plugin,
     /// mounted read-only at `/plugins` in every container of the runtime.
     pub fn state_dir(&self, runtime_id: &str) -> PathBuf {
-        self.data_dir.join("runtimes").join(runtime_id).join("state")
+        self.data_dir
+            .join("runtimes")
+            .join(runtime_id)
+            .join("state")
     }
 
     pub fn plugins_dir(&self, runtime_id: &str) -> PathBuf {

@@ -679,10 +679,7 @@ impl StoreService {
         let Some(d) = template.stores.iter().find(|d| d.name == store) else {
             return Err(Error::new(
                 ErrorCode::StoreNotFound,
-                format!(
-                    "template {:?} declares no store {store:?}",
-                    template.name
-                ),
+                format!("template {:?} declares no store {store:?}", template.name),
             ));
         };
         let paths = self.paths(&rec.id);
@@ -790,9 +787,7 @@ impl StoreService {
         };
         let mut manifest_changed = matches!(facts.manifest, ManifestFact::Corrupt(_));
         if let ManifestFact::Corrupt(_) = facts.manifest {
-            let to = paths
-                .quarantine_dir()
-                .join(format!("manifest.{now}.json"));
+            let to = paths.quarantine_dir().join(format!("manifest.{now}.json"));
             fs.create_dir_all(&paths.quarantine_dir())
                 .await
                 .map_err(|e| fs_error(e, "create the quarantine directory"))?;
@@ -883,25 +878,23 @@ impl StoreService {
                 ContainerReadiness::Unhealthy("Docker reports the container unhealthy".into())
             }
             Some(i) => match (&template.health, template.port) {
-                (Some(check), Some(port)) => {
-                    match i.addresses.get(&self.ctx.settings.network) {
-                        Some(ip) => {
-                            let url = format!("http://{ip}:{port}{}", check.path);
-                            if self.ctx.probe.healthy(&url, check.timeout).await {
-                                ContainerReadiness::Healthy
-                            } else {
-                                ContainerReadiness::Unhealthy(format!(
-                                    "health check GET {} did not answer 2xx",
-                                    check.path
-                                ))
-                            }
+                (Some(check), Some(port)) => match i.addresses.get(&self.ctx.settings.network) {
+                    Some(ip) => {
+                        let url = format!("http://{ip}:{port}{}", check.path);
+                        if self.ctx.probe.healthy(&url, check.timeout).await {
+                            ContainerReadiness::Healthy
+                        } else {
+                            ContainerReadiness::Unhealthy(format!(
+                                "health check GET {} did not answer 2xx",
+                                check.path
+                            ))
                         }
-                        None => ContainerReadiness::Unhealthy(format!(
-                            "the container has no address on network {}",
-                            self.ctx.settings.network
-                        )),
                     }
-                }
+                    None => ContainerReadiness::Unhealthy(format!(
+                        "the container has no address on network {}",
+                        self.ctx.settings.network
+                    )),
+                },
                 _ => ContainerReadiness::Healthy,
             },
         };

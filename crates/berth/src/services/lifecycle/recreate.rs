@@ -83,7 +83,13 @@ impl LifecycleService {
                         .engine
                         .start_container(&old_cid)
                         .await
-                        .map_err(|e| Error::from_engine(e, ErrorCode::StartFailed, "restart the old container")),
+                        .map_err(|e| {
+                            Error::from_engine(
+                                e,
+                                ErrorCode::StartFailed,
+                                "restart the old container",
+                            )
+                        }),
                     Err(e) => Err(e),
                 };
                 if let Err(e) = &restored {
@@ -198,10 +204,12 @@ impl LifecycleService {
             return Ok(());
         }
         // A template with stores: readiness is the gate, within the same grace.
-        let (grace, interval) = template.health.as_ref().map_or(
-            (DEFAULT_READINESS_GRACE, DEFAULT_READINESS_INTERVAL),
-            |h| (h.grace, h.interval),
-        );
+        let (grace, interval) = template
+            .health
+            .as_ref()
+            .map_or((DEFAULT_READINESS_GRACE, DEFAULT_READINESS_INTERVAL), |h| {
+                (h.grace, h.interval)
+            });
         loop {
             let verdict = self
                 .stores
@@ -210,9 +218,8 @@ impl LifecycleService {
             if verdict.ok {
                 return Ok(());
             }
-            let waited = std::time::Duration::from_millis(
-                (self.ctx.now_ms() - started_ms).max(0) as u64,
-            );
+            let waited =
+                std::time::Duration::from_millis((self.ctx.now_ms() - started_ms).max(0) as u64);
             if waited >= grace {
                 let mut why = format!(
                     "the new container was not ready within {}: {}",
