@@ -341,6 +341,9 @@ pub struct StoreService {
     limits: StoreLimits,
     /// Image labels by image id: an image's labels never change.
     labels: Mutex<BTreeMap<String, BTreeMap<String, String>>>,
+    /// The image each run berth started runs, by run id: during a
+    /// recreate's gate the record still names the old image.
+    run_images: Mutex<BTreeMap<String, String>>,
 }
 
 impl StoreService {
@@ -349,6 +352,7 @@ impl StoreService {
             ctx,
             limits: StoreLimits::default(),
             labels: Mutex::new(BTreeMap::new()),
+            run_images: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -392,12 +396,15 @@ impl StoreService {
         let info = self.ctx.engine.inspect_image(image).await.map_err(|e| {
             Error::from_engine(e, ErrorCode::DockerUnavailable, "inspect the image")
         })?;
-        let labels = info.map(|i| i.labels).unwrap_or_default();
+        let Some(info) = info else {
+            // Not (yet) present: the descriptors' versions apply; not cached.
+            return Ok(BTreeMap::new());
+        };
         self.labels
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(image.to_string(), labels.clone());
-        Ok(labels)
+            .insert(image.to_string(), info.labels.clone());
+        Ok(info.labels)
     }
 
     async fn read_run_id(&self, paths: &StatePaths) -> Result<Option<String>> {
@@ -573,7 +580,13 @@ impl StoreService {
                 ))
             }
         };
-        let understood = match &rec.image_digest.clone().or(rec.image_ref.clone()) {
+        let run_image = self
+            .run_images
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&req.run_id)
+            .cloned();
+        let understood = match run_image.as_ref().or(rec.image_ref.as_ref()) {
             Some(image) => understood_versions(&template.stores, &self.image_labels(image).await?),
             None => understood_versions(&template.stores, &BTreeMap::new()),
         };
@@ -745,6 +758,14 @@ impl StoreService {
         write_durable(fs, &paths.run_id(), run_id.as_bytes())
             .await
             .map_err(|e| fs_error(e, "write the run id"))?;
+        {
+            let mut runs = self.run_images.lock().unwrap_or_else(|p| p.into_inner());
+            // One run per runtime is current; older entries only ever miss.
+            if runs.len() > 10_000 {
+                runs.clear();
+            }
+            runs.insert(run_id.clone(), image.to_string());
+        }
         rec.run_id = Some(run_id);
         for a in &applied {
             let kind = if a.kind == ActionKind::Rebuild {
@@ -826,7 +847,12 @@ impl StoreService {
             }
             let before = manifest.entries.len();
             manifest.entries.retain(|e| e.store != d.name);
-            manifest_changed |= manifest.entries.len() != before;
+            let entry_dropped = manifest.entries.len() != before;
+            manifest_changed |= entry_dropped;
+            if moved_to.is_none() && !entry_dropped {
+                // Nothing to undo (a store never written): not a recovery.
+                continue;
+            }
             applied.push(AppliedAction {
                 kind: action.kind,
                 store: d.name.clone(),
@@ -834,7 +860,7 @@ impl StoreService {
                 moved_to,
             });
         }
-        if !applied.is_empty() {
+        if applied.iter().any(|a| a.moved_to.is_some()) {
             fs.fsync_dir(&paths.quarantine_dir())
                 .await
                 .map_err(|e| fs_error(e, "sync the quarantine directory"))?;
