@@ -244,7 +244,10 @@ async fn readiness_latency(requests: usize) {
 #[tokio::main]
 async fn main() {
     let benching = std::env::args().any(|a| a == "--bench");
-    println!("state stores ({})", if benching { "bench" } else { "smoke" });
+    println!(
+        "state stores ({})",
+        if benching { "bench" } else { "smoke" }
+    );
     for (files, rounds) in [(1, 200), (10, 100), (100, 30)] {
         batch_latency(files, if benching { rounds } else { 3 }).await;
     }

@@ -272,6 +272,28 @@ async fn batches_readiness_and_recovery_at_restart() {
     t.post("/v1/runtimes/s-1/stop", json!({})).await;
     let r = readiness(&t, "s-1").await;
     assert_eq!(r["reason"], "container_not_running", "{r}");
+
+    // `berth status` and /metrics report it.
+    let (_, status) = t.get("/v1/status").await;
+    assert_eq!(status["readiness"]["blocked"], 1, "{status}");
+    assert_eq!(status["readiness_blocked"], json!(["s-1"]), "{status}");
+    let metrics = t
+        .client
+        .get(format!("{}/metrics", t.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("berth_readiness_checks_total{impact=\"blocked\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("berth_store_batches_total{outcome=\"committed\"} 3"),
+        "{metrics}"
+    );
     t.shutdown().await;
 }
 

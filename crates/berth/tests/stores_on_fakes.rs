@@ -60,7 +60,10 @@ async fn both(s: &Services, run: &str) -> berth::error::Result<u64> {
             BatchRequest {
                 run_id: run.to_string(),
                 reason: None,
-                writes: vec![write("launch_state", json!({"n": 1})), write("sessions", json!([]))],
+                writes: vec![
+                    write("launch_state", json!({"n": 1})),
+                    write("sessions", json!([])),
+                ],
             },
             &caller(),
         )
@@ -100,7 +103,9 @@ async fn a_validator_that_does_not_finish_in_time_blocks() {
     assert!(!r.ok, "{r:?}");
     assert_eq!(r.reason, "store_validator_failed");
     assert!(
-        r.diagnostics.iter().any(|d| d.contains("did not finish within 2s")),
+        r.diagnostics
+            .iter()
+            .any(|d| d.contains("did not finish within 2s")),
         "{r:?}"
     );
 }
@@ -115,7 +120,11 @@ async fn a_batch_cut_by_a_crash_is_an_error_and_the_next_one_commits() {
     w.state_fs.crash_at_step(w.state_fs.steps() + 5);
     let err = both(&s, &run).await.unwrap_err();
     assert_eq!(err.code, ErrorCode::StorageUnavailable, "{err:?}");
-    assert!(err.message.contains("nothing was committed"), "{}", err.message);
+    assert!(
+        err.message.contains("nothing was committed"),
+        "{}",
+        err.message
+    );
     // What a power loss leaves is still the first batch, whole.
     let after = Arc::new(w.state_fs.after_power_loss());
     let mut w2 = w;
@@ -161,7 +170,10 @@ async fn the_image_label_sets_the_schema_and_an_older_image_quarantines_newer_st
     assert!(err.message.contains("not ready"), "{}", err.message);
     let state = w.data.path().join("runtimes/s-1/state");
     assert_eq!(
-        w.state_fs.read(&state.join("launch-state.json")).await.unwrap(),
+        w.state_fs
+            .read(&state.join("launch-state.json"))
+            .await
+            .unwrap(),
         None,
         "the newer state was moved aside"
     );

@@ -59,6 +59,23 @@ pub(super) async fn status(ctx: &Ctx) -> Result<(), CliError> {
                     fleet.join(", ")
                 },
             ),
+            (
+                "readiness",
+                if s.readiness.is_empty() {
+                    "-".into()
+                } else {
+                    let mut text = s
+                        .readiness
+                        .iter()
+                        .map(|(impact, n)| format!("{impact} {n}"))
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    if !s.readiness_blocked.is_empty() {
+                        text.push_str(&format!(" (blocked: {})", s.readiness_blocked.join(", ")));
+                    }
+                    text
+                },
+            ),
         ] {
             out.push_str(&format!("{k}: {v}\n"));
         }

@@ -484,6 +484,13 @@ pub struct StatusView {
     pub active_rollouts: usize,
     /// Runtime count by status.
     pub runtimes: BTreeMap<String, usize>,
+    /// Runtimes with stores by their last readiness impact (none, degraded,
+    /// blocked), as last computed by this process.
+    #[serde(default)]
+    pub readiness: BTreeMap<String, usize>,
+    /// Up to 20 runtimes whose last readiness verdict was blocked.
+    #[serde(default)]
+    pub readiness_blocked: Vec<String>,
 }
 
 // --- plugins ---------------------------------------------------------------

@@ -481,6 +481,8 @@ pub async fn status(State(state): State<AppState>) -> ApiResult<Json<StatusView>
         outbox_pending: s.outbox_pending,
         active_rollouts: s.active_rollouts,
         runtimes: s.runtimes,
+        readiness: s.readiness,
+        readiness_blocked: s.readiness_blocked,
     }))
 }
 

@@ -306,6 +306,11 @@ pub struct StatusReport {
     pub outbox_pending: usize,
     pub active_rollouts: usize,
     pub runtimes: std::collections::BTreeMap<String, usize>,
+    /// Runtimes with stores by their last readiness impact (`none`,
+    /// `degraded`, `blocked`), as last computed by this process.
+    pub readiness: std::collections::BTreeMap<String, usize>,
+    /// Up to 20 runtimes whose last verdict was `blocked`.
+    pub readiness_blocked: Vec<String>,
 }
 
 pub const OUTBOX_COUNT_CAP: u32 = 1000;
@@ -313,6 +318,7 @@ pub const OUTBOX_COUNT_CAP: u32 = 1000;
 impl Services {
     pub async fn status(&self) -> Result<StatusReport> {
         let store = &self.ctx.store;
+        let verdicts = self.stores.last_verdicts();
         let mut runtimes = std::collections::BTreeMap::new();
         for r in store
             .list_runtimes(&crate::ports::RuntimeFilter::default())
@@ -334,6 +340,19 @@ impl Services {
             plugin_sweep_last_run_ms: self.plugins.last_sweep_ms(),
             outbox_pending: store.outbox_pending(OUTBOX_COUNT_CAP + 1).await?.len(),
             active_rollouts: store.active_rollouts().await?.len(),
+            readiness: {
+                let mut by_impact = std::collections::BTreeMap::new();
+                for impact in verdicts.values() {
+                    *by_impact.entry(impact.as_str().to_string()).or_insert(0) += 1;
+                }
+                by_impact
+            },
+            readiness_blocked: verdicts
+                .iter()
+                .filter(|(_, i)| **i == berth_core::store::Impact::Blocked)
+                .map(|(id, _)| id.clone())
+                .take(20)
+                .collect(),
             runtimes,
         })
     }

@@ -24,8 +24,8 @@ use berth_core::store::format::{
 };
 use berth_core::store::{
     decode_receipts, encode_receipt, plan, readiness, understood_versions, ActionKind,
-    ContainerReadiness, Envelope, Manifest, ManifestEntry, ManifestFact, PlanInput, Readiness,
-    Receipt, ReceiptLog, ReceiptRecord, RecoveryPlan, StoreFileFact, ValidatorOutcome,
+    ContainerReadiness, Envelope, Impact, Manifest, ManifestEntry, ManifestFact, PlanInput,
+    Readiness, Receipt, ReceiptLog, ReceiptRecord, RecoveryPlan, StoreFileFact, ValidatorOutcome,
 };
 use berth_core::template::Template;
 use berth_core::ErrorCode;
@@ -344,6 +344,8 @@ pub struct StoreService {
     /// The image each run berth started runs, by run id: during a
     /// recreate's gate the record still names the old image.
     run_images: Mutex<BTreeMap<String, String>>,
+    /// The last verdict computed for each runtime, for `berth status`.
+    last_verdicts: Mutex<BTreeMap<String, Impact>>,
 }
 
 impl StoreService {
@@ -353,6 +355,7 @@ impl StoreService {
             limits: StoreLimits::default(),
             labels: Mutex::new(BTreeMap::new()),
             run_images: Mutex::new(BTreeMap::new()),
+            last_verdicts: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -874,6 +877,15 @@ impl StoreService {
         Ok(applied)
     }
 
+    /// The last verdict of every runtime with stores whose readiness this
+    /// process computed, by runtime id.
+    pub fn last_verdicts(&self) -> BTreeMap<String, Impact> {
+        self.last_verdicts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// The readiness of a runtime as it runs now. Changes nothing on disk.
     pub async fn readiness(&self, id: &str) -> Result<Readiness> {
         let (rec, template) = self.runtime_and_template(id).await?;
@@ -926,7 +938,7 @@ impl StoreService {
         };
         let plan = if template.stores.is_empty() {
             RecoveryPlan {
-                impact: berth_core::store::Impact::None,
+                impact: Impact::None,
                 manifest_healthy: true,
                 actions: Vec::new(),
             }
@@ -943,9 +955,7 @@ impl StoreService {
         };
         let validator = match (&template.store_validator, &info) {
             (None, _) => ValidatorOutcome::NotConfigured,
-            (Some(_), _) if plan.impact == berth_core::store::Impact::Blocked => {
-                ValidatorOutcome::Skipped
-            }
+            (Some(_), _) if plan.impact == Impact::Blocked => ValidatorOutcome::Skipped,
             (Some(v), Some(i)) if container == ContainerReadiness::Healthy => {
                 match self.ctx.engine.exec(&i.id, &v.command, v.timeout).await {
                     Ok(out) => {
@@ -976,6 +986,12 @@ impl StoreService {
         };
         let verdict = readiness(&plan, &container, &validator);
         self.ctx.metrics.readiness_observed(verdict.impact);
+        if !template.stores.is_empty() || template.store_validator.is_some() {
+            self.last_verdicts
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(id.to_string(), verdict.impact);
+        }
         Ok(verdict)
     }
 }
