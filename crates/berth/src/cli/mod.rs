@@ -63,7 +63,7 @@ pub enum Output {
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
     /// Run the berth server
-    Serve(crate::config::ServeArgs),
+    Serve(Box<crate::config::ServeArgs>),
     /// Create, list, show and remove templates
     #[command(subcommand)]
     Template(TemplateCommand),
