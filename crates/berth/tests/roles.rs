@@ -31,8 +31,12 @@ fn tokens() -> Vec<ApiToken> {
 }
 
 fn app_on(world: &World, auth: Auth) -> axum::Router {
+    app_with(world.boot(), auth)
+}
+
+fn app_with(services: Arc<berth::services::Services>, auth: Auth) -> axum::Router {
     router(AppState {
-        services: world.boot(),
+        services,
         tracker: TaskTracker::new(),
         auth: Arc::new(auth),
     })
@@ -282,4 +286,49 @@ async fn with_only_api_token_or_no_token_the_header_still_names_the_actor() {
     let open = app_on(&world, Auth::open());
     let (promoted_by, _) = promote_as(&open, None).await;
     assert_eq!(promoted_by, "mallory");
+}
+
+#[tokio::test(start_paused = true)]
+async fn resuming_a_halted_rollout_re_promotes_the_pin_as_the_token() {
+    use berth::fakes::probe::Answer;
+    let w = World::new();
+    w.publish("stable", &world::digest(1));
+    let s = w.boot();
+    world::put_template(&s, "trk", world::tracked(1)).await;
+    world::start_runtimes(&s, "trk").await;
+    s.watcher.tick().await.unwrap();
+    // The new digest never gets healthy: the rollout halts, the pin goes back.
+    w.publish("stable", &world::digest(2));
+    w.probe.script("http://", Answer::Unhealthy);
+    s.watcher.tick().await.unwrap();
+    s.rollouts.settle().await;
+    w.probe.script("http://", Answer::Healthy);
+    let id = s.ctx.store.list_rollouts(Some("trk"), 1).await.unwrap()[0]
+        .id
+        .clone();
+
+    let app = app_with(s.clone(), Auth::new(tokens(), true));
+    let (status, body) = send(
+        &app,
+        Method::POST,
+        &format!("/v1/rollouts/{id}/resume"),
+        Some(OPERATOR),
+        None,
+        Some("mallory"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, pin) = send(
+        &app,
+        Method::GET,
+        "/v1/templates/trk/pin",
+        Some(VIEWER),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{pin}");
+    assert_eq!(pin["digest"], world::digest(2).as_str());
+    assert_eq!(pin["promoted_by"], "ci");
+    s.rollouts.settle().await;
 }

@@ -416,10 +416,15 @@ pub async fn get_rollout(
 
 async fn set_rollout_state(
     state: AppState,
+    caller: crate::services::Caller,
     id: String,
     to: berth_core::rollout::RolloutState,
 ) -> ApiResult<Json<RolloutView>> {
-    let row = state.services.rollouts.set_state(&id, to).await?;
+    let row = state
+        .services
+        .rollouts
+        .set_state_by(&id, to, &caller)
+        .await?;
     Ok(Json(RolloutView::from_row(row, None)))
 }
 
@@ -428,9 +433,10 @@ async fn set_rollout_state(
     responses((status = 200, body = RolloutView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn pause_rollout(
     State(state): State<AppState>,
+    ApiCaller(caller): ApiCaller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<RolloutView>> {
-    set_rollout_state(state, id, berth_core::rollout::RolloutState::Paused).await
+    set_rollout_state(state, caller, id, berth_core::rollout::RolloutState::Paused).await
 }
 
 #[utoipa::path(post, path = "/v1/rollouts/{id}/resume", tag = "rollouts",
@@ -438,9 +444,16 @@ pub async fn pause_rollout(
     responses((status = 200, body = RolloutView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn resume_rollout(
     State(state): State<AppState>,
+    ApiCaller(caller): ApiCaller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<RolloutView>> {
-    set_rollout_state(state, id, berth_core::rollout::RolloutState::Running).await
+    set_rollout_state(
+        state,
+        caller,
+        id,
+        berth_core::rollout::RolloutState::Running,
+    )
+    .await
 }
 
 #[utoipa::path(post, path = "/v1/rollouts/{id}/abort", tag = "rollouts",
@@ -448,9 +461,16 @@ pub async fn resume_rollout(
     responses((status = 200, body = RolloutView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn abort_rollout(
     State(state): State<AppState>,
+    ApiCaller(caller): ApiCaller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<RolloutView>> {
-    set_rollout_state(state, id, berth_core::rollout::RolloutState::Aborted).await
+    set_rollout_state(
+        state,
+        caller,
+        id,
+        berth_core::rollout::RolloutState::Aborted,
+    )
+    .await
 }
 
 #[utoipa::path(get, path = "/v1/status", tag = "meta",
