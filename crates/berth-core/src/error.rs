@@ -33,6 +33,8 @@ pub enum ErrorCode {
     RemoveFailed,
     DockerUnavailable,
     Unauthorized,
+    /// A valid token whose role does not allow the request.
+    Forbidden,
     PayloadTooLarge,
     NotFound,
     MethodNotAllowed,
@@ -43,7 +45,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 30] = [
+    pub const ALL: [ErrorCode; 31] = [
         ErrorCode::InvalidRequest,
         ErrorCode::InvalidId,
         ErrorCode::InvalidDigest,
@@ -67,6 +69,7 @@ impl ErrorCode {
         ErrorCode::RemoveFailed,
         ErrorCode::DockerUnavailable,
         ErrorCode::Unauthorized,
+        ErrorCode::Forbidden,
         ErrorCode::PayloadTooLarge,
         ErrorCode::NotFound,
         ErrorCode::MethodNotAllowed,
@@ -101,6 +104,7 @@ impl ErrorCode {
             ErrorCode::RemoveFailed => "remove_failed",
             ErrorCode::DockerUnavailable => "docker_unavailable",
             ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::NotFound => "not_found",
             ErrorCode::MethodNotAllowed => "method_not_allowed",

@@ -14,6 +14,7 @@ use crate::adapters::docker::DockerEngine;
 use crate::adapters::redis_bus::RedisBus;
 use crate::config::{Config, ConfigError};
 use crate::error::Error;
+use crate::http::tls::{CertStore, TlsListener};
 use crate::http::{router, AppState};
 use crate::metrics::Metrics;
 use crate::ports::Bus;
@@ -165,6 +166,13 @@ pub struct RunningServer {
 /// Boots berth and starts serving; returns once the socket listens.
 pub async fn start(config: Config) -> Result<RunningServer, BootError> {
     config.check_exposure()?;
+    // A bad certificate fails the boot before anything else starts.
+    let certs = match &config.tls {
+        Some(files) => Some(Arc::new(
+            CertStore::load(files.clone()).map_err(|e| BootError::Io(format!("tls: {e}")))?,
+        )),
+        None => None,
+    };
     let services = build_services(&config).await?;
     apply_config_templates(&services, &config).await?;
     let recovered = services.runtimes.recover_interrupted().await?;
@@ -245,17 +253,33 @@ pub async fn start(config: Config) -> Result<RunningServer, BootError> {
     let state = AppState {
         services: services.clone(),
         tracker: tracker.clone(),
-        api_token: config.api_token.as_deref().map(Arc::from),
+        auth: Arc::new(crate::http::Auth::from_config(&config)),
     };
     let stop = CancellationToken::new();
     let stopped = stop.clone();
     let app = router(state);
-    let task = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { stopped.cancelled().await })
-            .await
-    });
-    tracing::info!(%addr, owner = %config.owner, "berth is listening");
+    let task = match certs {
+        None => tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stopped.cancelled().await })
+                .await
+        }),
+        Some(certs) => {
+            let listener = TlsListener::new(listener, certs)
+                .map_err(|e| BootError::Io(format!("cannot listen on {}: {e}", config.listen)))?;
+            tokio::spawn(async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(async move { stopped.cancelled().await })
+                    .await
+            })
+        }
+    };
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    tracing::info!(%addr, %scheme, owner = %config.owner, "berth is listening");
     Ok(RunningServer {
         addr,
         services,

@@ -9,6 +9,7 @@ use berth_core::duration::parse_duration;
 use berth_core::id::{validate_owner, validate_template_name};
 use serde::Deserialize;
 
+use crate::http::roles::Role;
 use crate::template_doc::TemplateDoc;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7878";
@@ -62,6 +63,12 @@ pub struct ServeArgs {
     /// How long shutdown waits for operations in flight [default: 60s]
     #[arg(long, env = "BERTH_SHUTDOWN_TIMEOUT")]
     pub shutdown_timeout: Option<String>,
+    /// PEM certificate chain: serve the API over HTTPS (with --tls-key)
+    #[arg(long, env = "BERTH_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert
+    #[arg(long, env = "BERTH_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -86,6 +93,78 @@ struct FileConfig {
     templates: Vec<TemplateDoc>,
     #[serde(default)]
     registries: std::collections::BTreeMap<String, RegistryEntry>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    #[serde(default)]
+    tokens: Vec<TokenEntry>,
+}
+
+/// `[[tokens]]`: a further API token with a name and a role. The secret is
+/// given as `token`, or as `token_sha256` (its hex SHA-256) so the file
+/// need not hold it.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenEntry {
+    name: Option<String>,
+    role: Option<String>,
+    token: Option<String>,
+    token_sha256: Option<String>,
+}
+
+/// The name `api_token` goes by (role `admin`).
+pub const API_TOKEN_NAME: &str = "admin";
+
+/// A token berth accepts, kept as the SHA-256 of its secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiToken {
+    /// The actor in the operation log and pin history.
+    pub name: String,
+    pub role: Role,
+    pub sha256: [u8; 32],
+}
+
+impl ApiToken {
+    pub fn from_secret(name: &str, role: Role, secret: &str) -> ApiToken {
+        ApiToken {
+            name: name.to_string(),
+            role,
+            sha256: sha256(secret.as_bytes()),
+        }
+    }
+}
+
+/// Leaves the digest out of logs.
+impl std::fmt::Debug for ApiToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiToken")
+            .field("name", &self.name)
+            .field("role", &self.role)
+            .finish_non_exhaustive()
+    }
+}
+
+pub fn sha256(bytes: &[u8]) -> [u8; 32] {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(bytes).into()
+}
+
+fn parse_hex_sha256(text: &str) -> Option<[u8; 32]> {
+    let text = text.trim();
+    if text.len() != 64 || !text.is_ascii() {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
+}
+
+/// `tls_cert` and `tls_key`: PEM files of the API's HTTPS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// `[registries."host:port"]`: credentials and transport for one registry.
@@ -145,6 +224,13 @@ pub struct Config {
     /// `[[templates]]`, each with its name; upserted at boot.
     pub templates: Vec<TemplateDoc>,
     pub registries: std::collections::BTreeMap<String, RegistryEntry>,
+    /// `api_token` (as `admin`) and `[[tokens]]`; empty means an open API.
+    pub tokens: Vec<ApiToken>,
+    /// Whether `[[tokens]]` name further tokens: then a token's name is the
+    /// actor and `X-Berth-Actor` cannot change it.
+    pub scoped_tokens: bool,
+    /// HTTPS on the API when set.
+    pub tls: Option<TlsFiles>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -226,6 +312,24 @@ impl Config {
                 "api_token: the token must not be empty".into(),
             ));
         }
+        let tokens = tokens(api_token.as_deref(), &file.tokens)?;
+        let tls = match (
+            args.tls_cert.clone().or(file.tls_cert),
+            args.tls_key.clone().or(file.tls_key),
+        ) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+            (Some(_), None) => {
+                return Err(ConfigError::Invalid(
+                    "tls_key: tls_cert is set, so give its private key too (or neither)".into(),
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::Invalid(
+                    "tls_cert: tls_key is set, so give its certificate too (or neither)".into(),
+                ))
+            }
+        };
         for (host, entry) in &file.registries {
             if entry.username.is_some() != entry.password.is_some() {
                 return Err(ConfigError::Invalid(format!(
@@ -331,19 +435,112 @@ impl Config {
             )?,
             templates: file.templates,
             registries: file.registries,
+            scoped_tokens: !file.tokens.is_empty(),
+            tokens,
+            tls,
         })
     }
 
     /// berth refuses to listen beyond loopback without a token.
     pub fn check_exposure(&self) -> Result<(), ConfigError> {
-        if !self.listen.ip().is_loopback() && self.api_token.is_none() {
+        if !self.listen.ip().is_loopback() && self.tokens.is_empty() {
             return Err(ConfigError::Invalid(format!(
-                "refusing to listen on {} without an api_token: set api_token (or BERTH_API_TOKEN), or listen on 127.0.0.1",
+                "refusing to listen on {} without an api_token: set api_token (or BERTH_API_TOKEN) or [[tokens]], or listen on 127.0.0.1",
                 self.listen
             )));
         }
         Ok(())
     }
+}
+
+/// `api_token` (named `admin`) and `[[tokens]]`, checked: names given
+/// once, roles known, secrets not empty and not shared.
+fn tokens(api_token: Option<&str>, entries: &[TokenEntry]) -> Result<Vec<ApiToken>, ConfigError> {
+    let mut tokens = Vec::new();
+    if let Some(secret) = api_token {
+        tokens.push(ApiToken::from_secret(
+            API_TOKEN_NAME,
+            Role::Admin,
+            secret.trim(),
+        ));
+    }
+    for (i, entry) in entries.iter().enumerate() {
+        let at = |key: &str| match &entry.name {
+            Some(name) => format!("tokens[{i}] ({name}).{key}"),
+            None => format!("tokens[{i}].{key}"),
+        };
+        let bad = |key: &str, m: &str| ConfigError::Invalid(format!("{}: {m}", at(key)));
+        let name = entry
+            .name
+            .as_deref()
+            .ok_or_else(|| bad("name", "a token needs a name (the actor in the log)"))?;
+        if name.trim() != name
+            || name.is_empty()
+            || name.len() > 128
+            || name.chars().any(char::is_control)
+        {
+            return Err(bad(
+                "name",
+                "write 1 to 128 characters, without control characters or surrounding spaces",
+            ));
+        }
+        if tokens.iter().any(|t: &ApiToken| t.name == name) {
+            let m = if name == API_TOKEN_NAME && api_token.is_some() {
+                "this name is api_token's; choose another".to_string()
+            } else {
+                "this name appears twice".to_string()
+            };
+            return Err(bad("name", &m));
+        }
+        let role_text = entry
+            .role
+            .as_deref()
+            .ok_or_else(|| bad("role", "a token needs a role: viewer, operator or admin"))?;
+        let role = Role::parse(role_text).ok_or_else(|| {
+            bad(
+                "role",
+                &format!("{role_text:?} is not a role; write viewer, operator or admin"),
+            )
+        })?;
+        let digest = match (&entry.token, &entry.token_sha256) {
+            (Some(secret), None) => {
+                if secret.trim().is_empty() {
+                    return Err(bad("token", "the token must not be empty"));
+                }
+                sha256(secret.trim().as_bytes())
+            }
+            (None, Some(hex)) => parse_hex_sha256(hex).ok_or_else(|| {
+                bad(
+                    "token_sha256",
+                    "write the SHA-256 of the token as 64 hex digits (e.g. `printf %s TOKEN | sha256sum`)",
+                )
+            })?,
+            (Some(_), Some(_)) => {
+                return Err(bad("token", "give token or token_sha256, not both"))
+            }
+            (None, None) => {
+                return Err(bad(
+                    "token",
+                    "a token needs its secret: token, or token_sha256 (its hex SHA-256)",
+                ))
+            }
+        };
+        if let Some(other) = tokens.iter().find(|t| t.sha256 == digest) {
+            return Err(bad(
+                "token",
+                &format!(
+                    "the same secret as {:?}; each token needs its own",
+                    other.name
+                ),
+            ));
+        }
+        tokens.push(ApiToken {
+            name: name.to_string(),
+            role,
+            sha256: digest,
+        });
+    }
+    Ok(tokens)
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
@@ -436,5 +633,132 @@ mod tests {
         )
         .unwrap();
         c.check_exposure().unwrap();
+    }
+
+    fn config_err(text: &str) -> String {
+        Config::from_toml(&ServeArgs::default(), text, "f")
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn tokens_parse_with_plain_or_hashed_secrets() {
+        let hashed = "5e884898da28047151d0e56f8dc6292773603d0d6aabbdd62a11ef721d1542d8"; // "password"
+        let c = Config::from_toml(
+            &ServeArgs::default(),
+            &format!(
+                "listen = \"0.0.0.0:7878\"\napi_token = \"root-secret\"\n\n[[tokens]]\nname = \"ci\"\nrole = \"operator\"\ntoken = \"ci-secret\"\n\n[[tokens]]\nname = \"grafana\"\nrole = \"viewer\"\ntoken_sha256 = \"{}\"\n",
+                hashed.to_uppercase()
+            ),
+            "f",
+        )
+        .unwrap();
+        c.check_exposure().unwrap();
+        assert!(c.scoped_tokens);
+        let names: Vec<_> = c.tokens.iter().map(|t| (t.name.as_str(), t.role)).collect();
+        assert_eq!(
+            names,
+            [
+                ("admin", Role::Admin),
+                ("ci", Role::Operator),
+                ("grafana", Role::Viewer)
+            ]
+        );
+        assert_eq!(c.tokens[1].sha256, sha256(b"ci-secret"));
+        assert_eq!(c.tokens[2].sha256, sha256(b"password"));
+        // The digest stays out of debug output.
+        assert!(!format!("{:?}", c.tokens[1]).contains("sha256"));
+    }
+
+    #[test]
+    fn tokens_alone_allow_a_public_listen() {
+        let c = Config::from_toml(
+            &ServeArgs::default(),
+            "listen = \"0.0.0.0:7878\"\n[[tokens]]\nname = \"ops\"\nrole = \"admin\"\ntoken = \"t\"\n",
+            "f",
+        )
+        .unwrap();
+        c.check_exposure().unwrap();
+        let c = Config::from_toml(&ServeArgs::default(), "", "f").unwrap();
+        assert!(c.tokens.is_empty() && !c.scoped_tokens);
+        let c = Config::from_toml(&ServeArgs::default(), "api_token = \"x\"\n", "f").unwrap();
+        assert_eq!(c.tokens.len(), 1);
+        assert!(!c.scoped_tokens);
+    }
+
+    #[test]
+    fn bad_tokens_name_the_key_at_fault() {
+        let t = |body: &str| config_err(&format!("[[tokens]]\n{body}"));
+        let err = t("role = \"viewer\"\ntoken = \"a\"\n");
+        assert!(err.starts_with("tokens[0].name:"), "{err}");
+        let err = t("name = \"x\"\nrole = \"root\"\ntoken = \"a\"\n");
+        assert!(
+            err.starts_with("tokens[0] (x).role:") && err.contains("\"root\" is not a role"),
+            "{err}"
+        );
+        let err = t("name = \"x\"\ntoken = \"a\"\n");
+        assert!(err.starts_with("tokens[0] (x).role:"), "{err}");
+        let err = t("name = \"x\"\nrole = \"viewer\"\ntoken = \"  \"\n");
+        assert!(
+            err.starts_with("tokens[0] (x).token:") && err.contains("empty"),
+            "{err}"
+        );
+        let err = t("name = \"x\"\nrole = \"viewer\"\n");
+        assert!(err.starts_with("tokens[0] (x).token:"), "{err}");
+        let err = t("name = \"x\"\nrole = \"viewer\"\ntoken = \"a\"\ntoken_sha256 = \"b\"\n");
+        assert!(err.contains("not both"), "{err}");
+        let err = t("name = \"x\"\nrole = \"viewer\"\ntoken_sha256 = \"abc\"\n");
+        assert!(err.starts_with("tokens[0] (x).token_sha256:"), "{err}");
+        let err = t("name = \"\"\nrole = \"viewer\"\ntoken = \"a\"\n");
+        assert!(err.starts_with("tokens[0] ().name:"), "{err}");
+        let err = t("name = \"x\"\nrole = \"viewer\"\ntoken = \"a\"\nextra = 1\n");
+        assert!(err.contains("extra"), "{err}");
+
+        let two = "[[tokens]]\nname = \"x\"\nrole = \"viewer\"\ntoken = \"a\"\n[[tokens]]\nname = \"x\"\nrole = \"admin\"\ntoken = \"b\"\n";
+        let err = config_err(two);
+        assert!(
+            err.starts_with("tokens[1] (x).name:") && err.contains("twice"),
+            "{err}"
+        );
+        let err = config_err(
+            "api_token = \"s\"\n[[tokens]]\nname = \"admin\"\nrole = \"viewer\"\ntoken = \"a\"\n",
+        );
+        assert!(
+            err.starts_with("tokens[0] (admin).name:") && err.contains("api_token"),
+            "{err}"
+        );
+        let err = config_err(
+            "api_token = \"s\"\n[[tokens]]\nname = \"y\"\nrole = \"viewer\"\ntoken = \"s\"\n",
+        );
+        assert!(
+            err.starts_with("tokens[0] (y).token:") && err.contains("same secret"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn tls_needs_both_files() {
+        let c = Config::from_toml(
+            &ServeArgs::default(),
+            "tls_cert = \"/etc/c.pem\"\ntls_key = \"/etc/k.pem\"\n",
+            "f",
+        )
+        .unwrap();
+        assert_eq!(
+            c.tls,
+            Some(TlsFiles {
+                cert: "/etc/c.pem".into(),
+                key: "/etc/k.pem".into()
+            })
+        );
+        assert!(config_err("tls_cert = \"/c\"\n").starts_with("tls_key:"));
+        assert!(config_err("tls_key = \"/k\"\n").starts_with("tls_cert:"));
+        // Flags fill in what the file lacks.
+        let args = ServeArgs {
+            tls_key: Some("/flag/k.pem".into()),
+            ..Default::default()
+        };
+        let c = Config::from_toml(&args, "tls_cert = \"/c\"\n", "f").unwrap();
+        assert_eq!(c.tls.unwrap().key, PathBuf::from("/flag/k.pem"));
     }
 }

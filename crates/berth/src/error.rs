@@ -68,6 +68,7 @@ impl Error {
             InvalidRequest | InvalidId | InvalidDigest | InvalidImageRef | InvalidTrackedRef
             | InvalidPluginSource => 400,
             Unauthorized => 401,
+            Forbidden => 403,
             TemplateNotFound | RuntimeNotFound | PluginNotFound | UpdateNotFound | RefNotFound
             | StoreNotFound | NotFound => 404,
             MethodNotAllowed => 405,

@@ -54,7 +54,7 @@ async fn run() -> ExitCode {
     match cli.command {
         Command::Serve(args) => {
             init_tracing();
-            match serve(args).await {
+            match serve(*args).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e:#}");

@@ -88,13 +88,23 @@ pub struct Client {
 }
 
 impl Client {
+    #[cfg(test)]
     pub fn new(base: &str, token: Option<&str>) -> Result<Self, CliError> {
+        Client::with_ca(base, token, None)
+    }
+
+    /// Also trusts the PEM certificates in `ca_cert` for `https://`.
+    pub fn with_ca(
+        base: &str,
+        token: Option<&str>,
+        ca_cert: Option<&std::path::Path>,
+    ) -> Result<Self, CliError> {
         let base_url = reqwest::Url::parse(base)
             .ok()
             .filter(|url| !url.cannot_be_a_base())
             .ok_or_else(|| {
                 CliError::Other(format!(
-                    "{base:?} is not a URL of the form http://host[:port][/prefix]"
+                    "{base:?} is not a URL of the form http(s)://host[:port][/prefix]"
                 ))
             })?;
         let mut headers = HeaderMap::new();
@@ -115,7 +125,25 @@ impl Client {
             headers.insert(AUTHORIZATION, value);
         }
         // The timeout is set per request.
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder();
+        if let Some(path) = ca_cert {
+            let pem = std::fs::read(path).map_err(|e| {
+                CliError::Other(format!("cannot read --ca-cert {}: {e}", path.display()))
+            })?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .ok()
+                .filter(|c| !c.is_empty())
+                .ok_or_else(|| {
+                    CliError::Other(format!(
+                        "--ca-cert {}: no PEM certificate in it",
+                        path.display()
+                    ))
+                })?;
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let http = builder
             .default_headers(headers)
             .user_agent(concat!("berth-cli/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(CONNECT_TIMEOUT)
@@ -217,7 +245,12 @@ impl Client {
 
     fn transport_error(&self, e: &reqwest::Error, timeout: Duration) -> CliError {
         let url = self.base.clone();
-        if e.is_connect() {
+        if e.is_connect() && self.base_url.scheme() == "https" && is_tls_failure(e) {
+            CliError::Other(format!(
+                "cannot set up HTTPS with {url}: {} (trust berth's certificate with --ca-cert FILE)",
+                chain(e)
+            ))
+        } else if e.is_connect() {
             CliError::Unreachable { url }
         } else if e.is_timeout() {
             CliError::TimedOut {
@@ -228,6 +261,22 @@ impl Client {
             CliError::Other(format!("request to {url} failed: {}", chain(e)))
         }
     }
+}
+
+/// A connection that reached a server but failed in the TLS handshake
+/// (an untrusted certificate, a plain-HTTP server), as opposed to nothing
+/// listening.
+fn is_tls_failure(e: &reqwest::Error) -> bool {
+    let text = chain(e).to_ascii_lowercase();
+    [
+        "certificate",
+        "tls",
+        "handshake",
+        "invalidcontenttype",
+        "corrupt message",
+    ]
+    .iter()
+    .any(|w| text.contains(w))
 }
 
 /// An error with its causes, `a: b: c`; reqwest's own message alone only

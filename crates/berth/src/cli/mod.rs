@@ -47,6 +47,10 @@ pub struct Cli {
     /// Bearer token for the API
     #[arg(long, global = true, env = "BERTH_API_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// PEM certificate(s) to trust for an https:// API URL, besides the
+    /// built-in roots (e.g. berth's self-signed tls_cert)
+    #[arg(long, global = true, env = "BERTH_CA_CERT", value_name = "FILE")]
+    pub ca_cert: Option<std::path::PathBuf>,
     /// Output format: human tables, or the API's JSON for scripts
     #[arg(long, global = true, value_enum, default_value_t = Output::Table)]
     pub output: Output,
@@ -63,7 +67,7 @@ pub enum Output {
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
     /// Run the berth server
-    Serve(crate::config::ServeArgs),
+    Serve(Box<crate::config::ServeArgs>),
     /// Create, list, show and remove templates
     #[command(subcommand)]
     Template(TemplateCommand),
@@ -140,17 +144,17 @@ pub fn parse_interval(text: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-/// An `http://` URL (this build has no TLS).
+/// An `http://` or `https://` URL, with an optional path prefix.
 pub fn parse_api_url(text: &str) -> Result<String, String> {
     let url = reqwest::Url::parse(text).map_err(|e| format!("{text:?} is not a URL: {e}"))?;
-    if url.scheme() != "http" {
+    if url.scheme() != "http" && url.scheme() != "https" {
         return Err(format!(
-            "{text:?}: only http:// is supported (this build has no TLS; put a TLS proxy in front on the client side)"
+            "{text:?}: write an http:// or https:// URL, such as {DEFAULT_API_URL}"
         ));
     }
     if url.host_str().is_none_or(str::is_empty) || url.query().is_some() || url.fragment().is_some()
     {
-        return Err(format!("{text:?} must be http://host[:port][/prefix]"));
+        return Err(format!("{text:?} must be http(s)://host[:port][/prefix]"));
     }
     Ok(text.trim_end_matches('/').to_string())
 }
@@ -176,7 +180,7 @@ struct Ctx {
 
 async fn execute(cli: Cli) -> Result<i32, CliError> {
     let ctx = Ctx {
-        client: Client::new(&cli.api_url, cli.token.as_deref())?,
+        client: Client::with_ca(&cli.api_url, cli.token.as_deref(), cli.ca_cert.as_deref())?,
         output: cli.output,
     };
     match cli.command {
@@ -287,7 +291,7 @@ mod tests {
     }
 
     #[test]
-    fn accepts_only_plain_http_urls() {
+    fn accepts_http_and_https_urls() {
         assert_eq!(
             parse_api_url("http://127.0.0.1:7878/").as_deref(),
             Ok("http://127.0.0.1:7878")
@@ -296,7 +300,11 @@ mod tests {
             parse_api_url("http://h/berth").as_deref(),
             Ok("http://h/berth")
         );
-        assert!(parse_api_url("https://h").is_err());
+        assert_eq!(
+            parse_api_url("https://h:7878/").as_deref(),
+            Ok("https://h:7878")
+        );
+        assert!(parse_api_url("ftp://h").is_err());
         assert!(parse_api_url("127.0.0.1:7878").is_err());
         assert!(parse_api_url("http://h/?x=1").is_err());
     }

@@ -1,13 +1,13 @@
 //! Route handlers: parse, call one service, shape the answer.
 
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 use super::dto::*;
 use super::extract::{ApiJson, ApiQuery};
-use super::{caller, ApiError, AppState};
+use super::{ApiCaller, ApiError, AppState};
 use crate::services::lifecycle::{ListQuery, RuntimeAction, StartOutcome, StartRequest};
 use crate::template_doc::TemplateDoc;
 
@@ -59,15 +59,11 @@ pub async fn get_template(
               (status = 400, body = ErrorBody), (status = 413, body = ErrorBody)))]
 pub async fn put_template(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    ApiCaller(caller): ApiCaller,
     Path(name): Path<String>,
     ApiJson(doc): ApiJson<TemplateDoc>,
 ) -> ApiResult<(StatusCode, Json<TemplateDoc>)> {
-    let (t, created) = state
-        .services
-        .templates
-        .put(&name, &doc, &caller(&headers))
-        .await?;
+    let (t, created) = state.services.templates.put(&name, &doc, &caller).await?;
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -81,14 +77,10 @@ pub async fn put_template(
     responses((status = 204, description = "deleted"), (status = 404, body = ErrorBody), (status = 409, description = "runtimes still use it", body = ErrorBody)))]
 pub async fn delete_template(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    ApiCaller(caller): ApiCaller,
     Path(name): Path<String>,
 ) -> ApiResult<StatusCode> {
-    state
-        .services
-        .templates
-        .delete(&name, &caller(&headers))
-        .await?;
+    state.services.templates.delete(&name, &caller).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -108,7 +100,7 @@ pub async fn get_pin(
     responses((status = 200, body = PinView), (status = 400, description = "invalid_digest", body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn promote_pin(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    ApiCaller(caller): ApiCaller,
     Path(name): Path<String>,
     ApiJson(req): ApiJson<PromoteRequest>,
 ) -> ApiResult<Json<PinView>> {
@@ -118,7 +110,7 @@ pub async fn promote_pin(
     let pin = state
         .services
         .pins
-        .promote(&name, &req.digest, req.reason.as_deref(), &caller(&headers))
+        .promote(&name, &req.digest, req.reason.as_deref(), &caller)
         .await?;
     Ok(Json(pin.into()))
 }
@@ -128,14 +120,14 @@ pub async fn promote_pin(
     responses((status = 204, description = "unpinned"), (status = 404, body = ErrorBody)))]
 pub async fn unpin(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    ApiCaller(caller): ApiCaller,
     Path(name): Path<String>,
     ApiQuery(q): ApiQuery<ReasonQuery>,
 ) -> ApiResult<StatusCode> {
     state
         .services
         .pins
-        .unpin(&name, q.reason.as_deref(), &caller(&headers))
+        .unpin(&name, q.reason.as_deref(), &caller)
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -177,11 +169,10 @@ pub async fn list_runtimes(
 /// Runs a stop, restart or remove detached from the request.
 async fn act(
     state: AppState,
-    headers: &HeaderMap,
+    caller: crate::services::Caller,
     id: String,
     action: RuntimeAction,
 ) -> ApiResult<Json<RuntimeView>> {
-    let caller = caller(headers);
     let services = state.services.clone();
     let rec = state
         .run(async move { services.runtimes.act(action, &id, &caller).await })
@@ -204,10 +195,9 @@ fn start_response(outcome: StartOutcome) -> (StatusCode, Json<RuntimeView>) {
               (status = 503, description = "docker_unavailable", body = ErrorBody)))]
 pub async fn start_runtime(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    ApiCaller(caller): ApiCaller,
     ApiJson(req): ApiJson<StartRuntimeRequest>,
 ) -> ApiResult<(StatusCode, Json<RuntimeView>)> {
-    let caller = caller(&headers);
     let services = state.services.clone();
     let request = StartRequest {
         id: req.id,
@@ -242,10 +232,9 @@ pub async fn get_runtime(
     responses((status = 201, body = RuntimeView), (status = 200, description = "already running", body = RuntimeView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn start_existing_runtime(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    ApiCaller(caller): ApiCaller,
     Path(id): Path<String>,
 ) -> ApiResult<(StatusCode, Json<RuntimeView>)> {
-    let caller = caller(&headers);
     let services = state.services.clone();
     let outcome = state
         .run(async move {
@@ -266,10 +255,10 @@ pub async fn start_existing_runtime(
     responses((status = 200, body = RuntimeView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn stop_runtime(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    ApiCaller(caller): ApiCaller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<RuntimeView>> {
-    act(state, &headers, id, RuntimeAction::Stop).await
+    act(state, caller, id, RuntimeAction::Stop).await
 }
 
 #[utoipa::path(post, path = "/v1/runtimes/{id}/restart", tag = "runtimes",
@@ -277,10 +266,10 @@ pub async fn stop_runtime(
     responses((status = 200, body = RuntimeView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn restart_runtime(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    ApiCaller(caller): ApiCaller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<RuntimeView>> {
-    act(state, &headers, id, RuntimeAction::Restart).await
+    act(state, caller, id, RuntimeAction::Restart).await
 }
 
 #[utoipa::path(delete, path = "/v1/runtimes/{id}", tag = "runtimes",
@@ -288,10 +277,10 @@ pub async fn restart_runtime(
     responses((status = 200, description = "container removed; the record stays as removed", body = RuntimeView), (status = 404, body = ErrorBody)))]
 pub async fn remove_runtime(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    ApiCaller(caller): ApiCaller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<RuntimeView>> {
-    act(state, &headers, id, RuntimeAction::Remove).await
+    act(state, caller, id, RuntimeAction::Remove).await
 }
 
 #[utoipa::path(get, path = "/v1/operations", tag = "operations", params(OperationQuery),
@@ -352,10 +341,9 @@ pub async fn reconcile_now(State(state): State<AppState>) -> ApiResult<Json<Reco
     responses((status = 200, body = RefreshResponse), (status = 400, body = ErrorBody), (status = 500, description = "templates or runtimes could not be read", body = ErrorBody)))]
 pub async fn refresh_images(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    ApiCaller(caller): ApiCaller,
     ApiJson(req): ApiJson<RefreshRequest>,
 ) -> ApiResult<Json<RefreshResponse>> {
-    let caller = caller(&headers);
     let services = state.services.clone();
     let result = state
         .run(async move {
@@ -428,10 +416,15 @@ pub async fn get_rollout(
 
 async fn set_rollout_state(
     state: AppState,
+    caller: crate::services::Caller,
     id: String,
     to: berth_core::rollout::RolloutState,
 ) -> ApiResult<Json<RolloutView>> {
-    let row = state.services.rollouts.set_state(&id, to).await?;
+    let row = state
+        .services
+        .rollouts
+        .set_state_by(&id, to, &caller)
+        .await?;
     Ok(Json(RolloutView::from_row(row, None)))
 }
 
@@ -440,9 +433,10 @@ async fn set_rollout_state(
     responses((status = 200, body = RolloutView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn pause_rollout(
     State(state): State<AppState>,
+    ApiCaller(caller): ApiCaller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<RolloutView>> {
-    set_rollout_state(state, id, berth_core::rollout::RolloutState::Paused).await
+    set_rollout_state(state, caller, id, berth_core::rollout::RolloutState::Paused).await
 }
 
 #[utoipa::path(post, path = "/v1/rollouts/{id}/resume", tag = "rollouts",
@@ -450,9 +444,16 @@ pub async fn pause_rollout(
     responses((status = 200, body = RolloutView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn resume_rollout(
     State(state): State<AppState>,
+    ApiCaller(caller): ApiCaller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<RolloutView>> {
-    set_rollout_state(state, id, berth_core::rollout::RolloutState::Running).await
+    set_rollout_state(
+        state,
+        caller,
+        id,
+        berth_core::rollout::RolloutState::Running,
+    )
+    .await
 }
 
 #[utoipa::path(post, path = "/v1/rollouts/{id}/abort", tag = "rollouts",
@@ -460,9 +461,16 @@ pub async fn resume_rollout(
     responses((status = 200, body = RolloutView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn abort_rollout(
     State(state): State<AppState>,
+    ApiCaller(caller): ApiCaller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<RolloutView>> {
-    set_rollout_state(state, id, berth_core::rollout::RolloutState::Aborted).await
+    set_rollout_state(
+        state,
+        caller,
+        id,
+        berth_core::rollout::RolloutState::Aborted,
+    )
+    .await
 }
 
 #[utoipa::path(get, path = "/v1/status", tag = "meta",
@@ -498,11 +506,10 @@ pub async fn status(State(state): State<AppState>) -> ApiResult<Json<StatusView>
               (status = 502, description = "git_failed, or the restart failed", body = ErrorBody)))]
 pub async fn install_plugin(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    ApiCaller(caller): ApiCaller,
     Path(id): Path<String>,
     ApiJson(req): ApiJson<InstallPluginRequest>,
 ) -> ApiResult<(StatusCode, Json<PluginView>)> {
-    let caller = caller(&headers);
     let services = state.services.clone();
     let (plugin, created) = state
         .run(async move {
@@ -548,10 +555,9 @@ pub async fn list_plugins(
               (status = 400, body = ErrorBody), (status = 404, description = "runtime_not_found or plugin_not_found", body = ErrorBody)))]
 pub async fn uninstall_plugin(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    ApiCaller(caller): ApiCaller,
     Path((id, name)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
-    let caller = caller(&headers);
     let services = state.services.clone();
     state
         .run(async move { services.plugins.uninstall(&id, &name, &caller).await })
@@ -588,10 +594,9 @@ pub async fn list_plugin_updates(
               (status = 502, description = "git_failed, or the restart failed", body = ErrorBody)))]
 pub async fn apply_plugin_update(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    ApiCaller(caller): ApiCaller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<PluginUpdateView>> {
-    let caller = caller(&headers);
     let services = state.services.clone();
     let update = state
         .run(async move { services.plugins.apply(&id, &caller).await })
@@ -606,10 +611,9 @@ pub async fn apply_plugin_update(
               (status = 409, description = "already applied", body = ErrorBody)))]
 pub async fn dismiss_plugin_update(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    ApiCaller(caller): ApiCaller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<PluginUpdateView>> {
-    let caller = caller(&headers);
     let services = state.services.clone();
     let update = state
         .run(async move { services.plugins.dismiss(&id, &caller).await })
@@ -635,10 +639,9 @@ pub async fn sweep_plugins(State(state): State<AppState>) -> ApiResult<Json<Swee
               (status = 502, description = "git_failed", body = ErrorBody)))]
 pub async fn bulk_apply_plugin(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    ApiCaller(caller): ApiCaller,
     ApiJson(req): ApiJson<BulkApplyRequest>,
 ) -> ApiResult<(StatusCode, Json<RolloutView>)> {
-    let caller = caller(&headers);
     berth_core::id::validate_template_name(&req.template)?;
     let services = state.services.clone();
     let row = state
@@ -664,11 +667,10 @@ pub async fn bulk_apply_plugin(
               (status = 503, description = "storage_unavailable: a write or fsync failed; nothing was committed", body = ErrorBody)))]
 pub async fn write_store_batch(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    ApiCaller(caller): ApiCaller,
     Path(id): Path<String>,
     ApiJson(req): ApiJson<StoreBatchRequest>,
 ) -> ApiResult<(StatusCode, Json<CommittedBatchView>)> {
-    let caller = caller(&headers);
     let services = state.services.clone();
     let request = crate::services::stores::BatchRequest {
         run_id: req.run_id,

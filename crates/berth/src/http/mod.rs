@@ -5,10 +5,13 @@ pub mod dto;
 mod extract;
 mod handlers;
 pub mod openapi;
+pub mod roles;
+pub mod tls;
 
 use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, MatchedPath, Request, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -18,10 +21,12 @@ use berth_core::operation::Source;
 use berth_core::ErrorCode;
 use tokio_util::task::TaskTracker;
 
+use crate::config::ApiToken;
 use crate::error::Error;
 use crate::metrics::RequestLabels;
 use crate::services::{Caller, Services};
 use dto::{ErrorBody, ErrorDetail};
+use roles::Role;
 
 /// Requests larger than this are refused with 413 `payload_too_large`.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -35,7 +40,57 @@ pub struct AppState {
     /// that hangs up does not cancel an operation halfway, and shutdown
     /// waits for them.
     pub tracker: TaskTracker,
-    pub api_token: Option<Arc<str>>,
+    /// The tokens `/v1` accepts (none: the API is open).
+    pub auth: Arc<Auth>,
+}
+
+/// The tokens the API accepts, each kept as the SHA-256 of its secret.
+#[derive(Debug, Default)]
+pub struct Auth {
+    tokens: Vec<ApiToken>,
+    /// `[[tokens]]` are configured: a token's name is the actor, whatever
+    /// `X-Berth-Actor` says. With the single `api_token` the header still
+    /// names the person (one shared token cannot).
+    scoped: bool,
+}
+
+impl Auth {
+    pub fn new(tokens: Vec<ApiToken>, scoped: bool) -> Auth {
+        Auth { tokens, scoped }
+    }
+
+    /// No token: every request is let in (loopback only, see `check_exposure`).
+    pub fn open() -> Auth {
+        Auth::default()
+    }
+
+    pub fn from_config(config: &crate::config::Config) -> Auth {
+        Auth::new(config.tokens.clone(), config.scoped_tokens)
+    }
+
+    /// The token whose secret this is. Compares SHA-256 digests in
+    /// constant time and looks at every token, so the time taken says
+    /// nothing about which token, or how much of one, was guessed.
+    fn find(&self, secret: &str) -> Option<&ApiToken> {
+        let digest = crate::config::sha256(secret.as_bytes());
+        let mut found = None;
+        for token in &self.tokens {
+            if constant_time_eq(&token.sha256, &digest) && found.is_none() {
+                found = Some(token);
+            }
+        }
+        found
+    }
+}
+
+/// The token a request came with, put in its extensions by the auth
+/// middleware.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub name: String,
+    pub role: Role,
+    /// The name is the actor (`X-Berth-Actor` does not override it).
+    pub names_actor: bool,
 }
 
 impl AppState {
@@ -89,21 +144,38 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// The caller, from optional headers: `X-Berth-Source: cli` marks the CLI,
-/// `X-Berth-Actor` names the person or system (kept in pin history).
-fn caller(headers: &HeaderMap) -> Caller {
+/// The caller: `X-Berth-Source: cli` marks the CLI; the actor (pin
+/// history's `promoted_by`, the operation's `actor`) is the token's name
+/// under `[[tokens]]`, else `X-Berth-Actor` when given.
+fn caller(headers: &HeaderMap, principal: Option<&Principal>) -> Caller {
     let source = match headers.get("x-berth-source").and_then(|v| v.to_str().ok()) {
         Some("cli") => Source::Cli,
         _ => Source::Api,
     };
     let mut caller = Caller::new(source);
-    if let Some(actor) = headers.get("x-berth-actor").and_then(|v| v.to_str().ok()) {
+    if let Some(p) = principal.filter(|p| p.names_actor) {
+        caller.by = p.name.clone();
+    } else if let Some(actor) = headers.get("x-berth-actor").and_then(|v| v.to_str().ok()) {
         let actor = actor.trim();
         if !actor.is_empty() && actor.len() <= 128 && !actor.chars().any(char::is_control) {
             caller.by = actor.to_string();
         }
     }
     caller
+}
+
+/// The [`Caller`] of a request, as an extractor.
+pub(crate) struct ApiCaller(pub Caller);
+
+impl<S: Send + Sync> FromRequestParts<S> for ApiCaller {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(ApiCaller(caller(
+            &parts.headers,
+            parts.extensions.get::<Principal>(),
+        )))
+    }
 }
 
 /// Compares without an early exit, so the time taken does not reveal how
@@ -118,30 +190,58 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     diff == 0
 }
 
-async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let Some(expected) = &state.api_token else {
+/// Bearer auth on `/v1`, then the route's role (see [`roles`]).
+async fn require_token(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    if state.auth.tokens.is_empty() {
         return next.run(req).await;
-    };
+    }
     let given = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    match given {
-        Some(token) if constant_time_eq(token.trim().as_bytes(), expected.as_bytes()) => {
-            next.run(req).await
-        }
-        Some(_) => ApiError(Error::new(
-            ErrorCode::Unauthorized,
-            "the bearer token is not valid",
-        ))
-        .into_response(),
-        None => ApiError(Error::new(
+    let Some(given) = given else {
+        return ApiError(Error::new(
             ErrorCode::Unauthorized,
             "this API needs \"Authorization: Bearer <token>\"",
         ))
-        .into_response(),
+        .into_response();
+    };
+    let Some(token) = state.auth.find(given.trim()) else {
+        return ApiError(Error::new(
+            ErrorCode::Unauthorized,
+            "the bearer token is not valid",
+        ))
+        .into_response();
+    };
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string());
+    // A route the table does not list is for admins only.
+    let needed = route
+        .as_deref()
+        .and_then(|r| roles::required_role(req.method(), r))
+        .unwrap_or(Role::Admin);
+    if !token.role.allows(needed) {
+        return ApiError(Error::new(
+            ErrorCode::Forbidden,
+            format!(
+                "{} {} needs a token with the {needed} role (or above); token {:?} has the {} role",
+                req.method(),
+                route.as_deref().unwrap_or(req.uri().path()),
+                token.name,
+                token.role,
+            ),
+        ))
+        .into_response();
     }
+    req.extensions_mut().insert(Principal {
+        name: token.name.clone(),
+        role: token.role,
+        names_actor: state.auth.scoped,
+    });
+    next.run(req).await
 }
 
 async fn count_requests(State(state): State<AppState>, req: Request, next: Next) -> Response {

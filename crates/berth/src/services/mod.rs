@@ -115,13 +115,20 @@ impl Context {
     }
 
     /// A new operation, with a time-ordered id.
+    /// Names the actor in its details when one is known beyond the source
+    /// (a token's name, `X-Berth-Actor`).
     pub fn begin_op(&self, kind: OperationKind, caller: &Caller) -> Operation {
-        Operation::begin(
+        let op = Operation::begin(
             uuid::Uuid::now_v7().to_string(),
             kind,
             caller.source,
             self.now_ms(),
-        )
+        );
+        if caller.by != caller.source.as_str() {
+            op.detail("actor", caller.by.clone())
+        } else {
+            op
+        }
     }
 
     /// Writes the record and operation together; counts finished operations.

@@ -467,6 +467,17 @@ impl RolloutService {
     /// reverted points at the rollout's target again (recreates resolve the
     /// image through the pin).
     pub async fn set_state(self: &Arc<Self>, id: &str, to: RolloutState) -> Result<RolloutRow> {
+        self.set_state_by(id, to, &Caller::new(Source::Api)).await
+    }
+
+    /// [`Self::set_state`] on behalf of `caller`: a pin re-promoted by a
+    /// resume names the caller's actor when one is known, else "rollout".
+    pub async fn set_state_by(
+        self: &Arc<Self>,
+        id: &str,
+        to: RolloutState,
+        caller: &Caller,
+    ) -> Result<RolloutRow> {
         let (mut row, targets) = self.get(id).await?;
         let transition = steer(row.state, to).map_err(|refusal| {
             Error::new(
@@ -502,8 +513,12 @@ impl RolloutService {
                 )
             })?;
             let operator = Caller {
-                source: Source::Api,
-                by: "rollout".to_string(),
+                source: caller.source,
+                by: if caller.by == caller.source.as_str() {
+                    "rollout".to_string()
+                } else {
+                    caller.by.clone()
+                },
             };
             let reason = format!("rollout {} resumed", row.id);
             Some(
