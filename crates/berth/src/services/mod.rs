@@ -16,6 +16,7 @@ pub mod rollouts;
 pub mod stores;
 pub mod templates;
 pub mod watcher;
+pub mod webhooks;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -98,6 +99,9 @@ pub struct Context {
     pub settings: Settings,
     /// Wakes the outbox relay after a commit that wrote messages.
     pub outbox_wakeup: Arc<tokio::sync::Notify>,
+    /// The configured `[[webhooks]]` (none by default); every notification
+    /// a change commits is queued for the matching ones in that change.
+    pub webhooks: Arc<webhooks::Webhooks>,
 }
 
 /// What a change reports besides the record and its operation; written in
@@ -169,20 +173,25 @@ impl Context {
     }
 
     /// Writes one decision — `change` with `effects` (and their outbox
-    /// messages) — in one transaction; wakes the relay, counts the
-    /// operation when it finished.
+    /// messages and webhook deliveries) — in one transaction; wakes the
+    /// relay and the webhook loops, counts the operation when it finished.
     pub async fn commit_change(&self, change: Change<'_>, effects: &Effects) -> Result<()> {
         let outbox = self.outbox_for(effects);
+        let deliveries = self.webhook_deliveries_for(&effects.notifications);
         let change = Change {
             health_events: &effects.health_events,
             notifications: &effects.notifications,
             job_result: effects.job_result.as_ref(),
             outbox: &outbox,
+            webhook_deliveries: &deliveries,
             ..change
         };
         self.store.commit(&change).await?;
         if !outbox.is_empty() {
             self.outbox_wakeup.notify_one();
+        }
+        if !deliveries.is_empty() {
+            self.wake_webhooks(&deliveries);
         }
         if let Some(op) = change
             .operation
@@ -306,6 +315,17 @@ pub struct StatusReport {
     pub outbox_pending: usize,
     pub active_rollouts: usize,
     pub runtimes: std::collections::BTreeMap<String, usize>,
+    pub webhooks: Vec<WebhookStatus>,
+}
+
+/// One webhook in `berth status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookStatus {
+    pub name: String,
+    pub url: String,
+    /// Deliveries waiting, counted up to `webhooks::BACKLOG_CAP`.
+    pub pending: u64,
+    pub health: webhooks::WebhookHealth,
 }
 
 pub const OUTBOX_COUNT_CAP: u32 = 1000;
@@ -319,6 +339,18 @@ impl Services {
             .await?
         {
             *runtimes.entry(r.status.as_str().to_string()).or_insert(0) += 1;
+        }
+        let mut webhooks = Vec::new();
+        for hook in self.ctx.webhooks.all() {
+            let pending = store
+                .webhook_pending_count(&hook.spec.name, webhooks::BACKLOG_CAP)
+                .await?;
+            webhooks.push(WebhookStatus {
+                name: hook.spec.name.clone(),
+                url: hook.spec.url.clone(),
+                pending,
+                health: hook.health(),
+            });
         }
         Ok(StatusReport {
             version: env!("CARGO_PKG_VERSION"),
@@ -335,6 +367,7 @@ impl Services {
             outbox_pending: store.outbox_pending(OUTBOX_COUNT_CAP + 1).await?.len(),
             active_rollouts: store.active_rollouts().await?.len(),
             runtimes,
+            webhooks,
         })
     }
 }

@@ -94,6 +94,7 @@ impl World {
                 plugins: Default::default(),
             },
             outbox_wakeup: Default::default(),
+            webhooks: Default::default(),
         })
     }
 
