@@ -325,6 +325,9 @@ contract!(
 
 // --- fixtures ---------------------------------------------------------------
 
+/// Every schema migration version, oldest first (0007: webhook deliveries).
+const ALL_VERSIONS: [i64; 7] = [1, 2, 3, 4, 5, 6, 7];
+
 fn template(name: &str, tag: &str) -> Template {
     let doc: TemplateDoc = serde_json::from_value(serde_json::json!({
         "image": "registry.example/acme/engine",
@@ -3787,7 +3790,7 @@ async fn connect_opens_sqlite_urls_and_refuses_unknown_schemes() {
     // Reopening finds the data and migrates nothing twice.
     let again = SqliteStore::open(&file).await.unwrap();
     assert!(again.get_template("t").await.unwrap().is_some());
-    assert_eq!(again.schema_versions().await.unwrap(), [1, 2, 3, 4, 5]);
+    assert_eq!(again.schema_versions().await.unwrap(), ALL_VERSIONS);
 
     let mem = store::connect("sqlite::memory:", dir.path()).await.unwrap();
     mem.put_template(
@@ -3849,7 +3852,7 @@ async fn sqlite_migrates_down_and_up_again() {
     assert_eq!(s.outbox_pending(10).await.unwrap().len(), 1);
     s.close().await;
     let s = SqliteStore::open(&file).await.unwrap();
-    assert_eq!(s.schema_versions().await.unwrap(), [1, 2, 3, 4, 5]);
+    assert_eq!(s.schema_versions().await.unwrap(), ALL_VERSIONS);
     assert_eq!(s.get_rollout("ro").await.unwrap(), None);
     assert!(s.list_rollouts(None, 10).await.unwrap().is_empty());
 
@@ -3860,7 +3863,7 @@ async fn sqlite_migrates_down_and_up_again() {
     assert!(s.get_template("t").await.unwrap().is_some());
     s.close().await;
     let s = SqliteStore::open(&file).await.unwrap();
-    assert_eq!(s.schema_versions().await.unwrap(), [1, 2, 3, 4, 5]);
+    assert_eq!(s.schema_versions().await.unwrap(), ALL_VERSIONS);
     assert!(s.outbox_pending(10).await.unwrap().is_empty());
     assert!(s.get_template("t").await.unwrap().is_some());
 
@@ -3869,7 +3872,7 @@ async fn sqlite_migrates_down_and_up_again() {
     assert!(s.list_templates().await.is_err(), "the tables are gone");
     s.close().await;
     let s = SqliteStore::open(&file).await.unwrap();
-    assert_eq!(s.schema_versions().await.unwrap(), [1, 2, 3, 4, 5]);
+    assert_eq!(s.schema_versions().await.unwrap(), ALL_VERSIONS);
     assert!(s.list_templates().await.unwrap().is_empty());
     assert!(s.outbox_pending(10).await.unwrap().is_empty());
 }
@@ -3907,12 +3910,12 @@ async fn postgres_connect_by_url() {
         }
         let s = PostgresStore::connect(&url).await.unwrap();
         assert_eq!(op_count(&s).await, 2, "both URLs reached the same database");
-        assert_eq!(s.schema_versions().await.unwrap(), [1, 2, 3, 4, 5]);
+        assert_eq!(s.schema_versions().await.unwrap(), ALL_VERSIONS);
         s.migrate_down_to(0).await.unwrap();
         assert!(s.list_templates().await.is_err(), "the tables are gone");
         s.close().await;
         let s = PostgresStore::connect(&url).await.unwrap();
-        assert_eq!(s.schema_versions().await.unwrap(), [1, 2, 3, 4, 5]);
+        assert_eq!(s.schema_versions().await.unwrap(), ALL_VERSIONS);
         assert_eq!(op_count(&s).await, 0);
         s.close().await;
     })
