@@ -269,5 +269,33 @@ async fn deliveries_are_signed_retried_in_order_and_survive_a_restart() {
         assert_eq!(h.signature, signature(SECRET, &h.body));
     }
     assert_eq!(webhook_status(&server).await["pending"], 0);
+
+    // `berth status` shows the webhook (the CLI binary, through the API;
+    // blocking, so off the runtime's threads).
+    let base = server.base.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+            .args(["--api-url", &base, "status"])
+            .env_remove("BERTH_API_TOKEN")
+            .output()
+            .expect("berth binary runs")
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let row = text
+        .lines()
+        .find(|l| l.starts_with("rx "))
+        .unwrap_or_else(|| panic!("no webhook row in\n{text}"));
+    assert!(
+        text.contains("WEBHOOK") && text.contains("PENDING"),
+        "{text}"
+    );
+    assert!(row.contains(&url) && row.contains(" 0 "), "{row}");
     server.shutdown().await;
 }
