@@ -312,8 +312,16 @@ async fn pending_deliveries_survive_a_restart_with_their_ids_and_order() {
     let head_id = header(&tried[0], "X-Berth-Delivery").to_string();
     drop(s);
 
-    // A new process on the same store, the receiver back up.
+    // A new process on the same store, the receiver back up. Before it
+    // tries, its status shows the stored error of the head.
     let s = w.boot_with_webhooks(vec![spec("hook", &[])]);
+    let status = s.status().await.unwrap();
+    assert_eq!(status.webhooks[0].pending, 3);
+    assert_eq!(
+        status.webhooks[0].health.last_error.as_deref(),
+        Some("connection refused")
+    );
+    assert!(status.webhooks[0].health.last_error_at_ms.is_some());
     let up = FakeWebhookSender::new();
     let cancel = run_loops(&s, &up);
     tokio::time::sleep(Duration::from_secs(1)).await;

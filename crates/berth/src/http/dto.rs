@@ -495,7 +495,8 @@ pub struct WebhookStatusView {
     pub url: String,
     /// Deliveries waiting (counted up to 10000).
     pub pending: u64,
-    /// The last failed attempt's error since this berth started.
+    /// The last failed attempt's error (since this berth started; before
+    /// its first attempt, the stored error of the oldest pending delivery).
     pub last_error: Option<String>,
     /// ms since the epoch.
     pub last_error_at: Option<i64>,

@@ -345,11 +345,20 @@ impl Services {
             let pending = store
                 .webhook_pending_count(&hook.spec.name, webhooks::BACKLOG_CAP)
                 .await?;
+            let mut health = hook.health();
+            if health.last_error.is_none() && pending > 0 {
+                // Not tried by this process yet (e.g. just restarted): the
+                // head's stored error is the news.
+                if let Some(head) = store.webhook_head(&hook.spec.name).await? {
+                    health.last_error = head.last_error;
+                    health.last_error_at_ms = head.last_attempt_at_ms;
+                }
+            }
             webhooks.push(WebhookStatus {
                 name: hook.spec.name.clone(),
                 url: hook.spec.url.clone(),
                 pending,
-                health: hook.health(),
+                health,
             });
         }
         Ok(StatusReport {
