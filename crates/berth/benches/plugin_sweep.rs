@@ -183,6 +183,7 @@ async fn main() {
             },
         },
         outbox_wakeup: Default::default(),
+        webhooks: Default::default(),
     });
     let plugins = services.plugins.clone();
 

@@ -92,6 +92,9 @@ pub async fn build_services(config: &Config) -> Result<Arc<Services>, BootError>
             },
         },
         outbox_wakeup: Default::default(),
+        webhooks: Arc::new(crate::services::webhooks::Webhooks::new(
+            config.webhooks.clone(),
+        )),
     }))
 }
 
@@ -214,6 +217,19 @@ pub async fn start(config: Config) -> Result<RunningServer, BootError> {
             .clone()
             .run_loop(config.plugin_sweep_interval, background.clone()),
     );
+    // One delivery loop per webhook, beside the outbox relay; pending
+    // deliveries of the last run go first.
+    if !services.ctx.webhooks.all().is_empty() {
+        let sender: Arc<dyn crate::ports::WebhookSender> = Arc::new(
+            crate::adapters::webhook::HttpWebhookSender::new()
+                .map_err(|e| BootError::Io(format!("cannot build the webhook HTTP client: {e}")))?,
+        );
+        for deliverer in
+            crate::services::webhooks::WebhookDeliverer::for_all(&services.ctx, &sender)
+        {
+            loops.spawn(deliverer.run(background.clone()));
+        }
+    }
     let resumed = services.rollouts.resume_active().await?;
     if resumed > 0 {
         tracing::info!(

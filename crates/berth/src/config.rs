@@ -10,6 +10,7 @@ use berth_core::id::{validate_owner, validate_template_name};
 use serde::Deserialize;
 
 use crate::http::roles::Role;
+use crate::services::webhooks::WebhookSpec;
 use crate::template_doc::TemplateDoc;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7878";
@@ -97,6 +98,22 @@ struct FileConfig {
     tls_key: Option<PathBuf>,
     #[serde(default)]
     tokens: Vec<TokenEntry>,
+    #[serde(default)]
+    webhooks: Vec<WebhookEntry>,
+}
+
+/// `[[webhooks]]`: where notification intents are POSTed.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookEntry {
+    /// Unique; default: derived from the URL.
+    pub name: Option<String>,
+    /// `http://` or `https://`.
+    pub url: String,
+    /// Keys the `X-Berth-Signature` HMAC.
+    pub secret: String,
+    /// Notification types to deliver; absent = all.
+    pub types: Option<Vec<String>>,
 }
 
 /// `[[tokens]]`: a further API token with a name and a role. The secret is
@@ -231,6 +248,8 @@ pub struct Config {
     pub scoped_tokens: bool,
     /// HTTPS on the API when set.
     pub tls: Option<TlsFiles>,
+    /// `[[webhooks]]`, validated, names unique.
+    pub webhooks: Vec<WebhookSpec>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -313,6 +332,7 @@ impl Config {
             ));
         }
         let tokens = tokens(api_token.as_deref(), &file.tokens)?;
+        let webhooks = webhooks(&file.webhooks)?;
         let tls = match (
             args.tls_cert.clone().or(file.tls_cert),
             args.tls_key.clone().or(file.tls_key),
@@ -438,6 +458,7 @@ impl Config {
             scoped_tokens: !file.tokens.is_empty(),
             tokens,
             tls,
+            webhooks,
         })
     }
 
@@ -556,6 +577,111 @@ fn parse_file(text: &str, path: &str) -> Result<FileConfig, ConfigError> {
         path: path.to_string(),
         message: e.to_string().trim_end().to_string(),
     })
+}
+
+/// The longest webhook name.
+const WEBHOOK_NAME_MAX: usize = 64;
+
+fn valid_webhook_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= WEBHOOK_NAME_MAX
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b))
+}
+
+/// A name for a webhook without one: its URL's host, port and path in
+/// lowercase letters, digits and `-` (`https://hooks.example/a/b` →
+/// `hooks-example-a-b`).
+pub fn webhook_name_from_url(url: &reqwest::Url) -> String {
+    let mut raw = url.host_str().unwrap_or("").to_string();
+    if let Some(port) = url.port() {
+        raw.push_str(&format!("-{port}"));
+    }
+    raw.push_str(url.path());
+    let mut name = String::new();
+    for c in raw.chars().flat_map(char::to_lowercase) {
+        if c.is_ascii_alphanumeric() {
+            name.push(c);
+        } else if !name.ends_with('-') && !name.is_empty() {
+            name.push('-');
+        }
+    }
+    let name = name.trim_end_matches('-');
+    name.chars()
+        .take(WEBHOOK_NAME_MAX)
+        .collect::<String>()
+        .trim_end_matches('-')
+        .to_string()
+}
+
+fn webhooks(entries: &[WebhookEntry]) -> Result<Vec<WebhookSpec>, ConfigError> {
+    let mut specs: Vec<WebhookSpec> = Vec::new();
+    for (i, w) in entries.iter().enumerate() {
+        let bad = |m: String| ConfigError::Invalid(format!("webhooks[{i}]: {m}"));
+        let url = reqwest::Url::parse(&w.url)
+            .map_err(|e| bad(format!("url {:?} is not a URL: {e}", w.url)))?;
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none_or(str::is_empty) {
+            return Err(bad(format!(
+                "url {:?} must be an http:// or https:// URL with a host",
+                w.url
+            )));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(bad(
+                "url must not carry credentials; the receiver checks X-Berth-Signature".into(),
+            ));
+        }
+        if w.secret.is_empty() {
+            return Err(bad("secret must not be empty".into()));
+        }
+        let types = match &w.types {
+            None => Vec::new(),
+            Some(types) if types.is_empty() => return Err(bad(
+                "types is empty, so nothing would be delivered; leave it out to deliver every type"
+                    .into(),
+            )),
+            Some(types) => {
+                if let Some(t) = types.iter().find(|t| {
+                    t.trim().is_empty() || t.chars().any(|c| c.is_whitespace() || c.is_control())
+                }) {
+                    return Err(bad(format!("types: {t:?} is not a notification type")));
+                }
+                types.clone()
+            }
+        };
+        let name = match &w.name {
+            Some(name) => {
+                if !valid_webhook_name(name) {
+                    return Err(bad(format!(
+                        "name {name:?}: use 1 to {WEBHOOK_NAME_MAX} lowercase letters, digits, '-', '_' or '.'"
+                    )));
+                }
+                name.clone()
+            }
+            None => {
+                let name = webhook_name_from_url(&url);
+                if !valid_webhook_name(&name) {
+                    return Err(bad(
+                        "cannot derive a name from the url; give the webhook a name".into(),
+                    ));
+                }
+                name
+            }
+        };
+        if specs.iter().any(|s| s.name == name) {
+            return Err(bad(format!(
+                "the name {name:?} is taken by another webhook; give each webhook its own name"
+            )));
+        }
+        specs.push(WebhookSpec {
+            name,
+            url: url.to_string(),
+            secret: w.secret.clone(),
+            types,
+        });
+    }
+    Ok(specs)
 }
 
 #[cfg(test)]
@@ -760,5 +886,46 @@ mod tests {
         };
         let c = Config::from_toml(&args, "tls_cert = \"/c\"\n", "f").unwrap();
         assert_eq!(c.tls.unwrap().key, PathBuf::from("/flag/k.pem"));
+    }
+
+    #[test]
+    fn webhooks_parse_with_defaults_and_validation() {
+        let c = Config::from_toml(
+            &ServeArgs::default(),
+            "[[webhooks]]\nurl = \"https://Hooks.Example:8443/berth/in\"\nsecret = \"s\"\n\n\
+             [[webhooks]]\nname = \"chat\"\nurl = \"http://127.0.0.1:9/x\"\nsecret = \"t\"\n\
+             types = [\"runtime.start_failed\"]\n",
+            "f",
+        )
+        .unwrap();
+        assert_eq!(c.webhooks.len(), 2);
+        assert_eq!(c.webhooks[0].name, "hooks-example-8443-berth-in");
+        assert_eq!(c.webhooks[0].url, "https://hooks.example:8443/berth/in");
+        assert!(c.webhooks[0].types.is_empty());
+        assert_eq!(c.webhooks[1].name, "chat");
+        assert_eq!(c.webhooks[1].types, vec!["runtime.start_failed"]);
+
+        let err = |text: &str| {
+            Config::from_toml(&ServeArgs::default(), text, "f")
+                .unwrap_err()
+                .to_string()
+        };
+        let e = err("[[webhooks]]\nurl = \"ftp://x/\"\nsecret = \"s\"\n");
+        assert!(e.contains("webhooks[0]") && e.contains("http"), "{e}");
+        let e = err("[[webhooks]]\nurl = \"not a url\"\nsecret = \"s\"\n");
+        assert!(e.contains("not a URL"), "{e}");
+        let e = err("[[webhooks]]\nurl = \"http://x/\"\nsecret = \"\"\n");
+        assert!(e.contains("secret"), "{e}");
+        let e = err("[[webhooks]]\nurl = \"http://x/\"\nsecret = \"s\"\ntypes = [\"\"]\n");
+        assert!(e.contains("types"), "{e}");
+        let e = err("[[webhooks]]\nurl = \"http://x/\"\nsecret = \"s\"\ntypes = []\n");
+        assert!(e.contains("types is empty"), "{e}");
+        let e = err("[[webhooks]]\nurl = \"http://x/a\"\nsecret = \"s\"\n\
+             [[webhooks]]\nurl = \"http://x/a\"\nsecret = \"s\"\n");
+        assert!(e.contains("webhooks[1]") && e.contains("taken"), "{e}");
+        let e = err("[[webhooks]]\nname = \"Bad Name\"\nurl = \"http://x/\"\nsecret = \"s\"\n");
+        assert!(e.contains("name"), "{e}");
+        let e = err("[[webhooks]]\nurl = \"http://x/\"\nsecret = \"s\"\nbogus = 1\n");
+        assert!(e.contains("bogus"), "{e}");
     }
 }

@@ -43,6 +43,21 @@ pub struct Metrics {
     pub store_batch_seconds: Histogram,
     /// Readiness verdicts computed, by impact (`none`, `degraded`, `blocked`).
     pub readiness_checks: Family<ImpactLabels, Counter>,
+    /// Pending deliveries per webhook.
+    pub webhook_backlog: Family<WebhookLabels, Gauge>,
+    /// Delivery attempts per webhook, by outcome (`delivered`, `failed`).
+    pub webhook_deliveries: Family<WebhookOutcomeLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WebhookLabels {
+    pub webhook: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WebhookOutcomeLabels {
+    pub webhook: String,
+    pub outcome: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -161,7 +176,21 @@ impl Default for Metrics {
             "Readiness verdicts computed, by impact",
             readiness_checks.clone(),
         );
+        let webhook_backlog = Family::<WebhookLabels, Gauge>::default();
+        registry.register(
+            "webhook_backlog",
+            "Webhook deliveries waiting to be delivered, per webhook",
+            webhook_backlog.clone(),
+        );
+        let webhook_deliveries = Family::<WebhookOutcomeLabels, Counter>::default();
+        registry.register(
+            "webhook_deliveries",
+            "Webhook delivery attempts, per webhook and outcome",
+            webhook_deliveries.clone(),
+        );
         Metrics {
+            webhook_backlog,
+            webhook_deliveries,
             store_batches,
             store_batch_seconds,
             readiness_checks,
@@ -226,6 +255,23 @@ impl Metrics {
         self.readiness_checks
             .get_or_create(&ImpactLabels {
                 impact: impact.as_str().to_string(),
+            })
+            .inc();
+    }
+
+    pub fn webhook_backlog_set(&self, webhook: &str, pending: u64) {
+        self.webhook_backlog
+            .get_or_create(&WebhookLabels {
+                webhook: webhook.to_string(),
+            })
+            .set(i64::try_from(pending).unwrap_or(i64::MAX));
+    }
+
+    pub fn webhook_attempt(&self, webhook: &str, outcome: &str) {
+        self.webhook_deliveries
+            .get_or_create(&WebhookOutcomeLabels {
+                webhook: webhook.to_string(),
+                outcome: outcome.to_string(),
             })
             .inc();
     }

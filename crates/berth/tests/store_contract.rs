@@ -23,6 +23,7 @@ use berth::ports::store::{
     RolloutChange, RolloutRow, RolloutStore, RolloutTarget, RuntimeFilter, Store, StoreError,
     TemplateStore, WatchStore,
 };
+use berth::ports::store::{NewWebhookDelivery, WebhookDelivery};
 use berth::template_doc::TemplateDoc;
 use berth_core::event::{HealthEvent, HealthEventType, JobResult, Notification};
 use berth_core::image::Digest;
@@ -307,6 +308,11 @@ contract!(
         concurrent_sweeps_queue_one_pending_update,
         plugin_rollouts_keep_their_plugin,
         mark_plugins_resolved_touches_only_those_plugins,
+        webhook_deliveries_are_written_with_the_commit_and_queued_per_webhook,
+        webhook_head_is_the_oldest_pending_and_success_marks_it_delivered,
+        a_refused_commit_writes_no_webhook_delivery,
+        webhook_prune_keeps_pending_rows_and_the_newest_delivered,
+        webhook_seq_order_is_commit_order_per_webhook,
     ],
     sql only: [
         corrupt_rows_are_reported,
@@ -318,6 +324,9 @@ contract!(
 );
 
 // --- fixtures ---------------------------------------------------------------
+
+/// Every schema migration version, oldest first (0007: webhook deliveries).
+const ALL_VERSIONS: [i64; 7] = [1, 2, 3, 4, 5, 6, 7];
 
 fn template(name: &str, tag: &str) -> Template {
     let doc: TemplateDoc = serde_json::from_value(serde_json::json!({
@@ -425,6 +434,39 @@ fn notification(id: &str, notification_type: &str, at_ms: i64) -> Notification {
         payload: [("runtime_id".to_string(), "r1".to_string())].into(),
         created_at_ms: at_ms,
     }
+}
+
+fn delivery(id: &str, webhook: &str, n: &Notification) -> NewWebhookDelivery {
+    NewWebhookDelivery {
+        id: id.to_string(),
+        webhook: webhook.to_string(),
+        notification_id: n.id.clone(),
+        notification_type: n.notification_type.clone(),
+        body: format!("{{\"id\":\"{}\",\"ü\":\"'\\\"\"}}", n.id),
+        created_at_ms: n.created_at_ms,
+    }
+}
+
+/// What a stored delivery holds of what was written.
+fn written(d: &WebhookDelivery) -> NewWebhookDelivery {
+    NewWebhookDelivery {
+        id: d.id.clone(),
+        webhook: d.webhook.clone(),
+        notification_id: d.notification_id.clone(),
+        notification_type: d.notification_type.clone(),
+        body: d.body.clone(),
+        created_at_ms: d.created_at_ms,
+    }
+}
+
+/// A webhook's whole queue and log, oldest first.
+async fn deliveries_of(s: &dyn Store, webhook: &str) -> Vec<WebhookDelivery> {
+    let mut all = s
+        .list_webhook_deliveries(Some(webhook), 100_000)
+        .await
+        .unwrap();
+    all.reverse();
+    all
 }
 
 fn job_result(job_id: &str, runtime_id: &str, at_ms: i64) -> JobResult {
@@ -2395,6 +2437,329 @@ mod cases {
         }
     }
 
+    pub async fn webhook_deliveries_are_written_with_the_commit_and_queued_per_webhook(ctx: Ctx) {
+        let s = ctx.store.as_ref();
+        assert_eq!(s.webhook_head("a").await.unwrap(), None);
+        assert_eq!(s.webhook_pending_count("a", 100).await.unwrap(), 0);
+        assert!(s
+            .list_webhook_deliveries(None, 100)
+            .await
+            .unwrap()
+            .is_empty());
+
+        let r1 = runtime("r1", "t", RuntimeStatus::Failed, 10);
+        let o1 = op("o1", OperationKind::Start, 10).for_runtime("r1", "t");
+        let n1 = notification("n1", "runtime.start_failed", 10);
+        let n2 = notification("n2", "image.pull_failed", 11);
+        // n1 to both webhooks, n2 to `a` only; interleaved in one change.
+        let first = [
+            delivery("d1", "a", &n1),
+            delivery("d2", "b", &n1),
+            delivery("d3", "a", &n2),
+        ];
+        s.commit(&Change {
+            runtime: Some(&r1),
+            operation: Some(&o1),
+            notifications: &[n1.clone(), n2.clone()],
+            webhook_deliveries: &first,
+            ..Change::default()
+        })
+        .await
+        .unwrap();
+        // A change with deliveries only is a change too.
+        let n3 = notification("n3", "rollout.halted", 12);
+        let second = [delivery("d4", "a", &n3), delivery("d5", "b", &n3)];
+        s.commit(&Change {
+            webhook_deliveries: &second,
+            ..Change::default()
+        })
+        .await
+        .unwrap();
+
+        let a = deliveries_of(s, "a").await;
+        let b = deliveries_of(s, "b").await;
+        assert_eq!(
+            a.iter().map(written).collect::<Vec<_>>(),
+            vec![first[0].clone(), first[2].clone(), second[0].clone()]
+        );
+        assert_eq!(
+            b.iter().map(written).collect::<Vec<_>>(),
+            vec![first[1].clone(), second[1].clone()]
+        );
+        for d in a.iter().chain(&b) {
+            assert_eq!(d.attempts, 0);
+            assert_eq!(d.last_error, None);
+            assert_eq!(d.last_attempt_at_ms, None);
+            assert_eq!(d.delivered_at_ms, None);
+        }
+        assert!(a.windows(2).all(|w| w[0].seq < w[1].seq));
+        assert_eq!(s.webhook_pending_count("a", 100).await.unwrap(), 3);
+        assert_eq!(s.webhook_pending_count("a", 2).await.unwrap(), 2, "capped");
+        assert_eq!(s.webhook_pending_count("b", 100).await.unwrap(), 2);
+        assert_eq!(s.webhook_pending_count("c", 100).await.unwrap(), 0);
+        // The log: newest first, every webhook, limited.
+        let ids = |rows: Vec<WebhookDelivery>| rows.into_iter().map(|d| d.id).collect::<Vec<_>>();
+        assert_eq!(
+            ids(s.list_webhook_deliveries(None, 100).await.unwrap()),
+            ["d5", "d4", "d3", "d2", "d1"]
+        );
+        assert_eq!(
+            ids(s.list_webhook_deliveries(None, 2).await.unwrap()),
+            ["d5", "d4"]
+        );
+        assert_eq!(
+            ids(s.list_webhook_deliveries(Some("a"), 2).await.unwrap()),
+            ["d4", "d3"]
+        );
+        assert!(s
+            .list_webhook_deliveries(Some("c"), 10)
+            .await
+            .unwrap()
+            .is_empty());
+    }
+
+    pub async fn webhook_head_is_the_oldest_pending_and_success_marks_it_delivered(ctx: Ctx) {
+        let s = ctx.store.as_ref();
+        let notes: Vec<Notification> = (0..3)
+            .map(|i| notification(&format!("n{i}"), "t", i))
+            .collect();
+        let ds: Vec<NewWebhookDelivery> = notes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| delivery(&format!("d{i}"), "a", n))
+            .collect();
+        for d in &ds {
+            s.commit(&Change {
+                webhook_deliveries: std::slice::from_ref(d),
+                ..Change::default()
+            })
+            .await
+            .unwrap();
+        }
+        let head = s.webhook_head("a").await.unwrap().unwrap();
+        assert_eq!(written(&head), ds[0]);
+        assert_eq!(s.webhook_head("b").await.unwrap(), None);
+
+        // Failures count and keep their error; the head stays the head.
+        s.webhook_failed(head.seq, "the receiver answered HTTP 500", 100)
+            .await
+            .unwrap();
+        s.webhook_failed(head.seq, "connection refused: \"ü\"", 101)
+            .await
+            .unwrap();
+        s.webhook_failed(999_999, "unknown seq is ignored", 1)
+            .await
+            .unwrap();
+        let again = s.webhook_head("a").await.unwrap().unwrap();
+        assert_eq!(again.seq, head.seq);
+        assert_eq!(again.attempts, 2);
+        assert_eq!(
+            again.last_error.as_deref(),
+            Some("connection refused: \"ü\"")
+        );
+        assert_eq!(again.last_attempt_at_ms, Some(101));
+        assert_eq!(again.delivered_at_ms, None);
+
+        // Success: delivered (kept in the log), the next one is the head.
+        s.webhook_delivered(head.seq, 200).await.unwrap();
+        s.webhook_delivered(999_999, 200).await.unwrap();
+        let next = s.webhook_head("a").await.unwrap().unwrap();
+        assert_eq!(written(&next), ds[1]);
+        assert_eq!(s.webhook_pending_count("a", 100).await.unwrap(), 2);
+        let log = deliveries_of(s, "a").await;
+        assert_eq!(log.len(), 3);
+        assert_eq!(log[0].delivered_at_ms, Some(200));
+        assert_eq!(log[0].last_attempt_at_ms, Some(200));
+        assert_eq!(log[0].attempts, 3);
+        assert_eq!(
+            log[0].last_error.as_deref(),
+            Some("connection refused: \"ü\""),
+            "the log keeps the last error"
+        );
+
+        // A delivered row is never failed or delivered again.
+        s.webhook_failed(head.seq, "late", 300).await.unwrap();
+        s.webhook_delivered(head.seq, 301).await.unwrap();
+        let log = deliveries_of(s, "a").await;
+        assert_eq!(log[0].attempts, 3);
+        assert_eq!(log[0].delivered_at_ms, Some(200));
+
+        // Out of order success (never done by the loop) still leaves the
+        // lowest pending as the head.
+        s.webhook_delivered(log[2].seq, 400).await.unwrap();
+        assert_eq!(s.webhook_head("a").await.unwrap().unwrap().seq, log[1].seq);
+        s.webhook_delivered(log[1].seq, 401).await.unwrap();
+        assert_eq!(s.webhook_head("a").await.unwrap(), None);
+        assert_eq!(s.webhook_pending_count("a", 100).await.unwrap(), 0);
+    }
+
+    pub async fn a_refused_commit_writes_no_webhook_delivery(ctx: Ctx) {
+        let s = ctx.store.as_ref();
+        let n1 = notification("n1", "runtime.start_failed", 10);
+        let job = job_result("job-1", "r1", 10);
+        s.commit(&Change {
+            job_result: Some(&job),
+            notifications: std::slice::from_ref(&n1),
+            webhook_deliveries: &[delivery("d1", "a", &n1)],
+            ..Change::default()
+        })
+        .await
+        .unwrap();
+
+        // The job already has a result: nothing of this change is written.
+        let r1 = runtime("r1", "t", RuntimeStatus::Failed, 20);
+        let n2 = notification("n2", "runtime.start_failed", 20);
+        let err = s
+            .commit(&Change {
+                runtime: Some(&r1),
+                job_result: Some(&job),
+                notifications: std::slice::from_ref(&n2),
+                webhook_deliveries: &[delivery("d2", "a", &n2), delivery("d3", "b", &n2)],
+                ..Change::default()
+            })
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+        // A delivery id already stored: refused, nothing written.
+        let n3 = notification("n3", "x", 30);
+        let err = s
+            .commit(&Change {
+                runtime: Some(&r1),
+                notifications: std::slice::from_ref(&n3),
+                webhook_deliveries: &[delivery("d4", "b", &n3), delivery("d1", "b", &n3)],
+                ..Change::default()
+            })
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+
+        let all = s.list_webhook_deliveries(None, 100).await.unwrap();
+        assert_eq!(
+            all.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(),
+            ["d1"]
+        );
+        assert_eq!(s.webhook_pending_count("b", 100).await.unwrap(), 0);
+        assert_eq!(s.get_runtime("r1").await.unwrap(), None);
+        assert_eq!(s.list_notifications(10).await.unwrap(), vec![n1]);
+    }
+
+    pub async fn webhook_prune_keeps_pending_rows_and_the_newest_delivered(ctx: Ctx) {
+        let s = ctx.store.as_ref();
+        let mut ds = Vec::new();
+        for i in 0..8 {
+            let n = notification(&format!("n{i}"), "t", i);
+            ds.push(delivery(&format!("a{i}"), "a", &n));
+            ds.push(delivery(&format!("b{i}"), "b", &n));
+        }
+        s.commit(&Change {
+            webhook_deliveries: &ds,
+            ..Change::default()
+        })
+        .await
+        .unwrap();
+        // a0..a5 delivered at 100..105; a6, a7 pending. All of b delivered.
+        let a = deliveries_of(s, "a").await;
+        for (i, d) in a.iter().take(6).enumerate() {
+            s.webhook_delivered(d.seq, 100 + i as i64).await.unwrap();
+        }
+        for d in deliveries_of(s, "b").await {
+            s.webhook_delivered(d.seq, 100).await.unwrap();
+        }
+        // Older than 102: a0, a1.
+        assert_eq!(s.prune_webhook_deliveries("a", 102, 100).await.unwrap(), 2);
+        // Beyond the newest 2 delivered: a2, a3.
+        assert_eq!(s.prune_webhook_deliveries("a", 0, 2).await.unwrap(), 2);
+        let left: Vec<String> = deliveries_of(s, "a")
+            .await
+            .into_iter()
+            .map(|d| d.id)
+            .collect();
+        assert_eq!(left, ["a4", "a5", "a6", "a7"]);
+        // Pending rows stay, whatever their age or number.
+        assert_eq!(
+            s.prune_webhook_deliveries("a", i64::MAX, 0).await.unwrap(),
+            2
+        );
+        let left: Vec<String> = deliveries_of(s, "a")
+            .await
+            .into_iter()
+            .map(|d| d.id)
+            .collect();
+        assert_eq!(left, ["a6", "a7"]);
+        assert_eq!(s.webhook_head("a").await.unwrap().unwrap().id, "a6");
+        // Another webhook's rows are untouched.
+        assert_eq!(deliveries_of(s, "b").await.len(), 8);
+    }
+
+    pub async fn webhook_seq_order_is_commit_order_per_webhook(ctx: Ctx) {
+        const WRITERS: usize = 4;
+        const COMMITS: usize = 8;
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reader = {
+            let store = ctx.store.clone();
+            let done = done.clone();
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                    let mut rows = store
+                        .list_webhook_deliveries(Some("a"), 100_000)
+                        .await
+                        .unwrap();
+                    rows.reverse();
+                    seen.push(rows.into_iter().map(|d| d.seq).collect::<Vec<_>>());
+                    tokio::task::yield_now().await;
+                }
+                seen
+            })
+        };
+        let mut writers = Vec::new();
+        for w in 0..WRITERS {
+            let store = ctx.store.clone();
+            writers.push(tokio::spawn(async move {
+                for i in 0..COMMITS {
+                    let n = notification(&format!("n-{w}-{i}"), "t", 1);
+                    let ds = [
+                        delivery(&format!("a-{w}-{i}"), "a", &n),
+                        delivery(&format!("b-{w}-{i}"), "b", &n),
+                    ];
+                    store
+                        .commit(&Change {
+                            notifications: std::slice::from_ref(&n),
+                            webhook_deliveries: &ds,
+                            ..Change::default()
+                        })
+                        .await?;
+                }
+                Ok::<_, StoreError>(())
+            }));
+        }
+        for w in writers {
+            w.await.unwrap().unwrap();
+        }
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        let seen = reader.await.unwrap();
+        let all = deliveries_of(ctx.store.as_ref(), "a").await;
+        assert_eq!(all.len(), WRITERS * COMMITS);
+        let seqs: Vec<i64> = all.iter().map(|d| d.seq).collect();
+        for snapshot in &seen {
+            assert_eq!(
+                snapshot[..],
+                seqs[..snapshot.len()],
+                "a reader saw a later delivery before an earlier one"
+            );
+        }
+        // Each writer's deliveries are in its own commit order.
+        for w in 0..WRITERS {
+            let is: Vec<String> = all
+                .iter()
+                .filter(|d| d.id.starts_with(&format!("a-{w}-")))
+                .map(|d| d.id.clone())
+                .collect();
+            let expected: Vec<String> = (0..COMMITS).map(|i| format!("a-{w}-{i}")).collect();
+            assert_eq!(is, expected);
+        }
+    }
+
     pub async fn corrupt_event_rows_are_reported(ctx: Ctx) {
         let s = ctx.store.as_ref();
         s.commit(&Change {
@@ -2721,6 +3086,7 @@ mod cases {
                 10,
             ),
         ];
+        let wh1 = [delivery("wd-1", "hook", &notes1[0])];
         let pl1 = plugin("r1", "skills", Some(&"a".repeat(40)));
         let pu1 = update(
             "pu-1",
@@ -2754,6 +3120,7 @@ mod cases {
             notifications: &notes1,
             job_result: Some(&job1),
             outbox: &out1,
+            webhook_deliveries: &wh1,
         })
         .await
         .unwrap();
@@ -2775,6 +3142,14 @@ mod cases {
         assert_eq!(s.list_notifications(10).await.unwrap(), notes1.to_vec());
         assert_eq!(s.get_job_result("job-1").await.unwrap(), Some(job1.clone()));
         assert_eq!(messages(&all_outbox(s).await), out1.to_vec());
+        assert_eq!(
+            deliveries_of(s, "hook")
+                .await
+                .iter()
+                .map(written)
+                .collect::<Vec<_>>(),
+            wh1.to_vec()
+        );
         assert_eq!(
             s.get_plugin("r1", "skills").await.unwrap(),
             Some(pl1.clone())
@@ -2811,6 +3186,7 @@ mod cases {
                 (
                     s.list_plugins(None).await.unwrap(),
                     s.list_plugin_updates(&all_updates).await.unwrap(),
+                    s.list_webhook_deliveries(None, 100).await.unwrap(),
                 ),
             )
         };
@@ -2841,6 +3217,11 @@ mod cases {
             20,
         )];
         let fresh_events = [e2_new.clone()];
+        let wh2 = [
+            delivery("wd-2", "hook", &notes2[0]),
+            delivery("wd-3", "other", &notes2[0]),
+        ];
+        let dup_delivery = [wh2[0].clone(), wh1[0].clone()];
         let pu2 = update(
             "pu-2",
             "r1",
@@ -2874,6 +3255,7 @@ mod cases {
             notifications: &notes2,
             job_result: Some(&job2),
             outbox: &out2,
+            webhook_deliveries: &wh2,
         };
 
         let dup_stored_event = [e2_new.clone(), evs1[0].clone()];
@@ -2922,6 +3304,13 @@ mod cases {
                     ..next
                 },
             ),
+            (
+                "a stored webhook delivery id",
+                Change {
+                    webhook_deliveries: &dup_delivery,
+                    ..next
+                },
+            ),
         ];
         for (why, change) in refused {
             match s.commit(&change).await {
@@ -2958,6 +3347,22 @@ mod cases {
         let mut all_out = out1.to_vec();
         all_out.extend(out2);
         assert_eq!(messages(&all_outbox(s).await), all_out);
+        assert_eq!(
+            deliveries_of(s, "hook")
+                .await
+                .iter()
+                .map(written)
+                .collect::<Vec<_>>(),
+            vec![wh1[0].clone(), wh2[0].clone()]
+        );
+        assert_eq!(
+            deliveries_of(s, "other")
+                .await
+                .iter()
+                .map(written)
+                .collect::<Vec<_>>(),
+            vec![wh2[1].clone()]
+        );
     }
 
     pub async fn rollouts_commit_get_round_trip(ctx: Ctx) {
@@ -3385,7 +3790,7 @@ async fn connect_opens_sqlite_urls_and_refuses_unknown_schemes() {
     // Reopening finds the data and migrates nothing twice.
     let again = SqliteStore::open(&file).await.unwrap();
     assert!(again.get_template("t").await.unwrap().is_some());
-    assert_eq!(again.schema_versions().await.unwrap(), [1, 2, 3, 4, 5]);
+    assert_eq!(again.schema_versions().await.unwrap(), ALL_VERSIONS);
 
     let mem = store::connect("sqlite::memory:", dir.path()).await.unwrap();
     mem.put_template(
@@ -3447,7 +3852,7 @@ async fn sqlite_migrates_down_and_up_again() {
     assert_eq!(s.outbox_pending(10).await.unwrap().len(), 1);
     s.close().await;
     let s = SqliteStore::open(&file).await.unwrap();
-    assert_eq!(s.schema_versions().await.unwrap(), [1, 2, 3, 4, 5]);
+    assert_eq!(s.schema_versions().await.unwrap(), ALL_VERSIONS);
     assert_eq!(s.get_rollout("ro").await.unwrap(), None);
     assert!(s.list_rollouts(None, 10).await.unwrap().is_empty());
 
@@ -3458,7 +3863,7 @@ async fn sqlite_migrates_down_and_up_again() {
     assert!(s.get_template("t").await.unwrap().is_some());
     s.close().await;
     let s = SqliteStore::open(&file).await.unwrap();
-    assert_eq!(s.schema_versions().await.unwrap(), [1, 2, 3, 4, 5]);
+    assert_eq!(s.schema_versions().await.unwrap(), ALL_VERSIONS);
     assert!(s.outbox_pending(10).await.unwrap().is_empty());
     assert!(s.get_template("t").await.unwrap().is_some());
 
@@ -3467,7 +3872,7 @@ async fn sqlite_migrates_down_and_up_again() {
     assert!(s.list_templates().await.is_err(), "the tables are gone");
     s.close().await;
     let s = SqliteStore::open(&file).await.unwrap();
-    assert_eq!(s.schema_versions().await.unwrap(), [1, 2, 3, 4, 5]);
+    assert_eq!(s.schema_versions().await.unwrap(), ALL_VERSIONS);
     assert!(s.list_templates().await.unwrap().is_empty());
     assert!(s.outbox_pending(10).await.unwrap().is_empty());
 }
@@ -3505,12 +3910,12 @@ async fn postgres_connect_by_url() {
         }
         let s = PostgresStore::connect(&url).await.unwrap();
         assert_eq!(op_count(&s).await, 2, "both URLs reached the same database");
-        assert_eq!(s.schema_versions().await.unwrap(), [1, 2, 3, 4, 5]);
+        assert_eq!(s.schema_versions().await.unwrap(), ALL_VERSIONS);
         s.migrate_down_to(0).await.unwrap();
         assert!(s.list_templates().await.is_err(), "the tables are gone");
         s.close().await;
         let s = PostgresStore::connect(&url).await.unwrap();
-        assert_eq!(s.schema_versions().await.unwrap(), [1, 2, 3, 4, 5]);
+        assert_eq!(s.schema_versions().await.unwrap(), ALL_VERSIONS);
         assert_eq!(op_count(&s).await, 0);
         s.close().await;
     })

@@ -7,3 +7,4 @@ pub mod redis_bus;
 pub mod registry;
 pub mod state_fs;
 pub mod store;
+pub mod webhook;

@@ -79,6 +79,32 @@ pub(super) async fn status(ctx: &Ctx) -> Result<(), CliError> {
         ] {
             out.push_str(&format!("{k}: {v}\n"));
         }
+        if !s.webhooks.is_empty() {
+            let mut t = Table::new(&[
+                "WEBHOOK",
+                "URL",
+                "PENDING",
+                "LAST DELIVERED",
+                "LAST ERROR",
+                "ERROR AT",
+            ]);
+            for w in &s.webhooks {
+                t.row(vec![
+                    w.name.clone(),
+                    w.url.clone(),
+                    if w.pending >= 10_000 {
+                        "10000+".into()
+                    } else {
+                        w.pending.to_string()
+                    },
+                    w.last_delivered_at.map_or("never".into(), format_ms),
+                    w.last_error.clone().unwrap_or_else(|| "-".into()),
+                    w.last_error_at.map_or("-".into(), format_ms),
+                ]);
+            }
+            out.push('\n');
+            out.push_str(&t.render());
+        }
         out
     })
 }

@@ -13,6 +13,7 @@ pub mod probe;
 pub mod registry;
 pub mod state_fs;
 pub mod store;
+pub mod webhook;
 
 pub use bus::FakeBus;
 pub use clock::FakeClock;
@@ -22,3 +23,4 @@ pub use probe::FakeProbe;
 pub use registry::FakeRegistry;
 pub use state_fs::FakeStateFs;
 pub use store::FakeStore;
+pub use webhook::FakeWebhookSender;

@@ -23,7 +23,7 @@ use crate::ports::store::{
     Change, EventFilter, EventStore, Observation, OperationFilter, OutboxMessage, OutboxRow,
     OutboxStore, PluginChange, PluginRecord, PluginStore, PluginUpdate, PluginUpdateFilter,
     RejectionChange, RolloutRow, RolloutStore, RolloutTarget, RuntimeFilter, RuntimeStore, Store,
-    StoreError, TemplateStore, WatchStore,
+    StoreError, TemplateStore, WatchStore, WebhookDelivery, WebhookStore,
 };
 
 /// What every call returns once an injected crash has "killed the process".
@@ -113,6 +113,10 @@ struct Data {
     plugins: BTreeMap<(String, String), PluginRecord>,
     /// In the order of first writing; an update keeps its place.
     plugin_updates: Vec<PluginUpdate>,
+    /// By seq (every webhook's queue in one table, as in SQL).
+    webhook_deliveries: BTreeMap<i64, WebhookDelivery>,
+    /// The last seq handed out; seqs are never reused.
+    webhook_seq: i64,
 }
 
 struct OutboxEntry {
@@ -166,6 +170,16 @@ impl Data {
                 return Err(StoreError::Conflict(format!(
                     "health event {:?} is already stored",
                     e.id
+                )));
+            }
+        }
+        for (i, d) in change.webhook_deliveries.iter().enumerate() {
+            let stored = self.webhook_deliveries.values().any(|s| s.id == d.id);
+            let earlier = change.webhook_deliveries[..i].iter().any(|s| s.id == d.id);
+            if stored || earlier {
+                return Err(StoreError::Conflict(format!(
+                    "webhook delivery {:?} is already stored",
+                    d.id
                 )));
             }
         }
@@ -270,6 +284,25 @@ impl Data {
                     message: m.clone(),
                     attempts: 0,
                     last_error: None,
+                },
+            );
+        }
+        for d in change.webhook_deliveries {
+            self.webhook_seq += 1;
+            self.webhook_deliveries.insert(
+                self.webhook_seq,
+                WebhookDelivery {
+                    seq: self.webhook_seq,
+                    id: d.id.clone(),
+                    webhook: d.webhook.clone(),
+                    notification_id: d.notification_id.clone(),
+                    notification_type: d.notification_type.clone(),
+                    body: d.body.clone(),
+                    created_at_ms: d.created_at_ms,
+                    attempts: 0,
+                    last_error: None,
+                    last_attempt_at_ms: None,
+                    delivered_at_ms: None,
                 },
             );
         }
@@ -613,6 +646,97 @@ impl OutboxStore for FakeStore {
                 e.last_error = Some(error.to_string());
             }
             Ok(())
+        })
+    }
+}
+
+#[async_trait]
+impl WebhookStore for FakeStore {
+    async fn webhook_head(&self, webhook: &str) -> Result<Option<WebhookDelivery>, StoreError> {
+        self.read(|d| {
+            d.webhook_deliveries
+                .values()
+                .find(|w| w.webhook == webhook && w.delivered_at_ms.is_none())
+                .cloned()
+        })
+    }
+
+    async fn webhook_delivered(&self, seq: i64, at_ms: i64) -> Result<(), StoreError> {
+        self.write(|d| {
+            if let Some(w) = d.webhook_deliveries.get_mut(&seq) {
+                if w.delivered_at_ms.is_none() {
+                    w.attempts += 1;
+                    w.delivered_at_ms = Some(at_ms);
+                    w.last_attempt_at_ms = Some(at_ms);
+                }
+            }
+            Ok(())
+        })
+    }
+
+    async fn webhook_failed(&self, seq: i64, error: &str, at_ms: i64) -> Result<(), StoreError> {
+        self.write(|d| {
+            if let Some(w) = d.webhook_deliveries.get_mut(&seq) {
+                if w.delivered_at_ms.is_none() {
+                    w.attempts += 1;
+                    w.last_error = Some(error.to_string());
+                    w.last_attempt_at_ms = Some(at_ms);
+                }
+            }
+            Ok(())
+        })
+    }
+
+    async fn webhook_pending_count(&self, webhook: &str, cap: u32) -> Result<u64, StoreError> {
+        self.read(|d| {
+            d.webhook_deliveries
+                .values()
+                .filter(|w| w.webhook == webhook && w.delivered_at_ms.is_none())
+                .take(cap as usize)
+                .count() as u64
+        })
+    }
+
+    async fn list_webhook_deliveries(
+        &self,
+        webhook: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<WebhookDelivery>, StoreError> {
+        self.read(|d| {
+            d.webhook_deliveries
+                .values()
+                .rev()
+                .filter(|w| webhook.is_none_or(|name| w.webhook == name))
+                .take(limit as usize)
+                .cloned()
+                .collect()
+        })
+    }
+
+    async fn prune_webhook_deliveries(
+        &self,
+        webhook: &str,
+        delivered_before_ms: i64,
+        keep: u32,
+    ) -> Result<u64, StoreError> {
+        self.write(|d| {
+            let delivered: Vec<(i64, i64)> = d
+                .webhook_deliveries
+                .values()
+                .rev()
+                .filter(|w| w.webhook == webhook)
+                .filter_map(|w| w.delivered_at_ms.map(|at| (w.seq, at)))
+                .collect();
+            let gone: Vec<i64> = delivered
+                .iter()
+                .enumerate()
+                .filter(|(i, (_, at))| *i >= keep as usize || *at < delivered_before_ms)
+                .map(|(_, (seq, _))| *seq)
+                .collect();
+            for seq in &gone {
+                d.webhook_deliveries.remove(seq);
+            }
+            Ok(gone.len() as u64)
         })
     }
 }

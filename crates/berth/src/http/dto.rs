@@ -491,6 +491,77 @@ pub struct StatusView {
     /// Up to 20 runtimes whose last readiness verdict was blocked.
     #[serde(default)]
     pub readiness_blocked: Vec<String>,
+    /// Each configured webhook's backlog and last outcomes.
+    #[serde(default)]
+    pub webhooks: Vec<WebhookStatusView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct WebhookStatusView {
+    pub name: String,
+    pub url: String,
+    /// Deliveries waiting (counted up to 10000).
+    pub pending: u64,
+    /// The last failed attempt's error (since this berth started; before
+    /// its first attempt, the stored error of the oldest pending delivery).
+    pub last_error: Option<String>,
+    /// ms since the epoch.
+    pub last_error_at: Option<i64>,
+    /// ms since the epoch; the last delivery since this berth started.
+    pub last_delivered_at: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookDeliveryQuery {
+    /// Only this webhook's deliveries.
+    pub webhook: Option<String>,
+    /// 1 to 1000; default 100.
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct WebhookDeliveryView {
+    /// Sent as `X-Berth-Delivery`.
+    pub id: String,
+    pub webhook: String,
+    pub notification_id: String,
+    pub notification_type: String,
+    /// `pending` or `delivered`.
+    pub status: String,
+    pub attempts: i64,
+    pub last_error: Option<String>,
+    /// ms since the epoch.
+    pub created_at: i64,
+    pub last_attempt_at: Option<i64>,
+    pub delivered_at: Option<i64>,
+}
+
+impl From<crate::ports::store::WebhookDelivery> for WebhookDeliveryView {
+    fn from(d: crate::ports::store::WebhookDelivery) -> Self {
+        WebhookDeliveryView {
+            status: if d.delivered_at_ms.is_some() {
+                "delivered"
+            } else {
+                "pending"
+            }
+            .to_string(),
+            id: d.id,
+            webhook: d.webhook,
+            notification_id: d.notification_id,
+            notification_type: d.notification_type,
+            attempts: d.attempts,
+            last_error: d.last_error,
+            created_at: d.created_at_ms,
+            last_attempt_at: d.last_attempt_at_ms,
+            delivered_at: d.delivered_at_ms,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct WebhookDeliveryList {
+    pub deliveries: Vec<WebhookDeliveryView>,
 }
 
 // --- plugins ---------------------------------------------------------------

@@ -491,6 +491,36 @@ pub async fn status(State(state): State<AppState>) -> ApiResult<Json<StatusView>
         runtimes: s.runtimes,
         readiness: s.readiness,
         readiness_blocked: s.readiness_blocked,
+        webhooks: s
+            .webhooks
+            .into_iter()
+            .map(|w| WebhookStatusView {
+                name: w.name,
+                url: w.url,
+                pending: w.pending,
+                last_error: w.health.last_error,
+                last_error_at: w.health.last_error_at_ms,
+                last_delivered_at: w.health.last_delivered_at_ms,
+            })
+            .collect(),
+    }))
+}
+
+#[utoipa::path(get, path = "/v1/webhooks/deliveries", tag = "events", params(WebhookDeliveryQuery),
+    responses((status = 200, description = "the delivery log, newest first", body = WebhookDeliveryList),
+              (status = 400, description = "invalid_request: a bad limit or webhook, or an unknown parameter", body = ErrorBody),
+              (status = 401, description = "a token is configured and the request has none or another", body = ErrorBody)))]
+pub async fn list_webhook_deliveries(
+    State(state): State<AppState>,
+    ApiQuery(q): ApiQuery<WebhookDeliveryQuery>,
+) -> ApiResult<Json<WebhookDeliveryList>> {
+    let deliveries = state
+        .services
+        .operations
+        .webhook_deliveries(q.webhook.as_deref(), q.limit)
+        .await?;
+    Ok(Json(WebhookDeliveryList {
+        deliveries: deliveries.into_iter().map(Into::into).collect(),
     }))
 }
 

@@ -309,6 +309,7 @@ pub fn router(state: AppState) -> Router {
         .route("/status", get(status))
         .route("/events", get(list_events))
         .route("/notifications", get(list_notifications))
+        .route("/webhooks/deliveries", get(list_webhook_deliveries))
         .route("/admin/reconcile", post(reconcile_now))
         .route("/admin/images/refresh", post(refresh_images))
         .route("/admin/images/watch", post(watch_images))

@@ -9,6 +9,7 @@ pub mod probe;
 pub mod registry;
 pub mod state_fs;
 pub mod store;
+pub mod webhook;
 
 pub use bus::{Bus, BusError, StreamEntry};
 pub use clock::{Clock, SystemClock};
@@ -18,5 +19,6 @@ pub use registry::{Registry, RegistryError};
 pub use state_fs::{write_durable, StateFs, StateFsError, StateLock};
 pub use store::{
     EventStore, OperationFilter, OutboxStore, PluginStore, RolloutStore, RuntimeFilter,
-    RuntimeStore, Store, StoreError, TemplateStore, WatchStore,
+    RuntimeStore, Store, StoreError, TemplateStore, WatchStore, WebhookStore,
 };
+pub use webhook::{WebhookError, WebhookRequest, WebhookSender};

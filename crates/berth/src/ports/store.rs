@@ -80,6 +80,42 @@ pub struct OutboxRow {
     pub attempts: i64,
 }
 
+/// A webhook delivery written with a change: one notification intent for
+/// one webhook (see [`Change::webhook_deliveries`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewWebhookDelivery {
+    /// Unique; sent as `X-Berth-Delivery` on every attempt.
+    pub id: String,
+    /// The webhook's configured name.
+    pub webhook: String,
+    pub notification_id: String,
+    pub notification_type: String,
+    /// The exact body POSTed (and signed), fixed when the change commits.
+    pub body: String,
+    pub created_at_ms: i64,
+}
+
+/// A stored webhook delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookDelivery {
+    /// Ascending in the order of writing; within one webhook, in the order
+    /// of committing. Each webhook's queue is keyed by (webhook, seq).
+    pub seq: i64,
+    pub id: String,
+    pub webhook: String,
+    pub notification_id: String,
+    pub notification_type: String,
+    pub body: String,
+    pub created_at_ms: i64,
+    /// Attempts so far, the successful one included.
+    pub attempts: i64,
+    /// The error of the last failed attempt.
+    pub last_error: Option<String>,
+    pub last_attempt_at_ms: Option<i64>,
+    /// `None` while pending.
+    pub delivered_at_ms: Option<i64>,
+}
+
 /// A change to a template's pin, written with its history entry.
 #[derive(Debug, Clone, Copy)]
 pub struct PinChange<'a> {
@@ -194,6 +230,8 @@ pub struct Change<'a> {
     pub job_result: Option<&'a JobResult>,
     /// Appended, in slice order.
     pub outbox: &'a [OutboxMessage],
+    /// Appended, in slice order; ids are unique (`Conflict` otherwise).
+    pub webhook_deliveries: &'a [NewWebhookDelivery],
 }
 
 impl Change<'_> {
@@ -210,6 +248,7 @@ impl Change<'_> {
             && self.notifications.is_empty()
             && self.job_result.is_none()
             && self.outbox.is_empty()
+            && self.webhook_deliveries.is_empty()
     }
 }
 
@@ -356,6 +395,39 @@ pub trait OutboxStore: Send + Sync + 'static {
     async fn outbox_failed(&self, seq: i64, error: &str) -> Result<(), StoreError>;
 }
 
+/// Webhook delivery queues, one per webhook, and the delivery log
+/// (written through [`Store::commit`]).
+#[async_trait]
+pub trait WebhookStore: Send + Sync + 'static {
+    /// The oldest pending delivery of `webhook` (lowest seq), if any: the
+    /// only one that may be sent. Takes no lock: one loop per webhook.
+    async fn webhook_head(&self, webhook: &str) -> Result<Option<WebhookDelivery>, StoreError>;
+    /// Marks delivery `seq` delivered at `at_ms` (`attempts` + 1), in one
+    /// statement; an unknown or already delivered seq is ignored.
+    async fn webhook_delivered(&self, seq: i64, at_ms: i64) -> Result<(), StoreError>;
+    /// Counts a failed attempt of delivery `seq` (`attempts` + 1) and keeps
+    /// `error` and `at_ms`; an unknown or delivered seq is ignored.
+    async fn webhook_failed(&self, seq: i64, error: &str, at_ms: i64) -> Result<(), StoreError>;
+    /// How many deliveries of `webhook` are pending, counted up to `cap`.
+    async fn webhook_pending_count(&self, webhook: &str, cap: u32) -> Result<u64, StoreError>;
+    /// Newest first (order of writing), at most `limit`, pending and
+    /// delivered; only `webhook`'s when given.
+    async fn list_webhook_deliveries(
+        &self,
+        webhook: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<WebhookDelivery>, StoreError>;
+    /// Deletes `webhook`'s delivered rows delivered before
+    /// `delivered_before_ms`, and those beyond the newest `keep` delivered
+    /// ones; pending rows stay. Returns how many went.
+    async fn prune_webhook_deliveries(
+        &self,
+        webhook: &str,
+        delivered_before_ms: i64,
+        keep: u32,
+    ) -> Result<u64, StoreError>;
+}
+
 /// The registry watcher's memory: observations and rejected digests
 /// (written through [`Store::commit`]).
 #[async_trait]
@@ -422,12 +494,19 @@ pub trait PluginStore: Send + Sync + 'static {
 /// The whole store: every role, and the one write path of decisions.
 #[async_trait]
 pub trait Store:
-    TemplateStore + RuntimeStore + EventStore + OutboxStore + WatchStore + RolloutStore + PluginStore
+    TemplateStore
+    + RuntimeStore
+    + EventStore
+    + OutboxStore
+    + WatchStore
+    + RolloutStore
+    + PluginStore
+    + WebhookStore
 {
     /// Writes every part of `change` in ONE transaction: all of it or
     /// nothing. `Conflict` (and nothing written) when `change.job_result`'s
-    /// job id already has a result, or when a health event or notification
-    /// id is already stored. An empty change writes nothing.
+    /// job id already has a result, or when a health event, notification
+    /// or webhook delivery id is already stored. An empty change writes nothing.
     async fn commit(&self, change: &Change<'_>) -> Result<(), StoreError>;
 
     /// [`Store::commit`] of a `Change` with only a record and its operation.

@@ -16,6 +16,7 @@ pub mod rollouts;
 pub mod stores;
 pub mod templates;
 pub mod watcher;
+pub mod webhooks;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -98,6 +99,9 @@ pub struct Context {
     pub settings: Settings,
     /// Wakes the outbox relay after a commit that wrote messages.
     pub outbox_wakeup: Arc<tokio::sync::Notify>,
+    /// The configured `[[webhooks]]` (none by default); every notification
+    /// a change commits is queued for the matching ones in that change.
+    pub webhooks: Arc<webhooks::Webhooks>,
 }
 
 /// What a change reports besides the record and its operation; written in
@@ -176,20 +180,25 @@ impl Context {
     }
 
     /// Writes one decision — `change` with `effects` (and their outbox
-    /// messages) — in one transaction; wakes the relay, counts the
-    /// operation when it finished.
+    /// messages and webhook deliveries) — in one transaction; wakes the
+    /// relay and the webhook loops, counts the operation when it finished.
     pub async fn commit_change(&self, change: Change<'_>, effects: &Effects) -> Result<()> {
         let outbox = self.outbox_for(effects);
+        let deliveries = self.webhook_deliveries_for(&effects.notifications);
         let change = Change {
             health_events: &effects.health_events,
             notifications: &effects.notifications,
             job_result: effects.job_result.as_ref(),
             outbox: &outbox,
+            webhook_deliveries: &deliveries,
             ..change
         };
         self.store.commit(&change).await?;
         if !outbox.is_empty() {
             self.outbox_wakeup.notify_one();
+        }
+        if !deliveries.is_empty() {
+            self.wake_webhooks(&deliveries);
         }
         if let Some(op) = change
             .operation
@@ -318,6 +327,17 @@ pub struct StatusReport {
     pub readiness: std::collections::BTreeMap<String, usize>,
     /// Up to 20 runtimes whose last verdict was `blocked`.
     pub readiness_blocked: Vec<String>,
+    pub webhooks: Vec<WebhookStatus>,
+}
+
+/// One webhook in `berth status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookStatus {
+    pub name: String,
+    pub url: String,
+    /// Deliveries waiting, counted up to `webhooks::BACKLOG_CAP`.
+    pub pending: u64,
+    pub health: webhooks::WebhookHealth,
 }
 
 pub const OUTBOX_COUNT_CAP: u32 = 1000;
@@ -332,6 +352,27 @@ impl Services {
             .await?
         {
             *runtimes.entry(r.status.as_str().to_string()).or_insert(0) += 1;
+        }
+        let mut webhooks = Vec::new();
+        for hook in self.ctx.webhooks.all() {
+            let pending = store
+                .webhook_pending_count(&hook.spec.name, webhooks::BACKLOG_CAP)
+                .await?;
+            let mut health = hook.health();
+            if health.last_error.is_none() && pending > 0 {
+                // Not tried by this process yet (e.g. just restarted): the
+                // head's stored error is the news.
+                if let Some(head) = store.webhook_head(&hook.spec.name).await? {
+                    health.last_error = head.last_error;
+                    health.last_error_at_ms = head.last_attempt_at_ms;
+                }
+            }
+            webhooks.push(WebhookStatus {
+                name: hook.spec.name.clone(),
+                url: hook.spec.url.clone(),
+                pending,
+                health,
+            });
         }
         Ok(StatusReport {
             version: env!("CARGO_PKG_VERSION"),
@@ -361,6 +402,7 @@ impl Services {
                 .take(20)
                 .collect(),
             runtimes,
+            webhooks,
         })
     }
 }

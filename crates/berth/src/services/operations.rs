@@ -110,4 +110,23 @@ impl OperationLog {
         let limit = check_limit(limit)?;
         Ok(self.ctx.store.list_notifications(limit).await?)
     }
+
+    /// The webhook delivery log, newest first; only `webhook`'s when given.
+    pub async fn webhook_deliveries(
+        &self,
+        webhook: Option<&str>,
+        limit: Option<u32>,
+    ) -> Result<Vec<crate::ports::store::WebhookDelivery>> {
+        let limit = check_limit(limit)?;
+        if let Some(name) = webhook {
+            if name.is_empty() {
+                return Err(Error::invalid("webhook must not be empty"));
+            }
+        }
+        Ok(self
+            .ctx
+            .store
+            .list_webhook_deliveries(webhook, limit)
+            .await?)
+    }
 }

@@ -75,6 +75,22 @@ impl World {
     /// A fresh berth process that writes stream messages to the outbox (as
     /// with `redis_url` set).
     pub fn boot_with(&self, publish_outbox: bool) -> Arc<Services> {
+        self.boot_full(publish_outbox, Vec::new())
+    }
+
+    /// A fresh berth process with these `[[webhooks]]`.
+    pub fn boot_with_webhooks(
+        &self,
+        webhooks: Vec<berth::services::webhooks::WebhookSpec>,
+    ) -> Arc<Services> {
+        self.boot_full(false, webhooks)
+    }
+
+    fn boot_full(
+        &self,
+        publish_outbox: bool,
+        webhooks: Vec<berth::services::webhooks::WebhookSpec>,
+    ) -> Arc<Services> {
         Services::new(Context {
             store: Arc::new(self.store.clone()),
             engine: Arc::new(self.engine.clone()),
@@ -94,6 +110,7 @@ impl World {
                 plugins: Default::default(),
             },
             outbox_wakeup: Default::default(),
+            webhooks: Arc::new(berth::services::webhooks::Webhooks::new(webhooks)),
         })
     }
 

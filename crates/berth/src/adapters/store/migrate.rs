@@ -61,6 +61,7 @@ pub(crate) static SQLITE: &[Migration] = &[
     migration!("sqlite", 4, "0004", "plugins"),
     migration!("sqlite", 5, "0005", "plugin_rollouts"),
     migration!("sqlite", 6, "0006", "run_id"),
+    migration!("sqlite", 7, "0007", "webhook_deliveries"),
 ];
 pub(crate) static POSTGRES: &[Migration] = &[
     migration!("postgres", 1, "0001", "init"),
@@ -69,6 +70,7 @@ pub(crate) static POSTGRES: &[Migration] = &[
     migration!("postgres", 4, "0004", "plugins"),
     migration!("postgres", 5, "0005", "plugin_rollouts"),
     migration!("postgres", 6, "0006", "run_id"),
+    migration!("postgres", 7, "0007", "webhook_deliveries"),
 ];
 
 const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS berth_migrations (\
@@ -275,7 +277,7 @@ mod tests {
         "rollout_targets",
     ];
     const TABLES_0004: [&str; 2] = ["plugins", "plugin_updates"];
-    const TABLES: [&str; 15] = [
+    const TABLES: [&str; 16] = [
         "templates",
         "pins",
         "pin_history",
@@ -291,19 +293,22 @@ mod tests {
         "rollout_targets",
         "plugins",
         "plugin_updates",
+        "webhook_deliveries",
     ];
     /// The tables each migration adds, by version.
     /// 0005 adds a column, no table.
     const TABLES_0005: [&str; 0] = [];
     /// 0006 adds a column, no table.
     const TABLES_0006: [&str; 0] = [];
-    const BY_VERSION: [(i64, &[&str]); 6] = [
+    const TABLES_0007: [&str; 1] = ["webhook_deliveries"];
+    const BY_VERSION: [(i64, &[&str]); 7] = [
         (1, &TABLES_0001),
         (2, &TABLES_0002),
         (3, &TABLES_0003),
         (4, &TABLES_0004),
         (5, &TABLES_0005),
         (6, &TABLES_0006),
+        (7, &TABLES_0007),
     ];
 
     #[test]

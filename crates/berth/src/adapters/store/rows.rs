@@ -18,7 +18,7 @@ use sqlx::Row;
 use super::corrupt;
 use crate::ports::store::{
     Observation, OutboxMessage, OutboxRow, PluginRecord, PluginUpdate, RolloutRow, RolloutTarget,
-    StoreError,
+    StoreError, WebhookDelivery,
 };
 use crate::template_doc::TemplateDoc;
 
@@ -256,6 +256,23 @@ pub(crate) fn outbox_row_from_row(row: &impl Columns) -> Result<OutboxRow, Store
             created_at_ms: row.int(T, "created_at_ms")?,
         },
         attempts: row.int(T, "attempts")?,
+    })
+}
+
+pub(crate) fn webhook_delivery_from_row(row: &impl Columns) -> Result<WebhookDelivery, StoreError> {
+    const T: &str = "webhook_deliveries";
+    Ok(WebhookDelivery {
+        seq: row.int(T, "seq")?,
+        id: row.text(T, "id")?,
+        webhook: row.text(T, "webhook")?,
+        notification_id: row.text(T, "notification_id")?,
+        notification_type: row.text(T, "notification_type")?,
+        body: row.text(T, "body")?,
+        created_at_ms: row.int(T, "created_at_ms")?,
+        attempts: row.int(T, "attempts")?,
+        last_error: row.opt_text(T, "last_error")?,
+        last_attempt_at_ms: row.opt_int(T, "last_attempt_at_ms")?,
+        delivered_at_ms: row.opt_int(T, "delivered_at_ms")?,
     })
 }
 

@@ -216,6 +216,46 @@ pub const OUTBOX_PENDING: &str = concat!(
 pub const OUTBOX_FAILED: &str =
     "UPDATE outbox SET attempts = attempts + 1, last_error = $2 WHERE seq = $1";
 
+macro_rules! webhook_delivery_cols {
+    () => {
+        "seq, id, webhook, notification_id, notification_type, body, created_at_ms, attempts, \
+         last_error, last_attempt_at_ms, delivered_at_ms"
+    };
+}
+
+pub const INSERT_WEBHOOK_DELIVERY: &str = "INSERT INTO webhook_deliveries \
+     (id, webhook, notification_id, notification_type, body, created_at_ms) \
+     VALUES ($1, $2, $3, $4, $5, $6)";
+pub const WEBHOOK_HEAD: &str = concat!(
+    "SELECT ",
+    webhook_delivery_cols!(),
+    " FROM webhook_deliveries WHERE webhook = $1 AND delivered_at_ms IS NULL \
+     ORDER BY seq LIMIT 1"
+);
+pub const WEBHOOK_DELIVERED: &str = "UPDATE webhook_deliveries \
+     SET delivered_at_ms = $2, last_attempt_at_ms = $2, attempts = attempts + 1 \
+     WHERE seq = $1 AND delivered_at_ms IS NULL";
+pub const WEBHOOK_FAILED: &str = "UPDATE webhook_deliveries \
+     SET attempts = attempts + 1, last_error = $2, last_attempt_at_ms = $3 \
+     WHERE seq = $1 AND delivered_at_ms IS NULL";
+pub const WEBHOOK_PENDING_COUNT: &str = "SELECT COUNT(*) AS n FROM (SELECT seq FROM \
+     webhook_deliveries WHERE webhook = $1 AND delivered_at_ms IS NULL LIMIT $2) AS pending";
+pub const LIST_WEBHOOK_DELIVERIES: &str = concat!(
+    "SELECT ",
+    webhook_delivery_cols!(),
+    " FROM webhook_deliveries ORDER BY seq DESC LIMIT $1"
+);
+pub const LIST_WEBHOOK_DELIVERIES_OF: &str = concat!(
+    "SELECT ",
+    webhook_delivery_cols!(),
+    " FROM webhook_deliveries WHERE webhook = $1 ORDER BY seq DESC LIMIT $2"
+);
+/// Delivered rows older than $2, or not among the newest $3 delivered.
+pub const PRUNE_WEBHOOK_DELIVERIES: &str = "DELETE FROM webhook_deliveries \
+     WHERE webhook = $1 AND delivered_at_ms IS NOT NULL AND (delivered_at_ms < $2 OR seq <= \
+     (SELECT seq FROM webhook_deliveries WHERE webhook = $1 AND delivered_at_ms IS NOT NULL \
+      ORDER BY seq DESC LIMIT 1 OFFSET $3))";
+
 pub const FAIL_IN_PROGRESS_OPERATIONS: &str = concat!(
     "UPDATE operations SET outcome = 'failure', error_code = $1, error_message = $2, \
      finished_at_ms = $3 WHERE outcome = 'in_progress' RETURNING seq, ",

@@ -26,13 +26,14 @@ macro_rules! impl_store {
                 operation_from_row, outbox_delete_sql, outbox_row_from_row, pin_entry_from_row,
                 pin_from_row, plugin_from_row, plugin_update_from_row, rollout_from_row,
                 rollout_target_from_row, runtime_from_row, sql, template_from_row, unique_err,
-                Columns, OUTBOX_DELETE_CHUNK,
+                webhook_delivery_from_row, Columns, OUTBOX_DELETE_CHUNK,
             };
             use $crate::ports::store::{
-                Change, EventFilter, EventStore, Observation, OperationFilter, OutboxMessage,
-                OutboxRow, OutboxStore, PluginChange, PluginRecord, PluginStore, PluginUpdate,
-                PluginUpdateFilter, RejectionChange, RolloutRow, RolloutStore, RolloutTarget,
-                RuntimeFilter, RuntimeStore, Store, StoreError, TemplateStore, WatchStore,
+                Change, EventFilter, EventStore, NewWebhookDelivery, Observation, OperationFilter,
+                OutboxMessage, OutboxRow, OutboxStore, PluginChange, PluginRecord, PluginStore,
+                PluginUpdate, PluginUpdateFilter, RejectionChange, RolloutRow, RolloutStore,
+                RolloutTarget, RuntimeFilter, RuntimeStore, Store, StoreError, TemplateStore,
+                WatchStore, WebhookDelivery, WebhookStore,
             };
 
             type Tx = sqlx::Transaction<'static, $db>;
@@ -176,6 +177,27 @@ macro_rules! impl_store {
                 Ok(())
             }
 
+            async fn insert_webhook_delivery(
+                tx: &mut Tx,
+                d: &NewWebhookDelivery,
+            ) -> Result<(), StoreError> {
+                sqlx::query(sql::INSERT_WEBHOOK_DELIVERY)
+                    .bind(&d.id)
+                    .bind(&d.webhook)
+                    .bind(&d.notification_id)
+                    .bind(&d.notification_type)
+                    .bind(&d.body)
+                    .bind(d.created_at_ms)
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(|err| {
+                        unique_err(err, || {
+                            format!("webhook delivery {:?} is already stored", d.id)
+                        })
+                    })?;
+                Ok(())
+            }
+
             async fn upsert_rollout(tx: &mut Tx, r: &RolloutRow) -> Result<(), StoreError> {
                 sqlx::query(sql::UPSERT_ROLLOUT)
                     .bind(&r.id)
@@ -220,10 +242,18 @@ macro_rules! impl_store {
             /// caller drops (rolls back) `tx`.
             async fn write_change(tx: &mut Tx, change: &Change<'_>) -> Result<(), StoreError> {
                 // Locks first, before any row lock, in one order for all.
+                // A webhook's queue is a partition of its own (`webhook:` +
+                // name; no runtime id has a colon).
+                let webhook_keys: Vec<String> = change
+                    .webhook_deliveries
+                    .iter()
+                    .map(|d| format!("webhook:{}", d.webhook))
+                    .collect();
                 let mut keys: Vec<&str> = change
                     .outbox
                     .iter()
                     .map(|m| m.partition_key.as_str())
+                    .chain(webhook_keys.iter().map(String::as_str))
                     .collect();
                 keys.sort_unstable();
                 keys.dedup();
@@ -351,6 +381,9 @@ macro_rules! impl_store {
                 }
                 for m in change.outbox {
                     insert_outbox(tx, m).await?;
+                }
+                for d in change.webhook_deliveries {
+                    insert_webhook_delivery(tx, d).await?;
                 }
                 Ok(())
             }
@@ -876,6 +909,106 @@ macro_rules! impl_store {
                         .await
                         .map_err(db_err)?;
                     commit(tx).await
+                }
+            }
+
+            #[async_trait]
+            impl WebhookStore for $store {
+                async fn webhook_head(
+                    &self,
+                    webhook: &str,
+                ) -> Result<Option<WebhookDelivery>, StoreError> {
+                    sqlx::query(sql::WEBHOOK_HEAD)
+                        .bind(webhook)
+                        .fetch_optional(&self.pool)
+                        .await
+                        .map_err(db_err)?
+                        .map(|row| webhook_delivery_from_row(&row))
+                        .transpose()
+                }
+
+                async fn webhook_delivered(&self, seq: i64, at_ms: i64) -> Result<(), StoreError> {
+                    // One statement, in a write transaction: SQLite's
+                    // `BEGIN IMMEDIATE` queues it behind other writers.
+                    let mut tx = self.begin_write().await?;
+                    sqlx::query(sql::WEBHOOK_DELIVERED)
+                        .bind(seq)
+                        .bind(at_ms)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db_err)?;
+                    commit(tx).await
+                }
+
+                async fn webhook_failed(
+                    &self,
+                    seq: i64,
+                    error: &str,
+                    at_ms: i64,
+                ) -> Result<(), StoreError> {
+                    let mut tx = self.begin_write().await?;
+                    sqlx::query(sql::WEBHOOK_FAILED)
+                        .bind(seq)
+                        .bind(error)
+                        .bind(at_ms)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db_err)?;
+                    commit(tx).await
+                }
+
+                async fn webhook_pending_count(
+                    &self,
+                    webhook: &str,
+                    cap: u32,
+                ) -> Result<u64, StoreError> {
+                    let row = sqlx::query(sql::WEBHOOK_PENDING_COUNT)
+                        .bind(webhook)
+                        .bind(i64::from(cap))
+                        .fetch_one(&self.pool)
+                        .await
+                        .map_err(db_err)?;
+                    Ok(row.int("webhook_deliveries", "n")?.max(0) as u64)
+                }
+
+                async fn list_webhook_deliveries(
+                    &self,
+                    webhook: Option<&str>,
+                    limit: u32,
+                ) -> Result<Vec<WebhookDelivery>, StoreError> {
+                    let limit = i64::from(limit);
+                    let query = match webhook {
+                        None => sqlx::query(sql::LIST_WEBHOOK_DELIVERIES).bind(limit),
+                        Some(w) => sqlx::query(sql::LIST_WEBHOOK_DELIVERIES_OF)
+                            .bind(w)
+                            .bind(limit),
+                    };
+                    query
+                        .fetch_all(&self.pool)
+                        .await
+                        .map_err(db_err)?
+                        .iter()
+                        .map(webhook_delivery_from_row)
+                        .collect()
+                }
+
+                async fn prune_webhook_deliveries(
+                    &self,
+                    webhook: &str,
+                    delivered_before_ms: i64,
+                    keep: u32,
+                ) -> Result<u64, StoreError> {
+                    let mut tx = self.begin_write().await?;
+                    let pruned = sqlx::query(sql::PRUNE_WEBHOOK_DELIVERIES)
+                        .bind(webhook)
+                        .bind(delivered_before_ms)
+                        .bind(i64::from(keep))
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db_err)?
+                        .rows_affected();
+                    commit(tx).await?;
+                    Ok(pruned)
                 }
             }
 
