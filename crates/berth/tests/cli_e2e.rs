@@ -137,3 +137,94 @@ fn cli_says_when_berth_is_not_running() {
         stderr(&out)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_writes_a_batch_shows_stores_and_reports_readiness() {
+    let t = TestServer::start().await;
+    t.put_template(
+        "st",
+        serde_json::json!({"image": test_image(), "tag": "v1", "stop_grace": "1s",
+                           "stores": [{"name": "launch_state", "path": "launch-state.json"}]}),
+    )
+    .await;
+    let (_, rt) = t.start_runtime("c-1", "st").await;
+    let run = rt["run_id"].as_str().unwrap().to_string();
+
+    // Blocked before the first batch: exit 1, and the table says why.
+    let out = berth(&t, &["readiness", "c-1"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("ready: no"), "{text}");
+    assert!(
+        text.contains("launch_state") && text.contains("missing"),
+        "{text}"
+    );
+
+    let file = t.data_dir.path().join("launch.json");
+    std::fs::write(&file, r#"{"members": ["builder"]}"#).unwrap();
+    let out = berth(
+        &t,
+        &[
+            "store",
+            "write",
+            "c-1",
+            "--run-id",
+            &run,
+            "--set",
+            &format!("launch_state=@{}", file.display()),
+            "--reason",
+            "cli",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("committed (seq 1"),
+        "{}",
+        stdout(&out)
+    );
+
+    // A bad value is refused before anything is sent.
+    let out = berth(
+        &t,
+        &[
+            "store",
+            "write",
+            "c-1",
+            "--run-id",
+            &run,
+            "--set",
+            "launch_state={",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("is not JSON"), "{}", stderr(&out));
+    // A stale run is the API's 409, printed with its code.
+    let out = berth(
+        &t,
+        &[
+            "store",
+            "write",
+            "c-1",
+            "--run-id",
+            "old",
+            "--set",
+            "launch_state={}",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("conflict"), "{}", stderr(&out));
+
+    let out = berth(&t, &["readiness", "c-1"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    assert!(stdout(&out).contains("ready: yes"), "{}", stdout(&out));
+    let out = berth(&t, &["store", "show", "c-1"]);
+    assert!(stdout(&out).contains("launch_state"), "{}", stdout(&out));
+    let out = berth(
+        &t,
+        &["--output", "json", "store", "show", "c-1", "launch_state"],
+    );
+    let envelope: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(envelope["data"]["members"][0], "builder");
+    assert_eq!(envelope["run_id"], run.as_str());
+    t.shutdown().await;
+}

@@ -78,6 +78,7 @@ pub const ROUTES: &[(&str, &str, Role)] = &[
     ("GET", "/v1/status", Viewer),
     ("GET", "/v1/events", Viewer),
     ("GET", "/v1/notifications", Viewer),
+    ("GET", "/v1/webhooks/deliveries", Viewer),
     // Plugins and their updates.
     ("POST", "/v1/runtimes/{id}/plugins", Operator),
     ("GET", "/v1/runtimes/{id}/plugins", Viewer),
