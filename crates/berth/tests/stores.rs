@@ -39,10 +39,15 @@ async fn runtime(t: &TestServer, id: &str) -> Value {
     rt
 }
 
+/// The verdict once the container answers its health check (a start does
+/// not wait for it; under load httpd may take a moment to listen).
 async fn readiness(t: &TestServer, id: &str) -> Value {
-    let (status, r) = t.get(&format!("/v1/runtimes/{id}/readiness")).await;
-    assert_eq!(status, StatusCode::OK, "{r}");
-    r
+    eventually("the container to answer its health check", async || {
+        let (status, r) = t.get(&format!("/v1/runtimes/{id}/readiness")).await;
+        assert_eq!(status, StatusCode::OK, "{r}");
+        (r["reason"] != "container_unhealthy").then_some(r)
+    })
+    .await
 }
 
 fn action<'a>(r: &'a Value, store: &str) -> &'a Value {
