@@ -18,5 +18,5 @@ pub use registry::{Registry, RegistryError};
 pub use state_fs::{write_durable, StateFs, StateFsError, StateLock};
 pub use store::{
     EventStore, OperationFilter, OutboxStore, PluginStore, RolloutStore, RuntimeFilter,
-    RuntimeStore, Store, StoreError, TemplateStore, WatchStore,
+    RuntimePage, RuntimeStore, Store, StoreError, TemplateStore, WatchStore,
 };
