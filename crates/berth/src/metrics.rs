@@ -147,12 +147,9 @@ impl Default for Metrics {
             "State-store batches written, by outcome",
             store_batches.clone(),
         );
-        let store_batch_seconds = Histogram::new(
-            [
-                0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
-            ]
-            .into_iter(),
-        );
+        let store_batch_seconds = Histogram::new([
+            0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+        ]);
         registry.register(
             "store_batch_commit_seconds",
             "Time to commit one state-store batch durably",

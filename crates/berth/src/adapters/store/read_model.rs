@@ -190,10 +190,7 @@ impl ReadModelStore {
 }
 
 fn owned(records: Vec<Arc<RuntimeRecord>>) -> Vec<RuntimeRecord> {
-    records
-        .into_iter()
-        .map(|r| Arc::unwrap_or_clone(r))
-        .collect()
+    records.into_iter().map(Arc::unwrap_or_clone).collect()
 }
 
 #[async_trait]
