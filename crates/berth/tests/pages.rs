@@ -379,3 +379,41 @@ async fn the_model_rebuilt_after_a_restart_equals_the_database() {
     assert_eq!(listed["runtimes"], Value::Array(direct));
     second.shutdown().await;
 }
+
+/// The cursors and the `next` of each list are in the OpenAPI document.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_describes_the_cursors() {
+    let server = TestServer::start().await;
+    let (status, doc) = server.get("/openapi.json").await;
+    assert_eq!(status, StatusCode::OK);
+    let params = |path: &str| -> Vec<String> {
+        doc["paths"][path]["get"]["parameters"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no parameters for {path}"))
+            .iter()
+            .map(|p| p["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    for (path, cursor) in [
+        ("/v1/runtimes", "after"),
+        ("/v1/operations", "before"),
+        ("/v1/events", "before"),
+        ("/v1/notifications", "before"),
+    ] {
+        let names = params(path);
+        assert!(names.contains(&"limit".to_string()), "{path}: {names:?}");
+        assert!(names.contains(&cursor.to_string()), "{path}: {names:?}");
+    }
+    for schema in [
+        "RuntimeList",
+        "OperationList",
+        "HealthEventList",
+        "NotificationList",
+    ] {
+        assert!(
+            doc["components"]["schemas"][schema]["properties"]["next"].is_object(),
+            "{schema} has no next"
+        );
+    }
+    server.shutdown().await;
+}
