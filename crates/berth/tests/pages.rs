@@ -417,3 +417,37 @@ async fn the_openapi_document_describes_the_cursors() {
     }
     server.shutdown().await;
 }
+
+/// `berth runtime ls` follows `next` (pages of 1,000) and shows every
+/// runtime once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_lists_every_runtime_page_by_page() {
+    let server = TestServer::start().await;
+    let mut ids = seed(&server, "c", 2_345).await;
+    ids.sort();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+            .arg("--api-url")
+            .arg(&server.base)
+            .args(args)
+            .env_remove("BERTH_API_TOKEN")
+            .output()
+            .expect("berth binary runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let json: Value = serde_json::from_str(&run(&["--output", "json", "runtime", "ls"])).unwrap();
+    assert_eq!(ids_of(&json, "runtimes"), ids);
+    assert!(json.get("next").is_none());
+    let table = run(&["runtime", "ls", "--status", "stopped"]);
+    assert_eq!(
+        table.lines().count(),
+        1 + ids.len(),
+        "a header and a line each"
+    );
+    server.shutdown().await;
+}
