@@ -53,6 +53,9 @@ pub struct ModelSnapshot {
     pub pins: HashMap<String, String>,
 }
 
+/// Records read from the database per query while loading.
+const LOAD_PAGE: u32 = 1_000;
+
 #[derive(Default)]
 struct Model {
     snapshot: ModelSnapshot,
@@ -87,24 +90,43 @@ impl ReadModelStore {
         self.read_model().snapshot.clone()
     }
 
-    /// Reads the database into the model from scratch.
+    /// Reads the database into the model from scratch, a keyset page at a
+    /// time: reading every row at once would hold all of them twice (rows
+    /// and records) at the peak. Writes wait meanwhile (callers hold the
+    /// write turn or run before any write), so the pages are one state.
     async fn reload(&self) -> Result<(), StoreError> {
-        let runtimes = self.inner.list_runtimes(&RuntimeFilter::default()).await?;
-        let pins = self.inner.list_pins().await?;
-        let snapshot = ModelSnapshot {
-            runtimes: runtimes
-                .into_iter()
-                .map(|r| (r.id.clone(), Arc::new(r)))
-                .collect(),
-            pins: pins
-                .into_iter()
-                .map(|p| (p.template, p.digest.to_string()))
-                .collect(),
-        };
+        let mut runtimes = BTreeMap::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = self
+                .inner
+                .list_runtimes_page(&RuntimePage {
+                    after: after.take(),
+                    limit: Some(LOAD_PAGE),
+                    ..RuntimePage::default()
+                })
+                .await?;
+            let full = page.len() == LOAD_PAGE as usize;
+            for rec in page {
+                after = Some(rec.id.clone());
+                runtimes.insert(rec.id.clone(), Arc::new(rec));
+            }
+            if !full {
+                break;
+            }
+        }
+        let pins = self
+            .inner
+            .list_pins()
+            .await?
+            .into_iter()
+            .map(|p| (p.template, p.digest.to_string()))
+            .collect();
         *self.write_model() = Model {
-            snapshot,
+            snapshot: ModelSnapshot { runtimes, pins },
             fresh: true,
         };
+        crate::heap::release_free_memory();
         Ok(())
     }
 
@@ -528,6 +550,23 @@ mod tests {
         assert_eq!(model.snapshot(), truth(&fake).await);
         assert_eq!(
             model.list_runtimes(&Default::default()).await.unwrap(),
+            fake.list_runtimes(&Default::default()).await.unwrap()
+        );
+    }
+
+    #[tokio::test]
+    async fn loads_more_records_than_one_load_page_holds() {
+        let fake = Arc::new(FakeStore::new());
+        seeded(&fake, 2 * LOAD_PAGE as usize + 17).await;
+        let model = ReadModelStore::load(fake.clone()).await.unwrap();
+        let loaded: Vec<RuntimeRecord> = model
+            .snapshot()
+            .runtimes
+            .into_values()
+            .map(Arc::unwrap_or_clone)
+            .collect();
+        assert_eq!(
+            loaded,
             fake.list_runtimes(&Default::default()).await.unwrap()
         );
     }
