@@ -1,6 +1,12 @@
-//! The real `berth serve` binary with 10,000 runtime records (SQLite):
-//! - `GET /v1/runtimes` latency, p50/p99 over 200 requests (target p99 ≤ 50 ms);
-//! - resident memory of the idle process (target ≤ 60 MB).
+//! The real `berth serve` binary on SQLite with 10,000 and then 100,000
+//! runtime records (written before it starts):
+//! - resident memory of the idle process (targets ≤ 60 MB / ≤ 150 MB);
+//! - `GET /v1/runtimes`, the whole list of 10,000 (target p99 ≤ 50 ms);
+//! - `GET /v1/runtimes?limit=500&after=<id>` at random places, 10,000
+//!   records (target p99 ≤ 5 ms) and 100,000 records (target p99 ≤ 10 ms).
+//!
+//! Also, in process: the JSON encoding of 10,000 records alone, to know
+//! its share of a whole list.
 //!
 //! `bash scripts/bench.sh api_scale`; under `cargo test` it runs a smoke size.
 
@@ -8,10 +14,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use berth::adapters::store::sqlite::SqliteStore;
-use berth::ports::{RuntimeStore, Store};
-use berth_core::operation::{Operation, OperationKind, Source};
+use berth::http::dto::{RuntimeList, RuntimeView};
 use berth_core::runtime::RuntimeRecord;
 use berth_core::status::RuntimeStatus;
+use sqlx::{Connection, Executor};
 
 struct Reaped(Child);
 
@@ -31,48 +37,99 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-#[tokio::main]
-async fn main() {
-    let benching = std::env::args().any(|a| a == "--bench");
-    let (n, requests) = if benching { (10_000, 200) } else { (200, 5) };
-    let data = tempfile::tempdir().unwrap();
-    {
-        let store = SqliteStore::open(&data.path().join("berth.db"))
-            .await
-            .unwrap();
-        for i in 0..n {
-            let mut rec = RuntimeRecord::new(
-                &format!("rt-{i:05}"),
-                &format!("t{}", i % 5),
-                Default::default(),
-                1_000 + i as i64,
-            );
-            rec.status = RuntimeStatus::Stopped;
-            rec.image_ref = Some("registry.example/acme/engine:latest".into());
-            rec.image_digest = Some(format!("sha256:{:064x}", i));
-            rec.engine_endpoint = Some(format!("http://t-rt-{i:05}:8080"));
-            rec.generation = 1;
-            let mut op =
-                Operation::begin(format!("op-{i}"), OperationKind::Start, Source::Api, 1_000)
-                    .for_runtime(&rec.id, &rec.template);
-            op.succeed(1_000);
-            store.record(Some(&rec), &op).await.unwrap();
-        }
-        // The store's share of a list: read and decode every record.
-        let mut reads = Vec::new();
-        for _ in 0..if benching { 20 } else { 2 } {
-            let t0 = Instant::now();
-            let all = store.list_runtimes(&Default::default()).await.unwrap();
-            reads.push(t0.elapsed());
-            assert_eq!(all.len(), n);
-        }
-        reads.sort();
-        println!(
-            "  store list_runtimes of {n} records (in process): median {:.1} ms",
-            reads[reads.len() / 2].as_secs_f64() * 1e3
-        );
-        store.close().await;
+fn id(i: usize) -> String {
+    format!("rt-{i:06}")
+}
+
+fn record(i: usize) -> RuntimeRecord {
+    let mut rec = RuntimeRecord::new(
+        &id(i),
+        &format!("t{}", i % 5),
+        Default::default(),
+        1_000 + i as i64,
+    );
+    rec.status = RuntimeStatus::Stopped;
+    rec.image_ref = Some("registry.example/acme/engine:latest".into());
+    rec.image_digest = Some(format!("sha256:{i:064x}"));
+    rec.engine_endpoint = Some(format!("http://t-{}:8080", id(i)));
+    rec.generation = 1;
+    rec
+}
+
+/// Creates the schema through the store, then writes `n` records in one
+/// transaction (one commit each would take minutes for 100,000).
+async fn seed(file: &std::path::Path, n: usize) {
+    SqliteStore::open(file).await.unwrap().close().await;
+    let mut conn = sqlx::sqlite::SqliteConnection::connect(&format!("sqlite://{}", file.display()))
+        .await
+        .unwrap();
+    conn.execute("BEGIN").await.unwrap();
+    for i in 0..n {
+        let r = record(i);
+        sqlx::query(
+            "INSERT INTO runtimes (id, template, status, container_id, image_ref, image_digest, \
+             engine_endpoint, generation, env, created_at_ms, updated_at_ms, last_error_code, \
+             last_error_message, run_id) \
+             VALUES ($1, $2, $3, NULL, $4, $5, $6, $7, '{}', $8, $8, NULL, NULL, NULL)",
+        )
+        .bind(&r.id)
+        .bind(&r.template)
+        .bind(r.status.as_str())
+        .bind(&r.image_ref)
+        .bind(&r.image_digest)
+        .bind(&r.engine_endpoint)
+        .bind(r.generation)
+        .bind(r.created_at_ms)
+        .execute(&mut conn)
+        .await
+        .unwrap();
     }
+    conn.execute("COMMIT").await.unwrap();
+    conn.close().await.unwrap();
+}
+
+fn pct(times: &mut [Duration], p: f64) -> f64 {
+    times.sort();
+    times[((times.len() as f64 - 1.0) * p).round() as usize].as_secs_f64() * 1e3
+}
+
+/// A tiny xorshift: the pages' places, the same in every run.
+struct Places(u64);
+
+impl Places {
+    fn next(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % n as u64) as usize
+    }
+}
+
+struct Server {
+    child: Reaped,
+    base: String,
+    owner: String,
+    _data: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.0.kill();
+        let _ = self.child.0.wait();
+        let _ = Command::new("docker")
+            .args(["network", "rm", &self.owner])
+            .output();
+    }
+}
+
+async fn serve(n: usize, http: &reqwest::Client) -> Server {
+    let data = tempfile::tempdir().unwrap();
+    let t0 = Instant::now();
+    seed(&data.path().join("berth.db"), n).await;
+    println!(
+        "  ({n} records written in {:.1} s)",
+        t0.elapsed().as_secs_f64()
+    );
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -107,61 +164,120 @@ async fn main() {
             .expect("berth binary"),
     );
     let base = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::new();
-    for _ in 0..300 {
+    let t0 = Instant::now();
+    for _ in 0..600 {
         if http.get(format!("{base}/healthz")).send().await.is_ok() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    println!("  (boot to /healthz: {:.2} s)", t0.elapsed().as_secs_f64());
+    Server {
+        child,
+        base,
+        owner,
+        _data: data,
+    }
+}
+
+async fn get(http: &reqwest::Client, url: &str) -> (Duration, Vec<u8>) {
+    let t0 = Instant::now();
+    let resp = http.get(url).send().await.unwrap();
+    assert!(resp.status().is_success(), "{url}: {}", resp.status());
+    let body = resp.bytes().await.unwrap();
+    let elapsed = t0.elapsed();
+    (elapsed, body.to_vec())
+}
+
+/// `requests` pages of 500 at random places; returns p50 and p99 in ms.
+async fn pages(http: &reqwest::Client, server: &Server, n: usize, requests: usize) -> (f64, f64) {
+    let mut places = Places(0x9E37_79B9_7F4A_7C15);
+    let mut times = Vec::new();
+    for _ in 0..requests {
+        let after = id(places.next(n));
+        let (t, body) = get(
+            http,
+            &format!("{}/v1/runtimes?limit=500&after={after}", server.base),
+        )
+        .await;
+        times.push(t);
+        let page: RuntimeList = serde_json::from_slice(&body).unwrap();
+        assert!(page.runtimes.len() <= 500);
+        assert_eq!(page.next.is_some(), page.runtimes.len() == 500);
+    }
+    (pct(&mut times, 0.5), pct(&mut times, 0.99))
+}
+
+#[tokio::main]
+async fn main() {
+    let benching = std::env::args().any(|a| a == "--bench");
+    let (small, large, whole_requests, page_requests) = if benching {
+        (10_000, 100_000, 200, 1_000)
+    } else {
+        (200, 1_000, 5, 20)
+    };
+    let http = reqwest::Client::new();
+
+    // The encoder's share of a whole list, in process.
+    let views: Vec<RuntimeView> = (0..small).map(|i| RuntimeView::from(record(i))).collect();
+    let mut encodes = Vec::new();
+    for _ in 0..20 {
+        let t0 = Instant::now();
+        let bytes = serde_json::to_vec(&views).unwrap();
+        encodes.push(t0.elapsed());
+        assert!(!bytes.is_empty());
+    }
+    println!(
+        "JSON encoding of {small} runtime views (in process): median {:.1} ms",
+        pct(&mut encodes, 0.5)
+    );
+
+    println!("berth serve (SQLite) with {small} runtime records");
+    let server = serve(small, &http).await;
     // Idle: let the boot reconcile pass and the first events settle.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let idle_rss = rss_kib(child.0.id());
-
+    let idle_small = rss_kib(server.child.0.id());
     let mut times = Vec::new();
     let mut bytes = 0;
-    for _ in 0..requests {
-        let t0 = Instant::now();
-        let body = http
-            .get(format!("{base}/v1/runtimes"))
-            .send()
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap();
-        times.push(t0.elapsed());
+    for _ in 0..whole_requests {
+        let (t, body) = get(&http, &format!("{}/v1/runtimes", server.base)).await;
+        times.push(t);
         bytes = body.len();
     }
-    let listed: serde_json::Value = serde_json::from_slice(
-        &http
-            .get(format!("{base}/v1/runtimes"))
-            .send()
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap(),
-    )
-    .unwrap();
-    assert_eq!(listed["runtimes"].as_array().unwrap().len(), n);
-    let busy_rss = rss_kib(child.0.id());
-    times.sort();
-    let pct = |p: f64| times[((times.len() as f64 - 1.0) * p).round() as usize].as_secs_f64() * 1e3;
-    println!("berth serve (SQLite) with {n} runtime records");
+    let (_, body) = get(&http, &format!("{}/v1/runtimes", server.base)).await;
+    let listed: RuntimeList = serde_json::from_slice(&body).unwrap();
+    assert_eq!(listed.runtimes.len(), small);
+    assert!(listed.next.is_none());
     println!(
-        "  GET /v1/runtimes ({:.1} MB of JSON), {requests} requests: p50 {:.1} ms, p99 {:.1} ms (target p99 ≤ 50 ms)",
+        "  GET /v1/runtimes, all ({:.1} MB of JSON), {whole_requests} requests: p50 {:.1} ms, p99 {:.1} ms (target p99 ≤ 50 ms)",
         bytes as f64 / 1e6,
-        pct(0.5),
-        pct(0.99)
+        pct(&mut times, 0.5),
+        pct(&mut times, 0.99)
     );
+    let (p50, p99) = pages(&http, &server, small, page_requests).await;
+    println!(
+        "  GET /v1/runtimes?limit=500&after=…, {page_requests} requests: p50 {p50:.2} ms, p99 {p99:.2} ms (target p99 ≤ 5 ms)"
+    );
+    let busy_small = rss_kib(server.child.0.id());
     println!(
         "  resident memory: idle {:.1} MB (target ≤ 60 MB), after the requests {:.1} MB",
-        idle_rss as f64 / 1024.0,
-        busy_rss as f64 / 1024.0
+        idle_small as f64 / 1024.0,
+        busy_small as f64 / 1024.0
     );
-    drop(child);
-    let _ = Command::new("docker")
-        .args(["network", "rm", &owner])
-        .output();
+    drop(server);
+
+    println!("berth serve (SQLite) with {large} runtime records");
+    let server = serve(large, &http).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let idle_large = rss_kib(server.child.0.id());
+    let (p50, p99) = pages(&http, &server, large, page_requests).await;
+    println!(
+        "  GET /v1/runtimes?limit=500&after=…, {page_requests} requests: p50 {p50:.2} ms, p99 {p99:.2} ms (target p99 ≤ 10 ms)"
+    );
+    let busy_large = rss_kib(server.child.0.id());
+    println!(
+        "  resident memory: idle {:.1} MB (target ≤ 150 MB), after the requests {:.1} MB",
+        idle_large as f64 / 1024.0,
+        busy_large as f64 / 1024.0
+    );
 }

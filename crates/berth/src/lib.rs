@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod fakes;
+pub mod heap;
 pub mod http;
 pub mod metrics;
 pub mod ports;

@@ -20,8 +20,8 @@ use berth::fakes::FakeStore;
 use berth::ports::store::{
     Change, EventFilter, Observation, OperationFilter, OutboxMessage, OutboxRow, OutboxStore,
     PinChange, PluginChange, PluginRecord, PluginUpdate, PluginUpdateFilter, RejectionChange,
-    RolloutChange, RolloutRow, RolloutStore, RolloutTarget, RuntimeFilter, Store, StoreError,
-    TemplateStore, WatchStore,
+    RolloutChange, RolloutRow, RolloutStore, RolloutTarget, RuntimeFilter, RuntimePage, Store,
+    StoreError, TemplateStore, WatchStore,
 };
 use berth::ports::store::{NewWebhookDelivery, WebhookDelivery};
 use berth::template_doc::TemplateDoc;
@@ -154,6 +154,23 @@ where
     Fut: Future<Output = ()>,
 {
     let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("data").join(store::DEFAULT_SQLITE_FILE);
+    let store = Arc::new(SqliteStore::open(&path).await.unwrap());
+    case(Ctx {
+        store,
+        backend: Backend::Sqlite(path),
+    })
+    .await;
+}
+
+/// What `berth serve` runs on SQLite: `store::connect` with no URL, the
+/// runtime read model over the SQLite adapter.
+async fn run_sqlite_model<F, Fut>(case: F)
+where
+    F: FnOnce(Ctx) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let dir = tempfile::tempdir().unwrap();
     // The default location: `<data_dir>/berth.db`, directories created.
     let data_dir = dir.path().join("data");
     let store = store::connect("", &data_dir).await.unwrap();
@@ -227,7 +244,8 @@ where
     }
 }
 
-/// `every backend`: cases run against SQLite, PostgreSQL and the fake.
+/// `every backend`: cases run against SQLite, PostgreSQL, the fake, and
+/// the runtime read model over SQLite (`sqlite_model`).
 /// `sql only`: cases that use the raw-SQL side door (`Ctx::exec`,
 /// `Ctx::text`), against SQLite and PostgreSQL.
 macro_rules! contract {
@@ -268,6 +286,14 @@ macro_rules! contract {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $case() {
                     crate::run_fake(crate::cases::$case).await
+                }
+            )+
+        }
+        mod sqlite_model {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    crate::run_sqlite_model(crate::cases::$case).await
                 }
             )+
         }
@@ -313,6 +339,9 @@ contract!(
         a_refused_commit_writes_no_webhook_delivery,
         webhook_prune_keeps_pending_rows_and_the_newest_delivered,
         webhook_seq_order_is_commit_order_per_webhook,
+        runtime_pages_by_keyset,
+        runtime_pages_cover_every_record_once_while_records_are_added,
+        log_pages_before_an_id,
     ],
     sql only: [
         corrupt_rows_are_reported,
@@ -611,6 +640,268 @@ async fn expect_corrupt<T: std::fmt::Debug>(result: Result<T, StoreError>, colum
 
 mod cases {
     use super::*;
+
+    pub async fn runtime_pages_by_keyset(ctx: Ctx) {
+        let s = ctx.store.as_ref();
+        // Ids whose byte order differs from most collations' order.
+        let all = ["a", "a-b", "a0", "a_b", "ab", "b1", "b10", "b2", "z"];
+        for (i, id) in all.iter().enumerate() {
+            let template = if i % 2 == 0 { "t1" } else { "t2" };
+            let status = if i % 3 == 0 {
+                RuntimeStatus::Running
+            } else {
+                RuntimeStatus::Stopped
+            };
+            let mut r = runtime(id, template, status, i as i64);
+            // Digest 0, none or 2 in turn; b10 is removed.
+            r.image_digest = (i % 3 != 1).then(|| digest((i % 3) as u8).to_string());
+            if *id == "b10" {
+                r.status = RuntimeStatus::Removed;
+            }
+            s.record(Some(&r), &op(&format!("o-{id}"), OperationKind::Start, 1))
+                .await
+                .unwrap();
+        }
+        let page = |p: RuntimePage| async move { s.list_runtimes_page(&p).await.unwrap() };
+        let whole = page(RuntimePage::default()).await;
+        assert_eq!(ids(&whole), all);
+        assert_eq!(
+            whole,
+            s.list_runtimes(&RuntimeFilter::default()).await.unwrap()
+        );
+
+        // Walk the pages of three.
+        let mut seen = Vec::new();
+        let mut after = None;
+        loop {
+            let p = page(RuntimePage {
+                after: after.clone(),
+                limit: Some(3),
+                ..Default::default()
+            })
+            .await;
+            assert!(p.len() <= 3);
+            if p.is_empty() {
+                break;
+            }
+            after = p.last().map(|r| r.id.clone());
+            seen.extend(p.into_iter().map(|r| r.id));
+        }
+        assert_eq!(seen, all);
+
+        // `after` need not name a record; filters combine with it.
+        let p = page(RuntimePage {
+            after: Some("a1".into()),
+            limit: Some(2),
+            ..Default::default()
+        })
+        .await;
+        assert_eq!(ids(&p), ["a_b", "ab"]);
+        let p = page(RuntimePage {
+            template: Some("t1".into()),
+            status: Some(RuntimeStatus::Stopped),
+            after: Some("a0".into()),
+            ..Default::default()
+        })
+        .await;
+        assert_eq!(ids(&p), ["ab", "z"]);
+        assert!(page(RuntimePage {
+            after: Some("z".into()),
+            ..Default::default()
+        })
+        .await
+        .is_empty());
+
+        // Stale: nothing before a pin; then the records of t1 whose digest
+        // is not the pin's (none counts), removed ones left out.
+        let stale = RuntimePage {
+            stale: true,
+            ..Default::default()
+        };
+        assert!(page(stale.clone()).await.is_empty());
+        let p1 = pin("t1", 0, 10);
+        promote(
+            s,
+            &p1,
+            &promote_entry(&p1, None),
+            &op("pin", OperationKind::PinPromote, 10),
+        )
+        .await;
+        // t1 holds a (digest 0), a0 (digest 2), ab (none), b10 (removed),
+        // z (digest 2).
+        assert_eq!(ids(&page(stale.clone()).await), ["a0", "ab", "z"]);
+        assert_eq!(
+            ids(&page(RuntimePage {
+                stale: true,
+                after: Some("a0".into()),
+                limit: Some(1),
+                ..Default::default()
+            })
+            .await),
+            ["ab"]
+        );
+        // A record brought to the pin is no longer stale.
+        let mut ab = s.get_runtime("ab").await.unwrap().unwrap();
+        ab.image_digest = Some(digest(0).to_string());
+        s.record(Some(&ab), &op("o-ab-up", OperationKind::Restart, 11))
+            .await
+            .unwrap();
+        assert_eq!(ids(&page(stale.clone()).await), ["a0", "z"]);
+    }
+
+    /// A reader walks pages of 7 while two writers add records (some
+    /// sorting before the reader's place, some after, some updating
+    /// records already listed): every record that existed before the walk
+    /// is listed exactly once, no id twice, in order.
+    pub async fn runtime_pages_cover_every_record_once_while_records_are_added(ctx: Ctx) {
+        let s = ctx.store.clone();
+        let before: Vec<String> = (0..60).map(|i| format!("r{:03}", i * 2)).collect();
+        for id in &before {
+            s.record(
+                Some(&runtime(id, "t", RuntimeStatus::Running, 1)),
+                &op(&format!("o-{id}"), OperationKind::Start, 1),
+            )
+            .await
+            .unwrap();
+        }
+        let writers: Vec<_> = (0..2)
+            .map(|w| {
+                let s = s.clone();
+                tokio::spawn(async move {
+                    for i in 0..30 {
+                        // New odd ids all over the range, and updates of
+                        // existing ones.
+                        let id = format!("r{:03}", (i * 4 + w * 2) + 1);
+                        s.record(
+                            Some(&runtime(&id, "t", RuntimeStatus::Running, 2)),
+                            &op(&format!("o-new-{id}"), OperationKind::Start, 2),
+                        )
+                        .await
+                        .unwrap();
+                        let old = format!("r{:03}", (i * 4 + w * 2) % 120);
+                        s.record(
+                            Some(&runtime(&old, "t", RuntimeStatus::Stopped, 3)),
+                            &op(&format!("o-upd-{w}-{i}"), OperationKind::Stop, 3),
+                        )
+                        .await
+                        .unwrap();
+                        tokio::task::yield_now().await;
+                    }
+                })
+            })
+            .collect();
+        let mut seen: Vec<String> = Vec::new();
+        let mut after = None;
+        loop {
+            let p = s
+                .list_runtimes_page(&RuntimePage {
+                    after: after.clone(),
+                    limit: Some(7),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            if p.is_empty() {
+                break;
+            }
+            after = p.last().map(|r| r.id.clone());
+            seen.extend(p.into_iter().map(|r| r.id));
+            tokio::task::yield_now().await;
+        }
+        for w in writers {
+            w.await.unwrap();
+        }
+        let mut sorted = seen.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted, seen, "pages listed an id twice or out of order");
+        for id in &before {
+            assert!(seen.contains(id), "{id} was never listed");
+        }
+    }
+
+    pub async fn log_pages_before_an_id(ctx: Ctx) {
+        let s = ctx.store.as_ref();
+        for i in 0..7 {
+            let rt = if i % 2 == 0 { "r1" } else { "r2" };
+            s.commit(&Change {
+                operation: Some(
+                    &op(&format!("op{i}"), OperationKind::Start, i).for_runtime(rt, "t"),
+                ),
+                health_events: &[health_event(
+                    &format!("ev{i}"),
+                    rt,
+                    HealthEventType::ContainerExited,
+                    None,
+                    i,
+                )],
+                notifications: &[notification(&format!("n{i}"), "runtime.exited", i)],
+                ..Change::default()
+            })
+            .await
+            .unwrap();
+        }
+        // An update of an operation keeps its place in the log.
+        s.commit(&Change {
+            operation: Some(&done(
+                op("op2", OperationKind::Start, 2).for_runtime("r1", "t"),
+                100,
+            )),
+            ..Change::default()
+        })
+        .await
+        .unwrap();
+        let ops = |runtime_id: Option<&str>, limit: u32, before: Option<&'static str>| {
+            let filter = OperationFilter {
+                runtime_id: runtime_id.map(str::to_string),
+                kind: None,
+                limit,
+            };
+            async move {
+                op_ids(&s.list_operations_before(&filter, before).await.unwrap())
+                    .into_iter()
+                    .map(str::to_string)
+                    .collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(ops(None, 3, None).await, ["op6", "op5", "op4"]);
+        assert_eq!(ops(None, 3, Some("op4")).await, ["op3", "op2", "op1"]);
+        assert_eq!(ops(None, 3, Some("op1")).await, ["op0"]);
+        assert!(ops(None, 3, Some("op0")).await.is_empty());
+        assert!(ops(None, 3, Some("no-such-op")).await.is_empty());
+        // The cursor may be an entry the filter leaves out.
+        assert_eq!(
+            ops(Some("r1"), 10, Some("op5")).await,
+            ["op4", "op2", "op0"]
+        );
+
+        let evs = |before: Option<&'static str>| async move {
+            event_ids(
+                &s.list_health_events_before(&events(Some("r2"), None, 2), before)
+                    .await
+                    .unwrap(),
+            )
+            .into_iter()
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+        };
+        assert_eq!(evs(None).await, ["ev5", "ev3"]);
+        assert_eq!(evs(Some("ev3")).await, ["ev1"]);
+        assert!(evs(Some("nope")).await.is_empty());
+
+        let notes = |limit: u32, before: Option<&'static str>| async move {
+            s.list_notifications_before(limit, before)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|n| n.id)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(notes(2, None).await, ["n6", "n5"]);
+        assert_eq!(notes(4, Some("n5")).await, ["n4", "n3", "n2", "n1"]);
+        assert!(notes(4, Some("n0")).await.is_empty());
+        assert!(notes(4, Some("n-unknown")).await.is_empty());
+    }
 
     fn plugin(runtime: &str, name: &str, sha: Option<&str>) -> PluginRecord {
         PluginRecord {

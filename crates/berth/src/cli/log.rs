@@ -166,6 +166,7 @@ mod tests {
         };
         let text = operation_table(&OperationList {
             operations: vec![failed, promoted],
+            next: None,
         });
         assert_eq!(
             text,

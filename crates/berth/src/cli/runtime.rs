@@ -99,7 +99,12 @@ pub(super) async fn runtime(ctx: &Ctx, command: RuntimeCommand) -> Result<(), Cl
             if stale {
                 query.push(("stale", "true".to_string()));
             }
-            let answer = ctx.client.get(&["v1", "runtimes"], &query).await?;
+            let list = list_all(ctx, query).await?;
+            let answer = super::client::Answer {
+                status: StatusCode::OK,
+                body: serde_json::to_string(&list)
+                    .map_err(|e| CliError::Other(format!("cannot encode the list: {e}")))?,
+            };
             show(ctx, &answer, |list: RuntimeList| runtime_table(&list))
         }
         RuntimeCommand::Show { id } => {
@@ -128,6 +133,37 @@ pub(super) async fn runtime(ctx: &Ctx, command: RuntimeCommand) -> Result<(), Cl
         RuntimeCommand::Rm { id } => {
             let answer = ctx.client.delete(&["v1", "runtimes", &id], &[]).await?;
             show(ctx, &answer, |r: RuntimeView| runtime_fields(&r))
+        }
+    }
+}
+
+/// Runtimes asked for a page at a time.
+const LIST_PAGE: u32 = 1_000;
+
+/// Every runtime of `query`, following the API's `next` page by page, so
+/// that no single answer has to hold a large fleet.
+async fn list_all(ctx: &Ctx, query: Vec<(&str, String)>) -> Result<RuntimeList, CliError> {
+    let mut all = RuntimeList {
+        runtimes: Vec::new(),
+        next: None,
+    };
+    let mut after: Option<String> = None;
+    loop {
+        let mut page_query = query.clone();
+        page_query.push(("limit", LIST_PAGE.to_string()));
+        if let Some(a) = &after {
+            page_query.push(("after", a.clone()));
+        }
+        let page: RuntimeList = ctx
+            .client
+            .get(&["v1", "runtimes"], &page_query)
+            .await?
+            .decode()?;
+        all.runtimes.extend(page.runtimes);
+        match page.next {
+            // A cursor that does not move would loop for ever.
+            Some(next) if after.as_deref() != Some(next.as_str()) => after = Some(next),
+            _ => return Ok(all),
         }
     }
 }
@@ -220,6 +256,7 @@ mod tests {
         stopped.engine_endpoint = None;
         let text = runtime_table(&RuntimeList {
             runtimes: vec![runtime_view(), stopped],
+            next: None,
         });
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(

@@ -22,8 +22,8 @@ use berth_core::template::Template;
 use crate::ports::store::{
     Change, EventFilter, EventStore, Observation, OperationFilter, OutboxMessage, OutboxRow,
     OutboxStore, PluginChange, PluginRecord, PluginStore, PluginUpdate, PluginUpdateFilter,
-    RejectionChange, RolloutRow, RolloutStore, RolloutTarget, RuntimeFilter, RuntimeStore, Store,
-    StoreError, TemplateStore, WatchStore, WebhookDelivery, WebhookStore,
+    RejectionChange, RolloutRow, RolloutStore, RolloutTarget, RuntimeFilter, RuntimePage,
+    RuntimeStore, Store, StoreError, TemplateStore, WatchStore, WebhookDelivery, WebhookStore,
 };
 
 /// What every call returns once an injected crash has "killed the process".
@@ -319,6 +319,25 @@ fn newest_first<T: Clone>(rows: &[T], limit: u32, keep: impl Fn(&T) -> bool) -> 
         .collect()
 }
 
+/// [`newest_first`] of the rows written before the one `id_of` names
+/// `before`; nothing when no row has that id.
+fn newest_first_before<T: Clone>(
+    rows: &[T],
+    limit: u32,
+    before: Option<&str>,
+    id_of: impl Fn(&T) -> &str,
+    keep: impl Fn(&T) -> bool,
+) -> Vec<T> {
+    let end = match before {
+        None => rows.len(),
+        Some(b) => match rows.iter().position(|r| id_of(r) == b) {
+            Some(i) => i,
+            None => return Vec::new(),
+        },
+    };
+    newest_first(&rows[..end], limit, keep)
+}
+
 impl FakeStore {
     pub fn new() -> Self {
         FakeStore::default()
@@ -536,18 +555,48 @@ impl RuntimeStore for FakeStore {
         })
     }
 
-    async fn list_operations(
+    async fn list_runtimes_page(
+        &self,
+        page: &RuntimePage,
+    ) -> Result<Vec<RuntimeRecord>, StoreError> {
+        use std::ops::Bound;
+        self.read(|d| {
+            let from = match &page.after {
+                Some(a) => Bound::Excluded(a.clone()),
+                None => Bound::Unbounded,
+            };
+            d.runtimes
+                .range((from, Bound::Unbounded))
+                .map(|(_, r)| r)
+                .filter(|r| {
+                    let pin = d.pins.get(&r.template).map(|p| p.digest.to_string());
+                    page.keeps(r, pin.as_deref())
+                })
+                .take(page.limit.map_or(usize::MAX, |l| l as usize))
+                .cloned()
+                .collect()
+        })
+    }
+
+    async fn list_operations_before(
         &self,
         filter: &OperationFilter,
+        before: Option<&str>,
     ) -> Result<Vec<Operation>, StoreError> {
         self.read(|d| {
-            newest_first(&d.operations, filter.limit, |o| {
-                filter
-                    .runtime_id
-                    .as_ref()
-                    .is_none_or(|r| o.runtime_id.as_ref() == Some(r))
-                    && filter.kind.is_none_or(|k| o.kind == k)
-            })
+            newest_first_before(
+                &d.operations,
+                filter.limit,
+                before,
+                |o| &o.id,
+                |o| {
+                    filter
+                        .runtime_id
+                        .as_ref()
+                        .is_none_or(|r| o.runtime_id.as_ref() == Some(r))
+                        && filter.kind.is_none_or(|k| o.kind == k)
+                },
+            )
         })
     }
 
@@ -579,18 +628,25 @@ impl RuntimeStore for FakeStore {
 
 #[async_trait]
 impl EventStore for FakeStore {
-    async fn list_health_events(
+    async fn list_health_events_before(
         &self,
         filter: &EventFilter,
+        before: Option<&str>,
     ) -> Result<Vec<HealthEvent>, StoreError> {
         self.read(|d| {
-            newest_first(&d.health_events, filter.limit, |e| {
-                filter
-                    .runtime_id
-                    .as_ref()
-                    .is_none_or(|r| e.runtime_id == *r)
-                    && filter.event_type.is_none_or(|t| e.event_type == t)
-            })
+            newest_first_before(
+                &d.health_events,
+                filter.limit,
+                before,
+                |e| &e.id,
+                |e| {
+                    filter
+                        .runtime_id
+                        .as_ref()
+                        .is_none_or(|r| e.runtime_id == *r)
+                        && filter.event_type.is_none_or(|t| e.event_type == t)
+                },
+            )
         })
     }
 
@@ -609,8 +665,12 @@ impl EventStore for FakeStore {
         })
     }
 
-    async fn list_notifications(&self, limit: u32) -> Result<Vec<Notification>, StoreError> {
-        self.read(|d| newest_first(&d.notifications, limit, |_| true))
+    async fn list_notifications_before(
+        &self,
+        limit: u32,
+        before: Option<&str>,
+    ) -> Result<Vec<Notification>, StoreError> {
+        self.read(|d| newest_first_before(&d.notifications, limit, before, |n| &n.id, |_| true))
     }
 }
 

@@ -155,6 +155,10 @@ impl From<RuntimeRecord> for RuntimeView {
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct RuntimeList {
     pub runtimes: Vec<RuntimeView>,
+    /// Present when more runtimes follow: pass it as `after` for the next
+    /// page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -195,6 +199,10 @@ impl From<Operation> for OperationView {
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct OperationList {
     pub operations: Vec<OperationView>,
+    /// Present when older operations follow: pass it as `before` for the
+    /// next page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize, IntoParams)]
@@ -204,6 +212,12 @@ pub struct RuntimeQuery {
     pub status: Option<String>,
     /// Only runtimes whose running digest differs from their template's pin.
     pub stale: Option<bool>,
+    /// Page size, 1 to 10000; without it, every runtime in one answer.
+    #[param(minimum = 1, maximum = 10000)]
+    pub limit: Option<u32>,
+    /// Keyset cursor: only runtimes whose id sorts after this one (byte
+    /// order). Pass the `next` of the previous answer.
+    pub after: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize, IntoParams)]
@@ -212,7 +226,13 @@ pub struct OperationQuery {
     pub runtime: Option<String>,
     pub kind: Option<String>,
     /// 1 to 1000; default 100.
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
+    /// Cursor: only operations written before the one with this id (by
+    /// their place in the log, which an update of an operation keeps). Pass
+    /// the `next` of the previous answer; an id that names no operation
+    /// answers an empty list.
+    pub before: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize, IntoParams)]
@@ -257,6 +277,10 @@ impl From<berth_core::event::HealthEvent> for HealthEventView {
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct HealthEventList {
     pub events: Vec<HealthEventView>,
+    /// Present when older events follow: pass it as `before` for the next
+    /// page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -283,6 +307,10 @@ impl From<berth_core::event::Notification> for NotificationView {
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct NotificationList {
     pub notifications: Vec<NotificationView>,
+    /// Present when older notifications follow: pass it as `before` for
+    /// the next page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize, IntoParams)]
@@ -292,7 +320,24 @@ pub struct EventQuery {
     #[serde(rename = "type")]
     pub event_type: Option<String>,
     /// 1 to 1000; default 100.
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
+    /// Cursor: only events written before the one with this id. Pass the
+    /// `next` of the previous answer; an id that names no event answers an
+    /// empty list.
+    pub before: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct NotificationQuery {
+    /// 1 to 1000; default 100.
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<u32>,
+    /// Cursor: only notifications written before the one with this id.
+    /// Pass the `next` of the previous answer; an id that names no
+    /// notification answers an empty list.
+    pub before: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]

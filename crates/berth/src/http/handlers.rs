@@ -159,10 +159,13 @@ pub async fn list_runtimes(
             template: q.template,
             status: q.status,
             stale: q.stale.unwrap_or(false),
+            limit: q.limit,
+            after: q.after,
         })
         .await?;
     Ok(Json(RuntimeList {
-        runtimes: runtimes.into_iter().map(Into::into).collect(),
+        runtimes: runtimes.items.into_iter().map(Into::into).collect(),
+        next: runtimes.next,
     }))
 }
 
@@ -292,10 +295,16 @@ pub async fn list_operations(
     let ops = state
         .services
         .operations
-        .list(q.runtime.as_deref(), q.kind.as_deref(), q.limit)
+        .list(
+            q.runtime.as_deref(),
+            q.kind.as_deref(),
+            q.limit,
+            q.before.as_deref(),
+        )
         .await?;
     Ok(Json(OperationList {
-        operations: ops.into_iter().map(Into::into).collect(),
+        operations: ops.items.into_iter().map(Into::into).collect(),
+        next: ops.next,
     }))
 }
 
@@ -308,22 +317,33 @@ pub async fn list_events(
     let events = state
         .services
         .operations
-        .health_events(q.runtime.as_deref(), q.event_type.as_deref(), q.limit)
+        .health_events(
+            q.runtime.as_deref(),
+            q.event_type.as_deref(),
+            q.limit,
+            q.before.as_deref(),
+        )
         .await?;
     Ok(Json(HealthEventList {
-        events: events.into_iter().map(Into::into).collect(),
+        events: events.items.into_iter().map(Into::into).collect(),
+        next: events.next,
     }))
 }
 
-#[utoipa::path(get, path = "/v1/notifications", tag = "events", params(LimitQuery),
+#[utoipa::path(get, path = "/v1/notifications", tag = "events", params(NotificationQuery),
     responses((status = 200, body = NotificationList), (status = 400, body = ErrorBody)))]
 pub async fn list_notifications(
     State(state): State<AppState>,
-    ApiQuery(q): ApiQuery<LimitQuery>,
+    ApiQuery(q): ApiQuery<NotificationQuery>,
 ) -> ApiResult<Json<NotificationList>> {
-    let notifications = state.services.operations.notifications(q.limit).await?;
+    let notifications = state
+        .services
+        .operations
+        .notifications(q.limit, q.before.as_deref())
+        .await?;
     Ok(Json(NotificationList {
-        notifications: notifications.into_iter().map(Into::into).collect(),
+        notifications: notifications.items.into_iter().map(Into::into).collect(),
+        next: notifications.next,
     }))
 }
 

@@ -19,6 +19,6 @@ pub use registry::{Registry, RegistryError};
 pub use state_fs::{write_durable, StateFs, StateFsError, StateLock};
 pub use store::{
     EventStore, OperationFilter, OutboxStore, PluginStore, RolloutStore, RuntimeFilter,
-    RuntimeStore, Store, StoreError, TemplateStore, WatchStore, WebhookStore,
+    RuntimePage, RuntimeStore, Store, StoreError, TemplateStore, WatchStore, WebhookStore,
 };
 pub use webhook::{WebhookError, WebhookRequest, WebhookSender};

@@ -40,6 +40,35 @@ pub struct RuntimeFilter {
     pub status: Option<RuntimeStatus>,
 }
 
+/// One keyset page of runtime records, sorted by id (see
+/// [`RuntimeStore::list_runtimes_page`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RuntimePage {
+    pub template: Option<String>,
+    pub status: Option<RuntimeStatus>,
+    /// Only records that are not `removed`, whose template has a pin, and
+    /// whose `image_digest` is not that pin's digest (none counts as stale).
+    pub stale: bool,
+    /// Only ids greater than this one (byte order), whether or not a record
+    /// has it.
+    pub after: Option<String>,
+    /// At most this many; `None` for all.
+    pub limit: Option<u32>,
+}
+
+impl RuntimePage {
+    /// Whether `rec` belongs in the page's filter (not `after`/`limit`),
+    /// given the digest pinned for its template. The one definition of the
+    /// filter for every store that filters in memory.
+    pub fn keeps(&self, rec: &RuntimeRecord, pin: Option<&str>) -> bool {
+        self.template.as_ref().is_none_or(|t| rec.template == *t)
+            && self.status.is_none_or(|s| rec.status == s)
+            && (!self.stale
+                || (rec.status != RuntimeStatus::Removed
+                    && pin.is_some_and(|p| rec.image_digest.as_deref() != Some(p))))
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OperationFilter {
     pub runtime_id: Option<String>,
@@ -345,9 +374,28 @@ pub trait RuntimeStore: Send + Sync + 'static {
     /// Sorted by id.
     async fn list_runtimes(&self, filter: &RuntimeFilter)
         -> Result<Vec<RuntimeRecord>, StoreError>;
+    /// Up to `page.limit` records of the page's filter with ids above
+    /// `page.after`, sorted by id: keyset paging that stays correct while
+    /// records are added (each id is listed once, in its place).
+    async fn list_runtimes_page(
+        &self,
+        page: &RuntimePage,
+    ) -> Result<Vec<RuntimeRecord>, StoreError>;
     /// Newest first.
-    async fn list_operations(&self, filter: &OperationFilter)
-        -> Result<Vec<Operation>, StoreError>;
+    async fn list_operations(
+        &self,
+        filter: &OperationFilter,
+    ) -> Result<Vec<Operation>, StoreError> {
+        self.list_operations_before(filter, None).await
+    }
+    /// Newest first, only operations written before the one with id
+    /// `before` (by their place in the log, which an update keeps); an id
+    /// that names no operation lists nothing.
+    async fn list_operations_before(
+        &self,
+        filter: &OperationFilter,
+        before: Option<&str>,
+    ) -> Result<Vec<Operation>, StoreError>;
     /// Crash recovery at boot: every operation still `in_progress` becomes a
     /// failure with `code`/`message`; returns the operations it changed.
     async fn fail_in_progress_operations(
@@ -367,6 +415,15 @@ pub trait EventStore: Send + Sync + 'static {
     async fn list_health_events(
         &self,
         filter: &EventFilter,
+    ) -> Result<Vec<HealthEvent>, StoreError> {
+        self.list_health_events_before(filter, None).await
+    }
+    /// [`EventStore::list_health_events`] of only the events written before
+    /// the one with id `before`; an id that names no event lists nothing.
+    async fn list_health_events_before(
+        &self,
+        filter: &EventFilter,
+        before: Option<&str>,
     ) -> Result<Vec<HealthEvent>, StoreError>;
     /// Whether an event of `event_type` is stored for this runtime and
     /// container. A read only: a caller that writes the event when this
@@ -378,7 +435,16 @@ pub trait EventStore: Send + Sync + 'static {
         event_type: HealthEventType,
     ) -> Result<bool, StoreError>;
     /// Newest first (order of writing), at most `limit`.
-    async fn list_notifications(&self, limit: u32) -> Result<Vec<Notification>, StoreError>;
+    async fn list_notifications(&self, limit: u32) -> Result<Vec<Notification>, StoreError> {
+        self.list_notifications_before(limit, None).await
+    }
+    /// [`EventStore::list_notifications`] of only the notifications written
+    /// before the one with id `before`; an id that names none lists nothing.
+    async fn list_notifications_before(
+        &self,
+        limit: u32,
+        before: Option<&str>,
+    ) -> Result<Vec<Notification>, StoreError>;
 }
 
 /// The transactional outbox (written through [`Store::commit`]).

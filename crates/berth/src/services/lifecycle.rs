@@ -5,7 +5,7 @@
 //! the outcome. A failure leaves no stray container and no running record,
 //! and is in the log with a stable code.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,7 +28,7 @@ use super::locks::KeyedLocks;
 use super::{Caller, Context, Effects};
 use crate::error::{Error, Result};
 use crate::ports::engine::ProgressFn;
-use crate::ports::{EngineError, PullProgress, RuntimeFilter};
+use crate::ports::{EngineError, PullProgress, RuntimePage};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StartRequest {
@@ -59,7 +59,14 @@ pub struct ListQuery {
     pub status: Option<String>,
     /// Only runtimes whose running digest is not their template's pin.
     pub stale: bool,
+    /// At most this many (1 to [`MAX_PAGE`]); all when `None`.
+    pub limit: Option<u32>,
+    /// Only ids after this one: the `next` of the previous page.
+    pub after: Option<String>,
 }
+
+/// The largest page of `GET /v1/runtimes`.
+pub const MAX_PAGE: u32 = 10_000;
 
 pub struct LifecycleService {
     ctx: Arc<Context>,
@@ -154,7 +161,9 @@ impl LifecycleService {
             .ok_or_else(|| Error::runtime_not_found(id))
     }
 
-    pub async fn list(&self, query: &ListQuery) -> Result<Vec<RuntimeRecord>> {
+    /// A keyset page of runtime records by id (all of them without a
+    /// limit); `next` is set when more follow.
+    pub async fn list(&self, query: &ListQuery) -> Result<super::Page<RuntimeRecord>> {
         if let Some(t) = &query.template {
             validate_template_name(t)?;
         }
@@ -163,31 +172,35 @@ impl LifecycleService {
             .as_deref()
             .map(|s| s.parse::<RuntimeStatus>().map_err(Error::invalid))
             .transpose()?;
-        let mut runtimes = self
+        if let Some(l) = query.limit {
+            if !(1..=MAX_PAGE).contains(&l) {
+                return Err(Error::invalid(format!(
+                    "limit {l} is out of range: use 1 to {MAX_PAGE}, or leave it out for all"
+                )));
+            }
+        }
+        if let Some(a) = &query.after {
+            validate_runtime_id(a).map_err(|e| {
+                Error::invalid(format!(
+                    "after {a:?} is not a runtime id ({e}): pass the \"next\" of the previous page"
+                ))
+            })?;
+        }
+        let runtimes = self
             .ctx
             .store
-            .list_runtimes(&RuntimeFilter {
+            .list_runtimes_page(&RuntimePage {
                 template: query.template.clone(),
                 status,
+                stale: query.stale,
+                after: query.after.clone(),
+                // One more than asked: it tells whether a next page exists.
+                limit: query.limit.map(|l| l + 1),
             })
             .await?;
-        if query.stale {
-            let pins: HashMap<String, String> = self
-                .ctx
-                .store
-                .list_pins()
-                .await?
-                .into_iter()
-                .map(|p| (p.template, p.digest.to_string()))
-                .collect();
-            runtimes.retain(|r| {
-                r.status != RuntimeStatus::Removed
-                    && pins
-                        .get(&r.template)
-                        .is_some_and(|pin| r.image_digest.as_deref() != Some(pin.as_str()))
-            });
-        }
-        Ok(runtimes)
+        Ok(super::Page::from_overfetch(runtimes, query.limit, |r| {
+            r.id.as_str()
+        }))
     }
 
     async fn template(&self, name: &str) -> Result<Template> {

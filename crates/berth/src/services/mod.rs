@@ -32,6 +32,31 @@ use crate::ports::store::Change;
 use crate::ports::{Clock, Engine, Store};
 use crate::streams;
 
+/// One page of a list: its items, and the cursor of the next page when
+/// more follow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    /// The id to pass as `after` (runtimes) or `before` (logs) for the next
+    /// page; `None` on the last page.
+    pub next: Option<String>,
+}
+
+impl<T> Page<T> {
+    /// From up to `limit + 1` items read: the extra one only tells that
+    /// more follow, and the cursor is the id of the last item kept.
+    pub fn from_overfetch(mut items: Vec<T>, limit: Option<u32>, id: impl Fn(&T) -> &str) -> Self {
+        let next = match limit {
+            Some(l) if items.len() > l as usize => {
+                items.truncate(l as usize);
+                items.last().map(|i| id(i).to_string())
+            }
+            _ => None,
+        };
+        Page { items, next }
+    }
+}
+
 /// What the services need to know about this berth instance.
 #[derive(Debug, Clone)]
 pub struct Settings {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use berth_core::id::validate_runtime_id;
 use berth_core::operation::{Operation, OperationKind};
 
-use super::Context;
+use super::{Context, Page};
 use crate::error::{Error, Result};
 use crate::ports::OperationFilter;
 
@@ -21,13 +21,15 @@ impl OperationLog {
         OperationLog { ctx }
     }
 
-    /// Newest first. `kind` is checked against the known kinds.
+    /// Newest first, only those written before the operation `before`
+    /// when given. `kind` is checked against the known kinds.
     pub async fn list(
         &self,
         runtime_id: Option<&str>,
         kind: Option<&str>,
         limit: Option<u32>,
-    ) -> Result<Vec<Operation>> {
+        before: Option<&str>,
+    ) -> Result<Page<Operation>> {
         if let Some(id) = runtime_id {
             validate_runtime_id(id)?;
         }
@@ -43,15 +45,42 @@ impl OperationLog {
             })
             .transpose()?;
         let limit = check_limit(limit)?;
-        Ok(self
+        check_before(before)?;
+        let ops = self
             .ctx
             .store
-            .list_operations(&OperationFilter {
-                runtime_id: runtime_id.map(str::to_string),
-                kind,
-                limit,
-            })
-            .await?)
+            .list_operations_before(
+                &OperationFilter {
+                    runtime_id: runtime_id.map(str::to_string),
+                    kind,
+                    limit: limit + 1,
+                },
+                before,
+            )
+            .await?;
+        Ok(Page::from_overfetch(ops, Some(limit), |o| o.id.as_str()))
+    }
+}
+
+/// The longest `before` cursor taken: ids berth writes are far shorter.
+const MAX_CURSOR_LEN: usize = 200;
+
+/// A log cursor (`before`): the id of an entry of that log, the `next` of
+/// the previous page. An id that names no entry lists nothing; text that
+/// cannot be an id is refused.
+pub fn check_before(before: Option<&str>) -> Result<()> {
+    match before {
+        None => Ok(()),
+        Some(b)
+            if !b.is_empty()
+                && b.len() <= MAX_CURSOR_LEN
+                && b.bytes().all(|c| c.is_ascii_graphic()) =>
+        {
+            Ok(())
+        }
+        Some(b) => Err(Error::invalid(format!(
+            "before {b:?} is not an entry id: pass the \"next\" of the previous page"
+        ))),
     }
 }
 
@@ -67,13 +96,15 @@ pub fn check_limit(limit: Option<u32>) -> Result<u32> {
 }
 
 impl OperationLog {
-    /// Health events, newest first.
+    /// Health events, newest first, only those written before the event
+    /// `before` when given.
     pub async fn health_events(
         &self,
         runtime_id: Option<&str>,
         event_type: Option<&str>,
         limit: Option<u32>,
-    ) -> Result<Vec<berth_core::event::HealthEvent>> {
+        before: Option<&str>,
+    ) -> Result<Page<berth_core::event::HealthEvent>> {
         use berth_core::event::HealthEventType;
         if let Some(id) = runtime_id {
             validate_runtime_id(id)?;
@@ -91,24 +122,37 @@ impl OperationLog {
             })
             .transpose()?;
         let limit = check_limit(limit)?;
-        Ok(self
+        check_before(before)?;
+        let events = self
             .ctx
             .store
-            .list_health_events(&crate::ports::store::EventFilter {
-                runtime_id: runtime_id.map(str::to_string),
-                event_type,
-                limit,
-            })
-            .await?)
+            .list_health_events_before(
+                &crate::ports::store::EventFilter {
+                    runtime_id: runtime_id.map(str::to_string),
+                    event_type,
+                    limit: limit + 1,
+                },
+                before,
+            )
+            .await?;
+        Ok(Page::from_overfetch(events, Some(limit), |e| e.id.as_str()))
     }
 
-    /// Notification intents, newest first.
+    /// Notification intents, newest first, only those written before the
+    /// notification `before` when given.
     pub async fn notifications(
         &self,
         limit: Option<u32>,
-    ) -> Result<Vec<berth_core::event::Notification>> {
+        before: Option<&str>,
+    ) -> Result<Page<berth_core::event::Notification>> {
         let limit = check_limit(limit)?;
-        Ok(self.ctx.store.list_notifications(limit).await?)
+        check_before(before)?;
+        let notes = self
+            .ctx
+            .store
+            .list_notifications_before(limit + 1, before)
+            .await?;
+        Ok(Page::from_overfetch(notes, Some(limit), |n| n.id.as_str()))
     }
 
     /// The webhook delivery log, newest first; only `webhook`'s when given.

@@ -81,6 +81,9 @@ impl Reconciler {
             if let Err(e) = self.run_once().await {
                 tracing::warn!(code = %e.code, error = %e.message, "reconcile pass failed");
             }
+            // A pass held a copy of every record: give that memory back
+            // before idling.
+            crate::heap::release_free_memory();
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep(interval) => {}

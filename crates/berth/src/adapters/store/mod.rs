@@ -15,6 +15,7 @@ use crate::ports::store::{Store, StoreError};
 
 mod migrate;
 pub mod postgres;
+pub mod read_model;
 mod rows;
 pub(crate) mod sql;
 pub mod sqlite;
@@ -24,6 +25,7 @@ pub(crate) use rows::*;
 pub(crate) use transaction::impl_store;
 
 pub use postgres::PostgresStore;
+pub use read_model::ReadModelStore;
 pub use sqlite::SqliteStore;
 
 /// The file name of the SQLite database inside `data_dir` when no
@@ -34,17 +36,23 @@ pub const DEFAULT_SQLITE_FILE: &str = "berth.db";
 ///
 /// `postgres://` or `postgresql://` → PostgreSQL; a `sqlite:` URL → SQLite;
 /// an empty URL → SQLite in `<data_dir>/berth.db` (directories created).
+///
+/// A SQLite store is wrapped in the runtime read model
+/// ([`ReadModelStore`]): one berth owns a database file, so every write
+/// passes through it. A PostgreSQL store is not: other replicas write the
+/// same tables, and its runtime reads are keyset SQL.
 pub async fn connect(database_url: &str, data_dir: &Path) -> Result<Arc<dyn Store>, StoreError> {
     let url = database_url.trim();
     if url.is_empty() {
         let store = SqliteStore::open(&data_dir.join(DEFAULT_SQLITE_FILE)).await?;
-        return Ok(Arc::new(store));
+        return Ok(Arc::new(ReadModelStore::load(Arc::new(store)).await?));
     }
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         return Ok(Arc::new(PostgresStore::connect(url).await?));
     }
     if url.starts_with("sqlite:") {
-        return Ok(Arc::new(SqliteStore::open_url(url).await?));
+        let store = SqliteStore::open_url(url).await?;
+        return Ok(Arc::new(ReadModelStore::load(Arc::new(store)).await?));
     }
     // Only the scheme: the rest of a URL may hold a password.
     let scheme = url.split_once(':').map_or(url, |(scheme, _)| scheme);

@@ -110,26 +110,6 @@ pub const UPSERT_OPERATION: &str = concat!(
      error_message = excluded.error_message, started_at_ms = excluded.started_at_ms, \
      finished_at_ms = excluded.finished_at_ms, details = excluded.details"
 );
-pub const LIST_OPERATIONS: &str = concat!(
-    "SELECT ",
-    operation_cols!(),
-    " FROM operations ORDER BY seq DESC LIMIT $1"
-);
-pub const LIST_OPERATIONS_BY_RUNTIME: &str = concat!(
-    "SELECT ",
-    operation_cols!(),
-    " FROM operations WHERE runtime_id = $1 ORDER BY seq DESC LIMIT $2"
-);
-pub const LIST_OPERATIONS_BY_KIND: &str = concat!(
-    "SELECT ",
-    operation_cols!(),
-    " FROM operations WHERE kind = $1 ORDER BY seq DESC LIMIT $2"
-);
-pub const LIST_OPERATIONS_BY_RUNTIME_AND_KIND: &str = concat!(
-    "SELECT ",
-    operation_cols!(),
-    " FROM operations WHERE runtime_id = $1 AND kind = $2 ORDER BY seq DESC LIMIT $3"
-);
 macro_rules! health_event_cols {
     () => {
         "id, runtime_id, event_type, container_id, at_ms, details"
@@ -157,27 +137,6 @@ pub const INSERT_HEALTH_EVENT: &str = concat!(
     health_event_cols!(),
     ") VALUES ($1, $2, $3, $4, $5, $6)"
 );
-pub const LIST_HEALTH_EVENTS: &str = concat!(
-    "SELECT ",
-    health_event_cols!(),
-    " FROM health_events ORDER BY seq DESC LIMIT $1"
-);
-pub const LIST_HEALTH_EVENTS_BY_RUNTIME: &str = concat!(
-    "SELECT ",
-    health_event_cols!(),
-    " FROM health_events WHERE runtime_id = $1 ORDER BY seq DESC LIMIT $2"
-);
-pub const LIST_HEALTH_EVENTS_BY_TYPE: &str = concat!(
-    "SELECT ",
-    health_event_cols!(),
-    " FROM health_events WHERE event_type = $1 ORDER BY seq DESC LIMIT $2"
-);
-pub const LIST_HEALTH_EVENTS_BY_RUNTIME_AND_TYPE: &str = concat!(
-    "SELECT ",
-    health_event_cols!(),
-    " FROM health_events WHERE runtime_id = $1 AND event_type = $2 \
-     ORDER BY seq DESC LIMIT $3"
-);
 pub const HEALTH_EVENT_EXISTS: &str = "SELECT 1 AS one FROM health_events \
      WHERE runtime_id = $1 AND container_id = $2 AND event_type = $3 LIMIT 1";
 
@@ -185,11 +144,6 @@ pub const INSERT_NOTIFICATION: &str = concat!(
     "INSERT INTO notifications (",
     notification_cols!(),
     ") VALUES ($1, $2, $3, $4, $5)"
-);
-pub const LIST_NOTIFICATIONS: &str = concat!(
-    "SELECT ",
-    notification_cols!(),
-    " FROM notifications ORDER BY seq DESC LIMIT $1"
 );
 
 /// Inserts nothing when the job id already has a result: the caller
@@ -445,5 +399,106 @@ pub fn mark_plugins_resolved(n: usize) -> String {
         "UPDATE plugins SET resolved_at_ms = $1, error_code = NULL, error_message = NULL \
          WHERE (runtime_id, name) IN (SELECT column1, column2 FROM (VALUES {}) AS k)",
         keys.join(", ")
+    )
+}
+
+/// `" WHERE a AND b"` or `""`.
+fn where_clause(conditions: &[String]) -> String {
+    if conditions.is_empty() {
+        String::new()
+    } else {
+        format!(" WHERE {}", conditions.join(" AND "))
+    }
+}
+
+/// A page of a log table (`seq` is its order of writing, kept by an
+/// update), newest first: `column = $n` for each of `filters` (in that
+/// order of placeholders), then, with `before`, only rows written before
+/// the row whose `id` is the next placeholder, then the limit. A condition
+/// not given is left out (an index serves what remains).
+fn list_log(cols: &str, table: &str, filters: &[&str], before: bool) -> String {
+    let mut conditions: Vec<String> = filters
+        .iter()
+        .enumerate()
+        .map(|(i, column)| format!("{column} = ${}", i + 1))
+        .collect();
+    if before {
+        // An unknown id makes the subquery NULL: no row compares, the page
+        // is empty.
+        conditions.push(format!(
+            "seq < (SELECT b.seq FROM {table} b WHERE b.id = ${})",
+            conditions.len() + 1
+        ));
+    }
+    format!(
+        "SELECT {cols} FROM {table}{} ORDER BY seq DESC LIMIT ${}",
+        where_clause(&conditions),
+        conditions.len() + 1
+    )
+}
+
+/// Operations, see [`list_log`]; filters are `runtime_id` then `kind`.
+pub fn list_operations(runtime_id: bool, kind: bool, before: bool) -> String {
+    let filters: Vec<&str> = [(runtime_id, "runtime_id"), (kind, "kind")]
+        .into_iter()
+        .filter_map(|(given, c)| given.then_some(c))
+        .collect();
+    list_log(operation_cols!(), "operations", &filters, before)
+}
+
+/// Health events, see [`list_log`]; filters are `runtime_id` then
+/// `event_type`.
+pub fn list_health_events(runtime_id: bool, event_type: bool, before: bool) -> String {
+    let filters: Vec<&str> = [(runtime_id, "runtime_id"), (event_type, "event_type")]
+        .into_iter()
+        .filter_map(|(given, c)| given.then_some(c))
+        .collect();
+    list_log(health_event_cols!(), "health_events", &filters, before)
+}
+
+/// Notifications, see [`list_log`].
+pub fn list_notifications(before: bool) -> String {
+    list_log(notification_cols!(), "notifications", &[], before)
+}
+
+/// A keyset page of runtimes by id: `template = $n`, `status = $n`,
+/// `id > $n` (the `after` id) for those given, in that order of
+/// placeholders; with `stale`, only records not removed whose template's
+/// pin differs from their digest; then `LIMIT $n` when `limit`.
+pub fn list_runtimes_page(
+    template: bool,
+    status: bool,
+    stale: bool,
+    after: bool,
+    limit: bool,
+) -> String {
+    let mut conditions = Vec::new();
+    for (given, condition) in [
+        (template, "template = "),
+        (status, "status = "),
+        (after, "id > "),
+    ] {
+        if given {
+            conditions.push(format!("{condition}${}", conditions.len() + 1));
+        }
+    }
+    if stale {
+        conditions.push(
+            "status <> 'removed' AND EXISTS (SELECT 1 FROM pins p \
+             WHERE p.template = runtimes.template \
+             AND (runtimes.image_digest IS NULL OR runtimes.image_digest <> p.digest))"
+                .to_string(),
+        );
+    }
+    let placeholders = [template, status, after].iter().filter(|g| **g).count();
+    let limit = if limit {
+        format!(" LIMIT ${}", placeholders + 1)
+    } else {
+        String::new()
+    };
+    format!(
+        concat!("SELECT ", runtime_cols!(), " FROM runtimes{} ORDER BY id{}"),
+        where_clause(&conditions),
+        limit
     )
 }

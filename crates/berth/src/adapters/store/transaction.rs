@@ -32,8 +32,8 @@ macro_rules! impl_store {
                 Change, EventFilter, EventStore, NewWebhookDelivery, Observation, OperationFilter,
                 OutboxMessage, OutboxRow, OutboxStore, PluginChange, PluginRecord, PluginStore,
                 PluginUpdate, PluginUpdateFilter, RejectionChange, RolloutRow, RolloutStore,
-                RolloutTarget, RuntimeFilter, RuntimeStore, Store, StoreError, TemplateStore,
-                WatchStore, WebhookDelivery, WebhookStore,
+                RolloutTarget, RuntimeFilter, RuntimePage, RuntimeStore, Store, StoreError,
+                TemplateStore, WatchStore, WebhookDelivery, WebhookStore,
             };
 
             type Tx = sqlx::Transaction<'static, $db>;
@@ -612,26 +612,62 @@ macro_rules! impl_store {
                         .collect()
                 }
 
-                async fn list_operations(
+                async fn list_runtimes_page(
+                    &self,
+                    page: &RuntimePage,
+                ) -> Result<Vec<RuntimeRecord>, StoreError> {
+                    let text = sql::list_runtimes_page(
+                        page.template.is_some(),
+                        page.status.is_some(),
+                        page.stale,
+                        page.after.is_some(),
+                        page.limit.is_some(),
+                    );
+                    let mut query = sqlx::query(&text);
+                    if let Some(t) = &page.template {
+                        query = query.bind(t.as_str());
+                    }
+                    if let Some(s) = page.status {
+                        query = query.bind(s.as_str());
+                    }
+                    if let Some(a) = &page.after {
+                        query = query.bind(a.as_str());
+                    }
+                    if let Some(l) = page.limit {
+                        query = query.bind(i64::from(l));
+                    }
+                    query
+                        .fetch_all(&self.pool)
+                        .await
+                        .map_err(db_err)?
+                        .iter()
+                        .map(runtime_from_row)
+                        .collect()
+                }
+
+                async fn list_operations_before(
                     &self,
                     filter: &OperationFilter,
+                    before: Option<&str>,
                 ) -> Result<Vec<Operation>, StoreError> {
-                    let limit = i64::from(filter.limit);
                     let kind = filter.kind.map(OperationKind::as_str);
-                    let query = match (filter.runtime_id.as_deref(), kind) {
-                        (None, None) => sqlx::query(sql::LIST_OPERATIONS).bind(limit),
-                        (Some(r), None) => sqlx::query(sql::LIST_OPERATIONS_BY_RUNTIME)
-                            .bind(r)
-                            .bind(limit),
-                        (None, Some(k)) => sqlx::query(sql::LIST_OPERATIONS_BY_KIND)
-                            .bind(k)
-                            .bind(limit),
-                        (Some(r), Some(k)) => sqlx::query(sql::LIST_OPERATIONS_BY_RUNTIME_AND_KIND)
-                            .bind(r)
-                            .bind(k)
-                            .bind(limit),
-                    };
+                    let text = sql::list_operations(
+                        filter.runtime_id.is_some(),
+                        kind.is_some(),
+                        before.is_some(),
+                    );
+                    let mut query = sqlx::query(&text);
+                    if let Some(r) = &filter.runtime_id {
+                        query = query.bind(r.as_str());
+                    }
+                    if let Some(k) = kind {
+                        query = query.bind(k);
+                    }
+                    if let Some(b) = before {
+                        query = query.bind(b);
+                    }
                     query
+                        .bind(i64::from(filter.limit))
                         .fetch_all(&self.pool)
                         .await
                         .map_err(db_err)?
@@ -810,28 +846,29 @@ macro_rules! impl_store {
 
             #[async_trait]
             impl EventStore for $store {
-                async fn list_health_events(
+                async fn list_health_events_before(
                     &self,
                     filter: &EventFilter,
+                    before: Option<&str>,
                 ) -> Result<Vec<HealthEvent>, StoreError> {
-                    let limit = i64::from(filter.limit);
                     let event_type = filter.event_type.map(HealthEventType::as_str);
-                    let query = match (filter.runtime_id.as_deref(), event_type) {
-                        (None, None) => sqlx::query(sql::LIST_HEALTH_EVENTS).bind(limit),
-                        (Some(r), None) => sqlx::query(sql::LIST_HEALTH_EVENTS_BY_RUNTIME)
-                            .bind(r)
-                            .bind(limit),
-                        (None, Some(t)) => sqlx::query(sql::LIST_HEALTH_EVENTS_BY_TYPE)
-                            .bind(t)
-                            .bind(limit),
-                        (Some(r), Some(t)) => {
-                            sqlx::query(sql::LIST_HEALTH_EVENTS_BY_RUNTIME_AND_TYPE)
-                                .bind(r)
-                                .bind(t)
-                                .bind(limit)
-                        }
-                    };
+                    let text = sql::list_health_events(
+                        filter.runtime_id.is_some(),
+                        event_type.is_some(),
+                        before.is_some(),
+                    );
+                    let mut query = sqlx::query(&text);
+                    if let Some(r) = &filter.runtime_id {
+                        query = query.bind(r.as_str());
+                    }
+                    if let Some(t) = event_type {
+                        query = query.bind(t);
+                    }
+                    if let Some(b) = before {
+                        query = query.bind(b);
+                    }
                     query
+                        .bind(i64::from(filter.limit))
                         .fetch_all(&self.pool)
                         .await
                         .map_err(db_err)?
@@ -856,11 +893,17 @@ macro_rules! impl_store {
                         .is_some())
                 }
 
-                async fn list_notifications(
+                async fn list_notifications_before(
                     &self,
                     limit: u32,
+                    before: Option<&str>,
                 ) -> Result<Vec<Notification>, StoreError> {
-                    sqlx::query(sql::LIST_NOTIFICATIONS)
+                    let text = sql::list_notifications(before.is_some());
+                    let mut query = sqlx::query(&text);
+                    if let Some(b) = before {
+                        query = query.bind(b);
+                    }
+                    query
                         .bind(i64::from(limit))
                         .fetch_all(&self.pool)
                         .await
