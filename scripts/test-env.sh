@@ -90,6 +90,8 @@ command -v redis-cli >/dev/null || missing+=(redis-tools)
 pkg_installed busybox-static || missing+=(busybox-static)
 command -v curl >/dev/null || missing+=(curl)
 command -v git >/dev/null || missing+=(git)
+# `promtool check metrics` on a live /metrics (tests/metrics.rs).
+command -v promtool >/dev/null || missing+=(prometheus)
 docker info >/dev/null 2>&1 || command -v dockerd >/dev/null || missing+=(docker.io)
 
 if ((${#missing[@]})); then

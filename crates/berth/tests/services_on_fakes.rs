@@ -144,6 +144,46 @@ async fn a_malformed_job_gets_a_failure_result_and_does_not_block() {
     assert_eq!(results[1].field("outcome"), Some("success"));
 }
 
+/// The Docker events stream breaks (the daemon went away and came back):
+/// the listener opens it again, and `berth_docker_events_reconnects_total`
+/// counts each attempt.
+#[tokio::test(start_paused = true)]
+async fn a_broken_events_stream_is_reopened_and_counted() {
+    let w = World::new();
+    let s = app(&w, false).await;
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let listener = tokio::spawn(s.events.clone().run(cancel.clone()));
+    let connected = || {
+        s.events
+            .connected
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert!(connected());
+    assert_eq!(s.ctx.metrics.docker_events_reconnects.get(), 0);
+    // Down for a while: every reopening fails at once and backs off
+    // (100 ms, 200 ms, 400 ms, …).
+    w.engine.set_unavailable(true);
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let while_down = s.ctx.metrics.docker_events_reconnects.get();
+    assert!(
+        (2..=4).contains(&while_down),
+        "{while_down} attempts in 1 s"
+    );
+    w.engine.set_unavailable(false);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert!(connected());
+    let after = s.ctx.metrics.docker_events_reconnects.get();
+    assert_eq!(after, while_down + 1, "one more, the one that held");
+    let text = s.ctx.metrics.encode_text();
+    assert!(
+        text.contains(&format!("berth_docker_events_reconnects_total {after}\n")),
+        "{text}"
+    );
+    cancel.cancel();
+    listener.await.unwrap();
+}
+
 #[tokio::test(start_paused = true)]
 async fn the_outbox_waits_while_the_bus_is_down_and_keeps_commit_order() {
     let w = World::new();
@@ -182,9 +222,15 @@ async fn the_outbox_waits_while_the_bus_is_down_and_keeps_commit_order() {
         pending.len(),
         "nothing is lost while the bus is down"
     );
+    assert_eq!(
+        s.ctx.metrics.outbox_backlog.get(),
+        pending.len() as i64,
+        "the backlog gauge counts what waits"
+    );
     bus.set_unavailable(false);
     relay.relay_once().await.unwrap();
     assert!(s.ctx.store.outbox_pending(100).await.unwrap().is_empty());
+    assert_eq!(s.ctx.metrics.outbox_backlog.get(), 0);
     let intents = bus.entries("notification:intents");
     assert_eq!(intents.len(), pending.len(), "{intents:?}");
     let runtimes: Vec<String> = intents

@@ -20,16 +20,35 @@ pub async fn healthz() -> Json<Health> {
     })
 }
 
-#[utoipa::path(get, path = "/metrics", tag = "meta", responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
-pub async fn metrics(State(state): State<AppState>) -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        state.services.ctx.metrics.encode(),
-    )
-        .into_response()
+#[utoipa::path(get, path = "/metrics", tag = "meta", responses((status = 200,
+    description = "Prometheus text format 0.0.4; OpenMetrics 1.0 when the Accept header asks for `application/openmetrics-text`",
+    content(("text/plain"), ("application/openmetrics-text")))))]
+pub async fn metrics(State(state): State<AppState>, headers: axum::http::HeaderMap) -> Response {
+    let metrics = &state.services.ctx.metrics;
+    let openmetrics = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"));
+    if openmetrics {
+        (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            metrics.encode(),
+        )
+            .into_response()
+    } else {
+        (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            metrics.encode_text(),
+        )
+            .into_response()
+    }
 }
 
 #[utoipa::path(get, path = "/v1/templates", tag = "templates",

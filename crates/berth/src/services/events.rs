@@ -81,6 +81,7 @@ impl EventsListener {
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep(backoff) => {}
             }
+            self.ctx.metrics.docker_events_reconnects.inc();
             backoff = (backoff * 2).min(BACKOFF_MAX);
         }
     }

@@ -229,8 +229,7 @@ impl Context {
             .operation
             .filter(|op| op.outcome != Outcome::InProgress)
         {
-            self.metrics
-                .operation_finished(op.kind.as_str(), op.outcome.as_str());
+            self.metrics.operation_done(op);
         }
         Ok(())
     }

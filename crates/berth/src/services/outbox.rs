@@ -53,8 +53,37 @@ impl OutboxRelay {
 
     /// Publishes one batch, oldest first; stops at the first failure so
     /// that order is kept. Returns how many were published.
+    ///
+    /// Sets `berth_outbox_backlog` after a batch that was not full (what
+    /// is left of it is the whole backlog) and after a failure (counted up
+    /// to `OUTBOX_COUNT_CAP` + 1, as `GET /v1/status` does); after a full
+    /// batch the relay goes on at once and counts at the end.
     pub async fn relay_once(&self) -> Result<usize> {
         let rows = self.ctx.store.outbox_pending(BATCH).await?;
+        let fetched = rows.len();
+        let result = self.publish(rows).await;
+        match &result {
+            Ok(published) if fetched < BATCH as usize => {
+                self.ctx
+                    .metrics
+                    .outbox_backlog_set((fetched - published) as u64);
+            }
+            Ok(_) => {}
+            Err(_) => {
+                if let Ok(pending) = self
+                    .ctx
+                    .store
+                    .outbox_pending(super::OUTBOX_COUNT_CAP + 1)
+                    .await
+                {
+                    self.ctx.metrics.outbox_backlog_set(pending.len() as u64);
+                }
+            }
+        }
+        result
+    }
+
+    async fn publish(&self, rows: Vec<crate::ports::store::OutboxRow>) -> Result<usize> {
         let mut published = 0;
         for row in rows {
             match self

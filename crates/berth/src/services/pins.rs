@@ -181,9 +181,7 @@ impl PinService {
         if !self.ctx.store.unpin(template, &entry, &op).await? {
             return Err(Self::not_pinned(template));
         }
-        self.ctx
-            .metrics
-            .operation_finished(op.kind.as_str(), op.outcome.as_str());
+        self.ctx.metrics.operation_done(&op);
         Ok(())
     }
 

@@ -108,6 +108,8 @@ impl Reconciler {
     /// not stop the others.
     pub async fn run_once(&self) -> Result<ReconcileReport> {
         let _pass = self.pass.lock().await;
+        // Tokio's clock: paused with the fake clock in tests, sub-millisecond.
+        let began = tokio::time::Instant::now();
         let ctx = &self.ctx;
         let now = ctx.now_ms();
         let containers =
@@ -193,6 +195,9 @@ impl Reconciler {
         let finished = ctx.now_ms();
         self.last_run_ms.store(finished, Ordering::Relaxed);
         ctx.metrics.reconcile_passes.inc();
+        ctx.metrics
+            .reconcile_seconds
+            .observe(began.elapsed().as_secs_f64());
         ctx.metrics.reconcile_last_run.set(finished / 1000);
         for (action, n) in [
             ("dispose", report.disposed.len()),

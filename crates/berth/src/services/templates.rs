@@ -50,9 +50,7 @@ impl TemplateService {
             .detail("image", format!("{}:{}", template.image, template.tag));
         op.succeed(self.ctx.now_ms());
         let created = self.ctx.store.put_template(&template, &op).await?;
-        self.ctx
-            .metrics
-            .operation_finished(op.kind.as_str(), op.outcome.as_str());
+        self.ctx.metrics.operation_done(&op);
         Ok((template, created))
     }
 
@@ -79,9 +77,7 @@ impl TemplateService {
         op.succeed(self.ctx.now_ms());
         match self.ctx.store.delete_template(name, &op).await {
             Ok(true) => {
-                self.ctx
-                    .metrics
-                    .operation_finished(op.kind.as_str(), op.outcome.as_str());
+                self.ctx.metrics.operation_done(&op);
                 Ok(())
             }
             Ok(false) => Err(Error::template_not_found(name)),
