@@ -59,6 +59,7 @@ impl From<Pin> for PinView {
 #[serde(deny_unknown_fields)]
 pub struct PromoteRequest {
     /// `sha256:` followed by 64 lowercase hex digits.
+    #[schema(pattern = "^sha256:[0-9a-f]{64}$")]
     pub digest: String,
     #[serde(default)]
     pub reason: Option<String>,
@@ -101,7 +102,19 @@ pub struct PinHistoryList {
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StartRuntimeRequest {
+    /// 1 to 63 of `[a-z0-9_-]`, starting and ending with a letter or a digit.
+    #[schema(
+        min_length = 1,
+        max_length = 63,
+        pattern = "^[a-z0-9]([a-z0-9_-]{0,61}[a-z0-9])?$"
+    )]
     pub id: String,
+    /// A template name (the same rule as runtime ids).
+    #[schema(
+        min_length = 1,
+        max_length = 63,
+        pattern = "^[a-z0-9]([a-z0-9_-]{0,61}[a-z0-9])?$"
+    )]
     pub template: String,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
@@ -198,6 +211,7 @@ pub struct OperationList {
 }
 
 #[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct RuntimeQuery {
     pub template: Option<String>,
@@ -207,22 +221,27 @@ pub struct RuntimeQuery {
 }
 
 #[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct OperationQuery {
     pub runtime: Option<String>,
     pub kind: Option<String>,
     /// 1 to 1000; default 100.
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct LimitQuery {
     /// 1 to 1000; default 100.
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ReasonQuery {
     pub reason: Option<String>,
@@ -286,12 +305,14 @@ pub struct NotificationList {
 }
 
 #[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct EventQuery {
     pub runtime: Option<String>,
     #[serde(rename = "type")]
     pub event_type: Option<String>,
     /// 1 to 1000; default 100.
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
 }
 
@@ -458,10 +479,12 @@ pub struct RolloutList {
 }
 
 #[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct RolloutQuery {
     pub template: Option<String>,
     /// 1 to 1000; default 100.
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
 }
 
@@ -512,11 +535,13 @@ pub struct WebhookStatusView {
 }
 
 #[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookDeliveryQuery {
     /// Only this webhook's deliveries.
     pub webhook: Option<String>,
     /// 1 to 1000; default 100.
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
 }
 
@@ -673,6 +698,7 @@ pub struct PluginUpdateQuery {
     pub runtime: Option<String>,
     pub plugin: Option<String>,
     /// At most this many (1 to 1000, default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
 }
 
@@ -719,6 +745,13 @@ impl From<crate::services::plugins::SweepReport> for SweepReportView {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BulkApplyRequest {
+    /// A template name: 1 to 63 of `[a-z0-9_-]`, starting and ending with a
+    /// letter or a digit.
+    #[schema(
+        min_length = 1,
+        max_length = 63,
+        pattern = "^[a-z0-9]([a-z0-9_-]{0,61}[a-z0-9])?$"
+    )]
     pub template: String,
     pub plugin: String,
 }

@@ -13,14 +13,14 @@ use crate::template_doc::TemplateDoc;
 
 type ApiResult<T> = Result<T, ApiError>;
 
-#[utoipa::path(get, path = "/healthz", tag = "meta", responses((status = 200, body = Health)))]
+#[utoipa::path(get, path = "/healthz", tag = "meta", responses((status = 200, description = "the process answers", body = Health)))]
 pub async fn healthz() -> Json<Health> {
     Json(Health {
         status: "ok".to_string(),
     })
 }
 
-#[utoipa::path(get, path = "/metrics", tag = "meta", responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
+#[utoipa::path(get, path = "/metrics", tag = "meta", responses((status = 200, description = "the metrics in the OpenMetrics text format (which Prometheus scrapes)", body = String, content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8")))]
 pub async fn metrics(State(state): State<AppState>) -> Response {
     (
         [(
