@@ -764,7 +764,7 @@ pub struct StoreWriteRequest {
     /// A store the runtime's template declares.
     pub store: String,
     /// Any JSON value; kept as the envelope's `data`.
-    #[schema(value_type = Object)]
+    #[schema(value_type = Value)]
     pub data: serde_json::Value,
     /// The schema of `data`; default: the version the runtime's image understands.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -876,7 +876,7 @@ pub struct EnvelopeView {
     pub schema_version: u32,
     pub updated_at: i64,
     pub run_id: String,
-    #[schema(value_type = Object)]
+    #[schema(value_type = Value)]
     pub data: serde_json::Value,
 }
 
