@@ -35,7 +35,10 @@ export BERTH_TEST_IMAGE="$BERTH_TEST_REGISTRY/berth-test/app"
 export BERTH_TEST_SLEEPER="$BERTH_TEST_REGISTRY/berth-test/sleeper"
 # The app v1 image with a config label (a whole reference, tag included).
 export BERTH_TEST_LABELLED_IMAGE="$BERTH_TEST_IMAGE:labelled"
-EXPORTS=(BERTH_TEST_DATABASE_URL BERTH_TEST_REDIS_URL BERTH_TEST_REGISTRY BERTH_TEST_IMAGE BERTH_TEST_SLEEPER BERTH_TEST_LABELLED_IMAGE)
+# The API fuzzer (tests/fuzz_api.rs), installed below into a virtual environment.
+SCHEMATHESIS_VERSION=4.32.5
+export BERTH_TEST_SCHEMATHESIS="$STATE/venv/bin/schemathesis"
+EXPORTS=(BERTH_TEST_DATABASE_URL BERTH_TEST_REDIS_URL BERTH_TEST_REGISTRY BERTH_TEST_IMAGE BERTH_TEST_SLEEPER BERTH_TEST_LABELLED_IMAGE BERTH_TEST_SCHEMATHESIS)
 
 log() { printf '[test-env] %s\n' "$*" >&2; }
 die() { printf '[test-env] ERROR: %s\n' "$*" >&2; exit 1; }
@@ -93,12 +96,25 @@ command -v git >/dev/null || missing+=(git)
 # `promtool check metrics` on a live /metrics (tests/metrics.rs).
 command -v promtool >/dev/null || missing+=(prometheus)
 docker info >/dev/null 2>&1 || command -v dockerd >/dev/null || missing+=(docker.io)
+# Debian's python (not whatever python3 comes first on PATH) with venv, for schemathesis.
+[[ -x /usr/bin/python3 ]] || missing+=(python3)
+/usr/bin/python3 -c 'import ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 
 if ((${#missing[@]})); then
   log "installing: ${missing[*]}"
   as_root apt-get -q update 3>&- 9>&-
   # Recommends would pull in e.g. needrestart for docker.io; none are needed.
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -q -y -o Dpkg::Use-Pty=0 --no-install-recommends "${missing[@]}" 3>&- 9>&-
+fi
+
+# ------------------------------------------------------------ schemathesis
+# The API fuzzer, pinned, from PyPI into a virtual environment of its own.
+if [[ "$("$BERTH_TEST_SCHEMATHESIS" --version 2>/dev/null)" != *"version $SCHEMATHESIS_VERSION"* ]]; then
+  log "installing schemathesis $SCHEMATHESIS_VERSION into $STATE/venv"
+  rm -rf "$STATE/venv"
+  /usr/bin/python3 -m venv "$STATE/venv" 3>&- 9>&- || die "could not create a Python virtual environment in $STATE/venv"
+  "$STATE/venv/bin/python" -m pip install -q "schemathesis==$SCHEMATHESIS_VERSION" 3>&- 9>&- ||
+    die "could not install schemathesis $SCHEMATHESIS_VERSION from PyPI"
 fi
 
 # ------------------------------------------------------------------ docker

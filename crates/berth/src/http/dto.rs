@@ -59,6 +59,7 @@ impl From<Pin> for PinView {
 #[serde(deny_unknown_fields)]
 pub struct PromoteRequest {
     /// `sha256:` followed by 64 lowercase hex digits.
+    #[schema(pattern = "^sha256:[0-9a-f]{64}$")]
     pub digest: String,
     #[serde(default)]
     pub reason: Option<String>,
@@ -101,7 +102,19 @@ pub struct PinHistoryList {
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StartRuntimeRequest {
+    /// 1 to 63 of `[a-z0-9_-]`, starting and ending with a letter or a digit.
+    #[schema(
+        min_length = 1,
+        max_length = 63,
+        pattern = "^[a-z0-9]([a-z0-9_-]{0,61}[a-z0-9])?$"
+    )]
     pub id: String,
+    /// A template name (the same rule as runtime ids).
+    #[schema(
+        min_length = 1,
+        max_length = 63,
+        pattern = "^[a-z0-9]([a-z0-9_-]{0,61}[a-z0-9])?$"
+    )]
     pub template: String,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
@@ -206,6 +219,7 @@ pub struct OperationList {
 }
 
 #[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct RuntimeQuery {
     pub template: Option<String>,
@@ -221,6 +235,7 @@ pub struct RuntimeQuery {
 }
 
 #[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct OperationQuery {
     pub runtime: Option<String>,
@@ -236,13 +251,16 @@ pub struct OperationQuery {
 }
 
 #[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct LimitQuery {
     /// 1 to 1000; default 100.
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ReasonQuery {
     pub reason: Option<String>,
@@ -314,6 +332,7 @@ pub struct NotificationList {
 }
 
 #[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct EventQuery {
     pub runtime: Option<String>,
@@ -329,6 +348,7 @@ pub struct EventQuery {
 }
 
 #[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct NotificationQuery {
     /// 1 to 1000; default 100.
@@ -503,10 +523,12 @@ pub struct RolloutList {
 }
 
 #[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct RolloutQuery {
     pub template: Option<String>,
     /// 1 to 1000; default 100.
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
 }
 
@@ -557,11 +579,13 @@ pub struct WebhookStatusView {
 }
 
 #[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookDeliveryQuery {
     /// Only this webhook's deliveries.
     pub webhook: Option<String>,
     /// 1 to 1000; default 100.
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
 }
 
@@ -718,6 +742,7 @@ pub struct PluginUpdateQuery {
     pub runtime: Option<String>,
     pub plugin: Option<String>,
     /// At most this many (1 to 1000, default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
 }
 
@@ -764,6 +789,13 @@ impl From<crate::services::plugins::SweepReport> for SweepReportView {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BulkApplyRequest {
+    /// A template name: 1 to 63 of `[a-z0-9_-]`, starting and ending with a
+    /// letter or a digit.
+    #[schema(
+        min_length = 1,
+        max_length = 63,
+        pattern = "^[a-z0-9]([a-z0-9_-]{0,61}[a-z0-9])?$"
+    )]
     pub template: String,
     pub plugin: String,
 }
@@ -776,7 +808,7 @@ pub struct StoreWriteRequest {
     /// A store the runtime's template declares.
     pub store: String,
     /// Any JSON value; kept as the envelope's `data`.
-    #[schema(value_type = Object)]
+    #[schema(value_type = Value)]
     pub data: serde_json::Value,
     /// The schema of `data`; default: the version the runtime's image understands.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -888,7 +920,7 @@ pub struct EnvelopeView {
     pub schema_version: u32,
     pub updated_at: i64,
     pub run_id: String,
-    #[schema(value_type = Object)]
+    #[schema(value_type = Value)]
     pub data: serde_json::Value,
 }
 

@@ -13,7 +13,7 @@ use crate::template_doc::TemplateDoc;
 
 type ApiResult<T> = Result<T, ApiError>;
 
-#[utoipa::path(get, path = "/healthz", tag = "meta", responses((status = 200, body = Health)))]
+#[utoipa::path(get, path = "/healthz", tag = "meta", responses((status = 200, description = "the process answers", body = Health)))]
 pub async fn healthz() -> Json<Health> {
     Json(Health {
         status: "ok".to_string(),

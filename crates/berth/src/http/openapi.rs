@@ -2,6 +2,7 @@
 
 use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, Ref, RefOr, Response, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
 use super::dto::*;
@@ -15,7 +16,7 @@ use crate::template_doc::{
 #[openapi(
     info(title = "berth", description = "Runtime manager for long-lived, stateful containers on Docker"),
     paths(
-        handlers::healthz, handlers::metrics,
+        handlers::healthz, handlers::metrics, serve,
         handlers::list_templates, handlers::get_template, handlers::put_template, handlers::delete_template,
         handlers::get_pin, handlers::promote_pin, handlers::unpin, handlers::pin_history,
         handlers::list_runtimes, handlers::start_runtime, handlers::get_runtime,
@@ -40,7 +41,7 @@ use crate::template_doc::{
         CommittedBatchView, ManifestEntryView, ManifestView, EnvelopeView, StoreActionView, ReadinessView,
         WebhookStatusView, WebhookDeliveryView, WebhookDeliveryList,
     )),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &CommonResponses),
     security(("bearer" = [])),
 )]
 pub struct ApiDoc;
@@ -58,6 +59,343 @@ impl Modify for BearerAuth {
     }
 }
 
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "meta",
+    responses((status = 200, description = "the OpenAPI 3.1 document of this API", body = Object, content_type = "application/json")))]
 pub async fn serve() -> Json<utoipa::openapi::OpenApi> {
     Json(ApiDoc::openapi())
+}
+
+/// The paths that need no token: `security: []` on them.
+const OPEN_PATHS: &[&str] = &["/healthz", "/metrics", "/openapi.json"];
+
+/// A runtime id or template name (`berth_core::id`): 1 to 63 of
+/// `[a-z0-9_-]`, starting and ending with a letter or a digit.
+const NAME_PATTERN: &str = "^[a-z0-9]([a-z0-9_-]{0,61}[a-z0-9])?$";
+
+/// Operations that reach Docker, a registry or a git remote, with what 502
+/// (the upstream failed) means there, if they can answer it. They all can
+/// answer 503 `docker_unavailable` and 504 `timeout`.
+const UPSTREAM: &[(&str, Option<&str>)] = &[
+    (
+        "start_runtime",
+        Some("image_pull_failed, start_failed or health_check_failed"),
+    ),
+    (
+        "start_existing_runtime",
+        Some("image_pull_failed, start_failed or health_check_failed"),
+    ),
+    (
+        "restart_runtime",
+        Some("image_pull_failed, start_failed, stop_failed or health_check_failed"),
+    ),
+    ("stop_runtime", Some("stop_failed")),
+    ("remove_runtime", Some("stop_failed or remove_failed")),
+    (
+        "promote_pin",
+        Some("image_pull_failed: the registry could not be asked about the digest (with verify)"),
+    ),
+    ("reconcile_now", Some("Docker refused a reconcile step")),
+    ("refresh_images", Some("image_pull_failed")),
+    ("watch_images", Some("a registry lookup failed")),
+    ("install_plugin", Some("git_failed, or the restart failed")),
+    ("uninstall_plugin", Some("the restart failed")),
+    (
+        "apply_plugin_update",
+        Some("git_failed, or the restart failed"),
+    ),
+    ("bulk_apply_plugin", Some("git_failed")),
+    ("sweep_plugins", Some("git_failed")),
+    // These only inspect: Docker failing is 503, not 502.
+    ("get_readiness", None),
+    ("write_store_batch", None),
+];
+
+/// Statuses every `/v1` operation can answer, added where a handler does
+/// not document them itself (and their description filled in where it
+/// left it empty), so the document lists every answer without each
+/// handler repeating them:
+///
+/// - 400 `invalid_request`/`invalid_id` on operations with a parameter or
+///   a body (a bad path or query parameter, an unknown query parameter, a
+///   body that is not JSON or lacks `Content-Type: application/json`);
+/// - 401 `unauthorized` and 403 `forbidden` (tokens, see `roles`);
+/// - 404 on operations with a path parameter; 409 on changes;
+/// - 413 `payload_too_large` on operations with a body;
+/// - 500 `internal`; 503 `storage_unavailable` (every operation reads the
+///   database) and `docker_unavailable`; 502 and 504 where [`UPSTREAM`]
+///   says the operation reaches Docker, a registry or git.
+///
+/// `/healthz`, `/metrics` and `/openapi.json` need no token.
+struct CommonResponses;
+
+impl Modify for CommonResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let ops = [
+                (false, item.get.as_mut()),
+                (true, item.put.as_mut()),
+                (true, item.post.as_mut()),
+                (true, item.delete.as_mut()),
+                (true, item.patch.as_mut()),
+            ];
+            for (changes, op) in ops {
+                let Some(op) = op else { continue };
+                if OPEN_PATHS.contains(&path.as_str()) {
+                    op.security = Some(Vec::new());
+                    continue;
+                }
+                constrain_names(path, op);
+                add_common_responses(op, changes);
+            }
+        }
+    }
+}
+
+/// Patterns on path parameters whose rules are cheap to state.
+fn constrain_names(path: &str, op: &mut utoipa::openapi::path::Operation) {
+    use utoipa::openapi::path::ParameterIn;
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    for param in op.parameters.iter_mut().flatten() {
+        if param.parameter_in != ParameterIn::Path {
+            continue;
+        }
+        let named = match param.name.as_str() {
+            "id" => path.starts_with("/v1/runtimes/"),
+            "name" => path.starts_with("/v1/templates/"),
+            _ => false,
+        };
+        let schema = ObjectBuilder::new()
+            .schema_type(Type::String)
+            .min_length(Some(1));
+        let schema = if named {
+            schema
+                .max_length(Some(berth_core::id::MAX_ID_LEN))
+                .pattern(Some(NAME_PATTERN))
+        } else {
+            schema
+        };
+        param.schema = Some(schema.build().into());
+    }
+}
+
+fn add_common_responses(op: &mut utoipa::openapi::path::Operation, changes: bool) {
+    let id = op.operation_id.clone().unwrap_or_default();
+    let has_body = op.request_body.is_some();
+    let has_params = op.parameters.as_ref().is_some_and(|p| !p.is_empty());
+    let has_path_params = op
+        .parameters
+        .iter()
+        .flatten()
+        .any(|p| p.parameter_in == utoipa::openapi::path::ParameterIn::Path);
+    let upstream = UPSTREAM.iter().find(|(o, _)| *o == id).map(|(_, d)| *d);
+    let bad_gateway = upstream.flatten();
+
+    let mut common: Vec<(&str, String)> = Vec::new();
+    if has_params || has_body {
+        let mut d = "invalid_request or invalid_id: a path or query parameter is not valid \
+                     (an unknown query parameter included)"
+            .to_string();
+        if has_body {
+            d.push_str(
+                "; or the body is not valid JSON for this operation, or is sent without \
+                 \"Content-Type: application/json\"",
+            );
+        }
+        common.push(("400", d));
+    }
+    common.push((
+        "401",
+        "unauthorized: a token is configured and the request has none, or not a valid one".into(),
+    ));
+    common.push((
+        "403",
+        "forbidden: the token's role does not allow this operation".into(),
+    ));
+    if has_path_params {
+        common.push(("404", "not found: nothing has this id or name".into()));
+    }
+    if changes {
+        common.push((
+            "409",
+            "conflict: the change collides with the current state or a concurrent change".into(),
+        ));
+    }
+    if has_body {
+        common.push((
+            "413",
+            "payload_too_large: the body is larger than this operation takes".into(),
+        ));
+    }
+    common.push(("500", "internal: an unexpected failure".into()));
+    if let Some(d) = bad_gateway {
+        common.push((
+            "502",
+            format!("the upstream (Docker, a registry or git) failed: {d}"),
+        ));
+    }
+    common.push((
+        "503",
+        if upstream.is_some() {
+            "storage_unavailable: the database or the state directory failed; \
+             docker_unavailable: Docker does not answer"
+                .into()
+        } else {
+            "storage_unavailable: the database or the state directory failed".into()
+        },
+    ));
+    if upstream.is_some() {
+        common.push((
+            "504",
+            "timeout: the operation or Docker did not finish in time".into(),
+        ));
+    }
+
+    for (status, description) in common {
+        match op.responses.responses.get_mut(status) {
+            Some(RefOr::T(existing)) => {
+                if existing.description.is_empty() {
+                    existing.description = description;
+                }
+            }
+            Some(RefOr::Ref(_)) => {}
+            None => {
+                op.responses
+                    .responses
+                    .insert(status.to_string(), RefOr::T(error_response(description)));
+            }
+        }
+    }
+}
+
+fn error_response(description: String) -> Response {
+    ResponseBuilder::new()
+        .description(description)
+        .content(
+            "application/json",
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("ErrorBody")))
+                .build(),
+        )
+        .build()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    fn doc() -> Value {
+        serde_json::to_value(ApiDoc::openapi()).unwrap()
+    }
+
+    fn operations(doc: &Value) -> Vec<(String, String, Value)> {
+        let mut ops = Vec::new();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                ops.push((method.clone(), path.clone(), op.clone()));
+            }
+        }
+        ops
+    }
+
+    #[test]
+    fn every_v1_operation_documents_the_common_answers() {
+        let doc = doc();
+        for (method, path, op) in operations(&doc) {
+            let responses = op["responses"].as_object().unwrap();
+            if !path.starts_with("/v1/") {
+                assert_eq!(
+                    op["security"],
+                    serde_json::json!([]),
+                    "{method} {path} is open"
+                );
+                continue;
+            }
+            assert!(
+                op.get("security").is_none(),
+                "{method} {path} needs the bearer token"
+            );
+            let mut needed = vec!["401", "403", "500", "503"];
+            let params = op["parameters"].as_array().map(Vec::len).unwrap_or(0);
+            let body = op.get("requestBody").is_some();
+            if params > 0 || body {
+                needed.push("400");
+            }
+            if body {
+                needed.push("413");
+            }
+            if path.contains('{') {
+                needed.push("404");
+            }
+            for status in needed {
+                let r = &responses
+                    .get(status)
+                    .unwrap_or_else(|| panic!("{method} {path} documents {status}"));
+                assert!(
+                    !r["description"].as_str().unwrap().is_empty(),
+                    "{method} {path} {status} says which codes"
+                );
+                assert_eq!(
+                    r["content"]["application/json"]["schema"]["$ref"],
+                    "#/components/schemas/ErrorBody",
+                    "{method} {path} {status}"
+                );
+            }
+            for (status, r) in responses {
+                if status == "204" {
+                    assert!(
+                        r.get("content").is_none(),
+                        "{method} {path}: 204 has no body"
+                    );
+                }
+            }
+        }
+        assert_eq!(
+            doc["components"]["securitySchemes"]["bearer"]["scheme"],
+            "bearer"
+        );
+        assert_eq!(doc["security"], serde_json::json!([{"bearer": []}]));
+    }
+
+    #[test]
+    fn content_types_are_what_the_handlers_answer() {
+        let doc = doc();
+        let metrics = &doc["paths"]["/metrics"]["get"]["responses"]["200"]["content"];
+        // Prometheus text by default, OpenMetrics when asked for.
+        assert!(metrics["text/plain"].is_object(), "{metrics}");
+        assert!(
+            metrics["application/openmetrics-text"].is_object(),
+            "{metrics}"
+        );
+        assert!(metrics.get("application/json").is_none());
+        let openapi = &doc["paths"]["/openapi.json"]["get"]["responses"]["200"]["content"];
+        assert!(openapi["application/json"].is_object(), "{openapi}");
+    }
+
+    #[test]
+    fn parameters_carry_the_rules_the_api_checks() {
+        let doc = doc();
+        let id = &doc["paths"]["/v1/runtimes/{id}"]["get"]["parameters"][0];
+        assert_eq!(id["in"], "path");
+        assert_eq!(id["schema"]["pattern"], NAME_PATTERN);
+        assert_eq!(id["schema"]["maxLength"], 63);
+        let name = &doc["paths"]["/v1/templates/{name}"]["put"]["parameters"][0];
+        assert_eq!(name["schema"]["pattern"], NAME_PATTERN);
+        // Query parameters are in the query, optional, with their ranges.
+        for (method, path, op) in operations(&doc) {
+            for p in op["parameters"].as_array().into_iter().flatten() {
+                if p["in"] == "query" {
+                    assert_eq!(p["required"], false, "{method} {path} {}", p["name"]);
+                }
+                if p["name"] == "limit" {
+                    assert_eq!(p["in"], "query", "{method} {path}");
+                    assert_eq!(p["schema"]["minimum"], 1, "{method} {path}");
+                }
+            }
+        }
+        let start = &doc["components"]["schemas"]["StartRuntimeRequest"];
+        assert_eq!(start["additionalProperties"], false);
+        assert_eq!(start["properties"]["id"]["pattern"], NAME_PATTERN);
+    }
 }
