@@ -10,7 +10,7 @@
 //!
 //! `bash scripts/bench.sh api_scale`; under `cargo test` it runs a smoke size.
 
-use std::process::{Child, Command, Stdio};
+mod common;
 use std::time::{Duration, Instant};
 
 use berth::adapters::store::sqlite::SqliteStore;
@@ -18,15 +18,6 @@ use berth::http::dto::{RuntimeList, RuntimeView};
 use berth_core::runtime::RuntimeRecord;
 use berth_core::status::RuntimeStatus;
 use sqlx::{Connection, Executor};
-
-struct Reaped(Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -106,23 +97,11 @@ impl Places {
 }
 
 struct Server {
-    child: Reaped,
-    base: String,
-    owner: String,
+    process: common::BerthProcess,
     _data: tempfile::TempDir,
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.0.kill();
-        let _ = self.child.0.wait();
-        let _ = Command::new("docker")
-            .args(["network", "rm", &self.owner])
-            .output();
-    }
-}
-
-async fn serve(n: usize, http: &reqwest::Client) -> Server {
+async fn serve(n: usize) -> Server {
     let data = tempfile::tempdir().unwrap();
     let t0 = Instant::now();
     seed(&data.path().join("berth.db"), n).await;
@@ -130,52 +109,16 @@ async fn serve(n: usize, http: &reqwest::Client) -> Server {
         "  ({n} records written in {:.1} s)",
         t0.elapsed().as_secs_f64()
     );
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let owner = format!(
-        "bt-scale-{}",
-        &uuid::Uuid::now_v7().simple().to_string()[22..]
-    );
-    let child = Reaped(
-        Command::new(env!("CARGO_BIN_EXE_berth"))
-            .args([
-                "serve",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--owner",
-                &owner,
-                "--network",
-                &owner,
-            ])
-            .arg("--data-dir")
-            .arg(data.path())
-            .env("BERTH_LOG", "warn")
-            .envs(
-                std::env::var("BENCH_MALLOC_ARENA_MAX")
-                    .ok()
-                    .map(|v| ("MALLOC_ARENA_MAX", v)),
-            )
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("berth binary"),
-    );
-    let base = format!("http://127.0.0.1:{port}");
     let t0 = Instant::now();
-    for _ in 0..600 {
-        if http.get(format!("{base}/healthz")).send().await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let envs: Vec<(&str, String)> = std::env::var("BENCH_MALLOC_ARENA_MAX")
+        .ok()
+        .map(|v| ("MALLOC_ARENA_MAX", v))
+        .into_iter()
+        .collect();
+    let process = common::BerthProcess::start("bt-scale", data.path(), &envs).await;
     println!("  (boot to /healthz: {:.2} s)", t0.elapsed().as_secs_f64());
     Server {
-        child,
-        base,
-        owner,
+        process,
         _data: data,
     }
 }
@@ -197,7 +140,10 @@ async fn pages(http: &reqwest::Client, server: &Server, n: usize, requests: usiz
         let after = id(places.next(n));
         let (t, body) = get(
             http,
-            &format!("{}/v1/runtimes?limit=500&after={after}", server.base),
+            &format!(
+                "{}/v1/runtimes?limit=500&after={after}",
+                server.process.base
+            ),
         )
         .await;
         times.push(t);
@@ -233,18 +179,18 @@ async fn main() {
     );
 
     println!("berth serve (SQLite) with {small} runtime records");
-    let server = serve(small, &http).await;
+    let server = serve(small).await;
     // Idle: let the boot reconcile pass and the first events settle.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let idle_small = rss_kib(server.child.0.id());
+    let idle_small = rss_kib(server.process.pid());
     let mut times = Vec::new();
     let mut bytes = 0;
     for _ in 0..whole_requests {
-        let (t, body) = get(&http, &format!("{}/v1/runtimes", server.base)).await;
+        let (t, body) = get(&http, &format!("{}/v1/runtimes", server.process.base)).await;
         times.push(t);
         bytes = body.len();
     }
-    let (_, body) = get(&http, &format!("{}/v1/runtimes", server.base)).await;
+    let (_, body) = get(&http, &format!("{}/v1/runtimes", server.process.base)).await;
     let listed: RuntimeList = serde_json::from_slice(&body).unwrap();
     assert_eq!(listed.runtimes.len(), small);
     assert!(listed.next.is_none());
@@ -258,7 +204,7 @@ async fn main() {
     println!(
         "  GET /v1/runtimes?limit=500&after=…, {page_requests} requests: p50 {p50:.2} ms, p99 {p99:.2} ms (target p99 ≤ 5 ms)"
     );
-    let busy_small = rss_kib(server.child.0.id());
+    let busy_small = rss_kib(server.process.pid());
     println!(
         "  resident memory: idle {:.1} MB (target ≤ 60 MB), after the requests {:.1} MB",
         idle_small as f64 / 1024.0,
@@ -267,14 +213,14 @@ async fn main() {
     drop(server);
 
     println!("berth serve (SQLite) with {large} runtime records");
-    let server = serve(large, &http).await;
+    let server = serve(large).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let idle_large = rss_kib(server.child.0.id());
+    let idle_large = rss_kib(server.process.pid());
     let (p50, p99) = pages(&http, &server, large, page_requests).await;
     println!(
         "  GET /v1/runtimes?limit=500&after=…, {page_requests} requests: p50 {p50:.2} ms, p99 {p99:.2} ms (target p99 ≤ 10 ms)"
     );
-    let busy_large = rss_kib(server.child.0.id());
+    let busy_large = rss_kib(server.process.pid());
     println!(
         "  resident memory: idle {:.1} MB (target ≤ 150 MB), after the requests {:.1} MB",
         idle_large as f64 / 1024.0,

@@ -11,7 +11,6 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,37 +26,7 @@ use bollard::Docker;
 use serde_json::json;
 use tokio::task::JoinSet;
 
-/// The berth process and every container and network of this run go,
-/// whatever happens (a failed assertion included).
-struct Cleanup {
-    child: Child,
-    owner: String,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        for owner in [self.owner.clone(), format!("{}-raw", self.owner)] {
-            let ids = Command::new("docker")
-                .args(["ps", "-aq", "--filter"])
-                .arg(format!("label=io.berth.owner={owner}"))
-                .output()
-                .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
-                .unwrap_or_default();
-            let ids: Vec<&str> = ids.split_whitespace().collect();
-            if !ids.is_empty() {
-                let _ = Command::new("docker")
-                    .args(["rm", "-f", "-v"])
-                    .args(&ids)
-                    .output();
-            }
-            let _ = Command::new("docker")
-                .args(["network", "rm", &owner])
-                .output();
-        }
-    }
-}
+mod common;
 
 fn env_or(name: &str, benching: bool, bench: usize, smoke: usize) -> usize {
     if !benching {
@@ -225,50 +194,17 @@ async fn main() {
     let benching = std::env::args().any(|a| a == "--bench");
     let fleet = env_or("BENCH_FLEET", benching, 50, 3);
     let rounds = env_or("BENCH_ROUNDS", benching, 5, 1);
-    let suffix = &uuid::Uuid::now_v7().simple().to_string()[22..];
-    let owner = format!("bt-fleet-{suffix}");
     let data = tempfile::tempdir().expect("tempdir");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new(env!("CARGO_BIN_EXE_berth"))
-        .args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--owner",
-            &owner,
-            "--network",
-            &owner,
-        ])
-        .arg("--data-dir")
-        .arg(data.path())
-        .env("BERTH_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("berth binary");
-    let _cleanup = Cleanup {
-        child,
-        owner: owner.clone(),
-    };
-    let base = format!("http://127.0.0.1:{port}");
+    // Killed, with every container and network of both owners, on drop
+    // (a failed assertion included).
+    let server = common::BerthProcess::start("bt-fleet", data.path(), &[]).await;
+    let owner = server.owner.clone();
+    let base = server.base.clone();
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(fleet)
         .timeout(Duration::from_secs(300))
         .build()
         .expect("client");
-    let mut up = false;
-    for _ in 0..300 {
-        if http.get(format!("{base}/healthz")).send().await.is_ok() {
-            up = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(up, "berth serve did not answer /healthz within 15 s");
     // A short stop grace: the busybox httpd ignores SIGTERM, and removal
     // between rounds is not timed.
     let resp = http

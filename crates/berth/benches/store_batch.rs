@@ -12,7 +12,6 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Write;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use berth::adapters::state_fs::LocalStateFs;
@@ -22,14 +21,7 @@ use berth::services::stores::{
 };
 use berth_core::store::{Manifest, StoreDescriptor, StoreReadiness, StoreRecovery};
 
-struct Reaped(Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+mod common;
 
 fn descriptors(n: usize) -> Vec<StoreDescriptor> {
     (0..n)
@@ -133,55 +125,14 @@ async fn batch_latency(files: usize, rounds: usize) {
     );
 }
 
-fn docker(args: &[&str]) {
-    let _ = Command::new("docker")
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-}
-
 async fn readiness_latency(requests: usize) {
     let repo = std::env::var("BERTH_TEST_SLEEPER").expect(
         "BERTH_TEST_SLEEPER is not set: run with `bash scripts/bench.sh` (it starts the services)",
     );
     let data = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let owner = format!(
-        "bt-ready-{}",
-        &uuid::Uuid::now_v7().simple().to_string()[22..]
-    );
-    let child = Reaped(
-        Command::new(env!("CARGO_BIN_EXE_berth"))
-            .args([
-                "serve",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--owner",
-                &owner,
-                "--network",
-                &owner,
-            ])
-            .arg("--data-dir")
-            .arg(data.path())
-            .env("BERTH_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("berth binary"),
-    );
-    let base = format!("http://127.0.0.1:{port}");
+    let server = common::BerthProcess::start("bt-ready", data.path(), &[]).await;
+    let base = &server.base;
     let http = reqwest::Client::new();
-    for _ in 0..300 {
-        if http.get(format!("{base}/healthz")).send().await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     let tag = "v1";
     let stores: Vec<serde_json::Value> = descriptors(10)
         .iter()
@@ -236,9 +187,6 @@ async fn readiness_latency(requests: usize) {
         p(0.5),
         p(0.99)
     );
-    drop(child);
-    docker(&["rm", "-f", &format!("{owner}-r-1")]);
-    docker(&["network", "rm", &owner]);
 }
 
 #[tokio::main]

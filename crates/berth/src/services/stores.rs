@@ -56,9 +56,11 @@ impl Default for StoreLimits {
     }
 }
 
-/// Past this size the receipt log is rewritten to its last record after a
-/// commit (atomically: temp, fsync, rename, fsync dir).
-const RECEIPT_LOG_COMPACT_BYTES: usize = 1 << 20;
+/// Every this many batches the receipt log is rewritten to its last record
+/// after the commit (atomically: temp, fsync, rename, fsync dir), so that it
+/// stays short without reading its size on every batch. Only records above
+/// the manifest's high watermark ever matter to the planner.
+const RECEIPT_LOG_COMPACT_EVERY: u64 = 256;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoreWrite {
@@ -664,22 +666,22 @@ impl StoreService {
     /// Rewrites a long receipt log to its last record. Bookkeeping: a
     /// failure leaves the longer log, which is as valid.
     async fn compact_receipts(&self, paths: &StatePaths, last: &ReceiptRecord) {
-        let fs = self.fs();
-        let len = match fs.read(&paths.receipts()).await {
-            Ok(Some(b)) => b.len(),
-            _ => return,
-        };
-        if len > RECEIPT_LOG_COMPACT_BYTES {
-            if let Err(e) = write_durable(fs, &paths.receipts(), &encode_receipt(last)).await {
-                tracing::warn!(error = %e, "could not compact the receipt log");
-            }
+        if last.seq % RECEIPT_LOG_COMPACT_EVERY != 0 {
+            return;
+        }
+        if let Err(e) = write_durable(self.fs(), &paths.receipts(), &encode_receipt(last)).await {
+            tracing::warn!(error = %e, "could not compact the receipt log");
         }
     }
 
     /// The committed manifest (an empty one before the first batch).
     pub async fn manifest(&self, id: &str) -> Result<Manifest> {
-        let (rec, _) = self.runtime_and_template(id).await?;
-        match self.read_manifest(&self.paths(&rec.id)).await? {
+        self.runtime_and_template(id).await?;
+        self.committed_manifest(id).await
+    }
+
+    async fn committed_manifest(&self, id: &str) -> Result<Manifest> {
+        match self.read_manifest(&self.paths(id)).await? {
             ManifestFact::Absent => Ok(Manifest::empty(id)),
             ManifestFact::Present(m) => Ok(m),
             ManifestFact::Corrupt(why) => Err(Error::new(
@@ -699,7 +701,7 @@ impl StoreService {
             ));
         };
         let paths = self.paths(&rec.id);
-        let manifest = self.manifest(id).await?;
+        let manifest = self.committed_manifest(id).await?;
         let not_committed = || {
             Error::new(
                 ErrorCode::StoreNotFound,
