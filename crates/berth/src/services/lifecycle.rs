@@ -658,12 +658,7 @@ impl LifecycleService {
     }
 
     fn state_dir(&self, id: &str) -> PathBuf {
-        self.ctx
-            .settings
-            .data_dir
-            .join("runtimes")
-            .join(id)
-            .join("state")
+        self.ctx.settings.state_dir(id)
     }
 
     async fn stop_grace(&self, template: &str) -> Result<std::time::Duration> {

@@ -666,7 +666,7 @@ impl StoreService {
     /// Rewrites a long receipt log to its last record. Bookkeeping: a
     /// failure leaves the longer log, which is as valid.
     async fn compact_receipts(&self, paths: &StatePaths, last: &ReceiptRecord) {
-        if last.seq % RECEIPT_LOG_COMPACT_EVERY != 0 {
+        if !last.seq.is_multiple_of(RECEIPT_LOG_COMPACT_EVERY) {
             return;
         }
         if let Err(e) = write_durable(self.fs(), &paths.receipts(), &encode_receipt(last)).await {
