@@ -38,7 +38,9 @@ export BERTH_TEST_LABELLED_IMAGE="$BERTH_TEST_IMAGE:labelled"
 # The API fuzzer (tests/fuzz_api.rs), installed below into a virtual environment.
 SCHEMATHESIS_VERSION=4.32.5
 export BERTH_TEST_SCHEMATHESIS="$STATE/venv/bin/schemathesis"
-EXPORTS=(BERTH_TEST_DATABASE_URL BERTH_TEST_REDIS_URL BERTH_TEST_REGISTRY BERTH_TEST_IMAGE BERTH_TEST_SLEEPER BERTH_TEST_LABELLED_IMAGE BERTH_TEST_SCHEMATHESIS)
+export BERTH_TEST_CHROMIUM=/usr/bin/chromium
+export BERTH_TEST_CHROMEDRIVER=/usr/bin/chromedriver
+EXPORTS=(BERTH_TEST_DATABASE_URL BERTH_TEST_REDIS_URL BERTH_TEST_REGISTRY BERTH_TEST_IMAGE BERTH_TEST_SLEEPER BERTH_TEST_LABELLED_IMAGE BERTH_TEST_SCHEMATHESIS BERTH_TEST_CHROMIUM BERTH_TEST_CHROMEDRIVER)
 
 log() { printf '[test-env] %s\n' "$*" >&2; }
 die() { printf '[test-env] ERROR: %s\n' "$*" >&2; exit 1; }
@@ -99,6 +101,10 @@ docker info >/dev/null 2>&1 || command -v dockerd >/dev/null || missing+=(docker
 # Debian's python (not whatever python3 comes first on PATH) with venv, for schemathesis.
 [[ -x /usr/bin/python3 ]] || missing+=(python3)
 /usr/bin/python3 -c 'import ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
+# The console's browser tests (tests/console_browser.rs): headless chromium
+# driven over WebDriver by its own driver, from Debian, so nothing is downloaded.
+[[ -x /usr/bin/chromium ]] || missing+=(chromium)
+[[ -x /usr/bin/chromedriver ]] || missing+=(chromium-driver)
 
 if ((${#missing[@]})); then
   log "installing: ${missing[*]}"
