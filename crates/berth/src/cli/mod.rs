@@ -6,7 +6,7 @@
 
 mod admin;
 mod client;
-mod format;
+pub(crate) mod format;
 mod images;
 mod log;
 mod pin;

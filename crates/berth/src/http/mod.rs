@@ -1,11 +1,13 @@
 //! The HTTP API (axum): routing, auth, errors, body limits and metrics.
 //! Handlers are thin: they parse, call a service, and shape the answer.
 
+mod console;
 pub mod dto;
 mod extract;
 mod handlers;
 pub mod openapi;
 pub mod roles;
+pub mod session;
 pub mod tls;
 
 use std::sync::Arc;
@@ -52,11 +54,28 @@ pub struct Auth {
     /// `X-Berth-Actor` says. With the single `api_token` the header still
     /// names the person (one shared token cannot).
     scoped: bool,
+    /// The console's browser sessions.
+    pub sessions: session::Sessions,
 }
 
 impl Auth {
     pub fn new(tokens: Vec<ApiToken>, scoped: bool) -> Auth {
-        Auth { tokens, scoped }
+        Auth {
+            tokens,
+            scoped,
+            sessions: session::Sessions::default(),
+        }
+    }
+
+    /// Session cookies get `Secure` (the API is served over HTTPS).
+    pub fn with_secure_cookies(mut self, secure: bool) -> Auth {
+        self.sessions = session::Sessions::new(secure);
+        self
+    }
+
+    /// Whether `/v1` and the console ask for a token.
+    pub fn is_open(&self) -> bool {
+        self.tokens.is_empty()
     }
 
     /// No token: every request is let in (loopback only, see `check_exposure`).
@@ -66,12 +85,13 @@ impl Auth {
 
     pub fn from_config(config: &crate::config::Config) -> Auth {
         Auth::new(config.tokens.clone(), config.scoped_tokens)
+            .with_secure_cookies(config.tls.is_some())
     }
 
     /// The token whose secret this is. Compares SHA-256 digests in
     /// constant time and looks at every token, so the time taken says
     /// nothing about which token, or how much of one, was guessed.
-    fn find(&self, secret: &str) -> Option<&ApiToken> {
+    pub(crate) fn find(&self, secret: &str) -> Option<&ApiToken> {
         let digest = crate::config::sha256(secret.as_bytes());
         let mut found = None;
         for token in &self.tokens {
@@ -180,7 +200,7 @@ impl<S: Send + Sync> FromRequestParts<S> for ApiCaller {
 
 /// Compares without an early exit, so the time taken does not reveal how
 /// much of a guessed token was right.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     let mut diff = (a.len() ^ b.len()) as u8 | ((a.len() ^ b.len()) >> 8) as u8;
     for i in 0..a.len().max(b.len()) {
         let x = a.get(i).copied().unwrap_or(0);
@@ -190,29 +210,27 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     diff == 0
 }
 
-/// Bearer auth on `/v1`, then the route's role (see [`roles`]).
+/// Who a request is: its bearer token, else its console session, else
+/// nobody (an open API lets nobody in). Unsafe methods from a browser must
+/// come from this server's own pages: a cross-site request is refused
+/// whatever it carries, and a session must send its CSRF token.
 async fn require_token(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
-    if state.auth.tokens.is_empty() {
-        return next.run(req).await;
+    if session::is_unsafe(req.method()) {
+        if let Some(why) = session::cross_site(req.headers()) {
+            tracing::warn!(method = %req.method(), path = %req.uri().path(), %why, "cross-site request refused");
+            return ApiError(Error::new(
+                ErrorCode::Forbidden,
+                format!("cross-site request refused: {why}"),
+            ))
+            .into_response();
+        }
     }
-    let given = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    let Some(given) = given else {
-        return ApiError(Error::new(
-            ErrorCode::Unauthorized,
-            "this API needs \"Authorization: Bearer <token>\"",
-        ))
-        .into_response();
+    let principal = match authenticate(&state, &req) {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
     };
-    let Some(token) = state.auth.find(given.trim()) else {
-        return ApiError(Error::new(
-            ErrorCode::Unauthorized,
-            "the bearer token is not valid",
-        ))
-        .into_response();
+    let Some(principal) = principal else {
+        return next.run(req).await;
     };
     let route = req
         .extensions()
@@ -223,25 +241,75 @@ async fn require_token(State(state): State<AppState>, mut req: Request, next: Ne
         .as_deref()
         .and_then(|r| roles::required_role(req.method(), r))
         .unwrap_or(Role::Admin);
-    if !token.role.allows(needed) {
+    if !principal.role.allows(needed) {
         return ApiError(Error::new(
             ErrorCode::Forbidden,
             format!(
                 "{} {} needs a token with the {needed} role (or above); token {:?} has the {} role",
                 req.method(),
                 route.as_deref().unwrap_or(req.uri().path()),
-                token.name,
-                token.role,
+                principal.name,
+                principal.role,
             ),
         ))
         .into_response();
     }
-    req.extensions_mut().insert(Principal {
-        name: token.name.clone(),
-        role: token.role,
-        names_actor: state.auth.scoped,
-    });
+    req.extensions_mut().insert(principal);
     next.run(req).await
+}
+
+/// The principal of a request: `Ok(None)` when the API is open and the
+/// request carries no credentials.
+fn authenticate(state: &AppState, req: &Request) -> Result<Option<Principal>, ApiError> {
+    let auth = &state.auth;
+    let bearer = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if let Some(given) = bearer {
+        if auth.is_open() {
+            return Ok(None);
+        }
+        let token = auth.find(given.trim()).ok_or_else(|| {
+            ApiError(Error::new(
+                ErrorCode::Unauthorized,
+                "the bearer token is not valid",
+            ))
+        })?;
+        return Ok(Some(Principal {
+            name: token.name.clone(),
+            role: token.role,
+            names_actor: auth.scoped,
+        }));
+    }
+    let now = state.services.ctx.now_ms();
+    if let Some(id) = session::session_cookie(req.headers()) {
+        if let Some(s) = auth.sessions.get(id, now) {
+            let sent = req
+                .headers()
+                .get(session::CSRF_HEADER)
+                .and_then(|v| v.to_str().ok());
+            if session::is_unsafe(req.method()) && !session::csrf_matches(&s, sent) {
+                return Err(ApiError(Error::new(
+                    ErrorCode::Forbidden,
+                    "this request carries a console session but not its CSRF token (X-Berth-CSRF); reload the page",
+                )));
+            }
+            return Ok(Some(Principal {
+                name: s.name,
+                role: s.role,
+                names_actor: true,
+            }));
+        }
+    }
+    if auth.is_open() {
+        return Ok(None);
+    }
+    Err(ApiError(Error::new(
+        ErrorCode::Unauthorized,
+        "this API needs \"Authorization: Bearer <token>\" (or a console session: log in at /)",
+    )))
 }
 
 async fn count_requests(State(state): State<AppState>, req: Request, next: Next) -> Response {
@@ -331,6 +399,7 @@ pub fn router(state: AppState) -> Router {
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
 
     Router::new()
+        .merge(console::router())
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi::serve))
