@@ -141,15 +141,20 @@ pub fn is_unsafe(method: &Method) -> bool {
     !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
 }
 
-/// Why a request is refused as cross-site, if it is: its `Origin` (sent by
-/// browsers on every POST, PUT and DELETE) names another origin than the
-/// `Host` it was sent to, or `Sec-Fetch-Site` says another site or origin
-/// sent it. Requests without either header (the CLI, curl) pass.
+/// Why a request is refused as cross-site, if it is. A browser says where
+/// a request comes from in `Sec-Fetch-Site` (a page cannot forge it), else
+/// in `Origin` (sent on every POST, PUT and DELETE), which must name the
+/// `Host` the request was sent to. Requests with neither header (the CLI,
+/// curl) pass.
 pub fn cross_site(headers: &HeaderMap) -> Option<String> {
-    if let Some(site) = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
-        if site == "cross-site" || site == "same-site" {
-            return Some(format!("the browser says another site sent it ({site})"));
-        }
+    if let Some(site) = headers.get("sec-fetch-site") {
+        return match site.to_str().unwrap_or("") {
+            // `none`: the person typed the URL or used a bookmark.
+            "same-origin" | "none" => None,
+            other => Some(format!(
+                "the browser says another origin sent it (Sec-Fetch-Site: {other})"
+            )),
+        };
     }
     let origin = headers.get(header::ORIGIN)?;
     let origin = origin.to_str().unwrap_or("");
@@ -245,6 +250,12 @@ mod tests {
         assert!(cross_site(&null).is_some());
         let fetch_site = headers(&[("host", "127.0.0.1:7878"), ("sec-fetch-site", "same-site")]);
         assert!(cross_site(&fetch_site).is_some());
+        let own = headers(&[
+            ("host", "127.0.0.1:7878"),
+            ("sec-fetch-site", "same-origin"),
+            ("origin", "null"),
+        ]);
+        assert_eq!(cross_site(&own), None);
         // The CLI sends neither header.
         assert_eq!(cross_site(&headers(&[("host", "127.0.0.1:7878")])), None);
     }
