@@ -90,15 +90,15 @@ async fn js() -> Response {
 
 /// Who a page request is from; a browser without a session is sent to the
 /// token prompt.
-fn viewer(state: &AppState, headers: &HeaderMap) -> Result<Viewer, Response> {
+fn viewer(state: &AppState, headers: &HeaderMap) -> Option<Viewer> {
     let auth = &state.auth;
     if let Some(id) = session::session_cookie(headers) {
         if let Some(s) = auth.sessions.get(id, state.services.ctx.now_ms()) {
-            return Ok(session_viewer(s));
+            return Some(session_viewer(s));
         }
     }
     if auth.is_open() {
-        return Ok(Viewer {
+        return Some(Viewer {
             name: "console".to_string(),
             role: super::roles::Role::Admin,
             csrf: None,
@@ -110,14 +110,19 @@ fn viewer(state: &AppState, headers: &HeaderMap) -> Result<Viewer, Response> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     if let Some(token) = bearer.and_then(|b| auth.find(b.trim())) {
-        return Ok(Viewer {
+        return Some(Viewer {
             name: token.name.clone(),
             role: token.role,
             csrf: None,
             logged_in: false,
         });
     }
-    Err(Redirect::to("/ui/login").into_response())
+    None
+}
+
+/// Where a browser without a session goes.
+fn to_login() -> Response {
+    Redirect::to("/ui/login").into_response()
 }
 
 fn session_viewer(s: Session) -> Viewer {
@@ -309,9 +314,8 @@ async fn fleet(
     headers: HeaderMap,
     Query(q): Query<FleetQuery>,
 ) -> Response {
-    let viewer = match viewer(&state, &headers) {
-        Ok(v) => v,
-        Err(r) => return r,
+    let Some(viewer) = viewer(&state, &headers) else {
+        return to_login();
     };
     let filter = FleetFilter {
         template: non_empty(q.template),
@@ -480,9 +484,8 @@ async fn runtime(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    let viewer = match viewer(&state, &headers) {
-        Ok(v) => v,
-        Err(r) => return r,
+    let Some(viewer) = viewer(&state, &headers) else {
+        return to_login();
     };
     let services = &state.services;
     let record = page_try!(viewer, services.runtimes.get(&id).await);
@@ -559,9 +562,8 @@ async fn runtime(
 // -------------------------------------------------------------- templates
 
 async fn templates(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let viewer = match viewer(&state, &headers) {
-        Ok(v) => v,
-        Err(r) => return r,
+    let Some(viewer) = viewer(&state, &headers) else {
+        return to_login();
     };
     let services = &state.services;
     let list = page_try!(viewer, services.templates.list().await);
@@ -589,9 +591,8 @@ async fn template(
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Response {
-    let viewer = match viewer(&state, &headers) {
-        Ok(v) => v,
-        Err(r) => return r,
+    let Some(viewer) = viewer(&state, &headers) else {
+        return to_login();
     };
     let services = &state.services;
     let t = page_try!(viewer, services.templates.get(&name).await);
@@ -631,9 +632,8 @@ async fn template(
 // --------------------------------------------------------------- rollouts
 
 async fn rollouts(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let viewer = match viewer(&state, &headers) {
-        Ok(v) => v,
-        Err(r) => return r,
+    let Some(viewer) = viewer(&state, &headers) else {
+        return to_login();
     };
     let list = page_try!(viewer, state.services.rollouts.list(None, Some(100)).await);
     let now = state.services.ctx.now_ms();
@@ -651,9 +651,8 @@ async fn rollout(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    let viewer = match viewer(&state, &headers) {
-        Ok(v) => v,
-        Err(r) => return r,
+    let Some(viewer) = viewer(&state, &headers) else {
+        return to_login();
     };
     let (row, targets) = page_try!(viewer, state.services.rollouts.get(&id).await);
     let now = state.services.ctx.now_ms();
@@ -685,9 +684,8 @@ async fn plugin_updates(
     headers: HeaderMap,
     Query(q): Query<UpdatesQuery>,
 ) -> Response {
-    let viewer = match viewer(&state, &headers) {
-        Ok(v) => v,
-        Err(r) => return r,
+    let Some(viewer) = viewer(&state, &headers) else {
+        return to_login();
     };
     let status = non_empty(q.status).unwrap_or_else(|| "pending".to_string());
     let runtime = non_empty(q.runtime);
