@@ -5,6 +5,8 @@
 
 #![allow(dead_code)]
 
+pub mod seed;
+
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;

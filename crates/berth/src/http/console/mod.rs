@@ -331,7 +331,11 @@ async fn fleet(
             return Redirect::to(&format!("/ui/runtimes/{q}")).into_response();
         }
     }
-    let fleet = page_try!(viewer, load_fleet(&state, filter).await);
+    // The whole fleet's counts cost a pass over every record: only for
+    // the page itself and the summary region.
+    let fragment = headers.get(FRAGMENT_HEADER).and_then(|v| v.to_str().ok());
+    let counts = matches!(fragment, None | Some("summary"));
+    let fleet = page_try!(viewer, load_fleet(&state, filter, counts).await);
     let now = services.ctx.now_ms();
     let events = page_try!(
         viewer,
@@ -376,9 +380,13 @@ async fn fleet(
     respond(&headers, "Fleet", Nav::Fleet, &viewer, regions)
 }
 
-/// One page of the fleet with what its rows show, and the whole fleet's
-/// counts.
-pub async fn load_fleet(state: &AppState, filter: FleetFilter) -> crate::error::Result<Fleet> {
+/// One page of the fleet with what its rows show, and (with `counts`) the
+/// whole fleet's counts by status and of stale runtimes.
+pub async fn load_fleet(
+    state: &AppState,
+    filter: FleetFilter,
+    counts: bool,
+) -> crate::error::Result<Fleet> {
     let services = &state.services;
     // A search that is not an exact id lists the ids from it on (ids sort
     // as text, so those starting with it come first).
@@ -417,20 +425,24 @@ pub async fn load_fleet(state: &AppState, filter: FleetFilter) -> crate::error::
             pins.insert(t.name.clone(), pin.digest.to_string());
         }
     }
-    let all = services.runtimes.list(&ListQuery::default()).await?.items;
-    let mut counts = BTreeMap::new();
-    for r in &all {
-        *counts.entry(r.status.as_str().to_string()).or_insert(0) += 1;
+    let mut by_status = BTreeMap::new();
+    let (mut total, mut stale) = (0, 0);
+    if counts {
+        let all = services.runtimes.list(&ListQuery::default()).await?.items;
+        total = all.len();
+        for r in &all {
+            *by_status.entry(r.status.as_str().to_string()).or_insert(0) += 1;
+        }
+        stale = services
+            .runtimes
+            .list(&ListQuery {
+                stale: true,
+                ..ListQuery::default()
+            })
+            .await?
+            .items
+            .len();
     }
-    let stale = services
-        .runtimes
-        .list(&ListQuery {
-            stale: true,
-            ..ListQuery::default()
-        })
-        .await?
-        .items
-        .len();
     let recent = services
         .operations
         .health_events(None, None, Some(RECENT_EVENTS), None)
@@ -471,8 +483,8 @@ pub async fn load_fleet(state: &AppState, filter: FleetFilter) -> crate::error::
         templates: templates.into_iter().map(|t| t.name).collect(),
         rows,
         next,
-        total: all.len(),
-        counts,
+        total,
+        counts: by_status,
         stale,
     })
 }
