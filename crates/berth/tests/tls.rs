@@ -208,3 +208,40 @@ async fn a_bad_certificate_fails_the_boot() {
     let err = berth::app::start(config).await.err().expect("refused");
     assert!(err.to_string().contains("cert.pem"), "{err}");
 }
+
+#[tokio::test]
+async fn under_https_the_console_session_cookie_is_secure() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = self_signed(dir.path());
+    let t = TestServer::start_with(Options {
+        token: Some("tls-console-secret".into()),
+        toml: format!(
+            "tls_cert = {:?}\ntls_key = {:?}\n",
+            cert.display().to_string(),
+            key.display().to_string()
+        ),
+        ..Default::default()
+    })
+    .await;
+    let port = t.server.as_ref().unwrap().addr.port();
+    let pem = std::fs::read(&cert).unwrap();
+    let client = reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let resp = client
+        .post(format!("https://127.0.0.1:{port}/ui/login"))
+        .form(&[("token", "tls-console-secret")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), reqwest::StatusCode::SEE_OTHER);
+    let cookie = resp.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(cookie.starts_with("berth_session="), "{cookie}");
+    assert!(cookie.contains("; HttpOnly; SameSite=Strict; "), "{cookie}");
+    assert!(cookie.ends_with("; Secure"), "{cookie}");
+    t.shutdown().await;
+}
