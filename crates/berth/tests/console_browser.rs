@@ -284,6 +284,30 @@ async fn every_page_loads_only_from_berth_itself() {
     )
     .await;
 
+    // At a phone's width nothing is wider than the screen, and the fleet's
+    // actions can be reached by keyboard (Tab lands on real buttons).
+    b.set_window_size(390, 844).await;
+    b.goto(&format!("{}/", server.base)).await;
+    b.wait_for("table.fleet").await;
+    let widths = b
+        .execute(
+            "return [document.documentElement.scrollWidth, window.innerWidth]",
+            json!([]),
+        )
+        .await;
+    assert!(
+        widths[0].as_u64() <= widths[1].as_u64(),
+        "wider than a phone: {widths}"
+    );
+    let focusable = b
+        .execute(
+            "return Array.from(document.querySelectorAll('table.fleet button')).every(b => b.tabIndex === 0)",
+            json!([]),
+        )
+        .await;
+    assert_eq!(focusable, Value::Bool(true));
+    b.set_window_size(1280, 900).await;
+
     if let Ok(path) = std::env::var("BERTH_SCREENSHOT") {
         b.goto(&format!("{}/", server.base)).await;
         b.wait_until(
