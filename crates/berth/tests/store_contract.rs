@@ -354,8 +354,8 @@ contract!(
 
 // --- fixtures ---------------------------------------------------------------
 
-/// Every schema migration version, oldest first (0007: webhook deliveries).
-const ALL_VERSIONS: [i64; 7] = [1, 2, 3, 4, 5, 6, 7];
+/// Every schema migration version, oldest first (0008: the change log).
+const ALL_VERSIONS: [i64; 8] = [1, 2, 3, 4, 5, 6, 7, 8];
 
 fn template(name: &str, tag: &str) -> Template {
     let doc: TemplateDoc = serde_json::from_value(serde_json::json!({
