@@ -22,14 +22,14 @@ pub enum Start {
 /// log still keeps (`None`: the log is empty). Without a cursor: live from
 /// the head (no backlog).
 pub fn start(after: Option<i64>, head: i64, oldest: Option<i64>) -> Start {
-    let Some(after) = after else {
+    let Some(after) = after.map(|a| a.max(0)) else {
         return Start::From(head);
     };
     match oldest {
         // A change between the cursor and the oldest kept may have been
         // pruned: the client cannot be told what it missed.
         Some(oldest) if after.saturating_add(1) < oldest => Start::Reset { oldest },
-        _ => Start::From(after.max(0)),
+        _ => Start::From(after),
     }
 }
 

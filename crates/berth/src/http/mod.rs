@@ -6,6 +6,7 @@ mod extract;
 mod handlers;
 pub mod openapi;
 pub mod roles;
+mod stream;
 pub mod tls;
 
 use std::sync::Arc;
@@ -328,6 +329,7 @@ pub fn router(state: AppState) -> Router {
         .route("/rollouts/{id}/pause", post(pause_rollout))
         .route("/rollouts/{id}/resume", post(resume_rollout))
         .route("/rollouts/{id}/abort", post(abort_rollout))
+        .route("/stream", get(stream::stream))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
 
     Router::new()

@@ -28,6 +28,7 @@ use crate::template_doc::{
         handlers::list_plugin_updates, handlers::apply_plugin_update, handlers::dismiss_plugin_update,
         handlers::sweep_plugins, handlers::bulk_apply_plugin,
         handlers::write_store_batch, handlers::get_store_manifest, handlers::get_store_data, handlers::get_readiness,
+        super::stream::stream,
     ),
     components(schemas(
         ErrorBody, ErrorDetail, Health, TemplateDoc, HealthDoc, RolloutDoc, UpdatePolicyDoc, RestartDoc,
