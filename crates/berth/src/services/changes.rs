@@ -311,7 +311,13 @@ impl ChangeFeed {
             feed: self.clone(),
             rx,
             cursor,
-            mode: Mode::CatchingUp,
+            // Live from now is live at once: falling behind the ring drops
+            // it. A resumed cursor catches up from the database first.
+            mode: if after.is_none() {
+                Mode::Live
+            } else {
+                Mode::CatchingUp
+            },
             filter,
             pending,
             _guard: guard,
