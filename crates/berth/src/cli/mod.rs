@@ -13,6 +13,7 @@ mod pin;
 mod plugin;
 mod rollout;
 mod runtime;
+pub mod sse;
 mod store;
 mod template;
 
