@@ -260,6 +260,17 @@ impl Spinner {
     }
 }
 
+impl Spinner {
+    /// A line above the spinner; on stderr as it is without one (tables
+    /// only: JSON output stays clean).
+    fn println(&self, line: &str) {
+        match &self.0 {
+            Some(bar) => bar.println(line),
+            None => note(line),
+        }
+    }
+}
+
 impl Drop for Spinner {
     fn drop(&mut self) {
         if let Some(bar) = &self.0 {

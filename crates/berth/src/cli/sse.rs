@@ -45,6 +45,26 @@ pub fn parse_block(block: &str) -> Option<SseEvent> {
     })
 }
 
+/// A `change` event's data (`GET /v1/stream`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct ChangeData {
+    pub seq: i64,
+    pub kind: String,
+    pub key: String,
+    pub runtime: Option<String>,
+    pub at: i64,
+}
+
+impl SseEvent {
+    /// The change this event announces, if it is a `change` event.
+    pub fn change(&self) -> Option<ChangeData> {
+        if self.event != "change" {
+            return None;
+        }
+        serde_json::from_str(&self.data).ok()
+    }
+}
+
 /// Reads events off a streaming response.
 pub struct SseReader {
     response: reqwest::Response,
