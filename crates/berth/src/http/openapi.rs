@@ -375,6 +375,40 @@ mod tests {
     }
 
     #[test]
+    fn the_change_stream_is_documented_as_server_sent_events() {
+        let doc = doc();
+        let op = &doc["paths"]["/v1/stream"]["get"];
+        assert_eq!(op["operationId"], "stream");
+        let ok = &op["responses"]["200"]["content"];
+        assert!(ok["text/event-stream"].is_object(), "{ok}");
+        for code in ["400", "401", "403", "500", "503"] {
+            assert!(op["responses"][code].is_object(), "{code}: {op}");
+        }
+        let params: Vec<(String, String)> = op["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                (
+                    p["name"].as_str().unwrap().to_string(),
+                    p["in"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        for (name, place) in [
+            ("after", "query"),
+            ("kinds", "query"),
+            ("runtime", "query"),
+            ("Last-Event-ID", "header"),
+        ] {
+            assert!(
+                params.contains(&(name.to_string(), place.to_string())),
+                "{name} in {place}: {params:?}"
+            );
+        }
+    }
+
+    #[test]
     fn parameters_carry_the_rules_the_api_checks() {
         let doc = doc();
         let id = &doc["paths"]["/v1/runtimes/{id}"]["get"]["parameters"][0];
