@@ -58,6 +58,17 @@ async fn put_templates(s: &Services, from: usize, n: usize) {
     }
 }
 
+/// What the hub does after a wakeup: reads until nothing is new.
+async fn read_all(feed: &ChangeFeed) -> usize {
+    let mut total = 0;
+    loop {
+        match feed.catch_up().await.unwrap() {
+            0 => return total,
+            n => total += n,
+        }
+    }
+}
+
 /// The seqs a subscription sends until it would wait.
 async fn drain(sub: &mut Subscription) -> Vec<Out> {
     let mut out = Vec::new();
@@ -93,7 +104,7 @@ async fn a_resumed_client_gets_exactly_the_changes_after_its_cursor_from_the_sto
     let (feed, _) = feed_on(&w.store, small());
     feed.load().await.unwrap();
     put_templates(&s, 0, 10).await;
-    assert_eq!(feed.catch_up().await.unwrap(), 20);
+    assert_eq!(read_all(&feed).await, 20);
     let snap = feed.snapshot();
     assert_eq!((snap.floor, snap.head, snap.items.len()), (16, 20, 4));
     let all = all_seqs(&w.store).await;
@@ -109,7 +120,7 @@ async fn a_resumed_client_gets_exactly_the_changes_after_its_cursor_from_the_sto
     // Then live: a new change arrives once the hub reads it.
     put_templates(&s, 10, 1).await;
     assert!(drain(&mut sub).await.is_empty(), "not read by the hub yet");
-    feed.catch_up().await.unwrap();
+    read_all(&feed).await;
     assert_eq!(seqs(&drain(&mut sub).await), [21, 22]);
 
     // A cursor memory still covers: from memory only.
@@ -151,7 +162,7 @@ async fn without_a_cursor_a_client_is_live_from_now() {
         .unwrap();
     assert!(drain(&mut sub).await.is_empty(), "no backlog");
     put_templates(&s, 3, 1).await;
-    feed.catch_up().await.unwrap();
+    read_all(&feed).await;
     assert_eq!(seqs(&drain(&mut sub).await), [7, 8]);
 }
 
@@ -162,7 +173,7 @@ async fn a_cursor_older_than_the_oldest_change_kept_is_told_to_reset() {
     let (feed, _) = feed_on(&w.store, small());
     feed.load().await.unwrap();
     put_templates(&s, 0, 10).await;
-    feed.catch_up().await.unwrap();
+    read_all(&feed).await;
     w.store.prune_changes_before(10).await.unwrap();
 
     let mut sub = feed
@@ -195,7 +206,7 @@ async fn the_hub_prunes_the_log_to_what_it_keeps() {
     );
     feed.load().await.unwrap();
     put_templates(&s, 0, 5).await;
-    feed.catch_up().await.unwrap();
+    read_all(&feed).await;
     assert_eq!(feed.prune(false).await.unwrap(), 4);
     assert_eq!(w.store.change_bounds().await.unwrap(), Some((5, 10)));
     assert_eq!(feed.prune(true).await.unwrap(), 0);
@@ -218,14 +229,14 @@ async fn a_live_client_that_falls_behind_memory_is_dropped_and_resumes_from_the_
         .unwrap()
         .unwrap();
     put_templates(&s, 0, 1).await;
-    feed.catch_up().await.unwrap();
+    read_all(&feed).await;
     assert_eq!(seqs(&drain(&mut slow).await), [1, 2]);
     // Ten more commits while the slow client reads nothing; the quick one
     // keeps up after each.
     let mut quick_seen = seqs(&drain(&mut quick).await);
     for i in 1..11 {
         put_templates(&s, i, 1).await;
-        feed.catch_up().await.unwrap();
+        read_all(&feed).await;
         quick_seen.extend(seqs(&drain(&mut quick).await));
     }
     assert_eq!(quick_seen, (1..=22).collect::<Vec<_>>());
@@ -259,7 +270,7 @@ async fn filters_keep_kinds_and_one_runtime_and_move_the_cursor_past_the_rest() 
         store.record(Some(&rec), &op).await.unwrap();
     }
     // Rows: 1 runtime a, 2 op o0, 3 runtime b, 4 op o1, 5 runtime a, 6 op o2.
-    feed.catch_up().await.unwrap();
+    read_all(&feed).await;
     let sub = |kinds: &[ChangeKind], runtime: Option<&str>| {
         let filter = Filter {
             kinds: kinds.iter().copied().collect(),
@@ -425,4 +436,24 @@ async fn the_endpoint_refuses_bad_filters_and_cursors() {
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn a_backlog_longer_than_the_ring_is_read_in_ring_sized_steps() {
+    let w = World::new();
+    let s = w.boot();
+    let (feed, _) = feed_on(&w.store, small());
+    feed.load().await.unwrap();
+    let mut sub = feed
+        .subscribe(Some(0), Filter::default())
+        .await
+        .unwrap()
+        .unwrap();
+    put_templates(&s, 0, 5).await;
+    // Pages of 3 until at least a ring (4) is read: 6, then the other 4.
+    assert_eq!(feed.catch_up().await.unwrap(), 6);
+    assert_eq!(feed.snapshot().head, 6);
+    assert_eq!(feed.catch_up().await.unwrap(), 4);
+    assert_eq!(feed.catch_up().await.unwrap(), 0);
+    assert_eq!(seqs(&drain(&mut sub).await), (1..=10).collect::<Vec<_>>());
 }

@@ -190,8 +190,10 @@ impl ChangeFeed {
         Ok(())
     }
 
-    /// Reads every row committed after the head into the ring and publishes
-    /// it; returns how many were new.
+    /// Reads the rows committed after the head into the ring and publishes
+    /// it; returns how many were new. Reads at most about a ring's worth at
+    /// a time (a long backlog is published in ring-sized steps, never held
+    /// whole).
     pub async fn catch_up(&self) -> Result<usize, StoreError> {
         let _reading = self.reading.lock().await;
         let current = self.snapshot();
@@ -207,7 +209,7 @@ impl ChangeFeed {
                 head = row.seq;
                 new.push(Arc::new(FeedItem::new(row)));
             }
-            if short {
+            if short || new.len() >= self.settings.ring {
                 break;
             }
         }
@@ -219,8 +221,7 @@ impl ChangeFeed {
         let total = current.items.len() + count;
         let skip = total.saturating_sub(self.settings.ring.max(1));
         let mut floor = current.floor;
-        for item in current.items.iter().chain(new.iter()).enumerate() {
-            let (i, item) = item;
+        for (i, item) in current.items.iter().chain(new.iter()).enumerate() {
             if i < skip {
                 floor = item.seq;
             } else {
@@ -264,9 +265,14 @@ impl ChangeFeed {
                 _ = self.wakeup.notified() => {}
                 _ = tokio::time::sleep(self.settings.poll) => {}
             }
-            if let Err(e) = self.catch_up().await {
-                tracing::warn!(error = %e, "the change feed cannot read the change log; retrying");
-                continue;
+            match self.catch_up().await {
+                // More may wait: read on at once.
+                Ok(n) if n >= self.settings.ring => self.wakeup.notify_one(),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "the change feed cannot read the change log; retrying");
+                    continue;
+                }
             }
             if let Err(e) = self.prune(false).await {
                 tracing::warn!(error = %e, "the change feed cannot prune the change log");
