@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 eval "$(bash scripts/test-env.sh --env-only)"
 benches=("$@")
-[[ ${#benches[@]} -gt 0 ]] || benches=(planner start_overhead host_drift watch_tick api_scale plugin_sweep store_batch fleet_start console_render)
+[[ ${#benches[@]} -gt 0 ]] || benches=(planner start_overhead host_drift watch_tick api_scale plugin_sweep store_batch fleet_start console_render stream_latency)
 for b in "${benches[@]}"; do
   case $b in
     planner) cargo bench -p berth-core --bench planner ;;

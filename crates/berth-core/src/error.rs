@@ -41,11 +41,14 @@ pub enum ErrorCode {
     Timeout,
     Interrupted,
     StorageUnavailable,
+    /// berth is at a limit of its own (e.g. change-stream clients); try
+    /// again later.
+    Unavailable,
     Internal,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 31] = [
+    pub const ALL: [ErrorCode; 32] = [
         ErrorCode::InvalidRequest,
         ErrorCode::InvalidId,
         ErrorCode::InvalidDigest,
@@ -76,6 +79,7 @@ impl ErrorCode {
         ErrorCode::Timeout,
         ErrorCode::Interrupted,
         ErrorCode::StorageUnavailable,
+        ErrorCode::Unavailable,
         ErrorCode::Internal,
     ];
 
@@ -111,6 +115,7 @@ impl ErrorCode {
             ErrorCode::Timeout => "timeout",
             ErrorCode::Interrupted => "interrupted",
             ErrorCode::StorageUnavailable => "storage_unavailable",
+            ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
         }
     }

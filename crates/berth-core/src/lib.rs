@@ -4,6 +4,7 @@
 //! passed in as milliseconds since the epoch. Adapters and services in the
 //! `berth` crate feed this core with facts and carry out what it decides.
 
+pub mod change_feed;
 pub mod container;
 pub mod duration;
 pub mod error;

@@ -181,8 +181,10 @@ async fn main() {
                     allowed_hosts: None,
                 },
             },
+            stream: Default::default(),
         },
         outbox_wakeup: Default::default(),
+        changes_wakeup: Default::default(),
         webhooks: Default::default(),
     });
     let plugins = services.plugins.clone();

@@ -90,8 +90,10 @@ pub async fn build_services(config: &Config) -> Result<Arc<Services>, BootError>
                     allowed_hosts: config.plugin_allowed_hosts.clone(),
                 },
             },
+            stream: Default::default(),
         },
         outbox_wakeup: Default::default(),
+        changes_wakeup: Default::default(),
         webhooks: Arc::new(crate::services::webhooks::Webhooks::new(
             config.webhooks.clone(),
         )),
@@ -192,6 +194,9 @@ pub async fn start(config: Config) -> Result<RunningServer, BootError> {
             "settled plugin directories a crash left aside"
         );
     }
+    // The change feed starts at the newest stored change before anyone can
+    // connect; its hub is one of the loops.
+    services.changes.load().await?;
     // Background loops: the reconciler (its first pass runs at once) and
     // the Docker events listener. They stop when `background` is cancelled.
     let background = CancellationToken::new();
@@ -203,6 +208,7 @@ pub async fn start(config: Config) -> Result<RunningServer, BootError> {
             .run_loop(config.reconcile_interval, background.clone()),
     );
     loops.spawn(services.events.clone().run(background.clone()));
+    loops.spawn(services.changes.clone().run(background.clone()));
     if config.image_watch_enabled {
         loops.spawn(
             services

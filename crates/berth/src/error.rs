@@ -76,7 +76,7 @@ impl Error {
             PayloadTooLarge => 413,
             ImagePullFailed | GitFailed | StartFailed | HealthCheckFailed | StopFailed
             | RemoveFailed => 502,
-            DockerUnavailable | StorageUnavailable => 503,
+            DockerUnavailable | StorageUnavailable | Unavailable => 503,
             Timeout => 504,
             Interrupted | Internal => 500,
         }

@@ -61,6 +61,11 @@ pub struct Metrics {
     pub outbox_backlog: Gauge,
     /// Times the Docker events stream was opened again after it broke.
     pub docker_events_reconnects: Counter,
+    /// Clients connected to `GET /v1/stream`.
+    pub stream_clients: Gauge,
+    /// Stream connections closed because their client fell behind what
+    /// the in-memory feed holds (they resume from the database).
+    pub stream_dropped_clients: Counter,
 }
 
 /// Buckets of operation durations: a stop takes milliseconds, a start with
@@ -245,7 +250,21 @@ impl Default for Metrics {
             "Times the Docker events stream was opened again after it broke",
             docker_events_reconnects.clone(),
         );
+        let stream_clients = Gauge::default();
+        registry.register(
+            "stream_clients",
+            "Clients connected to the change stream",
+            stream_clients.clone(),
+        );
+        let stream_dropped_clients = Counter::default();
+        registry.register(
+            "stream_dropped_clients",
+            "Change-stream clients disconnected for falling behind the in-memory feed",
+            stream_dropped_clients.clone(),
+        );
         Metrics {
+            stream_clients,
+            stream_dropped_clients,
             operation_seconds,
             reconcile_seconds,
             watch_tick_seconds,

@@ -57,6 +57,13 @@ async fn cli_drives_templates_pins_runtimes_and_ops() {
     );
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).contains("running"), "{}", stdout(&out));
+    // While the start was in flight, its operation showed on stderr,
+    // live from the change stream.
+    assert!(
+        stderr(&out).contains("  start in_progress"),
+        "{}",
+        stderr(&out)
+    );
 
     // Tables for people, JSON for scripts.
     let out = berth(&t, &["runtime", "ls"]);
@@ -226,5 +233,90 @@ async fn cli_writes_a_batch_shows_stores_and_reports_readiness() {
     let envelope: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(envelope["data"]["members"][0], "builder");
     assert_eq!(envelope["run_id"], run.as_str());
+    t.shutdown().await;
+}
+
+/// `berth rollout watch` follows a rollout live from the change stream:
+/// one JSON line per state with `--output json`, exit 0 when it completed;
+/// a halted one exits 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_watches_a_rollout_to_its_end() {
+    let t = TestServer::start().await;
+    let repo = unique("cw-");
+    let image = push_as("v1", &repo, "stable");
+    t.put_template(
+        "trk",
+        serde_json::json!({"image": image, "tag": "stable", "port": 8080, "watch": true,
+            "update_policy": "track",
+            "health": {"path": "/healthz", "interval": "200ms", "timeout": "1s", "grace": "5s"},
+            "rollout": {"batch_size": 1, "max_failures": 1}, "stop_grace": "1s"}),
+    )
+    .await;
+    for id in ["w-1", "w-2"] {
+        let (status, body) = t.start_runtime(id, "trk").await;
+        assert!(status.is_success(), "{body}");
+    }
+    let tick = async || {
+        let (status, report) = t
+            .post("/v1/admin/images/watch", serde_json::json!({}))
+            .await;
+        assert!(status.is_success(), "{report}");
+        report
+    };
+    tick().await;
+    push_as("v2", &repo, "stable");
+    assert_eq!(tick().await["tracked"], serde_json::json!(["trk"]));
+    let (_, list) = t.get("/v1/rollouts?template=trk").await;
+    let id = list["rollouts"][0]["id"].as_str().unwrap().to_string();
+
+    let out = berth(&t, &["--output", "json", "rollout", "watch", &id]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let states: Vec<Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON document a line"))
+        .collect();
+    let last = states.last().expect("at least the final state");
+    assert_eq!(last["state"], "completed", "{last}");
+    assert_eq!(last["progress"]["updated"], 2, "{last}");
+    let done: Vec<u64> = states
+        .iter()
+        .map(|s| s["progress"]["updated"].as_u64().unwrap())
+        .collect();
+    assert!(done.windows(2).all(|w| w[0] <= w[1]), "{done:?}");
+    // Each line is a new state.
+    assert!(states.windows(2).all(|w| w[0] != w[1]), "{}", stdout(&out));
+
+    // It followed the change stream (not polls).
+    let metrics = t
+        .client
+        .get(format!("{}/metrics", t.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("berth_http_requests_total")
+                && l.contains("route=\"/v1/stream\"")
+                && l.contains("status=\"200\"")),
+        "{metrics}"
+    );
+
+    // A broken release halts: exit 1, the summary says so.
+    push_as("broken", &repo, "stable");
+    assert_eq!(tick().await["tracked"], serde_json::json!(["trk"]));
+    let (_, list) = t.get("/v1/rollouts?template=trk").await;
+    let halted = list["rollouts"][0]["id"].as_str().unwrap().to_string();
+    assert_ne!(halted, id);
+    let out = berth(&t, &["rollout", "watch", &halted]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains(&format!("rollout {halted} halted")),
+        "{}",
+        stdout(&out)
+    );
     t.shutdown().await;
 }

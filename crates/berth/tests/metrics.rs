@@ -84,6 +84,14 @@ async fn fetch(t: &TestServer, accept: Option<&str>) -> (String, String) {
 #[tokio::test]
 async fn live_metrics_pass_promtool_and_carry_durations_backlogs_and_reconnects() {
     let t = TestServer::start().await;
+    // One change-stream client, connected while the metrics are read.
+    let stream = t
+        .client
+        .get(format!("{}/v1/stream", t.base))
+        .send()
+        .await
+        .expect("GET /v1/stream");
+    assert_eq!(stream.status(), StatusCode::OK);
     t.put_app_template("app", "v1").await;
     let (status, body) = t.start_runtime("m1", "app").await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
@@ -170,6 +178,14 @@ async fn live_metrics_pass_promtool_and_carry_durations_backlogs_and_reconnects(
         "{text}"
     );
     assert!(text.contains("# TYPE berth_docker_events_reconnects_total counter\n"));
+    // The change stream: one client connected, none dropped.
+    assert_eq!(sample(&text, "berth_stream_clients"), Some(1.0), "{text}");
+    assert_eq!(
+        sample(&text, "berth_stream_dropped_clients_total"),
+        Some(0.0),
+        "{text}"
+    );
+    drop(stream);
     assert!(!text.contains("# EOF"));
 
     // A scraper that asks for OpenMetrics gets it, with the same series.

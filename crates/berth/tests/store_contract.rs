@@ -342,6 +342,11 @@ contract!(
         runtime_pages_by_keyset,
         runtime_pages_cover_every_record_once_while_records_are_added,
         log_pages_before_an_id,
+        a_commit_writes_its_change_rows_in_order,
+        writes_outside_commit_write_change_rows,
+        a_refused_write_writes_no_change_rows,
+        change_rows_are_pruned_below_a_seq,
+        change_seq_order_is_commit_order,
     ],
     sql only: [
         corrupt_rows_are_reported,
@@ -354,8 +359,8 @@ contract!(
 
 // --- fixtures ---------------------------------------------------------------
 
-/// Every schema migration version, oldest first (0007: webhook deliveries).
-const ALL_VERSIONS: [i64; 7] = [1, 2, 3, 4, 5, 6, 7];
+/// Every schema migration version, oldest first (0008: the change log).
+const ALL_VERSIONS: [i64; 8] = [1, 2, 3, 4, 5, 6, 7, 8];
 
 fn template(name: &str, tag: &str) -> Template {
     let doc: TemplateDoc = serde_json::from_value(serde_json::json!({
@@ -4059,6 +4064,334 @@ mod cases {
         expect_corrupt(s.list_operations(&all_ops()).await, "operations.source").await;
         ctx.exec("UPDATE operations SET source = 'api'").await;
         assert_eq!(s.list_operations(&all_ops()).await.unwrap(), vec![o]);
+    }
+
+    /// (kind, key, runtime) of every change-log row after `after`.
+    async fn changes_after(s: &dyn Store, after: i64) -> Vec<(String, String, Option<String>)> {
+        s.list_changes_after(after, 10_000)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|c| (c.kind.as_str().to_string(), c.key, c.runtime_id))
+            .collect()
+    }
+
+    fn change(kind: &str, key: &str, runtime: Option<&str>) -> (String, String, Option<String>) {
+        (
+            kind.to_string(),
+            key.to_string(),
+            runtime.map(str::to_string),
+        )
+    }
+
+    async fn head(s: &dyn Store) -> i64 {
+        s.change_bounds().await.unwrap().map_or(0, |(_, hi)| hi)
+    }
+
+    pub async fn a_commit_writes_its_change_rows_in_order(ctx: Ctx) {
+        let s = ctx.store.as_ref();
+        assert_eq!(s.change_bounds().await.unwrap(), None);
+        assert!(s.list_changes_after(0, 10).await.unwrap().is_empty());
+        let r1 = runtime("r1", "t", RuntimeStatus::Running, 10);
+        let o1 = done(
+            op("o1", OperationKind::Start, 10).for_runtime("r1", "t"),
+            12,
+        );
+        let events = [
+            health_event(
+                "e1",
+                "r1",
+                HealthEventType::ContainerStarted,
+                Some("c1"),
+                11,
+            ),
+            health_event("e2", "r1", HealthEventType::ContainerExited, Some("c1"), 11),
+        ];
+        let notes = [notification("n1", "runtime.started", 11)];
+        let p = pin("t", 1, 10);
+        let entry = promote_entry(&p, None);
+        let ro = rollout("ro1", "t", RolloutState::Running, 10);
+        let targets = [target("r1", 0, TargetState::Pending, 10)];
+        let pl = plugin("r1", "skills", Some(&"b".repeat(40)));
+        let up = update(
+            "u1",
+            "r1",
+            "skills",
+            &"c".repeat(40),
+            UpdateStatus::Pending,
+            10,
+        );
+        s.commit(&Change {
+            runtime: Some(&r1),
+            operation: Some(&o1),
+            pin: Some(PinChange {
+                pin: &p,
+                entry: &entry,
+            }),
+            rollout: Some(RolloutChange {
+                rollout: &ro,
+                targets: &targets,
+            }),
+            plugin: Some(PluginChange::Put(&pl)),
+            plugin_update: Some(&up),
+            health_events: &events,
+            notifications: &notes,
+            ..Change::default()
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            changes_after(s, 0).await,
+            [
+                change("runtime", "r1", Some("r1")),
+                change("operation", "o1", Some("r1")),
+                change("pin", "t", None),
+                change("rollout", "ro1", None),
+                change("plugin", "r1/skills", Some("r1")),
+                change("plugin_update", "u1", Some("r1")),
+                change("event", "e1", Some("r1")),
+                change("event", "e2", Some("r1")),
+                change("notification", "n1", Some("r1")),
+            ]
+        );
+        let rows = s.list_changes_after(0, 100).await.unwrap();
+        assert!(rows.windows(2).all(|w| w[0].seq < w[1].seq), "{rows:?}");
+        // The time is the operation's.
+        assert!(rows.iter().all(|r| r.at_ms == 12), "{rows:?}");
+        let (lo, hi) = s.change_bounds().await.unwrap().unwrap();
+        assert_eq!((lo, hi), (rows[0].seq, rows[8].seq));
+
+        // A later commit comes after; list after a cursor, with a limit.
+        let o2 = op("o2", OperationKind::Stop, 20).for_runtime("r1", "t");
+        s.record(Some(&r1), &o2).await.unwrap();
+        assert_eq!(
+            changes_after(s, hi).await,
+            [
+                change("runtime", "r1", Some("r1")),
+                change("operation", "o2", Some("r1")),
+            ]
+        );
+        let two = s.list_changes_after(rows[2].seq, 2).await.unwrap();
+        assert_eq!(
+            two.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            [rows[3].seq, rows[4].seq]
+        );
+        // An operation without a runtime has none.
+        let o3 = done(op("o3", OperationKind::TemplatePut, 30), 30);
+        let before = head(s).await;
+        s.record(None, &o3).await.unwrap();
+        assert_eq!(
+            changes_after(s, before).await,
+            [change("operation", "o3", None)]
+        );
+    }
+
+    pub async fn writes_outside_commit_write_change_rows(ctx: Ctx) {
+        let s = ctx.store.as_ref();
+        let o1 = done(op("o1", OperationKind::TemplatePut, 10), 10);
+        s.put_template(&template("web", "v1"), &o1).await.unwrap();
+        assert_eq!(
+            changes_after(s, 0).await,
+            [
+                change("template", "web", None),
+                change("operation", "o1", None)
+            ]
+        );
+        let h = head(s).await;
+        let p = pin("web", 1, 20);
+        let o2 = done(op("o2", OperationKind::PinPromote, 20), 20);
+        assert!(s.seed_pin(&p, &promote_entry(&p, None), &o2).await.unwrap());
+        assert_eq!(
+            changes_after(s, h).await,
+            [change("pin", "web", None), change("operation", "o2", None)]
+        );
+        // A seed that does nothing writes no row.
+        let h = head(s).await;
+        let o3 = done(op("o3", OperationKind::PinPromote, 30), 30);
+        assert!(!s.seed_pin(&p, &promote_entry(&p, None), &o3).await.unwrap());
+        assert!(changes_after(s, h).await.is_empty());
+        let o4 = done(op("o4", OperationKind::PinUnpin, 40), 40);
+        assert!(s
+            .unpin("web", &unpin_entry("web", Some(digest(1)), 40), &o4)
+            .await
+            .unwrap());
+        assert_eq!(
+            changes_after(s, h).await,
+            [change("pin", "web", None), change("operation", "o4", None)]
+        );
+        let h = head(s).await;
+        let o5 = done(op("o5", OperationKind::TemplateDelete, 50), 50);
+        assert!(s.delete_template("web", &o5).await.unwrap());
+        assert_eq!(
+            changes_after(s, h).await,
+            [
+                change("template", "web", None),
+                change("operation", "o5", None)
+            ]
+        );
+        // Interrupted operations are changes too.
+        let h = head(s).await;
+        let o6 = op("o6", OperationKind::Start, 60).for_runtime("r1", "t");
+        s.record(None, &o6).await.unwrap();
+        let h6 = head(s).await;
+        assert!(h6 > h);
+        s.fail_in_progress_operations("interrupted", "stopped", 70)
+            .await
+            .unwrap();
+        assert_eq!(
+            changes_after(s, h6).await,
+            [change("operation", "o6", Some("r1"))]
+        );
+        let last = s.list_changes_after(h6, 10).await.unwrap();
+        assert_eq!(last[0].at_ms, 70);
+    }
+
+    pub async fn a_refused_write_writes_no_change_rows(ctx: Ctx) {
+        let s = ctx.store.as_ref();
+        let r1 = runtime("r1", "t", RuntimeStatus::Running, 10);
+        let o1 = op("o1", OperationKind::Start, 10).for_runtime("r1", "t");
+        let job = job_result("job-1", "r1", 10);
+        s.commit(&Change {
+            runtime: Some(&r1),
+            operation: Some(&o1),
+            job_result: Some(&job),
+            ..Change::default()
+        })
+        .await
+        .unwrap();
+        let h = head(s).await;
+        // The same job id again: refused, nothing written.
+        let o2 = op("o2", OperationKind::Start, 20).for_runtime("r1", "t");
+        let events = [health_event(
+            "e1",
+            "r1",
+            HealthEventType::ContainerStarted,
+            None,
+            20,
+        )];
+        let refused = s
+            .commit(&Change {
+                runtime: Some(&r1),
+                operation: Some(&o2),
+                job_result: Some(&job),
+                health_events: &events,
+                ..Change::default()
+            })
+            .await;
+        assert!(
+            matches!(refused, Err(StoreError::Conflict(_))),
+            "{refused:?}"
+        );
+        // A duplicate health event id, after the rows of the rest.
+        s.commit(&Change {
+            health_events: &events,
+            ..Change::default()
+        })
+        .await
+        .unwrap();
+        let h2 = head(s).await;
+        let refused = s
+            .commit(&Change {
+                runtime: Some(&r1),
+                operation: Some(&o2),
+                health_events: &events,
+                ..Change::default()
+            })
+            .await;
+        assert!(
+            matches!(refused, Err(StoreError::Conflict(_))),
+            "{refused:?}"
+        );
+        assert_eq!(head(s).await, h2);
+        assert_eq!(
+            changes_after(s, h).await,
+            [change("event", "e1", Some("r1"))]
+        );
+        // A template delete refused while a runtime uses it.
+        let o3 = done(op("o3", OperationKind::TemplatePut, 30), 30);
+        s.put_template(&template("t", "v1"), &o3).await.unwrap();
+        let h3 = head(s).await;
+        let o4 = done(op("o4", OperationKind::TemplateDelete, 40), 40);
+        assert!(s.delete_template("t", &o4).await.is_err());
+        assert!(!s.delete_template("nothing", &o4).await.unwrap());
+        assert_eq!(head(s).await, h3);
+    }
+
+    pub async fn change_rows_are_pruned_below_a_seq(ctx: Ctx) {
+        let s = ctx.store.as_ref();
+        for i in 0..10 {
+            let o = done(op(&format!("o{i}"), OperationKind::Stop, i), i);
+            s.record(None, &o).await.unwrap();
+        }
+        let rows = s.list_changes_after(0, 100).await.unwrap();
+        assert_eq!(rows.len(), 10);
+        assert_eq!(s.prune_changes_before(rows[4].seq).await.unwrap(), 4);
+        assert_eq!(
+            s.change_bounds().await.unwrap(),
+            Some((rows[4].seq, rows[9].seq))
+        );
+        assert_eq!(
+            s.list_changes_after(0, 100).await.unwrap(),
+            rows[4..].to_vec()
+        );
+        assert_eq!(s.prune_changes_before(rows[4].seq).await.unwrap(), 0);
+        // New rows never reuse a pruned seq.
+        s.prune_changes_before(i64::MAX).await.unwrap();
+        assert_eq!(s.change_bounds().await.unwrap(), None);
+        let o = done(op("o-last", OperationKind::Stop, 99), 99);
+        s.record(None, &o).await.unwrap();
+        let (lo, _) = s.change_bounds().await.unwrap().unwrap();
+        assert!(lo > rows[9].seq);
+    }
+
+    /// Concurrent writers: every reader that walks the log by cursor sees
+    /// every row, in commit order (seq order is commit order).
+    pub async fn change_seq_order_is_commit_order(ctx: Ctx) {
+        let store = ctx.store.clone();
+        let writers: Vec<_> = (0..8)
+            .map(|w| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    for i in 0..15 {
+                        let id = format!("r{w}");
+                        let r = runtime(&id, "t", RuntimeStatus::Running, i);
+                        let o = done(
+                            op(&format!("o{w}-{i}"), OperationKind::Start, i).for_runtime(&id, "t"),
+                            i,
+                        );
+                        store.record(Some(&r), &o).await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        // A reader following the log as it grows: never skips a seq that
+        // commits later with a lower number.
+        let mut cursor = 0;
+        let mut seen = Vec::new();
+        loop {
+            let done_writing = writers.iter().all(|w| w.is_finished());
+            let rows = store.list_changes_after(cursor, 7).await.unwrap();
+            for r in &rows {
+                cursor = r.seq;
+                seen.push(r.key.clone());
+            }
+            if rows.is_empty() && done_writing {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        for w in writers {
+            w.await.unwrap();
+        }
+        let all: Vec<String> = store
+            .list_changes_after(0, 10_000)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.key)
+            .collect();
+        assert_eq!(all.len(), 8 * 15 * 2);
+        assert_eq!(seen, all, "a reader by cursor missed a row");
     }
 }
 

@@ -202,6 +202,42 @@ impl Client {
             .await
     }
 
+    /// Opens the change stream (`GET /v1/stream`) with `query`, after
+    /// change `after` when given (`Last-Event-ID`). No request timeout: the
+    /// answer goes on while the caller reads it.
+    pub async fn stream(
+        &self,
+        query: &[(&str, String)],
+        after: Option<i64>,
+    ) -> Result<super::sse::SseReader, CliError> {
+        let mut request = self
+            .http
+            .get(self.url(&["v1", "stream"]))
+            .header("accept", "text/event-stream");
+        if !query.is_empty() {
+            request = request.query(query);
+        }
+        if let Some(after) = after {
+            request = request.header("last-event-id", after.to_string());
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| self.transport_error(&e, CONNECT_TIMEOUT))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(super::sse::SseReader::new(response));
+        }
+        let body = response.text().await.unwrap_or_default();
+        match serde_json::from_str::<ErrorBody>(&body) {
+            Ok(e) => Err(CliError::Api(e.error)),
+            Err(_) => Err(CliError::Other(format!(
+                "{} answered {status} to GET /v1/stream",
+                self.base
+            ))),
+        }
+    }
+
     async fn send<B: Serialize>(
         &self,
         method: Method,

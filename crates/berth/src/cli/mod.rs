@@ -13,6 +13,7 @@ mod pin;
 mod plugin;
 mod rollout;
 mod runtime;
+pub mod sse;
 mod store;
 mod template;
 
@@ -256,6 +257,17 @@ impl Spinner {
         bar.set_message(message);
         bar.enable_steady_tick(Duration::from_millis(120));
         Spinner(Some(bar))
+    }
+}
+
+impl Spinner {
+    /// A line above the spinner; on stderr as it is without one (tables
+    /// only: JSON output stays clean).
+    fn println(&self, line: &str) {
+        match &self.0 {
+            Some(bar) => bar.println(line),
+            None => note(line),
+        }
     }
 }
 

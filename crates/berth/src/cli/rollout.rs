@@ -10,7 +10,8 @@ use crate::http::dto::{RolloutList, RolloutProgress, RolloutView};
 
 use super::client::{Answer, CliError};
 use super::format::{format_ms, or_dash, short_digest, Fields, Table};
-use super::{emit, emit_json, note, parse_interval, parse_path_segment, show, Ctx, Output};
+use super::sse::SseReader;
+use super::{emit, note, parse_interval, parse_path_segment, show, Ctx, Output};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum RolloutCommand {
@@ -48,13 +49,15 @@ pub enum RolloutCommand {
         #[arg(value_parser = parse_path_segment)]
         id: String,
     },
-    /// Follow a rollout until it completes, halts or is aborted; exits 0
-    /// when it completed, 1 otherwise
+    /// Follow a rollout until it completes, halts or is aborted, live from
+    /// the change stream; exits 0 when it completed, 1 otherwise. With
+    /// `--output json`, each state as one JSON line
     Watch {
         /// Rollout id
         #[arg(value_parser = parse_path_segment)]
         id: String,
-        /// How often to ask, e.g. 500ms or 2s (100ms to 1m)
+        /// How often to ask when the server has no change stream, e.g.
+        /// 500ms or 2s (100ms to 1m)
         #[arg(long, default_value = "1s", value_parser = parse_interval)]
         interval: Duration,
     },
@@ -241,14 +244,14 @@ fn watch_key(r: &RolloutView) -> (String, u32, usize, usize, usize, usize) {
 enum Display {
     Bar(ProgressBar),
     Lines,
-    /// `--output json`: only the final rollout.
-    Quiet,
+    /// `--output json`: each state as one JSON line on stdout.
+    JsonLines,
 }
 
 impl Display {
     fn new(ctx: &Ctx) -> Display {
         match ctx.output {
-            Output::Json => Display::Quiet,
+            Output::Json => Display::JsonLines,
             Output::Table if std::io::stderr().is_terminal() => {
                 let bar = ProgressBar::new(0);
                 if let Ok(style) =
@@ -263,7 +266,7 @@ impl Display {
         }
     }
 
-    fn update(&self, r: &RolloutView) {
+    fn update(&self, r: &RolloutView, answer: &Answer) {
         match self {
             Display::Bar(bar) => {
                 let p = progress_of(r);
@@ -272,7 +275,9 @@ impl Display {
                 bar.set_message(watch_message(r));
             }
             Display::Lines => emit(&format!("{}\n", watch_line(r))),
-            Display::Quiet => {}
+            // The server's compact JSON; a raw newline can only be
+            // whitespace between tokens.
+            Display::JsonLines => emit(&format!("{}\n", answer.body.trim().replace('\n', " "))),
         }
     }
 
@@ -280,7 +285,7 @@ impl Display {
     fn warn(&self, text: &str) {
         match self {
             Display::Bar(bar) => bar.set_message(text.to_string()),
-            Display::Lines | Display::Quiet => note(text),
+            Display::Lines | Display::JsonLines => note(text),
         }
     }
 
@@ -299,10 +304,10 @@ async fn watch(ctx: &Ctx, id: &str, interval: Duration) -> Result<i32, CliError>
     };
     display.finish();
     match outcome {
-        Some(Ok((answer, r))) => {
-            match ctx.output {
-                Output::Json => emit_json(&answer),
-                Output::Table => emit(&format!("{}\n", watch_summary(&r).0)),
+        Some(Ok(r)) => {
+            // JSON: the final state was the last line.
+            if ctx.output == Output::Table {
+                emit(&format!("{}\n", watch_summary(&r).0));
             }
             Ok(watch_summary(&r).1)
         }
@@ -316,13 +321,108 @@ async fn watch(ctx: &Ctx, id: &str, interval: Duration) -> Result<i32, CliError>
     }
 }
 
-/// Polls until the rollout is finished; hands back the last answer.
+/// With no change for this long, the rollout is read again anyway.
+const QUIET_REREAD: Duration = Duration::from_secs(30);
+
+/// Where `watch` is in the change stream.
+struct Live {
+    stream: SseReader,
+    /// The last change seen, to resume from after a reconnect.
+    cursor: Option<i64>,
+}
+
+/// Follows the rollout live: reads it, then again after each change of it
+/// on the change stream (and after a quiet spell), until it is finished.
+/// Without a change stream (an older server), polls every `interval`.
 async fn follow(
     ctx: &Ctx,
     id: &str,
     interval: Duration,
     display: &Display,
-) -> Result<(Answer, RolloutView), CliError> {
+) -> Result<RolloutView, CliError> {
+    let query = [("kinds", "rollout".to_string())];
+    // Opened before the first read, so no change between the two is lost.
+    let mut live = match ctx.client.stream(&query, None).await {
+        Ok(stream) => Live {
+            stream,
+            cursor: None,
+        },
+        Err(_) => return poll(ctx, id, interval, display).await,
+    };
+    let mut last = None;
+    loop {
+        let answer = ctx
+            .client
+            .get_within(&["v1", "rollouts", id], POLL_TIMEOUT)
+            .await?;
+        let r: RolloutView = answer.decode()?;
+        let key = watch_key(&r);
+        if last.as_ref() != Some(&key) {
+            display.update(&r, &answer);
+            last = Some(key);
+        }
+        if is_finished(&r) {
+            return Ok(r);
+        }
+        next_change_of(ctx, id, &query, &mut live, interval, display).await?;
+    }
+}
+
+/// Waits for a change of rollout `id` (or a reset, or a quiet spell);
+/// reconnects with `Last-Event-ID` when the stream ends.
+async fn next_change_of(
+    ctx: &Ctx,
+    id: &str,
+    query: &[(&str, String)],
+    live: &mut Live,
+    interval: Duration,
+    display: &Display,
+) -> Result<(), CliError> {
+    loop {
+        match tokio::time::timeout(QUIET_REREAD, live.stream.next()).await {
+            Err(_) => return Ok(()),
+            Ok(Ok(Some(event))) => {
+                if event.event == "reset" {
+                    return Ok(());
+                }
+                if let Some(change) = event.change() {
+                    live.cursor = Some(change.seq);
+                    if change.kind == "rollout" && change.key == id {
+                        return Ok(());
+                    }
+                }
+            }
+            // The server closed it (a restart, or this client fell
+            // behind): resume after the last change seen.
+            Ok(Ok(None)) | Ok(Err(_)) => {
+                let mut missed = 0;
+                loop {
+                    match ctx.client.stream(query, live.cursor).await {
+                        Ok(stream) => {
+                            live.stream = stream;
+                            // What happened meanwhile is re-read.
+                            return Ok(());
+                        }
+                        Err(e) if e.is_transient() && missed < MAX_MISSED_POLLS => {
+                            missed += 1;
+                            display.warn(&format!("no answer ({missed}/{MAX_MISSED_POLLS}): {e}"));
+                            tokio::time::sleep(interval).await;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Polls until the rollout is finished; hands back the last state.
+async fn poll(
+    ctx: &Ctx,
+    id: &str,
+    interval: Duration,
+    display: &Display,
+) -> Result<RolloutView, CliError> {
     let mut last = None;
     let mut missed = 0;
     loop {
@@ -336,11 +436,11 @@ async fn follow(
                 let r: RolloutView = answer.decode()?;
                 let key = watch_key(&r);
                 if last.as_ref() != Some(&key) {
-                    display.update(&r);
+                    display.update(&r, &answer);
                     last = Some(key);
                 }
                 if is_finished(&r) {
-                    return Ok((answer, r));
+                    return Ok(r);
                 }
             }
             // Once it has answered: a server that never did is more

@@ -6,10 +6,13 @@ use berth_core::status::RuntimeStatus;
 use clap::builder::PossibleValuesParser;
 use reqwest::StatusCode;
 
-use crate::http::dto::{RuntimeList, RuntimeView, StartRuntimeRequest};
+use crate::http::dto::{
+    HealthEventList, OperationList, RuntimeList, RuntimeView, StartRuntimeRequest,
+};
 
 use super::client::CliError;
 use super::format::{format_ms, or_dash, short_digest, short_image_ref, Fields, Table};
+use super::sse::ChangeData;
 use super::{note, parse_env, parse_path_segment, show, Ctx, Output, Spinner};
 
 #[derive(Debug, clap::Subcommand)]
@@ -75,9 +78,15 @@ pub(super) async fn runtime(ctx: &Ctx, command: RuntimeCommand) -> Result<(), Cl
                 env: env.into_iter().collect::<BTreeMap<_, _>>(),
             };
             let answer = {
-                let _spinner =
+                let spinner =
                     Spinner::show(ctx, format!("starting {id} (pulling the image if needed)…"));
-                ctx.client.post(&["v1", "runtimes"], Some(&body)).await?
+                with_progress(
+                    ctx,
+                    &id,
+                    &spinner,
+                    ctx.client.post(&["v1", "runtimes"], Some(&body)),
+                )
+                .await?
             };
             if answer.status == StatusCode::OK && ctx.output == Output::Table {
                 note(&format!("{id} was already running"));
@@ -120,13 +129,18 @@ pub(super) async fn runtime(ctx: &Ctx, command: RuntimeCommand) -> Result<(), Cl
         }
         RuntimeCommand::Restart { id } => {
             let answer = {
-                let _spinner = Spinner::show(
+                let spinner = Spinner::show(
                     ctx,
                     format!("restarting {id} (pulling the image if needed)…"),
                 );
-                ctx.client
-                    .post(&["v1", "runtimes", &id, "restart"], None::<&()>)
-                    .await?
+                with_progress(
+                    ctx,
+                    &id,
+                    &spinner,
+                    ctx.client
+                        .post(&["v1", "runtimes", &id, "restart"], None::<&()>),
+                )
+                .await?
             };
             show(ctx, &answer, |r: RuntimeView| runtime_fields(&r))
         }
@@ -134,6 +148,87 @@ pub(super) async fn runtime(ctx: &Ctx, command: RuntimeCommand) -> Result<(), Cl
             let answer = ctx.client.delete(&["v1", "runtimes", &id], &[]).await?;
             show(ctx, &answer, |r: RuntimeView| runtime_fields(&r))
         }
+    }
+}
+
+/// Runs `request` (a start or restart of runtime `id`) and, while it is in
+/// flight, shows the runtime's operations and health events as they
+/// commit, from the change stream, on stderr (tables only). Without a
+/// change stream (an older server) only the spinner shows.
+async fn with_progress<F>(
+    ctx: &Ctx,
+    id: &str,
+    spinner: &Spinner,
+    request: F,
+) -> Result<super::client::Answer, CliError>
+where
+    F: std::future::Future<Output = Result<super::client::Answer, CliError>>,
+{
+    let query = [
+        ("runtime", id.to_string()),
+        ("kinds", "operation,event".to_string()),
+    ];
+    let stream = match ctx.output {
+        Output::Table => ctx.client.stream(&query, None).await.ok(),
+        Output::Json => None,
+    };
+    let Some(mut stream) = stream else {
+        return request.await;
+    };
+    let mut request = std::pin::pin!(request);
+    let mut shown = std::collections::BTreeSet::new();
+    loop {
+        tokio::select! {
+            answer = &mut request => return answer,
+            event = stream.next() => match event {
+                Ok(Some(event)) => {
+                    if let Some(change) = event.change() {
+                        if let Some(line) = progress_line(ctx, id, &change).await {
+                            if shown.insert(line.clone()) {
+                                spinner.println(&line);
+                            }
+                        }
+                    }
+                }
+                // The stream ended: the spinner alone from here.
+                Ok(None) | Err(_) => return request.await,
+            },
+        }
+    }
+}
+
+/// One line for a change of the runtime: its operation's kind and outcome,
+/// or its health event's type.
+async fn progress_line(ctx: &Ctx, id: &str, change: &ChangeData) -> Option<String> {
+    let query = [("runtime", id.to_string()), ("limit", "20".to_string())];
+    match change.kind.as_str() {
+        "operation" => {
+            let list: OperationList = ctx
+                .client
+                .get(&["v1", "operations"], &query)
+                .await
+                .ok()?
+                .decode()
+                .ok()?;
+            let op = list.operations.into_iter().find(|o| o.id == change.key)?;
+            let mut line = format!("  {} {}", op.kind, op.outcome);
+            if let Some(code) = &op.error_code {
+                line.push_str(&format!(" ({code})"));
+            }
+            Some(line)
+        }
+        "event" => {
+            let list: HealthEventList = ctx
+                .client
+                .get(&["v1", "events"], &query)
+                .await
+                .ok()?
+                .decode()
+                .ok()?;
+            let e = list.events.into_iter().find(|e| e.id == change.key)?;
+            Some(format!("  {}", e.event_type))
+        }
+        _ => None,
     }
 }
 

@@ -25,6 +25,7 @@ use crate::ports::store::{
     RejectionChange, RolloutRow, RolloutStore, RolloutTarget, RuntimeFilter, RuntimePage,
     RuntimeStore, Store, StoreError, TemplateStore, WatchStore, WebhookDelivery, WebhookStore,
 };
+use crate::ports::store::{ChangeKind, ChangeRow, ChangeStore, NewChangeRow};
 
 /// What every call returns once an injected crash has "killed the process".
 const CRASH: &str = "injected crash";
@@ -117,6 +118,10 @@ struct Data {
     webhook_deliveries: BTreeMap<i64, WebhookDelivery>,
     /// The last seq handed out; seqs are never reused.
     webhook_seq: i64,
+    /// The change log, by seq.
+    changes: BTreeMap<i64, ChangeRow>,
+    /// The last seq handed out; seqs are never reused.
+    change_seq: i64,
 }
 
 struct OutboxEntry {
@@ -196,8 +201,27 @@ impl Data {
         Ok(())
     }
 
+    /// Appends change-log rows (in the write that changed what they name).
+    fn append_changes(&mut self, rows: Vec<NewChangeRow>) {
+        for r in rows {
+            self.change_seq += 1;
+            let seq = self.change_seq;
+            self.changes.insert(
+                seq,
+                ChangeRow {
+                    seq,
+                    at_ms: r.at_ms,
+                    kind: r.kind,
+                    key: r.key,
+                    runtime_id: r.runtime_id,
+                },
+            );
+        }
+    }
+
     /// Writes a change that [`Data::check_change`] accepted.
     fn apply_change(&mut self, change: &Change<'_>) {
+        self.append_changes(change.change_rows());
         if let Some(job) = change.job_result {
             self.job_results.insert(job.job_id.clone(), job.clone());
         }
@@ -447,6 +471,10 @@ impl TemplateStore for FakeStore {
                 .insert(template.name.clone(), template.clone())
                 .is_some();
             d.upsert_operation(op);
+            d.append_changes(NewChangeRow::for_write(
+                &[(ChangeKind::Template, template.name.as_str())],
+                op,
+            ));
             Ok(!existed)
         })
     }
@@ -479,8 +507,12 @@ impl TemplateStore for FakeStore {
                 )));
             }
             d.templates.remove(name);
-            d.pins.remove(name);
+            let mut named = vec![(ChangeKind::Template, name)];
+            if d.pins.remove(name).is_some() {
+                named.push((ChangeKind::Pin, name));
+            }
             d.upsert_operation(op);
+            d.append_changes(NewChangeRow::for_write(&named, op));
             Ok(true)
         })
     }
@@ -506,6 +538,10 @@ impl TemplateStore for FakeStore {
             d.pins.insert(pin.template.clone(), pin.clone());
             d.pin_history.push(entry.clone());
             d.upsert_operation(op);
+            d.append_changes(NewChangeRow::for_write(
+                &[(ChangeKind::Pin, pin.template.as_str())],
+                op,
+            ));
             Ok(true)
         })
     }
@@ -522,6 +558,7 @@ impl TemplateStore for FakeStore {
             }
             d.pin_history.push(entry.clone());
             d.upsert_operation(op);
+            d.append_changes(NewChangeRow::for_write(&[(ChangeKind::Pin, template)], op));
             Ok(true)
         })
     }
@@ -616,6 +653,9 @@ impl RuntimeStore for FakeStore {
                     o.finished_at_ms = Some(now_ms);
                     changed.push(o.clone());
                 }
+            }
+            for op in &changed {
+                d.append_changes(NewChangeRow::for_write(&[], op));
             }
             Ok(changed)
         })
@@ -936,6 +976,47 @@ impl PluginStore for FakeStore {
             }
             Ok(())
         })
+    }
+}
+
+#[async_trait]
+impl ChangeStore for FakeStore {
+    async fn list_changes_after(
+        &self,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<ChangeRow>, StoreError> {
+        self.read(|d| {
+            d.changes
+                .range(after.saturating_add(1)..)
+                .take(limit as usize)
+                .map(|(_, r)| r.clone())
+                .collect()
+        })
+    }
+
+    async fn change_bounds(&self) -> Result<Option<(i64, i64)>, StoreError> {
+        self.read(|d| {
+            d.changes
+                .first_key_value()
+                .map(|(k, _)| *k)
+                .zip(d.changes.last_key_value().map(|(k, _)| *k))
+        })
+    }
+
+    /// Housekeeping, not a decision: fails once crashed, but is not one of
+    /// the write calls `crash_at_commit` counts (so a feed that prunes does
+    /// not move the commit boundaries of the crash tests).
+    async fn prune_changes_before(&self, before: i64) -> Result<u64, StoreError> {
+        let mut inner = self.lock();
+        if inner.faults.crashed {
+            return Err(crash());
+        }
+        let d = &mut inner.data;
+        let keep = d.changes.split_off(&before);
+        let pruned = d.changes.len() as u64;
+        d.changes = keep;
+        Ok(pruned)
     }
 }
 

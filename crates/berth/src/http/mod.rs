@@ -8,6 +8,7 @@ mod handlers;
 pub mod openapi;
 pub mod roles;
 pub mod session;
+mod stream;
 pub mod tls;
 
 use std::sync::Arc;
@@ -396,6 +397,7 @@ pub fn router(state: AppState) -> Router {
         .route("/rollouts/{id}/pause", post(pause_rollout))
         .route("/rollouts/{id}/resume", post(resume_rollout))
         .route("/rollouts/{id}/abort", post(abort_rollout))
+        .route("/stream", get(stream::stream))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
 
     Router::new()

@@ -28,6 +28,7 @@ use crate::template_doc::{
         handlers::list_plugin_updates, handlers::apply_plugin_update, handlers::dismiss_plugin_update,
         handlers::sweep_plugins, handlers::bulk_apply_plugin,
         handlers::write_store_batch, handlers::get_store_manifest, handlers::get_store_data, handlers::get_readiness,
+        super::stream::stream,
     ),
     components(schemas(
         ErrorBody, ErrorDetail, Health, TemplateDoc, HealthDoc, RolloutDoc, UpdatePolicyDoc, RestartDoc,
@@ -371,6 +372,40 @@ mod tests {
         assert!(metrics.get("application/json").is_none());
         let openapi = &doc["paths"]["/openapi.json"]["get"]["responses"]["200"]["content"];
         assert!(openapi["application/json"].is_object(), "{openapi}");
+    }
+
+    #[test]
+    fn the_change_stream_is_documented_as_server_sent_events() {
+        let doc = doc();
+        let op = &doc["paths"]["/v1/stream"]["get"];
+        assert_eq!(op["operationId"], "stream");
+        let ok = &op["responses"]["200"]["content"];
+        assert!(ok["text/event-stream"].is_object(), "{ok}");
+        for code in ["400", "401", "403", "500", "503"] {
+            assert!(op["responses"][code].is_object(), "{code}: {op}");
+        }
+        let params: Vec<(String, String)> = op["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                (
+                    p["name"].as_str().unwrap().to_string(),
+                    p["in"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        for (name, place) in [
+            ("after", "query"),
+            ("kinds", "query"),
+            ("runtime", "query"),
+            ("Last-Event-ID", "header"),
+        ] {
+            assert!(
+                params.contains(&(name.to_string(), place.to_string())),
+                "{name} in {place}: {params:?}"
+            );
+        }
     }
 
     #[test]

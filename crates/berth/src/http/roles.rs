@@ -93,6 +93,8 @@ pub const ROUTES: &[(&str, &str, Role)] = &[
     ("POST", "/v1/rollouts/{id}/pause", Operator),
     ("POST", "/v1/rollouts/{id}/resume", Operator),
     ("POST", "/v1/rollouts/{id}/abort", Operator),
+    // The change stream (server-sent events).
+    ("GET", "/v1/stream", Viewer),
     // Admin endpoints: loops run now, host-wide effects.
     ("POST", "/v1/admin/reconcile", Admin),
     ("POST", "/v1/admin/images/refresh", Admin),

@@ -557,6 +557,214 @@ pub trait PluginStore: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
 }
 
+/// What a change-log row says changed (see [`ChangeStore`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ChangeKind {
+    /// A runtime record; key: the runtime id.
+    Runtime,
+    /// An operation row; key: the operation id.
+    Operation,
+    /// A health event; key: its id.
+    Event,
+    /// A notification intent; key: its id.
+    Notification,
+    /// A pin set or removed; key: the template name.
+    Pin,
+    /// A template put or deleted; key: its name.
+    Template,
+    /// A rollout or its targets; key: the rollout id.
+    Rollout,
+    /// A plugin row put or deleted; key: `<runtime>/<name>`.
+    Plugin,
+    /// A queued plugin update; key: its id.
+    PluginUpdate,
+}
+
+impl ChangeKind {
+    pub const ALL: [ChangeKind; 9] = [
+        ChangeKind::Runtime,
+        ChangeKind::Operation,
+        ChangeKind::Event,
+        ChangeKind::Notification,
+        ChangeKind::Pin,
+        ChangeKind::Template,
+        ChangeKind::Rollout,
+        ChangeKind::Plugin,
+        ChangeKind::PluginUpdate,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeKind::Runtime => "runtime",
+            ChangeKind::Operation => "operation",
+            ChangeKind::Event => "event",
+            ChangeKind::Notification => "notification",
+            ChangeKind::Pin => "pin",
+            ChangeKind::Template => "template",
+            ChangeKind::Rollout => "rollout",
+            ChangeKind::Plugin => "plugin",
+            ChangeKind::PluginUpdate => "plugin_update",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ChangeKind> {
+        ChangeKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+/// One row of the change log: something a committed write changed. Rows
+/// are written in the transaction of what they describe, and `seq` order
+/// is commit order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangeRow {
+    pub seq: i64,
+    pub at_ms: i64,
+    pub kind: ChangeKind,
+    pub key: String,
+    pub runtime_id: Option<String>,
+}
+
+/// A change-log row before it is written (no seq yet).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewChangeRow {
+    pub at_ms: i64,
+    pub kind: ChangeKind,
+    pub key: String,
+    pub runtime_id: Option<String>,
+}
+
+impl NewChangeRow {
+    /// The rows of a write outside [`Store::commit`] (a template put or
+    /// deleted, a pin seeded or removed): each named thing, then the
+    /// operation, at the operation's time.
+    pub fn for_write(named: &[(ChangeKind, &str)], op: &Operation) -> Vec<NewChangeRow> {
+        let at_ms = op.finished_at_ms.unwrap_or(op.started_at_ms);
+        let mut rows: Vec<NewChangeRow> = named
+            .iter()
+            .map(|(kind, name)| NewChangeRow {
+                at_ms,
+                kind: *kind,
+                key: name.to_string(),
+                runtime_id: None,
+            })
+            .collect();
+        rows.extend(
+            Change {
+                operation: Some(op),
+                ..Change::default()
+            }
+            .change_rows(),
+        );
+        rows
+    }
+}
+
+impl Change<'_> {
+    /// The change-log rows this change writes, in order: runtime,
+    /// operation, pin, rollout, plugin, plugin update, each health event,
+    /// each notification. `at_ms` is the operation's time when there is
+    /// one, else the time the part itself carries.
+    pub fn change_rows(&self) -> Vec<NewChangeRow> {
+        let op_ms = self
+            .operation
+            .map(|op| op.finished_at_ms.unwrap_or(op.started_at_ms));
+        let mut rows = Vec::new();
+        let mut push = |at: i64, kind: ChangeKind, key: String, runtime_id: Option<String>| {
+            rows.push(NewChangeRow {
+                at_ms: op_ms.unwrap_or(at),
+                kind,
+                key,
+                runtime_id,
+            });
+        };
+        if let Some(r) = self.runtime {
+            push(
+                r.updated_at_ms,
+                ChangeKind::Runtime,
+                r.id.clone(),
+                Some(r.id.clone()),
+            );
+        }
+        if let Some(op) = self.operation {
+            push(
+                op.started_at_ms,
+                ChangeKind::Operation,
+                op.id.clone(),
+                op.runtime_id.clone(),
+            );
+        }
+        if let Some(p) = self.pin {
+            push(p.entry.at_ms, ChangeKind::Pin, p.pin.template.clone(), None);
+        }
+        if let Some(r) = self.rollout {
+            push(
+                r.rollout.updated_at_ms,
+                ChangeKind::Rollout,
+                r.rollout.id.clone(),
+                None,
+            );
+        }
+        match self.plugin {
+            Some(PluginChange::Put(p)) => push(
+                p.installed_at_ms.or(p.resolved_at_ms).unwrap_or(0),
+                ChangeKind::Plugin,
+                format!("{}/{}", p.runtime_id, p.name),
+                Some(p.runtime_id.clone()),
+            ),
+            Some(PluginChange::Delete { runtime_id, name }) => push(
+                0,
+                ChangeKind::Plugin,
+                format!("{runtime_id}/{name}"),
+                Some(runtime_id.to_string()),
+            ),
+            None => {}
+        }
+        if let Some(u) = self.plugin_update {
+            push(
+                u.updated_at_ms,
+                ChangeKind::PluginUpdate,
+                u.id.clone(),
+                Some(u.runtime_id.clone()),
+            );
+        }
+        for e in self.health_events {
+            push(
+                e.at_ms,
+                ChangeKind::Event,
+                e.id.clone(),
+                Some(e.runtime_id.clone()),
+            );
+        }
+        for n in self.notifications {
+            let runtime = n.payload.get("runtime_id").cloned();
+            push(
+                n.created_at_ms,
+                ChangeKind::Notification,
+                n.id.clone(),
+                runtime,
+            );
+        }
+        rows
+    }
+}
+
+/// The change log behind the change stream (rows written by every write
+/// path, in the transaction of what they describe).
+#[async_trait]
+pub trait ChangeStore: Send + Sync + 'static {
+    /// Up to `limit` rows with `seq > after`, ascending.
+    async fn list_changes_after(
+        &self,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<ChangeRow>, StoreError>;
+    /// The lowest and highest seq still stored; `None` when the log is
+    /// empty.
+    async fn change_bounds(&self) -> Result<Option<(i64, i64)>, StoreError>;
+    /// Deletes every row with `seq < before`; returns how many went.
+    async fn prune_changes_before(&self, before: i64) -> Result<u64, StoreError>;
+}
+
 /// The whole store: every role, and the one write path of decisions.
 #[async_trait]
 pub trait Store:
@@ -568,6 +776,7 @@ pub trait Store:
     + RolloutStore
     + PluginStore
     + WebhookStore
+    + ChangeStore
 {
     /// Writes every part of `change` in ONE transaction: all of it or
     /// nothing. `Conflict` (and nothing written) when `change.job_result`'s

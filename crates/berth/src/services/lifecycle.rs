@@ -924,6 +924,9 @@ impl LifecycleService {
                 now,
             )
             .await?;
+        if !ops.is_empty() {
+            self.ctx.changed();
+        }
         for op in &ops {
             let Some(id) = &op.runtime_id else { continue };
             let _guard = self.locks.lock(id).await;

@@ -2,6 +2,7 @@
 //! API, the CLI (through the API), the stream consumer and the background
 //! loops call the same code, never a second copy.
 
+pub mod changes;
 pub mod events;
 pub mod jobs;
 pub mod lifecycle;
@@ -74,6 +75,8 @@ pub struct Settings {
     /// returning).
     pub adoption_grace: Duration,
     pub plugins: plugins::PluginSettings,
+    /// The change stream's ring, pages, poll, retention, heartbeat and cap.
+    pub stream: changes::FeedSettings,
 }
 
 impl Settings {
@@ -124,6 +127,9 @@ pub struct Context {
     pub settings: Settings,
     /// Wakes the outbox relay after a commit that wrote messages.
     pub outbox_wakeup: Arc<tokio::sync::Notify>,
+    /// Wakes the change feed after a commit (every write writes change-log
+    /// rows).
+    pub changes_wakeup: Arc<tokio::sync::Notify>,
     /// The configured `[[webhooks]]` (none by default); every notification
     /// a change commits is queued for the matching ones in that change.
     pub webhooks: Arc<webhooks::Webhooks>,
@@ -219,6 +225,7 @@ impl Context {
             ..change
         };
         self.store.commit(&change).await?;
+        self.changed();
         if !outbox.is_empty() {
             self.outbox_wakeup.notify_one();
         }
@@ -232,6 +239,11 @@ impl Context {
             self.metrics.operation_done(op);
         }
         Ok(())
+    }
+
+    /// Wakes the change feed: a write outside `commit_change` committed.
+    pub fn changed(&self) {
+        self.changes_wakeup.notify_one();
     }
 
     pub fn health_event(
@@ -287,6 +299,8 @@ pub struct Services {
     pub watcher: Arc<watcher::ImageWatcher>,
     pub plugins: Arc<plugins::PluginService>,
     pub stores: Arc<stores::StoreService>,
+    /// The change stream's feed; its hub runs among the background loops.
+    pub changes: Arc<changes::ChangeFeed>,
 }
 
 impl Services {
@@ -303,7 +317,14 @@ impl Services {
             plugins.clone(),
         ));
         let refresh = Arc::new(refresh::RefreshService::new(ctx.clone(), runtimes.clone()));
+        let changes = Arc::new(changes::ChangeFeed::new(
+            ctx.store.clone(),
+            ctx.changes_wakeup.clone(),
+            ctx.metrics.clone(),
+            ctx.settings.stream.clone(),
+        ));
         Arc::new(Services {
+            changes,
             stores: runtimes.stores.clone(),
             templates: templates::TemplateService::new(ctx.clone()),
             watcher: Arc::new(watcher::ImageWatcher::new(

@@ -150,7 +150,11 @@ impl PinService {
             .detail("digest", digest.as_str())
             .detail("seed", "true");
         op.succeed(now);
-        Ok(self.ctx.store.seed_pin(&pin, &entry, &op).await?)
+        let seeded = self.ctx.store.seed_pin(&pin, &entry, &op).await?;
+        if seeded {
+            self.ctx.changed();
+        }
+        Ok(seeded)
     }
 
     pub async fn unpin(&self, template: &str, reason: Option<&str>, caller: &Caller) -> Result<()> {
@@ -181,6 +185,7 @@ impl PinService {
         if !self.ctx.store.unpin(template, &entry, &op).await? {
             return Err(Self::not_pinned(template));
         }
+        self.ctx.changed();
         self.ctx.metrics.operation_done(&op);
         Ok(())
     }

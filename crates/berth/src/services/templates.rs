@@ -50,6 +50,7 @@ impl TemplateService {
             .detail("image", format!("{}:{}", template.image, template.tag));
         op.succeed(self.ctx.now_ms());
         let created = self.ctx.store.put_template(&template, &op).await?;
+        self.ctx.changed();
         self.ctx.metrics.operation_done(&op);
         Ok((template, created))
     }
@@ -77,6 +78,7 @@ impl TemplateService {
         op.succeed(self.ctx.now_ms());
         match self.ctx.store.delete_template(name, &op).await {
             Ok(true) => {
+                self.ctx.changed();
                 self.ctx.metrics.operation_done(&op);
                 Ok(())
             }

@@ -108,8 +108,10 @@ impl World {
                 publish_outbox,
                 adoption_grace: Duration::from_secs(30),
                 plugins: Default::default(),
+                stream: Default::default(),
             },
             outbox_wakeup: Default::default(),
+            changes_wakeup: Default::default(),
             webhooks: Arc::new(berth::services::webhooks::Webhooks::new(webhooks)),
         })
     }

@@ -62,6 +62,7 @@ pub(crate) static SQLITE: &[Migration] = &[
     migration!("sqlite", 5, "0005", "plugin_rollouts"),
     migration!("sqlite", 6, "0006", "run_id"),
     migration!("sqlite", 7, "0007", "webhook_deliveries"),
+    migration!("sqlite", 8, "0008", "changes"),
 ];
 pub(crate) static POSTGRES: &[Migration] = &[
     migration!("postgres", 1, "0001", "init"),
@@ -71,6 +72,7 @@ pub(crate) static POSTGRES: &[Migration] = &[
     migration!("postgres", 5, "0005", "plugin_rollouts"),
     migration!("postgres", 6, "0006", "run_id"),
     migration!("postgres", 7, "0007", "webhook_deliveries"),
+    migration!("postgres", 8, "0008", "changes"),
 ];
 
 const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS berth_migrations (\
@@ -277,7 +279,7 @@ mod tests {
         "rollout_targets",
     ];
     const TABLES_0004: [&str; 2] = ["plugins", "plugin_updates"];
-    const TABLES: [&str; 16] = [
+    const TABLES: [&str; 17] = [
         "templates",
         "pins",
         "pin_history",
@@ -294,6 +296,7 @@ mod tests {
         "plugins",
         "plugin_updates",
         "webhook_deliveries",
+        "changes",
     ];
     /// The tables each migration adds, by version.
     /// 0005 adds a column, no table.
@@ -301,7 +304,8 @@ mod tests {
     /// 0006 adds a column, no table.
     const TABLES_0006: [&str; 0] = [];
     const TABLES_0007: [&str; 1] = ["webhook_deliveries"];
-    const BY_VERSION: [(i64, &[&str]); 7] = [
+    const TABLES_0008: [&str; 1] = ["changes"];
+    const BY_VERSION: [(i64, &[&str]); 8] = [
         (1, &TABLES_0001),
         (2, &TABLES_0002),
         (3, &TABLES_0003),
@@ -309,6 +313,7 @@ mod tests {
         (5, &TABLES_0005),
         (6, &TABLES_0006),
         (7, &TABLES_0007),
+        (8, &TABLES_0008),
     ];
 
     #[test]

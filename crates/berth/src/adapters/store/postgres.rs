@@ -15,6 +15,10 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 /// the two-key form never collides with the migrations' one-key lock.
 const OUTBOX_LOCK_CLASS: i32 = 0x6F75_7462;
 const LOCK_PARTITION: &str = "SELECT pg_advisory_xact_lock($1, hashtext($2))";
+/// The key of the change log's advisory lock ("chng" in ASCII, and 0): the
+/// two-key form, apart from the outbox partitions' class.
+const CHANGES_LOCK_CLASS: i32 = 0x6368_6E67;
+const LOCK_CHANGES: &str = "SELECT pg_advisory_xact_lock($1, 0)";
 
 pub struct PostgresStore {
     pool: PgPool,
@@ -80,6 +84,23 @@ impl PostgresStore {
                 .await
                 .map_err(db_err)?;
         }
+        Ok(())
+    }
+}
+
+impl PostgresStore {
+    /// Makes writers of the change log take turns from here until they
+    /// commit. A `BIGSERIAL` is drawn at insert but visible at commit, so
+    /// without this a stream reader could see seq 8 committed while seq 7
+    /// is still in flight, move its cursor past 7 and never send it. Taken
+    /// just before the change rows, after every other lock and row write,
+    /// so it is held only for the inserts and the commit.
+    async fn lock_changes(tx: &mut Transaction<'static, Postgres>) -> Result<(), StoreError> {
+        sqlx::query(LOCK_CHANGES)
+            .bind(CHANGES_LOCK_CLASS)
+            .execute(&mut **tx)
+            .await
+            .map_err(db_err)?;
         Ok(())
     }
 }

@@ -44,6 +44,7 @@ use crate::ports::store::{
     RolloutTarget, RuntimeFilter, RuntimePage, RuntimeStore, Store, StoreError, TemplateStore,
     WatchStore, WebhookDelivery, WebhookStore,
 };
+use crate::ports::store::{ChangeRow, ChangeStore};
 
 /// What the model holds: every runtime record by id, and each pinned
 /// template's digest (for the `stale` filter).
@@ -420,6 +421,23 @@ impl WebhookStore for ReadModelStore {
         self.inner
             .prune_webhook_deliveries(webhook, delivered_before_ms, keep)
             .await
+    }
+}
+
+#[async_trait]
+impl ChangeStore for ReadModelStore {
+    async fn list_changes_after(
+        &self,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<ChangeRow>, StoreError> {
+        self.inner.list_changes_after(after, limit).await
+    }
+    async fn change_bounds(&self) -> Result<Option<(i64, i64)>, StoreError> {
+        self.inner.change_bounds().await
+    }
+    async fn prune_changes_before(&self, before: i64) -> Result<u64, StoreError> {
+        self.inner.prune_changes_before(before).await
     }
 }
 

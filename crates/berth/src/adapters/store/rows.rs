@@ -17,8 +17,8 @@ use sqlx::Row;
 
 use super::corrupt;
 use crate::ports::store::{
-    Observation, OutboxMessage, OutboxRow, PluginRecord, PluginUpdate, RolloutRow, RolloutTarget,
-    StoreError, WebhookDelivery,
+    ChangeKind, ChangeRow, Observation, OutboxMessage, OutboxRow, PluginRecord, PluginUpdate,
+    RolloutRow, RolloutTarget, StoreError, WebhookDelivery,
 };
 use crate::template_doc::TemplateDoc;
 
@@ -256,6 +256,19 @@ pub(crate) fn outbox_row_from_row(row: &impl Columns) -> Result<OutboxRow, Store
             created_at_ms: row.int(T, "created_at_ms")?,
         },
         attempts: row.int(T, "attempts")?,
+    })
+}
+
+pub(crate) fn change_from_row(row: &impl Columns) -> Result<ChangeRow, StoreError> {
+    const T: &str = "changes";
+    let kind = row.text(T, "kind")?;
+    Ok(ChangeRow {
+        seq: row.int(T, "seq")?,
+        at_ms: row.int(T, "at_ms")?,
+        kind: ChangeKind::parse(&kind)
+            .ok_or_else(|| corrupt(T, "kind", format!("unknown kind {kind:?}")))?,
+        key: row.text(T, "key")?,
+        runtime_id: row.opt_text(T, "runtime_id")?,
     })
 }
 

@@ -502,3 +502,12 @@ pub fn list_runtimes_page(
         limit
     )
 }
+
+// --- the change log -----------------------------------------------------------
+
+pub const INSERT_CHANGE: &str =
+    "INSERT INTO changes (at_ms, kind, key, runtime_id) VALUES ($1, $2, $3, $4)";
+pub const LIST_CHANGES_AFTER: &str = "SELECT seq, at_ms, kind, key, runtime_id FROM changes \
+     WHERE seq > $1 ORDER BY seq LIMIT $2";
+pub const CHANGE_BOUNDS: &str = "SELECT MIN(seq) AS lo, MAX(seq) AS hi FROM changes";
+pub const PRUNE_CHANGES: &str = "DELETE FROM changes WHERE seq < $1";

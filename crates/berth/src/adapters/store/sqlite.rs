@@ -103,6 +103,14 @@ impl SqliteStore {
     }
 }
 
+impl SqliteStore {
+    /// Nothing to do: `BEGIN IMMEDIATE` already makes every writer take
+    /// turns, so change-log `seq` order is commit order.
+    async fn lock_changes(_tx: &mut Transaction<'static, Sqlite>) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
 /// A write transaction that holds the database's write lock from its start.
 pub(super) async fn begin_immediate(
     pool: &SqlitePool,

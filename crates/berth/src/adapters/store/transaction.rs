@@ -21,19 +21,21 @@ macro_rules! impl_store {
             use berth_core::template::Template;
 
             use $crate::adapters::store::{
-                db_err, encode_fields, encode_map, encode_template, health_event_from_row,
-                job_result_from_row, notification_from_row, observation_from_row, op_time,
-                operation_from_row, outbox_delete_sql, outbox_row_from_row, pin_entry_from_row,
-                pin_from_row, plugin_from_row, plugin_update_from_row, rollout_from_row,
-                rollout_target_from_row, runtime_from_row, sql, template_from_row, unique_err,
-                webhook_delivery_from_row, Columns, OUTBOX_DELETE_CHUNK,
+                change_from_row, db_err, encode_fields, encode_map, encode_template,
+                health_event_from_row, job_result_from_row, notification_from_row,
+                observation_from_row, op_time, operation_from_row, outbox_delete_sql,
+                outbox_row_from_row, pin_entry_from_row, pin_from_row, plugin_from_row,
+                plugin_update_from_row, rollout_from_row, rollout_target_from_row,
+                runtime_from_row, sql, template_from_row, unique_err, webhook_delivery_from_row,
+                Columns, OUTBOX_DELETE_CHUNK,
             };
             use $crate::ports::store::{
-                Change, EventFilter, EventStore, NewWebhookDelivery, Observation, OperationFilter,
-                OutboxMessage, OutboxRow, OutboxStore, PluginChange, PluginRecord, PluginStore,
-                PluginUpdate, PluginUpdateFilter, RejectionChange, RolloutRow, RolloutStore,
-                RolloutTarget, RuntimeFilter, RuntimePage, RuntimeStore, Store, StoreError,
-                TemplateStore, WatchStore, WebhookDelivery, WebhookStore,
+                Change, ChangeKind, ChangeRow, ChangeStore, EventFilter, EventStore, NewChangeRow,
+                NewWebhookDelivery, Observation, OperationFilter, OutboxMessage, OutboxRow,
+                OutboxStore, PluginChange, PluginRecord, PluginStore, PluginUpdate,
+                PluginUpdateFilter, RejectionChange, RolloutRow, RolloutStore, RolloutTarget,
+                RuntimeFilter, RuntimePage, RuntimeStore, Store, StoreError, TemplateStore,
+                WatchStore, WebhookDelivery, WebhookStore,
             };
 
             type Tx = sqlx::Transaction<'static, $db>;
@@ -238,6 +240,32 @@ macro_rules! impl_store {
                 Ok(())
             }
 
+            /// Appends change-log rows, last in the transaction. On
+            /// PostgreSQL the backend's `lock_changes` makes writers of the
+            /// log take turns from here to commit, so seq order is commit
+            /// order; taken last, after every row lock, it cannot be part
+            /// of a wait cycle.
+            async fn write_change_rows(
+                tx: &mut Tx,
+                rows: &[NewChangeRow],
+            ) -> Result<(), StoreError> {
+                if rows.is_empty() {
+                    return Ok(());
+                }
+                <$store>::lock_changes(tx).await?;
+                for r in rows {
+                    sqlx::query(sql::INSERT_CHANGE)
+                        .bind(r.at_ms)
+                        .bind(r.kind.as_str())
+                        .bind(&r.key)
+                        .bind(r.runtime_id.as_deref())
+                        .execute(&mut **tx)
+                        .await
+                        .map_err(db_err)?;
+                }
+                Ok(())
+            }
+
             /// The one write path of `record` and `commit`. On `Err` the
             /// caller drops (rolls back) `tx`.
             async fn write_change(tx: &mut Tx, change: &Change<'_>) -> Result<(), StoreError> {
@@ -385,6 +413,7 @@ macro_rules! impl_store {
                 for d in change.webhook_deliveries {
                     insert_webhook_delivery(tx, d).await?;
                 }
+                write_change_rows(tx, &change.change_rows()).await?;
                 Ok(())
             }
 
@@ -421,6 +450,11 @@ macro_rules! impl_store {
                         .await
                         .map_err(db_err)?;
                     upsert_operation(&mut tx, op).await?;
+                    let rows = NewChangeRow::for_write(
+                        &[(ChangeKind::Template, template.name.as_str())],
+                        op,
+                    );
+                    write_change_rows(&mut tx, &rows).await?;
                     commit(tx).await?;
                     Ok(!existed)
                 }
@@ -482,12 +516,18 @@ macro_rules! impl_store {
                         .execute(&mut *tx)
                         .await
                         .map_err(db_err)?;
-                    sqlx::query(sql::DELETE_PIN)
+                    let unpinned = sqlx::query(sql::DELETE_PIN)
                         .bind(name)
                         .execute(&mut *tx)
                         .await
-                        .map_err(db_err)?;
+                        .map_err(db_err)?
+                        .rows_affected();
                     upsert_operation(&mut tx, op).await?;
+                    let mut named = vec![(ChangeKind::Template, name)];
+                    if unpinned > 0 {
+                        named.push((ChangeKind::Pin, name));
+                    }
+                    write_change_rows(&mut tx, &NewChangeRow::for_write(&named, op)).await?;
                     commit(tx).await?;
                     Ok(true)
                 }
@@ -532,6 +572,9 @@ macro_rules! impl_store {
                     upsert_pin(&mut tx, pin).await?;
                     insert_pin_history(&mut tx, entry).await?;
                     upsert_operation(&mut tx, op).await?;
+                    let rows =
+                        NewChangeRow::for_write(&[(ChangeKind::Pin, pin.template.as_str())], op);
+                    write_change_rows(&mut tx, &rows).await?;
                     commit(tx).await?;
                     Ok(true)
                 }
@@ -555,6 +598,8 @@ macro_rules! impl_store {
                     }
                     insert_pin_history(&mut tx, entry).await?;
                     upsert_operation(&mut tx, op).await?;
+                    let rows = NewChangeRow::for_write(&[(ChangeKind::Pin, template)], op);
+                    write_change_rows(&mut tx, &rows).await?;
                     commit(tx).await?;
                     Ok(true)
                 }
@@ -690,13 +735,18 @@ macro_rules! impl_store {
                         .fetch_all(&mut *tx)
                         .await
                         .map_err(db_err)?;
-                    commit(tx).await?;
                     // RETURNING has no order of its own: oldest first, by seq.
                     let mut changed = rows
                         .iter()
                         .map(|row| Ok((row.int("operations", "seq")?, operation_from_row(row)?)))
                         .collect::<Result<Vec<_>, StoreError>>()?;
                     changed.sort_by_key(|(seq, _)| *seq);
+                    let change_rows: Vec<NewChangeRow> = changed
+                        .iter()
+                        .flat_map(|(_, op)| NewChangeRow::for_write(&[], op))
+                        .collect();
+                    write_change_rows(&mut tx, &change_rows).await?;
+                    commit(tx).await?;
                     Ok(changed.into_iter().map(|(_, op)| op).collect())
                 }
 
@@ -1046,6 +1096,47 @@ macro_rules! impl_store {
                         .bind(webhook)
                         .bind(delivered_before_ms)
                         .bind(i64::from(keep))
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db_err)?
+                        .rows_affected();
+                    commit(tx).await?;
+                    Ok(pruned)
+                }
+            }
+
+            #[async_trait]
+            impl ChangeStore for $store {
+                async fn list_changes_after(
+                    &self,
+                    after: i64,
+                    limit: u32,
+                ) -> Result<Vec<ChangeRow>, StoreError> {
+                    sqlx::query(sql::LIST_CHANGES_AFTER)
+                        .bind(after)
+                        .bind(i64::from(limit))
+                        .fetch_all(&self.pool)
+                        .await
+                        .map_err(db_err)?
+                        .iter()
+                        .map(change_from_row)
+                        .collect()
+                }
+
+                async fn change_bounds(&self) -> Result<Option<(i64, i64)>, StoreError> {
+                    let row = sqlx::query(sql::CHANGE_BOUNDS)
+                        .fetch_one(&self.pool)
+                        .await
+                        .map_err(db_err)?;
+                    let lo = row.opt_int("changes", "lo")?;
+                    let hi = row.opt_int("changes", "hi")?;
+                    Ok(lo.zip(hi))
+                }
+
+                async fn prune_changes_before(&self, before: i64) -> Result<u64, StoreError> {
+                    let mut tx = self.begin_write().await?;
+                    let pruned = sqlx::query(sql::PRUNE_CHANGES)
+                        .bind(before)
                         .execute(&mut *tx)
                         .await
                         .map_err(db_err)?
