@@ -309,6 +309,21 @@ async fn every_page_loads_only_from_berth_itself() {
     b.set_window_size(1280, 900).await;
 
     if let Ok(path) = std::env::var("BERTH_SCREENSHOT") {
+        // A fuller fleet for the README's picture: more runtimes, one stopped.
+        for n in 0..4 {
+            let (status, body) = server.start_runtime(&format!("agent-{n}"), &template).await;
+            assert_eq!(status, StatusCode::CREATED, "{body}");
+        }
+        let (status, body) = server.post("/v1/runtimes/agent-2/stop", json!({})).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let (_, running) = server.get(&format!("/v1/runtimes/{}", ids[0])).await;
+        let (status, body) = server
+            .post(
+                &format!("/v1/templates/{template}/pin"),
+                json!({"digest": running["image_digest"], "reason": "vetted build"}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
         b.goto(&format!("{}/", server.base)).await;
         b.wait_until(
             "the stream to connect",

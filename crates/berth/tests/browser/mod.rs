@@ -142,6 +142,26 @@ impl Browser {
     pub async fn goto(&self, url: &str) {
         self.call(reqwest::Method::POST, "/url", Some(json!({"url": url})))
             .await;
+        self.retry_network_change().await;
+    }
+
+    /// Chromium abandons a load with `ERR_NETWORK_CHANGED` when an
+    /// interface comes or goes — Docker adding a container's veth does that.
+    /// That is the test machine, not the page: load it again.
+    async fn retry_network_change(&self) {
+        for _ in 0..5 {
+            let text = self
+                .execute(
+                    "return document.body ? document.body.innerText : ''",
+                    json!([]),
+                )
+                .await;
+            if !text.as_str().unwrap_or("").contains("ERR_NETWORK_CHANGED") {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            self.call(reqwest::Method::POST, "/refresh", None).await;
+        }
     }
 
     pub async fn current_url(&self) -> String {
@@ -193,11 +213,19 @@ impl Browser {
             if let Some(e) = self.find(css).await {
                 return e;
             }
+            self.retry_network_change().await;
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        let text = self
+            .execute(
+                "return document.body ? document.body.innerText : ''",
+                json!([]),
+            )
+            .await;
         panic!(
-            "no element {css:?} appeared on {}; page:\n{}",
+            "no element {css:?} appeared on {}; the page says:\n{}\nits source:\n{}",
             self.current_url().await,
+            text.as_str().unwrap_or(""),
             self.source().await
         );
     }
