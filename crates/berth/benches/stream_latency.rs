@@ -8,7 +8,9 @@
 //! duration in the same run. An arrival before the answer counts as 0.
 //!
 //! `bash scripts/bench.sh stream_latency` (`BENCH_CLIENTS`, `BENCH_CHANGES`
-//! change 100 and 300); under `cargo test` it runs a smoke size.
+//! change 100 and 300; `BENCH_POSTGRES=1` runs on a fresh PostgreSQL
+//! database of `BERTH_TEST_DATABASE_URL` instead of SQLite); under `cargo
+//! test` it runs a smoke size.
 
 mod common;
 
@@ -63,6 +65,24 @@ async fn client(
     }
 }
 
+/// A fresh database on the test PostgreSQL server.
+async fn fresh_postgres_database() -> String {
+    let admin = std::env::var("BERTH_TEST_DATABASE_URL")
+        .expect("BERTH_TEST_DATABASE_URL is not set: run with `bash scripts/bench.sh`");
+    let name = format!(
+        "bench_stream_{}",
+        &uuid::Uuid::now_v7().simple().to_string()[22..]
+    );
+    let pool = sqlx::PgPool::connect(&admin).await.unwrap();
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
+    format!("{base}/{name}")
+}
+
 #[tokio::main]
 async fn main() {
     let benching = std::env::args().any(|a| a == "--bench");
@@ -76,7 +96,13 @@ async fn main() {
         (10, 20, 2)
     };
     let data = tempfile::tempdir().unwrap();
-    let server = common::BerthProcess::start("bt-stream", data.path(), &[]).await;
+    let postgres = std::env::var("BENCH_POSTGRES").is_ok_and(|v| v == "1");
+    let mut envs = Vec::new();
+    if postgres {
+        envs.push(("BERTH_DATABASE_URL", fresh_postgres_database().await));
+    }
+    let backend = if postgres { "PostgreSQL" } else { "SQLite" };
+    let server = common::BerthProcess::start("bt-stream", data.path(), &envs).await;
     let base = server.base.clone();
 
     let (arrivals_tx, mut arrivals) = mpsc::unbounded_channel();
@@ -140,7 +166,7 @@ async fn main() {
         v.sort_by(|a, b| a.total_cmp(b));
     }
     println!(
-        "berth serve (SQLite), {clients} stream clients, {changes} changes (PUT /v1/templates/…) after {warmup} warm-up"
+        "berth serve ({backend}), {clients} stream clients, {changes} changes (PUT /v1/templates/…) after {warmup} warm-up"
     );
     println!(
         "  baseline, the API call (request → answer after commit): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",

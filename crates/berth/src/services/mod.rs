@@ -241,7 +241,9 @@ impl Context {
         Ok(())
     }
 
-    /// Wakes the change feed: a write outside `commit_change` committed.
+    /// Wakes the change feed: a write committed (called by
+    /// `commit_change`, and after the template and pin writes that do not
+    /// go through it).
     pub fn changed(&self) {
         self.changes_wakeup.notify_one();
     }
