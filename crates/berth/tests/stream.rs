@@ -32,11 +32,19 @@ async fn open(server: &TestServer, query: &str, last_event_id: Option<i64>) -> S
 
 /// The next `change`: (seq, kind, key, runtime).
 async fn next_change(stream: &mut SseReader) -> (i64, String, String, Value) {
-    let event: SseEvent = stream
+    let mut event: SseEvent = stream
         .next()
         .await
         .expect("the stream reads")
         .expect("the stream goes on");
+    // Pull progress (not a change) may come along with `?runtime=`.
+    while event.event == "progress" {
+        event = stream
+            .next()
+            .await
+            .expect("the stream reads")
+            .expect("the stream goes on");
+    }
     assert_eq!(event.event, "change", "{event:?}");
     let data: Value = serde_json::from_str(&event.data).unwrap();
     let seq = data["seq"].as_i64().unwrap();
@@ -203,5 +211,73 @@ async fn with_a_token_the_stream_needs_one() {
     server.put_app_template("web", "v1").await;
     let (_, kind, key, _) = next_change(&mut stream).await;
     assert_eq!((kind.as_str(), key.as_str()), ("template", "web"));
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_start_that_pulls_its_image_streams_the_pull_by_layer() {
+    let server = TestServer::start().await;
+    let repo = common::unique("pulled");
+    let target = common::push_as("v1", &repo, "v1");
+    // Gone from the engine, so the start has to pull it.
+    let out = std::process::Command::new("docker")
+        .args(["rmi", &format!("{target}:v1")])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "rmi: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let template = common::unique("pull");
+    server
+        .put_template(
+            &template,
+            json!({"image": target, "tag": "v1", "port": 8080}),
+        )
+        .await;
+    let id = common::unique("rt-pull");
+    let mut stream = open(&server, &format!("?runtime={id}"), None).await;
+
+    // Read until the runtime's record changes after some progress: the
+    // start's last commit comes after its pull.
+    let read = async {
+        let mut progress: Vec<Value> = Vec::new();
+        loop {
+            let event = stream.next().await.expect("reads").expect("goes on");
+            match event.event.as_str() {
+                "progress" => {
+                    assert_eq!(event.id, None, "progress is not stored: {event:?}");
+                    progress.push(serde_json::from_str(&event.data).unwrap());
+                }
+                "change" if !progress.is_empty() => {
+                    let data: Value = serde_json::from_str(&event.data).unwrap();
+                    if data["kind"] == "runtime" {
+                        return progress;
+                    }
+                }
+                _ => {}
+            }
+        }
+    };
+    let read = async {
+        tokio::time::timeout(std::time::Duration::from_secs(120), read)
+            .await
+            .expect("pull progress and then the running record")
+    };
+    let ((status, body), progress) = tokio::join!(server.start_runtime(&id, &template), read);
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert!(
+        progress.iter().all(|p| p["runtime"] == id.as_str()),
+        "{progress:?}"
+    );
+    let layers: Vec<&Value> = progress.iter().filter(|p| p["layer"].is_string()).collect();
+    assert!(!layers.is_empty(), "no per-layer progress in {progress:?}");
+    assert!(
+        progress
+            .iter()
+            .all(|p| p["status"].as_str().is_some_and(|s| !s.is_empty())),
+        "{progress:?}"
+    );
     server.shutdown().await;
 }

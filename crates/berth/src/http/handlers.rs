@@ -202,6 +202,17 @@ async fn act(
     Ok(Json(rec.into()))
 }
 
+/// Reports an image pull of runtime `id` to the change stream's clients
+/// following it (`berth runtime start` shows them as bars).
+fn pull_progress(
+    services: &std::sync::Arc<crate::services::Services>,
+    id: &str,
+) -> impl Fn(crate::ports::engine::PullProgress) + Send + Sync + 'static {
+    let feed = services.changes.clone();
+    let id = id.to_string();
+    move |p| feed.publish_pull(&id, &p)
+}
+
 fn start_response(outcome: StartOutcome) -> (StatusCode, Json<RuntimeView>) {
     match outcome {
         StartOutcome::Started(r) => (StatusCode::CREATED, Json(r.into())),
@@ -227,7 +238,13 @@ pub async fn start_runtime(
         env: req.env,
     };
     let outcome = state
-        .run(async move { services.runtimes.start(request, &caller).await })
+        .run(async move {
+            let progress = pull_progress(&services, &request.id);
+            services
+                .runtimes
+                .start_with_progress(request, &caller, &progress)
+                .await
+        })
         .await?;
     Ok(start_response(outcome))
 }
@@ -266,7 +283,11 @@ pub async fn start_existing_runtime(
                 template: rec.template,
                 env: Default::default(),
             };
-            services.runtimes.start(request, &caller).await
+            let progress = pull_progress(&services, &request.id);
+            services
+                .runtimes
+                .start_with_progress(request, &caller, &progress)
+                .await
         })
         .await?;
     Ok(start_response(outcome))

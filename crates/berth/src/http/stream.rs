@@ -8,6 +8,7 @@
 
 use std::collections::BTreeSet;
 use std::convert::Infallible;
+use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::HeaderMap;
@@ -22,7 +23,8 @@ use super::extract::ApiQuery;
 use super::{ApiError, AppState};
 use crate::error::Error;
 use crate::ports::store::ChangeKind;
-use crate::services::changes::{End, Filter, Out, Subscription};
+use crate::services::changes::{End, Filter, Out, PullEvent, Subscription};
+use tokio::sync::broadcast;
 
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -87,7 +89,8 @@ fn last_event_id(headers: &HeaderMap) -> Result<Option<i64>, Error> {
                 `data: {\"seq\":<int>,\"kind\":\"<kind>\",\"key\":\"<id>\",\"runtime\":\"<id>\"|null,\"at\":<ms>}` \
                 per change in commit order; `event: reset` with `data: {\"oldest\":<seq>}` first when \
                 the cursor is older than the oldest change kept (reload, then changes continue from \
-                there); a `: keep-alive` comment every 15 s. A client that falls behind is \
+                there); with `runtime`, `event: progress` with `data: {\"runtime\",\"layer\",\"status\",\"current\",\"total\"}` \
+                while that runtime's image is pulled (not stored, no id); a `: keep-alive` comment every 15 s. A client that falls behind is \
                 disconnected and resumes with `Last-Event-ID`."),
         (status = 400, body = ErrorBody,
             description = "invalid_request: an unknown kind, a bad `after` or `Last-Event-ID`; invalid_id: a bad runtime id"),
@@ -111,6 +114,7 @@ pub async fn stream(
     }
     let after = last_event_id(&headers)?.or(q.after);
     let feed = state.services.changes.clone();
+    let filter_runtime = q.runtime.clone();
     let filter = Filter {
         kinds,
         runtime: q.runtime,
@@ -125,7 +129,15 @@ pub async fn stream(
         )
         .into());
     };
-    let events = futures_util::stream::unfold(Some(subscription), next_event);
+    // With `?runtime=`, that runtime's image pulls too, as they go.
+    let pulls = filter_runtime.map(|runtime| (feed.pulls(), runtime));
+    let events = futures_util::stream::unfold(
+        Some(Connection {
+            subscription,
+            pulls,
+        }),
+        next_event,
+    );
     Ok(Sse::new(events)
         .keep_alive(
             KeepAlive::new()
@@ -135,30 +147,63 @@ pub async fn stream(
         .into_response())
 }
 
+/// One stream connection: its changes and, for one runtime, its pulls.
+struct Connection {
+    subscription: Subscription,
+    pulls: Option<(broadcast::Receiver<Arc<PullEvent>>, String)>,
+}
+
 async fn next_event(
-    subscription: Option<Subscription>,
-) -> Option<(Result<Event, Infallible>, Option<Subscription>)> {
-    let mut subscription = subscription?;
-    let event = match subscription.next().await {
-        Ok(Out::Change(item)) => Event::default()
-            .id(item.seq.to_string())
-            .event("change")
-            .data(&item.data),
-        Ok(Out::Reset { oldest }) => Event::default()
-            .event("reset")
-            .data(format!("{{\"oldest\":{oldest}}}")),
-        Err(End::Closed) => return None,
-        Err(End::Dropped) => {
-            tracing::info!(
-                cursor = subscription.cursor(),
-                "closed a change-stream client that fell behind; it resumes with Last-Event-ID"
-            );
-            return None;
-        }
-        Err(End::Store(e)) => {
-            tracing::warn!(error = %e, "a change-stream client cannot read the change log; closing it");
-            return None;
-        }
-    };
-    Some((Ok(event), Some(subscription)))
+    connection: Option<Connection>,
+) -> Option<(Result<Event, Infallible>, Option<Connection>)> {
+    let mut connection = connection?;
+    loop {
+        let pull = async {
+            match connection.pulls.as_mut() {
+                Some((rx, _)) => rx.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        let out = tokio::select! {
+            // Changes first: they are the record; progress is a courtesy.
+            biased;
+            out = connection.subscription.next() => out,
+            pull = pull => {
+                match pull {
+                    Ok(p) if connection.pulls.as_ref().is_some_and(|(_, r)| *r == p.runtime) => {
+                        let event = Event::default().event("progress").data(&p.data);
+                        return Some((Ok(event), Some(connection)));
+                    }
+                    // Another runtime's, or some skipped while this client lagged.
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(broadcast::error::RecvError::Closed) => {
+                        connection.pulls = None;
+                        continue;
+                    }
+                }
+            }
+        };
+        let event = match out {
+            Ok(Out::Change(item)) => Event::default()
+                .id(item.seq.to_string())
+                .event("change")
+                .data(&item.data),
+            Ok(Out::Reset { oldest }) => Event::default()
+                .event("reset")
+                .data(format!("{{\"oldest\":{oldest}}}")),
+            Err(End::Closed) => return None,
+            Err(End::Dropped) => {
+                tracing::info!(
+                    cursor = connection.subscription.cursor(),
+                    "closed a change-stream client that fell behind; it resumes with Last-Event-ID"
+                );
+                return None;
+            }
+            Err(End::Store(e)) => {
+                tracing::warn!(error = %e, "a change-stream client cannot read the change log; closing it");
+                return None;
+            }
+        };
+        return Some((Ok(event), Some(connection)));
+    }
 }

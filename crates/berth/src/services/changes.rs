@@ -19,10 +19,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use berth_core::change_feed::{self, Mode, Start, Step};
-use tokio::sync::{watch, Notify};
+use tokio::sync::{broadcast, watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
+use crate::ports::engine::PullProgress;
 use crate::ports::store::{ChangeKind, ChangeRow, Store, StoreError};
 
 /// The change feed's settings.
@@ -145,7 +146,22 @@ pub struct ChangeFeed {
     clients: Arc<AtomicUsize>,
     /// New rows since the last look at the log's size.
     since_prune_check: AtomicUsize,
+    /// Image pull progress: not stored, only for who is connected now (a
+    /// client that lags skips some; the next one says more).
+    pulls: broadcast::Sender<Arc<PullEvent>>,
 }
+
+/// One progress report of an image pull for a runtime, as the stream's
+/// `event: progress` sends it.
+#[derive(Debug)]
+pub struct PullEvent {
+    pub runtime: String,
+    /// `{"runtime","layer","status","current","total"}`.
+    pub data: String,
+}
+
+/// Pull progress reports held for slow connections before they skip some.
+const PULL_BACKLOG: usize = 1024;
 
 impl ChangeFeed {
     pub fn new(
@@ -164,7 +180,33 @@ impl ChangeFeed {
             reading: tokio::sync::Mutex::new(()),
             clients: Arc::new(AtomicUsize::new(0)),
             since_prune_check: AtomicUsize::new(0),
+            pulls: broadcast::channel(PULL_BACKLOG).0,
         }
+    }
+
+    /// Tells the connections following `runtime` how its image pull goes.
+    pub fn publish_pull(&self, runtime: &str, progress: &PullProgress) {
+        if self.pulls.receiver_count() == 0 {
+            return;
+        }
+        let data = serde_json::json!({
+            "runtime": runtime,
+            "layer": progress.layer,
+            "status": progress.status,
+            "current": progress.current,
+            "total": progress.total,
+        })
+        .to_string();
+        // No receiver left since the check: nobody to tell.
+        let _ = self.pulls.send(Arc::new(PullEvent {
+            runtime: runtime.to_string(),
+            data,
+        }));
+    }
+
+    /// Pull progress from now on.
+    pub fn pulls(&self) -> broadcast::Receiver<Arc<PullEvent>> {
+        self.pulls.subscribe()
     }
 
     pub fn settings(&self) -> &FeedSettings {
