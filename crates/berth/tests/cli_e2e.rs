@@ -320,3 +320,31 @@ async fn cli_watches_a_rollout_to_its_end() {
     );
     t.shutdown().await;
 }
+
+// A start that has to pull shows the pull layer by layer (as lines: the
+// test's stderr is not a terminal).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_start_shows_the_image_pull_by_layer() {
+    let t = TestServer::start().await;
+    let target = push_registry_only_image(&unique("cli-pull"));
+    let out = berth(
+        &t,
+        &[
+            "template", "put", "pulled", "--image", &target, "--tag", "v1", "--port", "8080",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = berth(
+        &t,
+        &["runtime", "start", "cli-pull", "--template", "pulled"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    let layer_lines: Vec<&str> = err.lines().filter(|l| l.starts_with("  pull ")).collect();
+    assert!(!layer_lines.is_empty(), "no layer lines in:\n{err}");
+    assert!(
+        layer_lines.iter().any(|l| l.ends_with(": Pull complete")),
+        "no finished layer in:\n{err}"
+    );
+    t.shutdown().await;
+}

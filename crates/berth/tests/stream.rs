@@ -218,17 +218,7 @@ async fn with_a_token_the_stream_needs_one() {
 async fn a_start_that_pulls_its_image_streams_the_pull_by_layer() {
     let server = TestServer::start().await;
     let repo = common::unique("pulled");
-    let target = common::push_as("v1", &repo, "v1");
-    // Gone from the engine, so the start has to pull it.
-    let out = std::process::Command::new("docker")
-        .args(["rmi", &format!("{target}:v1")])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "rmi: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let target = common::push_registry_only_image(&repo);
     let template = common::unique("pull");
     server
         .put_template(
@@ -271,8 +261,23 @@ async fn a_start_that_pulls_its_image_streams_the_pull_by_layer() {
         progress.iter().all(|p| p["runtime"] == id.as_str()),
         "{progress:?}"
     );
-    let layers: Vec<&Value> = progress.iter().filter(|p| p["layer"].is_string()).collect();
-    assert!(!layers.is_empty(), "no per-layer progress in {progress:?}");
+    // The layer of its own is downloaded: its id, its bytes, its end.
+    let pulled: Vec<&Value> = progress
+        .iter()
+        .filter(|p| p["status"] == "Pull complete")
+        .collect();
+    assert!(!pulled.is_empty(), "no layer pulled in {progress:?}");
+    let layer = pulled[0]["layer"].as_str().expect("a layer id");
+    assert!(
+        layer.len() >= 12 && layer.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{layer}"
+    );
+    assert!(
+        progress
+            .iter()
+            .any(|p| p["layer"] == layer && p["total"].as_u64().is_some_and(|t| t > 0)),
+        "no byte counts for {layer} in {progress:?}"
+    );
     assert!(
         progress
             .iter()

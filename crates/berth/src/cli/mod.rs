@@ -11,6 +11,7 @@ mod images;
 mod log;
 mod pin;
 mod plugin;
+mod pull;
 mod rollout;
 mod runtime;
 pub mod sse;

@@ -153,7 +153,8 @@ pub(super) async fn runtime(ctx: &Ctx, command: RuntimeCommand) -> Result<(), Cl
 
 /// Runs `request` (a start or restart of runtime `id`) and, while it is in
 /// flight, shows the runtime's operations and health events as they
-/// commit, from the change stream, on stderr (tables only). Without a
+/// commit and its image pull layer by layer, from the change stream, on
+/// stderr (tables only). Without a
 /// change stream (an older server) only the spinner shows.
 async fn with_progress<F>(
     ctx: &Ctx,
@@ -177,12 +178,15 @@ where
     };
     let mut request = std::pin::pin!(request);
     let mut shown = std::collections::BTreeSet::new();
+    let mut pulls = super::pull::PullBars::new(spinner);
     loop {
         tokio::select! {
             answer = &mut request => return answer,
             event = stream.next() => match event {
                 Ok(Some(event)) => {
-                    if let Some(change) = event.change() {
+                    if event.event == "progress" {
+                        pulls.show(spinner, &event.data);
+                    } else if let Some(change) = event.change() {
                         if let Some(line) = progress_line(ctx, id, &change).await {
                             if shown.insert(line.clone()) {
                                 spinner.println(&line);

@@ -464,3 +464,42 @@ pub fn push_as(source: &str, repo: &str, tag: &str) -> String {
     );
     target
 }
+
+/// An image only the registry has: the app v1 image plus one layer of its
+/// own, built, pushed as `<registry>/berth-test/<repo>:v1` and removed from
+/// the engine, so a start must pull it (the new layer for real, the shared
+/// ones as "Already exists"). Answers the repository.
+pub fn push_registry_only_image(repo: &str) -> String {
+    let registry = required_env("BERTH_TEST_REGISTRY");
+    let target = format!("{registry}/berth-test/{repo}");
+    let dir = tempfile::tempdir().expect("build context");
+    std::fs::write(dir.path().join("layer.txt"), unique("layer")).unwrap();
+    std::fs::write(
+        dir.path().join("Dockerfile"),
+        format!("FROM {}:v1\nCOPY layer.txt /layer.txt\n", test_image()),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("docker")
+            .env("DOCKER_BUILDKIT", "0")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "docker {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let reference = format!("{target}:v1");
+    run(&[
+        "build",
+        "-q",
+        "-t",
+        &reference,
+        &dir.path().to_string_lossy(),
+    ]);
+    run(&["push", "-q", &reference]);
+    run(&["rmi", &reference]);
+    target
+}
