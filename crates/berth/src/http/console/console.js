@@ -60,8 +60,11 @@
     for (const section of regions()) {
       const kinds = section.dataset.live.split(",");
       if (!kinds.includes(change.kind)) continue;
+      // A region of one runtime: its own changes, and pins and templates
+      // (which belong to no runtime but change how it reads).
       const only = section.dataset.runtime;
-      if (only && change.runtime !== only && !(change.kind === "runtime" && change.key === only)) continue;
+      const shared = change.kind === "pin" || change.kind === "template";
+      if (only && !shared && change.runtime !== only && !(change.kind === "runtime" && change.key === only)) continue;
       schedule(section);
     }
   }
