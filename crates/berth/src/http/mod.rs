@@ -259,34 +259,58 @@ async fn require_token(State(state): State<AppState>, mut req: Request, next: Ne
     next.run(req).await
 }
 
-/// The principal of a request: `Ok(None)` when the API is open and the
-/// request carries no credentials.
-fn authenticate(state: &AppState, req: &Request) -> Result<Option<Principal>, ApiError> {
+/// Who a request is, from its headers alone: shared by the `/v1`
+/// middleware and the console's pages.
+pub(crate) enum Identity {
+    /// `Authorization: Bearer` with a token berth knows.
+    Token(Principal),
+    /// The console's session cookie, with the session (its CSRF token).
+    Session(Principal, session::Session),
+    /// No token is configured: the API is open.
+    Open,
+    /// Credentials missing or not valid: why, for a person.
+    Refused(&'static str),
+}
+
+pub(crate) fn identify(state: &AppState, headers: &HeaderMap) -> Identity {
     let auth = &state.auth;
-    let bearer = req
-        .headers()
+    if auth.is_open() {
+        return Identity::Open;
+    }
+    let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     if let Some(given) = bearer {
-        if auth.is_open() {
-            return Ok(None);
-        }
-        let token = auth.find(given.trim()).ok_or_else(|| {
-            ApiError(Error::new(
-                ErrorCode::Unauthorized,
-                "the bearer token is not valid",
-            ))
-        })?;
-        return Ok(Some(Principal {
-            name: token.name.clone(),
-            role: token.role,
-            names_actor: auth.scoped,
-        }));
+        return match auth.find(given.trim()) {
+            Some(token) => Identity::Token(Principal {
+                name: token.name.clone(),
+                role: token.role,
+                names_actor: auth.scoped,
+            }),
+            None => Identity::Refused("the bearer token is not valid"),
+        };
     }
     let now = state.services.ctx.now_ms();
-    if let Some(id) = session::session_cookie(req.headers()) {
-        if let Some(s) = auth.sessions.get(id, now) {
+    if let Some(s) = session::session_cookie(headers).and_then(|id| auth.sessions.get(id, now)) {
+        let principal = Principal {
+            name: s.name.clone(),
+            role: s.role,
+            names_actor: true,
+        };
+        return Identity::Session(principal, s);
+    }
+    Identity::Refused(
+        "this API needs \"Authorization: Bearer <token>\" (or a console session: log in at /)",
+    )
+}
+
+/// The principal of a request: `Ok(None)` when the API is open.
+fn authenticate(state: &AppState, req: &Request) -> Result<Option<Principal>, ApiError> {
+    match identify(state, req.headers()) {
+        Identity::Open => Ok(None),
+        Identity::Token(p) => Ok(Some(p)),
+        Identity::Session(p, s) => {
             let sent = req
                 .headers()
                 .get(session::CSRF_HEADER)
@@ -297,20 +321,10 @@ fn authenticate(state: &AppState, req: &Request) -> Result<Option<Principal>, Ap
                     "this request carries a console session but not its CSRF token (X-Berth-CSRF); reload the page",
                 )));
             }
-            return Ok(Some(Principal {
-                name: s.name,
-                role: s.role,
-                names_actor: true,
-            }));
+            Ok(Some(p))
         }
+        Identity::Refused(why) => Err(ApiError(Error::new(ErrorCode::Unauthorized, why))),
     }
-    if auth.is_open() {
-        return Ok(None);
-    }
-    Err(ApiError(Error::new(
-        ErrorCode::Unauthorized,
-        "this API needs \"Authorization: Bearer <token>\" (or a console session: log in at /)",
-    )))
 }
 
 async fn count_requests(State(state): State<AppState>, req: Request, next: Next) -> Response {

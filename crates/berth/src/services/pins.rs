@@ -70,6 +70,12 @@ impl PinService {
             .ok_or_else(|| Self::not_pinned(template))
     }
 
+    /// The template's pin, `None` when it has none (or no longer exists);
+    /// a storage failure is an error, never "not pinned".
+    pub async fn current(&self, template: &str) -> Result<Option<Pin>> {
+        Ok(self.ctx.store.get_pin(template).await?)
+    }
+
     /// Promotes `digest` for `template`. Running runtimes are not touched;
     /// the next create resolves to the new pin. Promoting a digest by hand
     /// lifts a rejection the watcher keeps for it after a halted rollout.

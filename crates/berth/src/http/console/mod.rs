@@ -7,7 +7,8 @@ pub mod view;
 
 use std::collections::{BTreeMap, HashMap};
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
@@ -15,8 +16,8 @@ use axum::Router;
 use maud::Markup;
 use serde::Deserialize;
 
-use super::session::{self, Session};
-use super::AppState;
+use super::session;
+use super::{identify, AppState, Identity};
 use crate::error::Error;
 use crate::services::lifecycle::ListQuery;
 use view::{Fleet, FleetFilter, FleetRow, Nav, Region, Viewer};
@@ -88,49 +89,36 @@ async fn js() -> Response {
     asset("text/javascript; charset=utf-8", JS)
 }
 
-/// Who a page request is from; a browser without a session is sent to the
-/// token prompt.
-fn viewer(state: &AppState, headers: &HeaderMap) -> Option<Viewer> {
-    let auth = &state.auth;
-    if let Some(id) = session::session_cookie(headers) {
-        if let Some(s) = auth.sessions.get(id, state.services.ctx.now_ms()) {
-            return Some(session_viewer(s));
-        }
-    }
-    if auth.is_open() {
-        return Some(Viewer {
-            name: "console".to_string(),
-            role: super::roles::Role::Admin,
-            csrf: None,
-            logged_in: false,
-        });
-    }
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    if let Some(token) = bearer.and_then(|b| auth.find(b.trim())) {
-        return Some(Viewer {
-            name: token.name.clone(),
-            role: token.role,
-            csrf: None,
-            logged_in: false,
-        });
-    }
-    None
-}
+/// Who a page request is from; a browser without a session is sent to
+/// the token prompt.
+pub struct ConsoleViewer(pub Viewer);
 
-/// Where a browser without a session goes.
-fn to_login() -> Response {
-    Redirect::to("/ui/login").into_response()
-}
+impl FromRequestParts<AppState> for ConsoleViewer {
+    type Rejection = Redirect;
 
-fn session_viewer(s: Session) -> Viewer {
-    Viewer {
-        name: s.name,
-        role: s.role,
-        csrf: Some(s.csrf),
-        logged_in: true,
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Redirect> {
+        let viewer = match identify(state, &parts.headers) {
+            Identity::Open => Viewer {
+                name: "console".to_string(),
+                role: super::roles::Role::Admin,
+                csrf: None,
+                logged_in: false,
+            },
+            Identity::Token(p) => Viewer {
+                name: p.name,
+                role: p.role,
+                csrf: None,
+                logged_in: false,
+            },
+            Identity::Session(p, s) => Viewer {
+                name: p.name,
+                role: p.role,
+                csrf: Some(s.csrf),
+                logged_in: true,
+            },
+            Identity::Refused(_) => return Err(Redirect::to("/ui/login")),
+        };
+        Ok(ConsoleViewer(viewer))
     }
 }
 
@@ -186,18 +174,12 @@ macro_rules! page_try {
 // ------------------------------------------------------------------ login
 
 async fn login_page(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    if state.auth.is_open() {
+    // Open, or logged in already: nothing to ask.
+    if matches!(
+        identify(&state, &headers),
+        Identity::Open | Identity::Session(..)
+    ) {
         return Redirect::to("/").into_response();
-    }
-    if let Some(id) = session::session_cookie(&headers) {
-        if state
-            .auth
-            .sessions
-            .get(id, state.services.ctx.now_ms())
-            .is_some()
-        {
-            return Redirect::to("/").into_response();
-        }
     }
     html(StatusCode::OK, view::login(None))
 }
@@ -311,12 +293,10 @@ fn non_empty(v: Option<String>) -> Option<String> {
 
 async fn fleet(
     State(state): State<AppState>,
+    ConsoleViewer(viewer): ConsoleViewer,
     headers: HeaderMap,
     Query(q): Query<FleetQuery>,
 ) -> Response {
-    let Some(viewer) = viewer(&state, &headers) else {
-        return to_login();
-    };
     let filter = FleetFilter {
         template: non_empty(q.template),
         status: non_empty(q.status),
@@ -421,7 +401,7 @@ pub async fn load_fleet(
     let templates = services.templates.list().await?;
     let mut pins = HashMap::new();
     for t in &templates {
-        if let Ok(pin) = services.pins.get(&t.name).await {
+        if let Some(pin) = services.pins.current(&t.name).await? {
             pins.insert(t.name.clone(), pin.digest.to_string());
         }
     }
@@ -493,19 +473,13 @@ pub async fn load_fleet(
 
 async fn runtime(
     State(state): State<AppState>,
+    ConsoleViewer(viewer): ConsoleViewer,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    let Some(viewer) = viewer(&state, &headers) else {
-        return to_login();
-    };
     let services = &state.services;
     let record = page_try!(viewer, services.runtimes.get(&id).await);
-    let pin = services
-        .pins
-        .get(&record.template)
-        .await
-        .ok()
+    let pin = page_try!(viewer, services.pins.current(&record.template).await)
         .map(|p| p.digest.to_string());
     let readiness = match services.stores.readiness(&id).await {
         Ok(r) => Ok((r.ok, r.reason.to_string(), r.impact, r.diagnostics)),
@@ -573,20 +547,17 @@ async fn runtime(
 
 // -------------------------------------------------------------- templates
 
-async fn templates(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let Some(viewer) = viewer(&state, &headers) else {
-        return to_login();
-    };
+async fn templates(
+    State(state): State<AppState>,
+    ConsoleViewer(viewer): ConsoleViewer,
+    headers: HeaderMap,
+) -> Response {
     let services = &state.services;
     let list = page_try!(viewer, services.templates.list().await);
     let mut rows = Vec::new();
     for t in list {
-        let pin = services
-            .pins
-            .get(&t.name)
-            .await
-            .ok()
-            .map(|p| p.digest.to_string());
+        let pin =
+            page_try!(viewer, services.pins.current(&t.name).await).map(|p| p.digest.to_string());
         rows.push((t.name.clone(), format!("{}:{}", t.image, t.tag), pin));
     }
     let regions = vec![Region {
@@ -600,12 +571,10 @@ async fn templates(State(state): State<AppState>, headers: HeaderMap) -> Respons
 
 async fn template(
     State(state): State<AppState>,
+    ConsoleViewer(viewer): ConsoleViewer,
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Response {
-    let Some(viewer) = viewer(&state, &headers) else {
-        return to_login();
-    };
     let services = &state.services;
     let t = page_try!(viewer, services.templates.get(&name).await);
     let history = page_try!(viewer, services.pins.history(&name, Some(TIMELINE)).await);
@@ -643,10 +612,11 @@ async fn template(
 
 // --------------------------------------------------------------- rollouts
 
-async fn rollouts(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let Some(viewer) = viewer(&state, &headers) else {
-        return to_login();
-    };
+async fn rollouts(
+    State(state): State<AppState>,
+    ConsoleViewer(viewer): ConsoleViewer,
+    headers: HeaderMap,
+) -> Response {
     let list = page_try!(viewer, state.services.rollouts.list(None, Some(100)).await);
     let now = state.services.ctx.now_ms();
     let regions = vec![Region {
@@ -660,12 +630,10 @@ async fn rollouts(State(state): State<AppState>, headers: HeaderMap) -> Response
 
 async fn rollout(
     State(state): State<AppState>,
+    ConsoleViewer(viewer): ConsoleViewer,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    let Some(viewer) = viewer(&state, &headers) else {
-        return to_login();
-    };
     let (row, targets) = page_try!(viewer, state.services.rollouts.get(&id).await);
     let now = state.services.ctx.now_ms();
     let regions = vec![Region {
@@ -693,12 +661,10 @@ struct UpdatesQuery {
 
 async fn plugin_updates(
     State(state): State<AppState>,
+    ConsoleViewer(viewer): ConsoleViewer,
     headers: HeaderMap,
     Query(q): Query<UpdatesQuery>,
 ) -> Response {
-    let Some(viewer) = viewer(&state, &headers) else {
-        return to_login();
-    };
     let status = non_empty(q.status).unwrap_or_else(|| "pending".to_string());
     let runtime = non_empty(q.runtime);
     let updates = page_try!(

@@ -665,6 +665,17 @@ mod tests {
         r
     }
 
+    /// A row with nothing known beyond its record.
+    fn bare(record: RuntimeRecord) -> FleetRow {
+        FleetRow {
+            record,
+            pin: None,
+            health: None,
+            readiness: None,
+            pending_updates: 0,
+        }
+    }
+
     fn fleet(rows: Vec<FleetRow>) -> Fleet {
         Fleet {
             rows,
@@ -716,13 +727,7 @@ mod tests {
 
     #[test]
     fn a_viewer_gets_no_action_buttons() {
-        let f = fleet(vec![FleetRow {
-            record: record("a", RuntimeStatus::Running, "sha256:x"),
-            pin: None,
-            health: None,
-            readiness: None,
-            pending_updates: 0,
-        }]);
+        let f = fleet(vec![bare(record("a", RuntimeStatus::Running, "sha256:x"))]);
         let html = fleet_table(&f, &viewer(Role::Viewer), 0).into_string();
         assert!(!html.contains("data-method"), "{html}");
         assert!(html.contains("no pin"));
@@ -735,13 +740,7 @@ mod tests {
             code: "start_failed".into(),
             message: "<script>alert(1)</script>".into(),
         });
-        let f = fleet(vec![FleetRow {
-            record: r,
-            pin: None,
-            health: None,
-            readiness: None,
-            pending_updates: 0,
-        }]);
+        let f = fleet(vec![bare(r)]);
         let html = fleet_table(&f, &viewer(Role::Admin), 0).into_string();
         assert!(!html.contains("<script>alert"), "{html}");
         assert!(html.contains("&lt;script&gt;"));
