@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 use berth::adapters::state_fs::LocalStateFs;
 use berth::ports::state_fs::StateFs;
 use berth::services::stores::{
-    prepare_batch, BatchMeta, BatchWriter, StatePaths, StoreLimits, StoreWrite,
+    prepare_batch, roll_forward_stores, BatchMeta, BatchWriter, Committed, StatePaths, StoreLimits,
+    StoreWrite,
 };
 use berth_core::store::{Manifest, StoreDescriptor, StoreReadiness, StoreRecovery};
 
@@ -103,7 +104,10 @@ async fn batch_latency(files: usize, rounds: usize) {
             bare.push(run_bare());
         }
         let t0 = Instant::now();
-        BatchWriter {
+        // What the service does under the lock: roll forward (a listing of
+        // `.berth/` when nothing is staged), then the batch.
+        roll_forward_stores(&fs, &paths, &stores).await.unwrap();
+        let committed = BatchWriter {
             fs: &fs,
             paths: &paths,
         }
@@ -111,6 +115,7 @@ async fn batch_latency(files: usize, rounds: usize) {
         .await
         .unwrap();
         berth.push(t0.elapsed());
+        assert!(matches!(committed, Committed::Placed), "{committed:?}");
         if round % 2 == 1 {
             bare.push(run_bare());
         }

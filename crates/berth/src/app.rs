@@ -180,6 +180,15 @@ pub async fn start(config: Config) -> Result<RunningServer, BootError> {
     };
     let services = build_services(&config).await?;
     apply_config_templates(&services, &config).await?;
+    // Before anything reads a store or starts a container: a batch that
+    // committed but was not yet in place is put in place.
+    let rolled = services.stores.recover().await?;
+    if rolled > 0 {
+        tracing::warn!(
+            stores = rolled,
+            "put in place store files of committed batches that a crash left staged"
+        );
+    }
     let recovered = services.runtimes.recover_interrupted().await?;
     if recovered > 0 {
         tracing::warn!(

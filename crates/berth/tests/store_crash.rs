@@ -4,9 +4,11 @@
 //! survives is read back twice: as after a SIGKILL (everything written is
 //! visible) and as after a power loss (only what was synced). With the real
 //! filesystem, a child process writing batches is SIGKILLed at random
-//! moments, hundreds of times. After every cut the recovery planner must
-//! never report a torn store as healthy, and an acknowledged batch must
-//! never be lost.
+//! moments, hundreds of times. After every cut and the roll-forward that
+//! boot runs, every store holds either the last acknowledged batch or the
+//! one in flight (never a mix, never a torn store), and the planner finds
+//! nothing to recover. `stores_on_fakes.rs` reads the same cuts back
+//! through the service, and `crash.rs` kills the real `berth serve`.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -17,11 +19,12 @@ use berth::adapters::state_fs::LocalStateFs;
 use berth::fakes::state_fs::FakeStateFs;
 use berth::ports::state_fs::StateFs;
 use berth::services::stores::{
-    prepare_batch, BatchMeta, BatchWriter, StatePaths, StoreLimits, StoreWrite,
+    prepare_batch, roll_forward_stores, BatchMeta, BatchWriter, Committed, StatePaths, StoreLimits,
+    StoreWrite,
 };
 use berth_core::store::format::decode_manifest;
 use berth_core::store::{
-    decode_receipts, plan, ActionKind, Envelope, Impact, Manifest, ManifestFact, PlanInput, Reason,
+    decode_receipts, plan, ActionKind, Envelope, Impact, Manifest, ManifestFact, PlanInput,
     RecoveryPlan, StoreDescriptor, StoreFileFact, StoreReadiness, StoreRecovery,
 };
 
@@ -62,13 +65,29 @@ fn data(store: &str, seq: u64) -> serde_json::Value {
     serde_json::json!({"store": store, "seq": seq, "pad": "x".repeat(64)})
 }
 
+/// What boot does before anything reads: roll forward.
+async fn boot(fs: &dyn StateFs, paths: &StatePaths) {
+    roll_forward_stores(fs, paths, &stores())
+        .await
+        .expect("roll-forward after a crash");
+}
+
 /// Writes one batch of `names` (each store's data marks `seq`) on the
-/// committed manifest; the caller has made the directories.
+/// committed manifest as the service does (roll forward, then the batch);
+/// the caller has made the directories.
 async fn write_batch(
     fs: &dyn StateFs,
     paths: &StatePaths,
     names: &[&str],
 ) -> Result<u64, berth::ports::state_fs::StateFsError> {
+    if let Err(e) = roll_forward_stores(fs, paths, &stores()).await {
+        let source = e.source.as_ref().map_or(String::new(), |s| s.to_string());
+        return Err(berth::ports::state_fs::StateFsError::io(
+            "roll forward",
+            &paths.root,
+            std::io::Error::other(format!("{e}: {source}")),
+        ));
+    }
     let base = match fs.read(&paths.manifest()).await? {
         Some(bytes) => decode_manifest(&bytes).expect("a committed manifest decodes"),
         None => Manifest::empty("ws-1"),
@@ -98,10 +117,15 @@ async fn write_batch(
         &StoreLimits::default(),
     )
     .expect("a valid batch");
-    BatchWriter { fs, paths }
+    match (BatchWriter { fs, paths })
         .commit(&batch.record, &batch.files, &batch.manifest)
-        .await?;
-    Ok(seq)
+        .await?
+    {
+        Committed::Placed => Ok(seq),
+        // Committed; the files are staged. For the harness this batch is in
+        // flight, as if its answer was lost.
+        Committed::Staged(e) | Committed::Failing(e) => Err(e),
+    }
 }
 
 async fn make_dirs(fs: &dyn StateFs, paths: &StatePaths) {
@@ -168,54 +192,38 @@ async fn survey(fs: &dyn StateFs, paths: &StatePaths) -> Survey {
     }
 }
 
-/// The invariants after any cut: `acked` is the last acknowledged seq,
-/// `in_flight` the one that may or may not have committed.
-fn check(s: &Survey, acked: u64, in_flight: u64, what: &str) {
+/// The invariants after any cut and the roll-forward of boot: `acked` is
+/// the last acknowledged seq, `in_flight` the batch that may or may not
+/// have committed, writing `written`. Every store is healthy and holds
+/// exactly what the committed batch gave it.
+fn check(s: &Survey, acked: u64, in_flight: u64, written: &[&str], what: &str) {
     let hw = s.manifest.as_ref().map_or(0, |m| m.high_watermark);
     assert!(
         hw == acked || hw == in_flight,
         "{what}: committed seq {hw}, acknowledged {acked}, in flight {in_flight}"
     );
+    assert_eq!(s.plan.impact, Impact::None, "{what}: {:?}", s.plan);
     for action in &s.plan.actions {
-        let seq = s.file_seq[&action.store];
-        let entry = s.manifest.as_ref().and_then(|m| m.entry(&action.store));
-        match action.kind {
-            ActionKind::None => {
-                // Healthy means: the file is whole and is what the manifest names.
-                let entry = entry
-                    .unwrap_or_else(|| panic!("{what}: {} healthy without an entry", action.store));
-                assert!(
-                    seq.is_some(),
-                    "{what}: {} healthy but unreadable",
-                    action.store
-                );
-                assert!(
-                    seq.unwrap() <= hw,
-                    "{what}: {} healthy with data of an uncommitted batch",
-                    action.store
-                );
-                assert!(!entry.sha256.is_empty());
-            }
-            _ => {
-                // Only a batch cut after it renamed files may leave a store
-                // broken, and only as a torn batch: never missing (a
-                // committed batch is never lost), never corrupt.
-                assert_eq!(
-                    action.reason,
-                    Some(Reason::TornBatch),
-                    "{what}: {} is {:?}",
-                    action.store,
-                    action
-                );
-            }
-        }
+        assert_eq!(action.kind, ActionKind::None, "{what}: {action:?}");
+    }
+    for (store, seq) in &s.file_seq {
+        let expected = if written.contains(&store.as_str()) {
+            hw
+        } else {
+            acked
+        };
+        assert_eq!(
+            *seq,
+            Some(expected),
+            "{what}: {store} holds batch {seq:?}, the committed batch gave it {expected}"
+        );
     }
 }
 
 /// Every step boundary of a batch that rewrites two of three stores, on
 /// top of one acknowledged batch of all three; both crash models.
 #[tokio::test]
-async fn a_batch_cut_at_every_step_never_reads_as_healthy_and_never_loses_an_acknowledged_one() {
+async fn a_batch_cut_at_every_step_leaves_the_acknowledged_or_the_new_batch_whole_after_boot() {
     let paths = StatePaths {
         root: PathBuf::from("/state/ws-1"),
     };
@@ -228,7 +236,8 @@ async fn a_batch_cut_at_every_step_never_reads_as_healthy_and_never_loses_an_ack
             .expect("the first batch commits");
         let start = fs.steps();
         fs.crash_at_step(start + k);
-        let result = write_batch(&fs, &paths, &["launch_state", "journal"]).await;
+        let written = ["launch_state", "journal"];
+        let result = write_batch(&fs, &paths, &written).await;
         if let Ok(seq) = result {
             // Past the last step: the batch committed; a power loss keeps it.
             let after = fs.after_power_loss();
@@ -239,17 +248,23 @@ async fn a_batch_cut_at_every_step_never_reads_as_healthy_and_never_loses_an_ack
             assert_eq!(s.file_seq["sessions"], Some(acked));
             break;
         }
-        assert!(result.unwrap_err().is_crash());
+        assert!(fs.crashed(), "{:?}", result);
         boundaries += 1;
         for (model, after) in [
             ("process kill", fs.after_process_kill()),
             ("power loss", fs.after_power_loss()),
         ] {
             let what = format!("cut at step {k} ({model})");
+            boot(&after, &paths).await;
             let s = survey(&after, &paths).await;
-            check(&s, acked, acked + 1, &what);
-            // The untouched store is never disturbed.
-            assert_eq!(s.file_seq["sessions"], Some(acked), "{what}");
+            check(&s, acked, acked + 1, &written, &what);
+            // What a committed batch staged is in place, and nothing else is
+            // left in `.berth/`.
+            let left = after.list(&paths.berth_dir()).await.unwrap();
+            assert!(
+                !left.iter().any(|n| n.starts_with("stage.")),
+                "{what}: {left:?}"
+            );
             // And the writer recovers: a new batch of every store is healthy.
             let next = write_batch(&after, &paths, &["launch_state", "sessions", "journal"])
                 .await
@@ -259,16 +274,16 @@ async fn a_batch_cut_at_every_step_never_reads_as_healthy_and_never_loses_an_ack
             assert!(s.file_seq.values().all(|v| *v == Some(next)), "{what}");
         }
     }
-    // receipts (2) + manifest aside (2) + 2 files (4) + 2 renames + 2 dir
-    // syncs + manifest rename + its dir sync.
-    assert!(boundaries >= 13, "only {boundaries} boundaries were cut");
+    // receipts (2) + manifest aside (2) + 2 staged files (4) + manifest
+    // rename + `.berth/` sync + 2 placements + 2 dir syncs.
+    assert!(boundaries >= 14, "only {boundaries} boundaries were cut");
     println!("cut one batch at {boundaries} step boundaries, 2 crash models each");
 }
 
 /// An fsync that fails aborts the batch; it is never retried, and the data
 /// the kernel may have dropped is never reported as committed.
 #[tokio::test]
-async fn a_failed_fsync_aborts_the_batch_and_nothing_torn_reads_as_healthy() {
+async fn a_failed_fsync_aborts_the_batch_and_the_acknowledged_one_stays_whole() {
     let paths = StatePaths {
         root: PathBuf::from("/state/ws-1"),
     };
@@ -288,7 +303,7 @@ async fn a_failed_fsync_aborts_the_batch_and_nothing_torn_reads_as_healthy() {
         .filter(|(_, (op, _))| *op == "fsync")
         .map(|(i, _)| i)
         .collect();
-    // The receipt log, the manifest aside and two store files.
+    // The receipt log, the manifest aside and two staged store files.
     assert!(fsyncs.len() >= 4, "{:?}", probe.step_log());
     for i in fsyncs {
         let fs = FakeStateFs::new();
@@ -314,16 +329,28 @@ async fn a_failed_fsync_aborts_the_batch_and_nothing_torn_reads_as_healthy() {
                 "fsync {i}: the manifest was committed after a failed fsync"
             );
         }
-        // Whatever the kernel dropped, nothing torn reads as healthy.
-        let s = survey(&fs.after_power_loss(), &paths).await;
+        // Whatever the kernel dropped, the acknowledged batch is whole.
+        let written = ["launch_state", "journal"];
+        let after = fs.after_power_loss();
+        boot(&after, &paths).await;
+        let s = survey(&after, &paths).await;
         check(
             &s,
             acked,
             acked,
+            &written,
             &format!("fsync {i} failed, then power loss"),
         );
-        let s = survey(&fs.after_process_kill(), &paths).await;
-        check(&s, acked, acked, &format!("fsync {i} failed, then kill"));
+        let after = fs.after_process_kill();
+        boot(&after, &paths).await;
+        let s = survey(&after, &paths).await;
+        check(
+            &s,
+            acked,
+            acked,
+            &written,
+            &format!("fsync {i} failed, then kill"),
+        );
     }
 }
 
@@ -358,13 +385,14 @@ async fn crash_child() {
     assert_eq!(s.manifest.unwrap().high_watermark, 3);
 }
 
-/// SIGKILLs a real writer at random moments, hundreds of times.
+/// SIGKILLs a real writer at random moments, hundreds of times; after the
+/// roll-forward of boot every store holds one batch whole.
 #[tokio::test]
-async fn a_writer_killed_at_random_moments_never_leaves_torn_state_that_reads_as_ready() {
+async fn a_writer_killed_at_random_moments_leaves_one_whole_batch_after_boot() {
     let exe = std::env::current_exe().unwrap();
     let root = tempfile::tempdir().unwrap();
     let kills = 300;
-    let mut torn_seen = 0;
+    let mut rolled = 0;
     let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
     for round in 0..kills {
         let dir = root.path().join(format!("r{round}"));
@@ -414,19 +442,29 @@ async fn a_writer_killed_at_random_moments_never_leaves_torn_state_that_reads_as
         }
         let fs = LocalStateFs::new();
         let paths = StatePaths { root: dir.clone() };
+        let staged_left = fs
+            .list(&paths.berth_dir())
+            .await
+            .unwrap()
+            .iter()
+            .any(|n| n.starts_with("stage."));
+        boot(&fs, &paths).await;
         let s = survey(&fs, &paths).await;
         check(
             &s,
             acked,
             acked + 1,
+            &["launch_state", "sessions", "journal"],
             &format!("kill {round} after batch {acked}"),
         );
-        if s.plan.impact != Impact::None {
-            torn_seen += 1;
+        if staged_left {
+            rolled += 1;
         }
         remove_dir(&dir);
     }
-    println!("{kills} kills; {torn_seen} left a torn batch, none read as healthy");
+    println!(
+        "{kills} kills; {rolled} left staged files that boot rolled forward or discarded; every store held the last acknowledged or the in-flight batch"
+    );
 }
 
 fn remove_dir(dir: &Path) {

@@ -8,6 +8,7 @@ pub mod descriptor;
 pub mod format;
 pub mod plan;
 pub mod readiness;
+pub mod roll_forward;
 
 pub use descriptor::{
     schema_label, understood_versions, validate_stores, StoreDescriptor, StoreReadiness,
@@ -21,3 +22,6 @@ pub use plan::{
     plan, ActionKind, Impact, ManifestFact, PlanInput, Reason, RecoveryPlan, StoreAction,
 };
 pub use readiness::{readiness, ContainerReadiness, Readiness, ValidatorOutcome};
+pub use roll_forward::{
+    locate, parse_staged_file_name, roll_forward, staged_file_name, Location, RollStep, StagedFact,
+};

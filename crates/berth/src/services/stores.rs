@@ -12,7 +12,7 @@
 //! the bytes through the [`StateFs`] port and carries the decisions out.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use berth_core::operation::OperationKind;
@@ -23,9 +23,11 @@ use berth_core::store::format::{
     RECEIPTS_FILE, RUN_ID_FILE,
 };
 use berth_core::store::{
-    decode_receipts, encode_receipt, plan, readiness, understood_versions, ActionKind,
-    ContainerReadiness, Envelope, Impact, Manifest, ManifestEntry, ManifestFact, PlanInput,
-    Readiness, Receipt, ReceiptLog, ReceiptRecord, RecoveryPlan, StoreFileFact, ValidatorOutcome,
+    decode_receipts, encode_receipt, locate, parse_staged_file_name, plan, readiness, roll_forward,
+    staged_file_name, understood_versions, ActionKind, ContainerReadiness, Envelope, Impact,
+    Location, Manifest, ManifestEntry, ManifestFact, PlanInput, Readiness, Receipt, ReceiptLog,
+    ReceiptRecord, RecoveryPlan, RollStep, StagedFact, StoreDescriptor, StoreFileFact,
+    ValidatorOutcome,
 };
 use berth_core::template::Template;
 use berth_core::ErrorCode;
@@ -144,7 +146,8 @@ fn fs_error(e: StateFsError, doing: &str) -> Error {
 
 /// The batch protocol over a [`StateFs`], with no database and no Docker:
 /// the part whose latency the benchmark measures and the crash harness
-/// cuts. The caller holds the runtime's lock.
+/// cuts. The caller holds the runtime's lock and has rolled forward what an
+/// earlier batch left staged ([`StoreService::roll_forward`]).
 pub struct BatchWriter<'a> {
     pub fs: &'a dyn StateFs,
     pub paths: &'a StatePaths,
@@ -157,28 +160,43 @@ pub struct PreparedFile {
     pub bytes: Vec<u8>,
 }
 
+/// A batch that [`BatchWriter::commit`] committed.
+#[derive(Debug)]
+pub enum Committed {
+    /// Every store file holds the batch.
+    Placed,
+    /// Committed, but moving the staged files into place failed; a durable
+    /// copy of every file is staged in `.berth/` again, so the next
+    /// roll-forward (next batch, start or boot) puts it in place.
+    Staged(StateFsError),
+    /// Committed, but placing failed and so did keeping a durable copy: the
+    /// disk is failing and the batch's bytes may be lost with it.
+    Failing(StateFsError),
+}
 impl BatchWriter<'_> {
-    /// Writes `files` as batch `record`, then commits `manifest`.
-    /// `record.seq` must be `manifest.high_watermark`.
+    /// Writes `files` as batch `record`, then commits `manifest`, then puts
+    /// the files in place. `Err` means the batch did not commit and no file
+    /// holding committed data was touched.
     pub async fn commit(
         &self,
         record: &ReceiptRecord,
         files: &[PreparedFile],
         manifest: &Manifest,
-    ) -> std::result::Result<(), StateFsError> {
+    ) -> std::result::Result<Committed, StateFsError> {
         let fs = self.fs;
         let berth_dir = self.paths.berth_dir();
         let manifest_path = self.paths.manifest();
         let manifest_tmp = berth_dir.join(format!(".{MANIFEST_FILE}.tmp-{}", record.batch_id));
         // Bytes of a struct of strings and integers always serialise.
         let manifest_bytes = serde_json::to_vec_pretty(manifest).unwrap_or_default();
-        let temps: Vec<PathBuf> = files
+        let staged: Vec<PathBuf> = files
             .iter()
-            .map(|f| temp_beside(&f.path, &record.batch_id))
+            .map(|f| berth_dir.join(staged_file_name(&record.batch_id, &f.store)))
             .collect();
 
-        // 1. Receipts (the batch marked preparing), every file and the new
-        //    manifest written aside and synced, all at once.
+        // 1. Stage: the receipt (the batch marked preparing), every file and
+        //    the new manifest written in `.berth/` and synced, all at once.
+        //    No file holding committed data is touched.
         let receipts = async {
             fs.append(&self.paths.receipts(), &encode_receipt(record))
                 .await?;
@@ -188,35 +206,173 @@ impl BatchWriter<'_> {
             fs.write(&manifest_tmp, &manifest_bytes).await?;
             fs.fsync(&manifest_tmp).await
         };
-        let stores = try_join_all(files.iter().zip(&temps).map(|(f, tmp)| async move {
-            fs.write(tmp, &f.bytes).await?;
-            fs.fsync(tmp).await
+        let stores = try_join_all(files.iter().zip(&staged).map(|(f, path)| async move {
+            fs.write(path, &f.bytes).await?;
+            fs.fsync(path).await
         }));
         tokio::try_join!(receipts, manifest_aside, stores)?;
 
-        // 2. Every file into place, then its directory synced.
-        let mut dirs = BTreeSet::new();
-        for (f, tmp) in files.iter().zip(&temps) {
-            fs.rename(tmp, &f.path).await?;
-            if let Some(dir) = f.path.parent() {
-                dirs.insert(dir.to_path_buf());
-            }
-        }
-        try_join_all(dirs.iter().map(|d| fs.fsync_dir(d))).await?;
-
-        // 3. The commit point: the manifest's rename, made durable.
+        // 2. The commit: the manifest's rename, made durable by the fsync of
+        //    `.berth/`, which makes the staged files' names durable too.
         fs.rename(&manifest_tmp, &manifest_path).await?;
-        fs.fsync_dir(&berth_dir).await
+        fs.fsync_dir(&berth_dir).await?;
+
+        // 3. Place: every staged file over its store, each directory synced.
+        //    A crash here is rolled forward before the next read or start.
+        let placed = async {
+            let mut dirs = BTreeSet::new();
+            for (f, path) in files.iter().zip(&staged) {
+                fs.rename(path, &f.path).await?;
+                dirs.insert(crate::ports::state_fs::parent_dir(&f.path));
+            }
+            try_join_all(dirs.iter().map(|d| fs.fsync_dir(d))).await
+        };
+        let failure = match placed.await {
+            Ok(_) => return Ok(Committed::Placed),
+            Err(e) if e.is_crash() => return Err(e),
+            Err(e) => e,
+        };
+        // A failed fsync may have dropped a rename whose source is gone from
+        // `.berth/` (never retry and trust): stage every file again, from
+        // memory, so a durable copy exists whatever the disk kept.
+        let restaged = async {
+            for (f, path) in files.iter().zip(&staged) {
+                fs.write(path, &f.bytes).await?;
+                fs.fsync(path).await?;
+            }
+            fs.fsync_dir(&berth_dir).await
+        };
+        Ok(match restaged.await {
+            Ok(()) => Committed::Staged(failure),
+            Err(e) if e.is_crash() => return Err(e),
+            Err(_) => Committed::Failing(failure),
+        })
     }
 }
 
-/// `.<name>.tmp-<batch>` beside `path`.
-fn temp_beside(path: &Path, batch_id: &str) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    path.with_file_name(format!(".{name}.tmp-{batch_id}"))
+/// The staged files in `.berth/` with their bytes.
+pub async fn staged_files(
+    fs: &dyn StateFs,
+    paths: &StatePaths,
+) -> Result<Vec<(StagedFact, Vec<u8>)>> {
+    let names = fs
+        .list(&paths.berth_dir())
+        .await
+        .map_err(|e| fs_error(e, "list the state directory"))?;
+    let mut out = Vec::new();
+    for name in names {
+        let Some((_, store)) = parse_staged_file_name(&name) else {
+            continue;
+        };
+        let store = store.to_string();
+        let bytes = fs
+            .read(&paths.berth_dir().join(&name))
+            .await
+            .map_err(|e| fs_error(e, "read a staged store file"))?;
+        let sha256 = bytes.as_deref().map(sha256_hex);
+        out.push((
+            StagedFact {
+                file_name: name,
+                store,
+                sha256,
+            },
+            bytes.unwrap_or_default(),
+        ));
+    }
+    Ok(out)
+}
+
+/// With the writers' lock held (the caller's): moves into place what a committed batch
+/// left staged, and removes what a batch that never committed left.
+/// Returns how many stores it placed.
+pub async fn roll_forward_stores(
+    fs: &dyn StateFs,
+    paths: &StatePaths,
+    stores: &[StoreDescriptor],
+) -> Result<usize> {
+    let staged = staged_files(fs, paths).await?;
+    if staged.is_empty() {
+        return Ok(0);
+    }
+    let manifest = match read_manifest(fs, paths).await? {
+        ManifestFact::Present(m) => m,
+        // Nothing was ever committed: every staged file is of a batch
+        // that never reached its commit.
+        ManifestFact::Absent => Manifest::empty(""),
+        // Nothing can be judged against it; recovery quarantines it.
+        ManifestFact::Corrupt(_) => return Ok(0),
+    };
+    let mut files = BTreeMap::new();
+    for d in stores {
+        let bytes = fs
+            .read(&paths.store(&d.path))
+            .await
+            .map_err(|e| fs_error(e, "read a store file"))?;
+        files.insert(d.name.clone(), bytes.as_deref().map(sha256_hex));
+    }
+    let facts: Vec<StagedFact> = staged.into_iter().map(|(f, _)| f).collect();
+    let steps = roll_forward(&manifest, &facts, &files);
+    let mut dirs = BTreeSet::new();
+    let mut placed = 0;
+    let mut discarded = false;
+    for step in steps {
+        match step {
+            RollStep::Place { file_name, store } => {
+                let Some(d) = stores.iter().find(|d| d.name == store) else {
+                    continue;
+                };
+                let to = paths.store(&d.path);
+                let dir = crate::ports::state_fs::parent_dir(&to);
+                fs.create_dir_all(&dir)
+                    .await
+                    .map_err(|e| fs_error(e, "create a store's directory"))?;
+                fs.rename(&paths.berth_dir().join(&file_name), &to)
+                    .await
+                    .map_err(|e| fs_error(e, "move a committed store file into place"))?;
+                dirs.insert(dir);
+                placed += 1;
+                tracing::warn!(store = %store, file = %file_name, "rolled a committed batch's store file forward into place");
+            }
+            RollStep::Discard { file_name } => {
+                // The placements are synced before anything is removed.
+                for dir in std::mem::take(&mut dirs) {
+                    fs.fsync_dir(&dir)
+                        .await
+                        .map_err(|e| fs_error(e, "sync a store's directory"))?;
+                }
+                fs.remove_file(&paths.berth_dir().join(&file_name))
+                    .await
+                    .map_err(|e| fs_error(e, "remove a staged file"))?;
+                discarded = true;
+            }
+        }
+    }
+    for dir in dirs {
+        fs.fsync_dir(&dir)
+            .await
+            .map_err(|e| fs_error(e, "sync a store's directory"))?;
+    }
+    if discarded {
+        fs.fsync_dir(&paths.berth_dir())
+            .await
+            .map_err(|e| fs_error(e, "sync the state directory"))?;
+    }
+    Ok(placed)
+}
+
+/// The manifest as found on disk.
+pub async fn read_manifest(fs: &dyn StateFs, paths: &StatePaths) -> Result<ManifestFact> {
+    let bytes = fs
+        .read(&paths.manifest())
+        .await
+        .map_err(|e| fs_error(e, "read the manifest"))?;
+    Ok(match bytes {
+        None => ManifestFact::Absent,
+        Some(b) => match decode_manifest(&b) {
+            Ok(m) => ManifestFact::Present(m),
+            Err(why) => ManifestFact::Corrupt(why),
+        },
+    })
 }
 
 /// What identifies a batch besides its writes.
@@ -388,28 +544,47 @@ impl StoreService {
         Ok((rec, template))
     }
 
-    /// Labels of the image a container runs or will run (cached by id).
+    /// Labels of the image a container runs or will run. Only what cannot
+    /// change is cached: an image id or a digest reference. A tag is
+    /// inspected every time, since it may have moved to another image.
     async fn image_labels(&self, image: &str) -> Result<BTreeMap<String, String>> {
-        if let Some(l) = self
-            .labels
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(image)
-        {
-            return Ok(l.clone());
+        Ok(self
+            .image_of(image)
+            .await?
+            .map(|(_, labels)| labels)
+            .unwrap_or_default())
+    }
+
+    /// The image id and labels `image` names now; `None` when it is not
+    /// (yet) present, so the descriptors' versions apply.
+    async fn image_of(&self, image: &str) -> Result<Option<(String, BTreeMap<String, String>)>> {
+        let immutable = image.starts_with("sha256:") || image.contains("@sha256:");
+        if immutable {
+            if let Some(l) = self
+                .labels
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(image)
+            {
+                return Ok(Some((image.to_string(), l.clone())));
+            }
         }
         let info = self.ctx.engine.inspect_image(image).await.map_err(|e| {
             Error::from_engine(e, ErrorCode::DockerUnavailable, "inspect the image")
         })?;
         let Some(info) = info else {
-            // Not (yet) present: the descriptors' versions apply; not cached.
-            return Ok(BTreeMap::new());
+            return Ok(None);
         };
-        self.labels
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(image.to_string(), info.labels.clone());
-        Ok(info.labels)
+        let mut cache = self.labels.lock().unwrap_or_else(|p| p.into_inner());
+        // Bounded: an entry is only a saved inspect.
+        if cache.len() > 10_000 {
+            cache.clear();
+        }
+        cache.insert(info.id.clone(), info.labels.clone());
+        if immutable {
+            cache.insert(image.to_string(), info.labels.clone());
+        }
+        Ok(Some((info.id, info.labels)))
     }
 
     async fn read_run_id(&self, paths: &StatePaths) -> Result<Option<String>> {
@@ -424,18 +599,7 @@ impl StoreService {
     }
 
     async fn read_manifest(&self, paths: &StatePaths) -> Result<ManifestFact> {
-        let bytes = self
-            .fs()
-            .read(&paths.manifest())
-            .await
-            .map_err(|e| fs_error(e, "read the manifest"))?;
-        Ok(match bytes {
-            None => ManifestFact::Absent,
-            Some(b) => match decode_manifest(&b) {
-                Ok(m) => ManifestFact::Present(m),
-                Err(why) => ManifestFact::Corrupt(why),
-            },
-        })
+        read_manifest(self.fs(), paths).await
     }
 
     async fn facts(&self, template: &Template, paths: &StatePaths) -> Result<Facts> {
@@ -448,12 +612,15 @@ impl StoreService {
             .map(|b| decode_receipts(&b))
             .unwrap_or_default();
         let mut files = BTreeMap::new();
+        let mut staged = None;
         for d in &template.stores {
-            let bytes = self
-                .fs()
-                .read(&paths.store(&d.path))
-                .await
-                .map_err(|e| fs_error(e, "read a store file"))?;
+            let bytes = match &manifest {
+                ManifestFact::Present(m) => {
+                    self.committed_bytes(paths, m, &d.name, &d.path, &mut staged)
+                        .await?
+                }
+                _ => self.read_store_file(paths, &d.path).await?,
+            };
             files.insert(
                 d.name.clone(),
                 bytes.map_or(StoreFileFact::Absent, |b| StoreFileFact::from_bytes(&b)),
@@ -464,6 +631,89 @@ impl StoreService {
             receipts,
             files,
         })
+    }
+
+    async fn read_store_file(&self, paths: &StatePaths, path: &str) -> Result<Option<Vec<u8>>> {
+        self.fs()
+            .read(&paths.store(path))
+            .await
+            .map_err(|e| fs_error(e, "read a store file"))
+    }
+
+    /// A store's bytes as committed: its file, or, while a committed batch
+    /// is not yet in place, its staged file (read without the lock: a
+    /// staged file is only ever written before its batch commits). Falls
+    /// back to the file, whatever it holds, for the planner to judge.
+    /// `staged` caches the listing of `.berth/` across stores.
+    async fn committed_bytes(
+        &self,
+        paths: &StatePaths,
+        manifest: &Manifest,
+        store: &str,
+        path: &str,
+        staged: &mut Option<Vec<(StagedFact, Vec<u8>)>>,
+    ) -> Result<Option<Vec<u8>>> {
+        let file = self.read_store_file(paths, path).await?;
+        let Some(entry) = manifest.entry(store) else {
+            return Ok(file);
+        };
+        if file.as_deref().map(sha256_hex).as_deref() == Some(entry.sha256.as_str()) {
+            return Ok(file);
+        }
+        if staged.is_none() {
+            *staged = Some(staged_files(self.fs(), paths).await?);
+        }
+        let found = staged.as_deref().unwrap_or_default();
+        let facts: Vec<StagedFact> = found.iter().map(|(f, _)| f.clone()).collect();
+        let file_sha = file.as_deref().map(sha256_hex);
+        Ok(match locate(manifest, store, file_sha.as_deref(), &facts) {
+            Location::Staged(name) => found
+                .iter()
+                .find(|(f, _)| f.file_name == name)
+                .map(|(_, bytes)| bytes.clone()),
+            Location::InPlace | Location::Nowhere => file,
+        })
+    }
+
+    /// Boot recovery: rolls forward every runtime's stores that a crash
+    /// left between a batch's commit and its placement, before anything
+    /// reads or starts. Returns how many store files it placed.
+    pub async fn recover(&self) -> Result<usize> {
+        let mut placed = 0;
+        for template in self.ctx.store.list_templates().await? {
+            if template.stores.is_empty() {
+                continue;
+            }
+            let filter = crate::ports::store::RuntimeFilter {
+                template: Some(template.name.clone()),
+                status: None,
+            };
+            for rec in self.ctx.store.list_runtimes(&filter).await? {
+                let paths = self.paths(&rec.id);
+                if self
+                    .fs()
+                    .read(&paths.manifest())
+                    .await
+                    .map_err(|e| fs_error(e, "read the manifest"))?
+                    .is_none()
+                    && self
+                        .fs()
+                        .list(&paths.berth_dir())
+                        .await
+                        .map_err(|e| fs_error(e, "list the state directory"))?
+                        .is_empty()
+                {
+                    continue;
+                }
+                let _lock = self
+                    .fs()
+                    .lock(&paths.lock())
+                    .await
+                    .map_err(|e| fs_error(e, "lock the state directory"))?;
+                placed += roll_forward_stores(self.fs(), &paths, &template.stores).await?;
+            }
+        }
+        Ok(placed)
     }
 
     fn plan_for(
@@ -575,6 +825,7 @@ impl StoreService {
             }
             Some(_) => {}
         }
+        roll_forward_stores(self.fs(), &paths, &template.stores).await?;
         let base = match self.read_manifest(&paths).await? {
             ManifestFact::Absent => Manifest::empty(id),
             ManifestFact::Present(m) => m,
@@ -627,10 +878,27 @@ impl StoreService {
         }
         let writer = BatchWriter { fs, paths: &paths };
         let started = std::time::Instant::now();
-        if let Err(e) = writer.commit(&record, &files, &manifest).await {
-            self.ctx.metrics.store_batch_failed();
-            tracing::error!(runtime = %id, batch = %batch_id, error = %e, "state-store batch aborted");
-            return Err(fs_error(e, "write the batch durably"));
+        match writer.commit(&record, &files, &manifest).await {
+            Ok(Committed::Placed) => {}
+            // Committed: reads serve the staged bytes, and the next batch,
+            // start or boot puts them in place.
+            Ok(Committed::Staged(e)) => {
+                tracing::error!(runtime = %id, batch = %batch_id, error = %e, "state-store batch committed, but its files could not be put in place yet; a durable copy is staged");
+            }
+            Ok(Committed::Failing(e)) => {
+                self.ctx.metrics.store_batch_failed();
+                tracing::error!(runtime = %id, batch = %batch_id, error = %e, "state-store batch committed, but the disk failed putting it in place and keeping a copy");
+                return Err(Error::new(
+                    ErrorCode::StorageUnavailable,
+                    format!("the batch was committed, but the disk failed while putting it in place ({e}); its data may not survive: check the disk"),
+                )
+                .caused_by(e));
+            }
+            Err(e) => {
+                self.ctx.metrics.store_batch_failed();
+                tracing::error!(runtime = %id, batch = %batch_id, error = %e, "state-store batch aborted");
+                return Err(fs_error(e, "write the batch durably"));
+            }
         }
         self.ctx
             .metrics
@@ -701,26 +969,40 @@ impl StoreService {
             ));
         };
         let paths = self.paths(&rec.id);
-        let manifest = self.committed_manifest(id).await?;
         let not_committed = || {
             Error::new(
                 ErrorCode::StoreNotFound,
                 format!("store {store:?} of runtime {id:?} has no committed data"),
             )
         };
+        let manifest = self.committed_manifest(id).await?;
         let entry = manifest.entry(store).ok_or_else(not_committed)?;
-        let bytes = self
-            .fs()
-            .read(&paths.store(&d.path))
-            .await
-            .map_err(|e| fs_error(e, "read the store"))?
-            .ok_or_else(not_committed)?;
-        if sha256_hex(&bytes) != entry.sha256 {
-            return Err(Error::new(
-                ErrorCode::Conflict,
-                format!("store {store:?} of runtime {id:?} does not hold what its last committed batch wrote; see GET /v1/runtimes/{id}/readiness"),
-            ));
-        }
+        let file = self.read_store_file(&paths, &d.path).await?;
+        let bytes = match file {
+            Some(bytes) if sha256_hex(&bytes) == entry.sha256 => bytes,
+            // A batch may be between its commit and its placement: read
+            // again under the writers' lock, the staged copy included.
+            _ => {
+                let _lock = self
+                    .fs()
+                    .lock(&paths.lock())
+                    .await
+                    .map_err(|e| fs_error(e, "lock the state directory"))?;
+                let manifest = self.committed_manifest(id).await?;
+                let entry = manifest.entry(store).ok_or_else(not_committed)?;
+                let bytes = self
+                    .committed_bytes(&paths, &manifest, store, &d.path, &mut None)
+                    .await?
+                    .ok_or_else(not_committed)?;
+                if sha256_hex(&bytes) != entry.sha256 {
+                    return Err(Error::new(
+                        ErrorCode::Conflict,
+                        format!("store {store:?} of runtime {id:?} does not hold what its last committed batch wrote; see GET /v1/runtimes/{id}/readiness"),
+                    ));
+                }
+                bytes
+            }
+        };
         serde_json::from_slice(&bytes).map_err(|e| {
             Error::new(
                 ErrorCode::Conflict,
@@ -751,9 +1033,18 @@ impl StoreService {
             .await
             .map_err(|e| fs_error(e, "lock the state directory"))?;
         let mut applied = Vec::new();
+        // The image as it is now, by id: a tag may move later, the id not.
+        let mut run_image = image.to_string();
         if !template.stores.is_empty() {
-            let understood =
-                understood_versions(&template.stores, &self.image_labels(image).await?);
+            roll_forward_stores(fs, &paths, &template.stores).await?;
+            let labels = match self.image_of(image).await? {
+                Some((image_id, labels)) => {
+                    run_image = image_id;
+                    labels
+                }
+                None => BTreeMap::new(),
+            };
+            let understood = understood_versions(&template.stores, &labels);
             let facts = self.facts(template, &paths).await?;
             // Run ids do not matter here: a new run starts now.
             let plan = Self::plan_for(template, &understood, &facts, None);
@@ -769,7 +1060,7 @@ impl StoreService {
             if runs.len() > 10_000 {
                 runs.clear();
             }
-            runs.insert(run_id.clone(), image.to_string());
+            runs.insert(run_id.clone(), run_image);
         }
         rec.run_id = Some(run_id);
         for a in &applied {
