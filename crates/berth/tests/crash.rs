@@ -437,3 +437,151 @@ async fn converges_after_kill(case: &str, kill: Kill) {
     drop(_berth);
     remove_owner_containers(&owner);
 }
+
+/// The lost batch, on the real binary: a client posts batches of
+/// both stores back to back and `berth serve` is SIGKILLed at a
+/// pseudo-random moment, 200 times; after every restart both
+/// `GET …/store/{store}` and the file on disk hold the last batch answered
+/// `201`, or the one in flight when the kill came (its commit may have
+/// happened), and both stores hold the same batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_a_stream_of_batches_never_loses_an_acknowledged_one() {
+    const ROUNDS: usize = 200;
+    let data = tempfile::tempdir().unwrap();
+    let owner = unique("bt-");
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let state = data.path().join("runtimes/r1/state");
+
+    let mut berth = Reaped(berth_command(data.path(), &owner, port).spawn().unwrap());
+    wait_healthy(&base).await;
+    let resp = client
+        .put(format!("{base}/v1/templates/st"))
+        .json(&json!({"image": test_image(), "tag": "v1", "port": 8080,
+            "stores": [
+                {"name": "launch_state", "path": "launch-state.json",
+                 "readiness": "blocking", "recovery": "quarantine"},
+                {"name": "sessions", "path": "sessions.json",
+                 "readiness": "degrading", "recovery": "rebuild"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "{}", resp.text().await.unwrap());
+    let resp = client
+        .post(format!("{base}/v1/runtimes"))
+        .json(&json!({"id": "r1", "template": "st"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "{}", resp.text().await.unwrap());
+    let rt: Value = resp.json().await.unwrap();
+    let run_id = rt["run_id"]
+        .as_str()
+        .expect("a started runtime has a run")
+        .to_string();
+
+    let mut acked: u64 = 0;
+    let mut next: u64 = 1;
+    let mut in_flight_committed = 0;
+    let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+    for round in 0..ROUNDS {
+        // A client posting batches until the kill.
+        let poster = {
+            let client = client.clone();
+            let base = base.clone();
+            let run_id = run_id.clone();
+            let start = next;
+            tokio::spawn(async move {
+                let mut last_acked = None;
+                let mut n = start;
+                loop {
+                    let body = json!({"run_id": run_id, "reason": "checkpoint", "writes": [
+                        {"store": "launch_state", "data": {"n": n, "members": ["a", "b"]}},
+                        {"store": "sessions", "data": {"n": n}}]});
+                    let sent = client
+                        .post(format!("{base}/v1/runtimes/r1/store/batches"))
+                        .json(&body)
+                        .send()
+                        .await;
+                    match sent {
+                        Ok(r) if r.status() == reqwest::StatusCode::CREATED => {
+                            last_acked = Some(n);
+                            n += 1;
+                        }
+                        Ok(r) => panic!("batch {n}: {} {}", r.status(), r.text().await.unwrap()),
+                        // The kill: batch n was in flight.
+                        Err(_) => return (last_acked, n),
+                    }
+                }
+            })
+        };
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        tokio::time::sleep(Duration::from_micros(seed % 150_000)).await;
+        berth.0.kill().unwrap();
+        berth.0.wait().unwrap();
+        let (last_acked, in_flight) = poster.await.unwrap();
+        if let Some(n) = last_acked {
+            acked = n;
+        }
+        next = in_flight + 1;
+
+        berth = Reaped(berth_command(data.path(), &owner, port).spawn().unwrap());
+        wait_healthy(&base).await;
+        let mut seen = Vec::new();
+        for (store, file) in [
+            ("launch_state", "launch-state.json"),
+            ("sessions", "sessions.json"),
+        ] {
+            let resp = client
+                .get(format!("{base}/v1/runtimes/r1/store/{store}"))
+                .send()
+                .await
+                .unwrap();
+            let status = resp.status();
+            let body: Value = resp.json().await.unwrap();
+            if acked == 0 && status == reqwest::StatusCode::NOT_FOUND {
+                // Nothing acknowledged yet, and the first batch did not commit.
+                seen.push(0);
+                continue;
+            }
+            assert_eq!(
+                status,
+                reqwest::StatusCode::OK,
+                "round {round}, {store}: {body}"
+            );
+            let served = body["data"]["n"].as_u64().unwrap();
+            let on_disk: Value =
+                serde_json::from_slice(&std::fs::read(state.join(file)).unwrap()).unwrap();
+            assert_eq!(
+                on_disk["data"]["n"].as_u64(),
+                Some(served),
+                "round {round}, {store}: the file holds {on_disk} but berth serves batch {served}"
+            );
+            assert!(
+                served == acked || served == in_flight,
+                "round {round}, {store}: batch {served} is served; {acked} was the last acknowledged, {in_flight} was in flight"
+            );
+            seen.push(served);
+        }
+        assert_eq!(
+            seen[0], seen[1],
+            "round {round}: the stores hold different batches"
+        );
+        if seen[0] == in_flight {
+            in_flight_committed += 1;
+            acked = in_flight;
+        }
+    }
+    eprintln!(
+        "{ROUNDS} SIGKILLs during a stream of batches: last acknowledged batch {acked}, {in_flight_committed} in-flight batches found committed after restart, none lost"
+    );
+    assert!(
+        acked > ROUNDS as u64 / 2,
+        "too few batches were acknowledged: {acked}"
+    );
+    drop(berth);
+    remove_owner_containers(&owner);
+}
