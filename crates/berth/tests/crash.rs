@@ -585,3 +585,167 @@ async fn sigkill_during_a_stream_of_batches_never_loses_an_acknowledged_one() {
     drop(berth);
     remove_owner_containers(&owner);
 }
+
+/// A tmpfs of its own, unmounted (lazily: a container may still hold the
+/// bind mount for a moment) when dropped.
+struct SmallFs(std::path::PathBuf);
+
+impl SmallFs {
+    fn mount(dir: &std::path::Path, size: &str) -> SmallFs {
+        std::fs::create_dir_all(dir).unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .expect("mount runs");
+        assert!(
+            out.status.success(),
+            "mounting a tmpfs needs root (CI runs as root): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        SmallFs(dir.to_path_buf())
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Fills the filesystem holding `dir` until it refuses a byte more.
+fn fill(dir: &std::path::Path) -> std::path::PathBuf {
+    use std::io::Write;
+    let path = dir.join("filler");
+    let mut f = std::fs::File::create(&path).unwrap();
+    let chunk = vec![0u8; 64 * 1024];
+    loop {
+        match f.write(&chunk) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc_enospc()) => break,
+            Err(e) => panic!("filling {}: {e}", path.display()),
+        }
+    }
+    // Whatever is left in the page cache must not count as free.
+    let _ = f.sync_all();
+    path
+}
+
+const fn libc_enospc() -> i32 {
+    28
+}
+
+/// berth's data directory on a small filesystem that fills up: a batch is
+/// `503 storage_unavailable` and changes nothing, the last committed batch
+/// stays readable (API and file), reads and `/healthz` keep answering, and
+/// once space returns the next batch commits and nothing of the refused one
+/// is left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_a_batch_and_keeps_the_last_committed_one() {
+    let root = tempfile::tempdir().unwrap();
+    let mount = SmallFs::mount(&root.path().join("data"), "16m");
+    let data = mount.0.clone();
+    let owner = unique("bt-");
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let state = data.join("runtimes/r1/state");
+    let berth = Reaped(berth_command(&data, &owner, port).spawn().unwrap());
+    wait_healthy(&base).await;
+
+    let resp = client
+        .put(format!("{base}/v1/templates/st"))
+        .json(&json!({"image": test_image(), "tag": "v1", "port": 8080,
+            "stores": [{"name": "launch_state", "path": "launch-state.json"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "{}", resp.text().await.unwrap());
+    let rt: Value = client
+        .post(format!("{base}/v1/runtimes"))
+        .json(&json!({"id": "r1", "template": "st"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let run_id = rt["run_id"].as_str().expect("started").to_string();
+    let batch = |n: u64| {
+        json!({"run_id": run_id, "writes": [
+            {"store": "launch_state", "data": {"n": n, "pad": "x".repeat(200_000)}}]})
+    };
+    let post = |n: u64| {
+        client
+            .post(format!("{base}/v1/runtimes/r1/store/batches"))
+            .json(&batch(n))
+            .send()
+    };
+    let read_back = || async {
+        let body: Value = client
+            .get(format!("{base}/v1/runtimes/r1/store/launch_state"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let on_disk: Value =
+            serde_json::from_slice(&std::fs::read(state.join("launch-state.json")).unwrap())
+                .unwrap();
+        (body["data"]["n"].as_u64(), on_disk["data"]["n"].as_u64())
+    };
+    assert_eq!(
+        post(1).await.unwrap().status(),
+        reqwest::StatusCode::CREATED
+    );
+
+    let filler = fill(&data);
+    let resp = post(2).await.unwrap();
+    let status = resp.status();
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(status, reqwest::StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["error"]["code"], "storage_unavailable", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("nothing was committed"),
+        "{body}"
+    );
+    assert_eq!(read_back().await, (Some(1), Some(1)), "the committed batch");
+    let health = client.get(format!("{base}/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), reqwest::StatusCode::OK);
+    let rt = client
+        .get(format!("{base}/v1/runtimes/r1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rt.status(), reqwest::StatusCode::OK);
+    let manifest: Value = client
+        .get(format!("{base}/v1/runtimes/r1/store"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(manifest["high_watermark"], 1, "{manifest}");
+
+    std::fs::remove_file(&filler).unwrap();
+    assert_eq!(
+        post(3).await.unwrap().status(),
+        reqwest::StatusCode::CREATED
+    );
+    assert_eq!(read_back().await, (Some(3), Some(3)));
+    let left: Vec<String> = std::fs::read_dir(state.join(".berth"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("stage.") || n.contains(".tmp-"))
+        .collect();
+    assert!(left.is_empty(), "the refused batch left {left:?}");
+    drop(berth);
+    remove_owner_containers(&owner);
+    drop(mount);
+}

@@ -124,7 +124,7 @@ async fn write_batch(
         Committed::Placed => Ok(seq),
         // Committed; the files are staged. For the harness this batch is in
         // flight, as if its answer was lost.
-        Committed::Staged(e) | Committed::Failing(e) => Err(e),
+        Committed::Staged(e) | Committed::Failing(e) | Committed::Unknown(e) => Err(e),
     }
 }
 

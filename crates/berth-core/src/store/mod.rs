@@ -23,5 +23,6 @@ pub use plan::{
 };
 pub use readiness::{readiness, ContainerReadiness, Readiness, ValidatorOutcome};
 pub use roll_forward::{
-    locate, parse_staged_file_name, roll_forward, staged_file_name, Location, RollStep, StagedFact,
+    is_manifest_temp, locate, parse_staged_file_name, roll_forward, staged_file_name, Location,
+    RollStep, StagedFact,
 };

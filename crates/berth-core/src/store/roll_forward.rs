@@ -30,6 +30,15 @@ pub fn parse_staged_file_name(name: &str) -> Option<(&str, &str)> {
     (!batch.is_empty() && !store.is_empty()).then_some((batch, store))
 }
 
+/// A temporary manifest (`.manifest.json.tmp-<batch id>`) in `.berth/`:
+/// a writer holding the lock finds one only where a batch died before its
+/// commit, and removes it.
+pub fn is_manifest_temp(name: &str) -> bool {
+    name.strip_prefix('.')
+        .and_then(|n| n.strip_prefix(super::format::MANIFEST_FILE))
+        .is_some_and(|n| n.starts_with(".tmp-"))
+}
+
 /// A staged file found in `.berth/`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StagedFact {
@@ -166,6 +175,14 @@ mod tests {
         ] {
             assert_eq!(parse_staged_file_name(other), None, "{other}");
         }
+    }
+
+    #[test]
+    fn a_temporary_manifest_is_told_from_the_manifest() {
+        assert!(is_manifest_temp(".manifest.json.tmp-0193"));
+        assert!(!is_manifest_temp("manifest.json"));
+        assert!(!is_manifest_temp(".manifest.json"));
+        assert!(!is_manifest_temp("stage.b.manifest.json"));
     }
 
     #[test]

@@ -23,11 +23,11 @@ use berth_core::store::format::{
     RECEIPTS_FILE, RUN_ID_FILE,
 };
 use berth_core::store::{
-    decode_receipts, encode_receipt, locate, parse_staged_file_name, plan, readiness, roll_forward,
-    staged_file_name, understood_versions, ActionKind, ContainerReadiness, Envelope, Impact,
-    Location, Manifest, ManifestEntry, ManifestFact, PlanInput, Readiness, Receipt, ReceiptLog,
-    ReceiptRecord, RecoveryPlan, RollStep, StagedFact, StoreDescriptor, StoreFileFact,
-    ValidatorOutcome,
+    decode_receipts, encode_receipt, is_manifest_temp, locate, parse_staged_file_name, plan,
+    readiness, roll_forward, staged_file_name, understood_versions, ActionKind, ContainerReadiness,
+    Envelope, Impact, Location, Manifest, ManifestEntry, ManifestFact, PlanInput, Readiness,
+    Receipt, ReceiptLog, ReceiptRecord, RecoveryPlan, RollStep, StagedFact, StoreDescriptor,
+    StoreFileFact, ValidatorOutcome,
 };
 use berth_core::template::Template;
 use berth_core::ErrorCode;
@@ -172,6 +172,9 @@ pub enum Committed {
     /// Committed, but placing failed and so did keeping a durable copy: the
     /// disk is failing and the batch's bytes may be lost with it.
     Failing(StateFsError),
+    /// The commit's fsync failed: the batch is visible but may not survive
+    /// a power loss.
+    Unknown(StateFsError),
 }
 impl BatchWriter<'_> {
     /// Writes `files` as batch `record`, then commits `manifest`, then puts
@@ -210,12 +213,32 @@ impl BatchWriter<'_> {
             fs.write(path, &f.bytes).await?;
             fs.fsync(path).await
         }));
-        tokio::try_join!(receipts, manifest_aside, stores)?;
-
-        // 2. The commit: the manifest's rename, made durable by the fsync of
-        //    `.berth/`, which makes the staged files' names durable too.
-        fs.rename(&manifest_tmp, &manifest_path).await?;
-        fs.fsync_dir(&berth_dir).await?;
+        let staged_and_renamed = async {
+            tokio::try_join!(receipts, manifest_aside, stores)?;
+            // 2. The commit: the manifest's rename, made durable by the
+            //    fsync of `.berth/` below, which makes the staged files'
+            //    names durable too.
+            fs.rename(&manifest_tmp, &manifest_path).await
+        };
+        if let Err(e) = staged_and_renamed.await {
+            if !e.is_crash() {
+                // Not committed: what was staged is of no use (best effort;
+                // the next roll-forward removes what is left).
+                let _ = fs.remove_file(&manifest_tmp).await;
+                for path in &staged {
+                    let _ = fs.remove_file(path).await;
+                }
+            }
+            return Err(e);
+        }
+        if let Err(e) = fs.fsync_dir(&berth_dir).await {
+            if e.is_crash() {
+                return Err(e);
+            }
+            // The new manifest is in place but may not be on the disk: the
+            // staged files stay, for whichever manifest the disk kept.
+            return Ok(Committed::Unknown(e));
+        }
 
         // 3. Place: every staged file over its store, each directory synced.
         //    A crash here is rolled forward before the next read or start.
@@ -255,10 +278,21 @@ pub async fn staged_files(
     fs: &dyn StateFs,
     paths: &StatePaths,
 ) -> Result<Vec<(StagedFact, Vec<u8>)>> {
-    let names = fs
-        .list(&paths.berth_dir())
+    let names = list_berth_dir(fs, paths).await?;
+    staged_files_among(fs, paths, names).await
+}
+
+async fn list_berth_dir(fs: &dyn StateFs, paths: &StatePaths) -> Result<Vec<String>> {
+    fs.list(&paths.berth_dir())
         .await
-        .map_err(|e| fs_error(e, "list the state directory"))?;
+        .map_err(|e| fs_error(e, "list the state directory"))
+}
+
+async fn staged_files_among(
+    fs: &dyn StateFs,
+    paths: &StatePaths,
+    names: Vec<String>,
+) -> Result<Vec<(StagedFact, Vec<u8>)>> {
     let mut out = Vec::new();
     for name in names {
         let Some((_, store)) = parse_staged_file_name(&name) else {
@@ -282,16 +316,33 @@ pub async fn staged_files(
     Ok(out)
 }
 
-/// With the writers' lock held (the caller's): moves into place what a committed batch
-/// left staged, and removes what a batch that never committed left.
-/// Returns how many stores it placed.
+/// With the writers' lock held (the caller's): moves into place what a
+/// committed batch left staged, and removes what a batch that never
+/// committed left (its staged files and temporary manifest). Returns how
+/// many stores it placed.
 pub async fn roll_forward_stores(
     fs: &dyn StateFs,
     paths: &StatePaths,
     stores: &[StoreDescriptor],
 ) -> Result<usize> {
-    let staged = staged_files(fs, paths).await?;
+    let names = list_berth_dir(fs, paths).await?;
+    let manifest_temps: Vec<String> = names
+        .iter()
+        .filter(|n| is_manifest_temp(n))
+        .cloned()
+        .collect();
+    for name in &manifest_temps {
+        fs.remove_file(&paths.berth_dir().join(name))
+            .await
+            .map_err(|e| fs_error(e, "remove a temporary manifest"))?;
+    }
+    let staged = staged_files_among(fs, paths, names).await?;
     if staged.is_empty() {
+        if !manifest_temps.is_empty() {
+            fs.fsync_dir(&paths.berth_dir())
+                .await
+                .map_err(|e| fs_error(e, "sync the state directory"))?;
+        }
         return Ok(0);
     }
     let manifest = match read_manifest(fs, paths).await? {
@@ -884,6 +935,15 @@ impl StoreService {
             // start or boot puts them in place.
             Ok(Committed::Staged(e)) => {
                 tracing::error!(runtime = %id, batch = %batch_id, error = %e, "state-store batch committed, but its files could not be put in place yet; a durable copy is staged");
+            }
+            Ok(Committed::Unknown(e)) => {
+                self.ctx.metrics.store_batch_failed();
+                tracing::error!(runtime = %id, batch = %batch_id, error = %e, "the fsync that commits a state-store batch failed");
+                return Err(Error::new(
+                    ErrorCode::StorageUnavailable,
+                    format!("the disk failed while committing the batch ({e}); it may or may not survive a crash: check the disk, then read the store back"),
+                )
+                .caused_by(e));
             }
             Ok(Committed::Failing(e)) => {
                 self.ctx.metrics.store_batch_failed();
