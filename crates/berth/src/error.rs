@@ -11,6 +11,11 @@ use crate::ports::{EngineError, StoreError};
 pub struct Error {
     pub code: ErrorCode,
     pub message: String,
+    /// The outside system (a registry, Docker, git) answered that what the
+    /// request names does not exist there: a 422, where the same code
+    /// (`image_pull_failed`, `invalid_digest`) from a failure is a 502. The
+    /// code stays, so stored results and stream job results do not change.
+    pub absent_upstream: bool,
     /// The adapter's error this one came from, kept for logs.
     #[source]
     pub source: Option<std::sync::Arc<dyn std::error::Error + Send + Sync>>,
@@ -20,7 +25,9 @@ pub struct Error {
 /// for logs only.
 impl PartialEq for Error {
     fn eq(&self, other: &Self) -> bool {
-        self.code == other.code && self.message == other.message
+        self.code == other.code
+            && self.message == other.message
+            && self.absent_upstream == other.absent_upstream
     }
 }
 
@@ -33,7 +40,17 @@ impl Error {
         Error {
             code,
             message: message.into(),
+            absent_upstream: false,
             source: None,
+        }
+    }
+
+    /// The outside system said that what the caller named (an image, tag,
+    /// manifest or git ref) does not exist: answered 422, not 502.
+    pub fn absent_upstream(code: ErrorCode, message: impl Into<String>) -> Self {
+        Error {
+            absent_upstream: true,
+            ..Error::new(code, message)
         }
     }
 
@@ -61,19 +78,25 @@ impl Error {
         )
     }
 
-    /// The HTTP status that fits the code.
+    /// The HTTP status that fits the code: 422 for something outside berth
+    /// that does not exist, 502 only when the outside system failed.
     pub fn http_status(&self) -> u16 {
         use ErrorCode::*;
+        if self.absent_upstream {
+            return 422;
+        }
         match self.code {
             InvalidRequest | InvalidId | InvalidDigest | InvalidImageRef | InvalidTrackedRef
             | InvalidPluginSource => 400,
             Unauthorized => 401,
             Forbidden => 403,
-            TemplateNotFound | RuntimeNotFound | PluginNotFound | UpdateNotFound | RefNotFound
+            TemplateNotFound | RuntimeNotFound | PluginNotFound | UpdateNotFound
             | StoreNotFound | NotFound => 404,
             MethodNotAllowed => 405,
             RuntimeRemoved | Conflict | ImageNotPinned => 409,
             PayloadTooLarge => 413,
+            // A git ref upstream does not have, named by the caller.
+            RefNotFound => 422,
             ImagePullFailed | GitFailed | StartFailed | HealthCheckFailed | StopFailed
             | RemoveFailed => 502,
             DockerUnavailable | StorageUnavailable | Unavailable => 503,
@@ -117,6 +140,10 @@ impl Error {
                 ErrorCode::ImagePullFailed,
                 format!("could not pull image {image}: {message}"),
             ),
+            EngineError::ImageNotFound { image, message } => Error::absent_upstream(
+                ErrorCode::ImagePullFailed,
+                format!("image {image} does not exist in its registry: {message}"),
+            ),
             EngineError::ForeignOwner { .. } | EngineError::Conflict(_) => {
                 Error::new(ErrorCode::Conflict, format!("could not {doing}: {e}"))
             }
@@ -142,11 +169,47 @@ mod tests {
             (ErrorCode::InvalidPluginSource, 400),
             (ErrorCode::PluginNotFound, 404),
             (ErrorCode::UpdateNotFound, 404),
-            (ErrorCode::RefNotFound, 404),
+            (ErrorCode::RefNotFound, 422),
             (ErrorCode::GitFailed, 502),
         ] {
             assert_eq!(Error::new(code, "x").http_status(), status, "{code}");
         }
+    }
+
+    #[test]
+    fn a_missing_image_is_422_and_a_failed_pull_502_with_one_code() {
+        let missing = Error::from_engine(
+            EngineError::ImageNotFound {
+                image: "r.test/app:nope".into(),
+                message: "manifest unknown".into(),
+            },
+            ErrorCode::StartFailed,
+            "pull the image",
+        );
+        let failed = Error::from_engine(
+            EngineError::PullFailed {
+                image: "r.test/app:v1".into(),
+                message: "connection refused".into(),
+            },
+            ErrorCode::StartFailed,
+            "pull the image",
+        );
+        assert_eq!(missing.code, ErrorCode::ImagePullFailed);
+        assert_eq!(failed.code, ErrorCode::ImagePullFailed);
+        assert_eq!(missing.http_status(), 422);
+        assert_eq!(failed.http_status(), 502);
+        assert_ne!(missing, failed);
+        // Docker itself unreachable stays a 503.
+        let down = Error::from_engine(
+            EngineError::Unavailable("no socket".into()),
+            ErrorCode::ImagePullFailed,
+            "pull the image",
+        );
+        assert_eq!(down.http_status(), 503);
+        assert_eq!(
+            Error::absent_upstream(ErrorCode::InvalidDigest, "x").http_status(),
+            422
+        );
     }
 
     #[test]

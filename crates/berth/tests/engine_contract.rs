@@ -52,6 +52,8 @@ trait Driver: Send + Sync {
     fn image(&self) -> (String, String);
     /// A repository in the same registry that does not exist.
     fn missing_repo(&self) -> String;
+    /// A repository on a registry host that does not answer.
+    fn unreachable_repo(&self) -> String;
     /// A pullable `repo:tag` whose image config has the label
     /// `SCHEMA_LABEL=2`.
     fn labelled_image(&self) -> String;
@@ -95,7 +97,8 @@ contract!(
     ping_answers,
     ensure_network_is_idempotent,
     pulls_by_tag_and_digest_with_repo_digests,
-    pull_of_a_missing_image_is_pull_failed,
+    pull_of_a_missing_image_is_image_not_found,
+    pull_from_an_unreachable_registry_is_pull_failed,
     create_with_a_taken_name_is_conflict,
     start_and_stop_are_idempotent_and_stop_exits,
     remove_of_a_missing_container_is_fine,
@@ -216,6 +219,16 @@ impl Driver for DockerDriver {
         format!("{registry}/berth-test/{}", common::unique("missing-"))
     }
 
+    fn unreachable_repo(&self) -> String {
+        // A loopback port nothing listens on (taken, then let go).
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        format!("127.0.0.1:{port}/berth-test/app")
+    }
+
     fn labelled_image(&self) -> String {
         common::required_env("BERTH_TEST_LABELLED_IMAGE")
     }
@@ -280,6 +293,7 @@ struct FakeDriver {
 
 const FAKE_REPO: &str = "registry.test:5000/berth-test/sleeper";
 const FAKE_LABELLED: &str = "registry.test:5000/berth-test/app:labelled";
+const FAKE_DOWN_REGISTRY: &str = "registry-down.test:5000";
 
 impl FakeDriver {
     fn new() -> FakeDriver {
@@ -290,6 +304,7 @@ impl FakeDriver {
         );
         engine.add_image(FAKE_LABELLED, &format!("sha256:{}", "1a".repeat(32)));
         engine.set_image_labels(FAKE_LABELLED, [(SCHEMA_LABEL, "2")]);
+        engine.set_registry_unreachable(FAKE_DOWN_REGISTRY, true);
         let reply = |exit_code, output: &str| ExecOutput {
             exit_code,
             output: output.to_string(),
@@ -327,6 +342,10 @@ impl Driver for FakeDriver {
 
     fn missing_repo(&self) -> String {
         "registry.test:5000/berth-test/missing".to_string()
+    }
+
+    fn unreachable_repo(&self) -> String {
+        format!("{FAKE_DOWN_REGISTRY}/berth-test/app")
     }
 
     fn labelled_image(&self) -> String {
@@ -509,13 +528,16 @@ mod cases {
         assert_eq!(by_id.id, local.id);
     }
 
-    pub async fn pull_of_a_missing_image_is_pull_failed(engine: &dyn Engine, d: &dyn Driver) {
+    /// A repository, tag or digest the registry does not have is
+    /// `ImageNotFound` (Docker's 404), typed: the API answers it 422.
+    pub async fn pull_of_a_missing_image_is_image_not_found(engine: &dyn Engine, d: &dyn Driver) {
         let missing_repo = format!("{}:v1", d.missing_repo());
         let (repo, _) = d.image();
         let missing_tag = format!("{repo}:{}", d.unique("no-such-tag"));
-        for missing in [missing_repo, missing_tag] {
+        let missing_digest = format!("{repo}@sha256:{}", "0".repeat(64));
+        for missing in [missing_repo, missing_tag, missing_digest] {
             match engine.pull_image(&missing, &ignore_progress).await {
-                Err(EngineError::PullFailed { image, message }) => {
+                Err(EngineError::ImageNotFound { image, message }) => {
                     assert_eq!(image, missing);
                     assert!(!message.is_empty());
                 }
@@ -523,6 +545,26 @@ mod cases {
             }
             assert_eq!(engine.inspect_image(&missing).await.unwrap(), None);
         }
+    }
+
+    /// A registry that does not answer is a failure, `PullFailed` (502),
+    /// never `ImageNotFound`.
+    pub async fn pull_from_an_unreachable_registry_is_pull_failed(
+        engine: &dyn Engine,
+        d: &dyn Driver,
+    ) {
+        let image = format!("{}:v1", d.unreachable_repo());
+        match engine.pull_image(&image, &ignore_progress).await {
+            Err(EngineError::PullFailed {
+                image: failed,
+                message,
+            }) => {
+                assert_eq!(failed, image);
+                assert!(!message.is_empty());
+            }
+            other => panic!("pull of {image}: {other:?}"),
+        }
+        assert_eq!(engine.inspect_image(&image).await.unwrap(), None);
     }
 
     pub async fn create_with_a_taken_name_is_conflict(engine: &dyn Engine, d: &dyn Driver) {

@@ -293,7 +293,8 @@ async fn unpullable_image_fails_cleanly() {
     )
     .await;
     let (status, body) = t.start_runtime("g1", "ghost").await;
-    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    // The registry answered: the image does not exist (the caller's input).
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     assert_eq!(body["error"]["code"], "image_pull_failed");
     assert!(
         body["error"]["message"]

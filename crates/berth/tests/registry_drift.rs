@@ -579,7 +579,7 @@ async fn verified_promotes_refuse_digests_the_registry_lacks() {
         .await;
     assert_eq!(
         (status, body["error"]["code"].clone()),
-        (StatusCode::BAD_REQUEST, json!("invalid_digest")),
+        (StatusCode::UNPROCESSABLE_ENTITY, json!("invalid_digest")),
         "{body}"
     );
     let (status, _) = t.get("/v1/templates/app/pin").await;

@@ -383,6 +383,15 @@ impl DockerEngine {
                 image: image.to_string(),
                 message: error,
             },
+            // Docker answers 404 when the registry has no such repository,
+            // tag or manifest (and 500 when the registry cannot be reached).
+            DockerError::DockerResponseServerError {
+                status_code: 404,
+                message,
+            } => EngineError::ImageNotFound {
+                image: image.to_string(),
+                message,
+            },
             DockerError::DockerResponseServerError { message, .. } => EngineError::PullFailed {
                 image: image.to_string(),
                 message,

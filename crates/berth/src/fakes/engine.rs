@@ -221,6 +221,9 @@ struct Network {
 struct State {
     unavailable: bool,
     registry: BTreeMap<String, Remote>,
+    /// Registry hosts (`host[:port]`) that do not answer: a pull from one
+    /// fails as Docker's does (HTTP 500, connection refused).
+    unreachable_registries: BTreeSet<String>,
     /// Image id → its `repo@digest` entries.
     images: BTreeMap<String, BTreeSet<String>>,
     /// Image id → its config's labels (also for images not pulled yet).
@@ -344,6 +347,19 @@ impl FakeEngine {
         let remote = state.registry.entry(repo).or_default();
         remote.tags.insert(tag, digest.to_string());
         remote.digests.insert(digest.to_string());
+    }
+
+    /// Makes the registry at `host` (`host[:port]`, as in an image
+    /// reference) stop answering, or answer again: a pull from it then
+    /// fails with `PullFailed`, as Docker's does for a registry it cannot
+    /// reach (a pull of an image it lacks is `ImageNotFound`).
+    pub fn set_registry_unreachable(&self, host: &str, unreachable: bool) {
+        let mut state = self.state();
+        if unreachable {
+            state.unreachable_registries.insert(host.to_string());
+        } else {
+            state.unreachable_registries.remove(host);
+        }
     }
 
     /// Gives the image published as `reference` (`repo:tag` or
@@ -882,7 +898,20 @@ impl Engine for FakeEngine {
                     .filter(|r| r.digests.contains(&digest))
                     .map(|_| (repo, None, digest)),
             };
-            found.ok_or_else(|| EngineError::PullFailed {
+            let host = image.split_once('/').map_or("docker.io", |(host, _)| host);
+            if state.unreachable_registries.contains(host) {
+                return answer(
+                    lost,
+                    Err(EngineError::PullFailed {
+                        image: image.to_string(),
+                        message: format!(
+                            "Get \"http://{host}/v2/\": dial tcp {host}: connect: connection refused"
+                        ),
+                    }),
+                );
+            }
+            // Docker's 404: the registry answered, and has no such manifest.
+            found.ok_or_else(|| EngineError::ImageNotFound {
                 image: image.to_string(),
                 message: format!("manifest for {image} not found: manifest unknown"),
             })?

@@ -199,16 +199,13 @@ impl<S: Send + Sync> FromRequestParts<S> for ApiCaller {
     }
 }
 
-/// Compares without an early exit, so the time taken does not reveal how
-/// much of a guessed token was right.
+/// Compares without an early exit (`subtle`), so the time taken does not
+/// reveal how much of a guessed token was right. Inputs of unequal length
+/// are unequal; the lengths themselves are not secret (digests and CSRF
+/// tokens have one fixed length).
 pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let mut diff = (a.len() ^ b.len()) as u8 | ((a.len() ^ b.len()) >> 8) as u8;
-    for i in 0..a.len().max(b.len()) {
-        let x = a.get(i).copied().unwrap_or(0);
-        let y = b.get(i).copied().unwrap_or(0);
-        diff |= x ^ y;
-    }
-    diff == 0
+    use subtle::ConstantTimeEq;
+    a.ct_eq(b).into()
 }
 
 /// Who a request is: its bearer token, else its console session, else
@@ -440,7 +437,12 @@ mod tests {
         assert!(!constant_time_eq(b"secret", b"secreT"));
         assert!(!constant_time_eq(b"secret", b"secret2"));
         assert!(!constant_time_eq(b"", b"x"));
-        // Lengths that differ by a multiple of 256 still differ.
+        // Lengths that differ by a multiple of 256 (or of 65,536: the old
+        // fold kept 16 bits of the difference) still differ.
         assert!(!constant_time_eq(&[0u8; 256], b""));
+        assert!(!constant_time_eq(&[0u8; 65_536], b""));
+        assert!(!constant_time_eq(&[0u8; 65_537], &[0u8; 1]));
+        assert!(!constant_time_eq(b"secret", b""));
+        assert!(constant_time_eq(b"", b""));
     }
 }

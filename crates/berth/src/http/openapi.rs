@@ -228,6 +228,21 @@ fn add_common_responses(op: &mut utoipa::openapi::path::Operation, changes: bool
             "payload_too_large: the body is larger than this operation takes".into(),
         ));
     }
+    // The caller named an image, tag, manifest or git ref that does not
+    // exist upstream (the registry or git answered so): not a 5xx.
+    let absent = match id.as_str() {
+        "start_runtime" | "start_existing_runtime" | "restart_runtime" => {
+            Some("image_pull_failed: the registry has no such image, tag or manifest")
+        }
+        "promote_pin" => Some("invalid_digest: with verify, the registry has no such manifest"),
+        "install_plugin" | "apply_plugin_update" | "bulk_apply_plugin" => {
+            Some("ref_not_found: the git remote has no such repository, ref or commit")
+        }
+        _ => None,
+    };
+    if let Some(d) = absent {
+        common.push(("422", d.to_string()));
+    }
     common.push(("500", "internal: an unexpected failure".into()));
     if let Some(d) = bad_gateway {
         common.push((

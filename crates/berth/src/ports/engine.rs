@@ -13,8 +13,14 @@ pub enum EngineError {
     /// The daemon cannot be reached or did not answer in time.
     #[error("Docker is unavailable: {0}")]
     Unavailable(String),
+    /// The pull failed: the registry could not be reached or answered an
+    /// error, or Docker failed (`Unavailable` when Docker is not reached).
     #[error("image {image} could not be pulled: {message}")]
     PullFailed { image: String, message: String },
+    /// The registry has no such repository, tag or manifest (Docker answers
+    /// the pull with HTTP 404): the caller named an image that is not there.
+    #[error("image {image} does not exist in its registry: {message}")]
+    ImageNotFound { image: String, message: String },
     #[error("no such container or image: {0}")]
     NotFound(String),
     /// The network a container is to join does not exist (any more). Docker

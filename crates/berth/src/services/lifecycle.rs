@@ -569,10 +569,9 @@ impl LifecycleService {
                     .pull_image(&reference, progress)
                     .await
                     .map_err(|e| match e {
-                        EngineError::Unavailable(_) => {
-                            Error::from_engine(e, ErrorCode::ImagePullFailed, "pull the image")
-                        }
-                        EngineError::PullFailed { .. } => {
+                        EngineError::Unavailable(_)
+                        | EngineError::PullFailed { .. }
+                        | EngineError::ImageNotFound { .. } => {
                             Error::from_engine(e, ErrorCode::ImagePullFailed, "pull the image")
                         }
                         other => Error::new(

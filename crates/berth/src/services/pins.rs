@@ -12,6 +12,7 @@ use berth_core::ErrorCode;
 use super::{Caller, Context, Effects};
 use crate::error::{Error, Result};
 use crate::ports::store::{Change, PinChange, RejectionChange};
+use crate::ports::RegistryError;
 
 /// A promote's pin, history entry and operation row, not yet written.
 #[derive(Debug, Clone)]
@@ -130,16 +131,24 @@ impl PinService {
             .get_template(template)
             .await?
             .ok_or_else(|| Error::template_not_found(template))?;
+        // The registry answering "no such manifest" (or repository) is the
+        // caller naming something absent (422); failing to answer is a 502.
         match self.ctx.registry.has_digest(&t.image, &digest).await {
             Ok(true) => Ok(()),
-            Ok(false) => Err(Error::new(
+            Ok(false) => Err(Error::absent_upstream(
                 ErrorCode::InvalidDigest,
                 format!("the registry has no manifest {digest} in {}", t.image),
             )),
+            Err(e @ RegistryError::NotFound(_)) => Err(Error::absent_upstream(
+                ErrorCode::InvalidDigest,
+                format!("the registry has no manifest {digest} in {}: {e}", t.image),
+            )
+            .caused_by(e)),
             Err(e) => Err(Error::new(
                 ErrorCode::ImagePullFailed,
                 format!("could not verify the digest: {e}"),
-            )),
+            )
+            .caused_by(e)),
         }
     }
 
