@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use berth::adapters::redis_bus::RedisBus;
 use berth::fakes::{FakeBus, FakeClock};
-use berth::ports::bus::{Bus, BusError, StreamEntry};
+use berth::ports::bus::{AppendOutcome, Bus, BusError, OutboxAppend, StreamEntry};
 use futures_util::FutureExt;
 
 // --- harness ----------------------------------------------------------------
@@ -105,6 +105,60 @@ impl Ctx {
                         .then_some(())
                 })
                 .await
+            }
+        }
+    }
+}
+
+impl Ctx {
+    /// Every entry of `stream`, oldest first (XRANGE on Redis).
+    async fn all_entries(&self, stream: &str) -> Vec<StreamEntry> {
+        match &self.backend {
+            Backend::Fake { bus, .. } => bus.entries(stream),
+            Backend::Redis { url } => {
+                let mut conn = raw(url).await;
+                let rows: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+                    .arg(stream)
+                    .arg("-")
+                    .arg("+")
+                    .query_async(&mut conn)
+                    .await
+                    .expect("XRANGE");
+                rows.into_iter()
+                    .map(|(id, fields)| StreamEntry {
+                        stream: stream.to_owned(),
+                        id,
+                        fields,
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    /// Empties Redis's script cache, as a restart of Redis does (the bus
+    /// then finds NOSCRIPT and falls back to EVAL); nothing on the fake.
+    async fn flush_scripts(&self) {
+        if let Backend::Redis { url } = &self.backend {
+            let mut conn = raw(url).await;
+            let _: () = redis::cmd("SCRIPT")
+                .arg("FLUSH")
+                .query_async(&mut conn)
+                .await
+                .expect("SCRIPT FLUSH");
+        }
+    }
+
+    /// The mark stored at `key`, read behind the bus's back.
+    async fn mark(&self, key: &str) -> Option<i64> {
+        match &self.backend {
+            Backend::Fake { bus, .. } => bus.mark(key),
+            Backend::Redis { url } => {
+                let mut conn = raw(url).await;
+                redis::cmd("GET")
+                    .arg(key)
+                    .query_async(&mut conn)
+                    .await
+                    .expect("GET")
             }
         }
     }
@@ -212,6 +266,11 @@ contract!(
     claim_stale_takes_over_idle_entries,
     a_blocked_read_wakes_on_publish,
     missing_stream_or_group_is_no_group,
+    append_outbox_appends_above_the_mark_only_and_tags_each_seq,
+    a_repeated_append_appends_nothing,
+    separate_marks_are_kept_separately,
+    an_append_keeps_the_given_order_across_streams,
+    an_append_to_a_key_of_another_type_appends_nothing,
 );
 
 // --- helpers of the cases ---------------------------------------------------
@@ -248,6 +307,27 @@ async fn read_now(
     )
     .await
     .expect("a zero block does not wait")
+}
+
+fn outbox(seq: i64, stream: &str, pairs: &[(&str, &str)]) -> OutboxAppend {
+    OutboxAppend {
+        seq,
+        stream: stream.to_owned(),
+        fields: fields(pairs),
+    }
+}
+
+/// The `outbox_seq` values of `entries`, in order.
+fn seqs(entries: &[StreamEntry]) -> Vec<i64> {
+    entries
+        .iter()
+        .map(|e| {
+            e.field("outbox_seq")
+                .expect("every outbox message carries outbox_seq")
+                .parse()
+                .expect("a number")
+        })
+        .collect()
 }
 
 // --- the cases --------------------------------------------------------------
@@ -587,5 +667,233 @@ mod cases {
             .unwrap();
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].stream, jobs);
+    }
+
+    pub async fn append_outbox_appends_above_the_mark_only_and_tags_each_seq(ctx: Ctx) {
+        let bus = &*ctx.bus;
+        let results = ctx.stream("results");
+        let mark = ctx.stream("outbox:high_water");
+        assert_eq!(
+            ctx.mark(&mark).await,
+            None,
+            "no mark before the first append"
+        );
+
+        // Nothing to append: the mark (absent is 0) comes back, nothing is set.
+        let none = bus.append_outbox(&mark, &[]).await.unwrap();
+        assert_eq!(
+            none,
+            AppendOutcome {
+                mark: 0,
+                appended: 0
+            }
+        );
+        assert_eq!(ctx.mark(&mark).await, None);
+
+        let first = [
+            outbox(3, &results, &[("job_id", "a"), ("k", "v")]),
+            outbox(4, &results, &[("job_id", "b")]),
+        ];
+        let got = bus.append_outbox(&mark, &first).await.unwrap();
+        assert_eq!(
+            got,
+            AppendOutcome {
+                mark: 4,
+                appended: 2
+            }
+        );
+        assert_eq!(ctx.mark(&mark).await, Some(4));
+        let entries = ctx.all_entries(&results).await;
+        assert_eq!(entries.len(), 2, "{entries:?}");
+        // The message's own fields first, in order, then outbox_seq last.
+        assert_eq!(
+            entries[0].fields,
+            fields(&[("job_id", "a"), ("k", "v"), ("outbox_seq", "3")])
+        );
+        assert_eq!(
+            entries[1].fields,
+            fields(&[("job_id", "b"), ("outbox_seq", "4")])
+        );
+
+        // A batch straddling the mark: only what is above it goes.
+        let straddling = [
+            outbox(2, &results, &[("job_id", "old")]),
+            outbox(4, &results, &[("job_id", "b")]),
+            outbox(5, &results, &[("job_id", "c")]),
+            outbox(9, &results, &[("job_id", "d")]),
+        ];
+        let got = bus.append_outbox(&mark, &straddling).await.unwrap();
+        assert_eq!(
+            got,
+            AppendOutcome {
+                mark: 9,
+                appended: 2
+            }
+        );
+        let entries = ctx.all_entries(&results).await;
+        assert_eq!(seqs(&entries), [3, 4, 5, 9]);
+        assert_eq!(entries[2].field("job_id"), Some("c"));
+
+        // Out of order within a call: a seq below one already appended in
+        // the same call is at or below the mark by then, so it is skipped.
+        let unordered = [
+            outbox(12, &results, &[("job_id", "e")]),
+            outbox(11, &results, &[("job_id", "f")]),
+        ];
+        let got = bus.append_outbox(&mark, &unordered).await.unwrap();
+        assert_eq!(
+            got,
+            AppendOutcome {
+                mark: 12,
+                appended: 1
+            }
+        );
+        assert_eq!(seqs(&ctx.all_entries(&results).await), [3, 4, 5, 9, 12]);
+        assert_eq!(ctx.mark(&mark).await, Some(12));
+    }
+
+    pub async fn a_repeated_append_appends_nothing(ctx: Ctx) {
+        let bus = &*ctx.bus;
+        let results = ctx.stream("results");
+        let events = ctx.stream("events");
+        let mark = ctx.stream("outbox:high_water");
+        let batch: Vec<OutboxAppend> = (1..=10)
+            .map(|seq| {
+                let stream = if seq % 3 == 0 { &events } else { &results };
+                outbox(seq, stream, &[("n", &seq.to_string())])
+            })
+            .collect();
+        let first = bus.append_outbox(&mark, &batch).await.unwrap();
+        assert_eq!(
+            first,
+            AppendOutcome {
+                mark: 10,
+                appended: 10
+            }
+        );
+        // The relay's retry after a lost reply, or after a kill before it
+        // deleted the rows: the same batch again, several times.
+        for _ in 0..3 {
+            ctx.flush_scripts().await;
+            let again = bus.append_outbox(&mark, &batch).await.unwrap();
+            assert_eq!(
+                again,
+                AppendOutcome {
+                    mark: 10,
+                    appended: 0
+                }
+            );
+        }
+        assert_eq!(
+            seqs(&ctx.all_entries(&results).await),
+            [1, 2, 4, 5, 7, 8, 10]
+        );
+        assert_eq!(seqs(&ctx.all_entries(&events).await), [3, 6, 9]);
+        assert_eq!(ctx.mark(&mark).await, Some(10));
+    }
+
+    pub async fn separate_marks_are_kept_separately(ctx: Ctx) {
+        let bus = &*ctx.bus;
+        let results = ctx.stream("results");
+        let old_db = ctx.stream("outbox:db-old:high_water");
+        let new_db = ctx.stream("outbox:db-new:high_water");
+        let batch: Vec<OutboxAppend> = (1..=5)
+            .map(|seq| outbox(seq, &results, &[("from", "old")]))
+            .collect();
+        assert_eq!(bus.append_outbox(&old_db, &batch).await.unwrap().mark, 5);
+        // Another database starts its seqs at 1 again: under its own mark
+        // nothing of it is taken for already appended.
+        let fresh: Vec<OutboxAppend> = (1..=2)
+            .map(|seq| outbox(seq, &results, &[("from", "new")]))
+            .collect();
+        let got = bus.append_outbox(&new_db, &fresh).await.unwrap();
+        assert_eq!(
+            got,
+            AppendOutcome {
+                mark: 2,
+                appended: 2
+            }
+        );
+        assert_eq!(
+            ctx.mark(&old_db).await,
+            Some(5),
+            "the other mark is untouched"
+        );
+        assert_eq!(ctx.mark(&new_db).await, Some(2));
+        let from: Vec<String> = ctx
+            .all_entries(&results)
+            .await
+            .iter()
+            .map(|e| e.field("from").unwrap().to_owned())
+            .collect();
+        assert_eq!(from, ["old", "old", "old", "old", "old", "new", "new"]);
+    }
+
+    pub async fn an_append_keeps_the_given_order_across_streams(ctx: Ctx) {
+        let bus = &*ctx.bus;
+        let a = ctx.stream("a");
+        let b = ctx.stream("b");
+        let mark = ctx.stream("outbox:high_water");
+        bus.ensure_group(&a, "g").await.unwrap();
+        bus.ensure_group(&b, "g").await.unwrap();
+        let batch = [
+            outbox(1, &a, &[("i", "1")]),
+            outbox(2, &b, &[("i", "2")]),
+            outbox(3, &a, &[("i", "3")]),
+        ];
+        bus.append_outbox(&mark, &batch).await.unwrap();
+        // Appended entries are read by consumer groups like published ones.
+        let got = read_now(bus, &[&a, &b], "g", "c", 10).await.unwrap();
+        let order: Vec<(String, Option<&str>)> = got
+            .iter()
+            .map(|e| (e.stream.clone(), e.field("i")))
+            .collect();
+        assert_eq!(
+            order,
+            [
+                (a.clone(), Some("1")),
+                (a.clone(), Some("3")),
+                (b.clone(), Some("2"))
+            ]
+        );
+        let ids_a = ids(&ctx.all_entries(&a).await);
+        assert!(id_key(&ids_a[0]) < id_key(&ids_a[1]), "{ids_a:?}");
+    }
+
+    pub async fn an_append_to_a_key_of_another_type_appends_nothing(ctx: Ctx) {
+        let bus = &*ctx.bus;
+        let results = ctx.stream("results");
+        let other = ctx.stream("other");
+        let mark = ctx.stream("outbox:high_water");
+        bus.publish(&other, &fields(&[("k", "v")])).await.unwrap();
+        // The mark's key holds a stream.
+        let refused = bus
+            .append_outbox(&other, &[outbox(1, &results, &[("n", "1")])])
+            .await;
+        assert!(
+            matches!(refused, Err(BusError::WrongType(_))),
+            "{refused:?}"
+        );
+        assert!(ctx.all_entries(&results).await.is_empty());
+        // A message's stream key holds the mark: nothing of the batch goes,
+        // not even the messages before it.
+        bus.append_outbox(&mark, &[outbox(1, &results, &[("n", "1")])])
+            .await
+            .unwrap();
+        let refused = bus
+            .append_outbox(
+                &mark,
+                &[
+                    outbox(2, &results, &[("n", "2")]),
+                    outbox(3, &mark, &[("n", "3")]),
+                ],
+            )
+            .await;
+        assert!(
+            matches!(refused, Err(BusError::WrongType(_))),
+            "{refused:?}"
+        );
+        assert_eq!(seqs(&ctx.all_entries(&results).await), [1]);
+        assert_eq!(ctx.mark(&mark).await, Some(1));
     }
 }

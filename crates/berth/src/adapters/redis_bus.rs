@@ -26,7 +26,9 @@ use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::{AsyncConnectionConfig, Client, Cmd, ErrorKind, FromRedisValue, RedisError, Value};
 
-use crate::ports::bus::{Bus, BusError, StreamEntry};
+use crate::ports::bus::{
+    AppendOutcome, Bus, BusError, OutboxAppend, StreamEntry, OUTBOX_SEQ_FIELD,
+};
 
 /// Deadline of one command (on top of the block time for blocking reads).
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
@@ -38,6 +40,48 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// than this open extra connections that are closed after their read.
 const MAX_IDLE_READERS: usize = 8;
 
+/// The outbox append (`Bus::append_outbox`), one atomic script per batch.
+/// KEYS[1] is the mark, KEYS[1 + i] message i's stream; ARGV holds, per
+/// message, its seq, its number of fields n, then its n names and values
+/// interleaved. Every key's type is checked before anything is written, so
+/// a refused call appends nothing; the mark is set after each XADD, so
+/// even an error Redis raises halfway leaves the mark naming exactly what
+/// was appended.
+const APPEND_OUTBOX_LUA: &str = r#"
+for i = 2, #KEYS do
+  local t = redis.call('TYPE', KEYS[i]).ok
+  if t ~= 'stream' and t ~= 'none' then
+    return redis.error_reply('WRONGTYPE ' .. KEYS[i] .. ' holds a ' .. t .. ', not a stream')
+  end
+end
+local mt = redis.call('TYPE', KEYS[1]).ok
+if mt ~= 'string' and mt ~= 'none' then
+  return redis.error_reply('WRONGTYPE ' .. KEYS[1] .. ' holds a ' .. mt .. ', not a mark')
+end
+local mark = tonumber(redis.call('GET', KEYS[1]) or '0')
+local appended = 0
+local a = 1
+for i = 2, #KEYS do
+  local seq = tonumber(ARGV[a])
+  local n = tonumber(ARGV[a + 1])
+  local last = a + 1 + 2 * n
+  if seq > mark then
+    local args = {'XADD', KEYS[i], '*'}
+    for j = a + 2, last do
+      args[#args + 1] = ARGV[j]
+    end
+    args[#args + 1] = ARGV[#ARGV]
+    args[#args + 1] = ARGV[a]
+    redis.call(unpack(args))
+    redis.call('SET', KEYS[1], ARGV[a])
+    mark = seq
+    appended = appended + 1
+  end
+  a = last + 1
+end
+return {mark, appended}
+"#;
+
 /// Redis Streams bus. Cheap to share behind an `Arc`; all methods take `&self`.
 pub struct RedisBus {
     client: Client,
@@ -45,6 +89,9 @@ pub struct RedisBus {
     addr: String,
     commands: ConnectionManager,
     idle_readers: Mutex<Vec<MultiplexedConnection>>,
+    /// The SHA1 of `APPEND_OUTBOX_LUA` once `SCRIPT LOAD` told it (no SHA1
+    /// crate here: Redis computes it).
+    append_sha: Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for RedisBus {
@@ -96,6 +143,7 @@ impl RedisBus {
             addr,
             commands,
             idle_readers: Mutex::new(vec![reader]),
+            append_sha: Mutex::new(None),
         })
     }
 
@@ -104,6 +152,26 @@ impl RedisBus {
         // Clones share the one underlying connection; `query_async` needs `&mut`.
         let mut conn = self.commands.clone();
         with_deadline(&self.addr, COMMAND_TIMEOUT, cmd.query_async(&mut conn)).await
+    }
+
+    /// The append script's SHA1, loading it when not known yet.
+    async fn append_sha(&self) -> Result<String, BusError> {
+        let known = self
+            .append_sha
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        if let Some(sha) = known {
+            return Ok(sha);
+        }
+        let mut load = redis::cmd("SCRIPT");
+        load.arg("LOAD").arg(APPEND_OUTBOX_LUA);
+        let sha: String = self.run(&load).await?;
+        *self
+            .append_sha
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(sha.clone());
+        Ok(sha)
     }
 
     fn take_idle_reader(&self) -> Option<MultiplexedConnection> {
@@ -177,6 +245,54 @@ impl Bus for RedisBus {
             cmd.arg(name).arg(value);
         }
         self.run(&cmd).await
+    }
+
+    async fn append_outbox(
+        &self,
+        mark_key: &str,
+        messages: &[OutboxAppend],
+    ) -> Result<AppendOutcome, BusError> {
+        let script_args = |cmd: &mut Cmd| {
+            cmd.arg(1 + messages.len()).arg(mark_key);
+            for m in messages {
+                cmd.arg(&m.stream);
+            }
+            for m in messages {
+                cmd.arg(m.seq).arg(m.fields.len());
+                for (name, value) in &m.fields {
+                    cmd.arg(name).arg(value);
+                }
+            }
+            // The name of the seq field, once, as the last ARGV.
+            cmd.arg(OUTBOX_SEQ_FIELD);
+        };
+        let mut evalsha = redis::cmd("EVALSHA");
+        evalsha.arg(self.append_sha().await?);
+        script_args(&mut evalsha);
+        let mut conn = self.commands.clone();
+        let reply = match tokio::time::timeout(
+            COMMAND_TIMEOUT,
+            evalsha.query_async::<(i64, i64)>(&mut conn),
+        )
+        .await
+        {
+            // Redis forgot its script cache (a restart): nothing ran; EVAL
+            // runs the same text and caches it again under the same SHA1.
+            Ok(Err(e)) if e.kind() == ErrorKind::NoScriptError => {
+                let mut eval = redis::cmd("EVAL");
+                eval.arg(APPEND_OUTBOX_LUA);
+                script_args(&mut eval);
+                self.run::<(i64, i64)>(&eval).await?
+            }
+            Ok(Ok(reply)) => reply,
+            Ok(Err(e)) => return Err(map_error(&self.addr, e)),
+            Err(_) => return Err(timed_out(&self.addr, COMMAND_TIMEOUT)),
+        };
+        let (mark, appended) = reply;
+        Ok(AppendOutcome {
+            mark,
+            appended: usize::try_from(appended).map_err(|_| unexpected("the outbox append"))?,
+        })
     }
 
     async fn ensure_group(&self, stream: &str, group: &str) -> Result<(), BusError> {

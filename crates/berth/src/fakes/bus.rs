@@ -23,7 +23,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::Notify;
 
-use crate::ports::bus::{Bus, BusError, StreamEntry};
+use crate::ports::bus::{
+    AppendOutcome, Bus, BusError, OutboxAppend, StreamEntry, OUTBOX_SEQ_FIELD,
+};
 use crate::ports::Clock;
 
 /// `<ms>-<seq>`, ordered numerically.
@@ -58,6 +60,13 @@ struct State {
     streams: HashMap<String, Stream>,
     unavailable: bool,
     failing_publishes: usize,
+    /// Outbox appends left to fail before anything is applied.
+    failing_appends: usize,
+    /// Outbox appends left to be applied and then answered with an error
+    /// (the reply was lost: a timeout, a broken connection).
+    lost_append_replies: usize,
+    /// The outbox marks, by key (`Bus::append_outbox`).
+    marks: HashMap<String, i64>,
     blocked_readers: usize,
 }
 
@@ -94,6 +103,23 @@ impl FakeBus {
         self.state().failing_publishes = k;
     }
 
+    /// The next `k` outbox appends fail with `Unavailable` before anything
+    /// is applied.
+    pub fn fail_next_appends(&self, k: usize) {
+        self.state().failing_appends = k;
+    }
+
+    /// The next `k` outbox appends are applied in full and then fail with
+    /// `Unavailable`: the caller cannot tell them from a failure.
+    pub fn lose_next_append_replies(&self, k: usize) {
+        self.state().lost_append_replies = k;
+    }
+
+    /// The outbox mark kept at `key` (absent: `None`).
+    pub fn mark(&self, key: &str) -> Option<i64> {
+        self.state().marks.get(key).copied()
+    }
+
     /// Every entry of `stream`, oldest first (empty if there is no stream).
     pub fn entries(&self, stream: &str) -> Vec<StreamEntry> {
         self.state()
@@ -121,6 +147,25 @@ impl FakeBus {
     /// Reads waiting in `read_group` for a publish right now.
     pub fn blocked_readers(&self) -> usize {
         self.state().blocked_readers
+    }
+
+    /// XADD `*` under the lock: the clock's ms, or the last ms with the next
+    /// sequence number when the clock has not moved past it.
+    fn append(
+        state: &mut State,
+        now_ms: u64,
+        stream: &str,
+        fields: Vec<(String, String)>,
+    ) -> EntryId {
+        let s = state.streams.entry(stream.to_owned()).or_default();
+        let id = if now_ms > s.last_id.0 {
+            (now_ms, 0)
+        } else {
+            (s.last_id.0, s.last_id.1 + 1)
+        };
+        s.last_id = id;
+        s.entries.insert(id, fields);
+        id
     }
 
     /// One non-blocking `XREADGROUP … >` over `streams`.
@@ -248,20 +293,71 @@ impl Bus for FakeBus {
                     "fake bus: publish set to fail".into(),
                 ));
             }
-            let s = state.streams.entry(stream.to_owned()).or_default();
-            // XADD `*`: the clock's ms, or the last ms with the next sequence
-            // number when the clock has not moved past it.
-            let id = if now_ms > s.last_id.0 {
-                (now_ms, 0)
-            } else {
-                (s.last_id.0, s.last_id.1 + 1)
-            };
-            s.last_id = id;
-            s.entries.insert(id, fields.to_vec());
-            id
+            Self::append(&mut state, now_ms, stream, fields.to_vec())
         };
         self.changed.notify_waiters();
         Ok(format_id(id))
+    }
+
+    async fn append_outbox(
+        &self,
+        mark_key: &str,
+        messages: &[OutboxAppend],
+    ) -> Result<AppendOutcome, BusError> {
+        let now_ms = u64::try_from(self.clock.now_ms()).unwrap_or(0);
+        let outcome = {
+            // One lock for the whole call: as atomic as the Redis script.
+            let mut state = self.state();
+            check_available(&state)?;
+            if state.failing_appends > 0 {
+                state.failing_appends -= 1;
+                return Err(BusError::Unavailable(
+                    "fake bus: outbox append set to fail".into(),
+                ));
+            }
+            // Like the script: every key's type before anything is written.
+            if state.streams.contains_key(mark_key) {
+                return Err(BusError::WrongType(format!(
+                    "{mark_key} holds a stream, not a mark"
+                )));
+            }
+            if let Some(m) = messages
+                .iter()
+                .find(|m| state.marks.contains_key(&m.stream))
+            {
+                return Err(BusError::WrongType(format!(
+                    "{} holds a mark, not a stream",
+                    m.stream
+                )));
+            }
+            let mut mark = state.marks.get(mark_key).copied().unwrap_or(0);
+            let mut appended = 0;
+            for m in messages {
+                if m.seq <= mark {
+                    continue;
+                }
+                let mut fields = m.fields.clone();
+                fields.push((OUTBOX_SEQ_FIELD.to_owned(), m.seq.to_string()));
+                Self::append(&mut state, now_ms, &m.stream, fields);
+                mark = m.seq;
+                appended += 1;
+            }
+            // Like SET in the script: only once something was appended.
+            if appended > 0 {
+                state.marks.insert(mark_key.to_owned(), mark);
+            }
+            if state.lost_append_replies > 0 {
+                state.lost_append_replies -= 1;
+                drop(state);
+                self.changed.notify_waiters();
+                return Err(BusError::Unavailable(
+                    "fake bus: the outbox append's reply was lost".into(),
+                ));
+            }
+            AppendOutcome { mark, appended }
+        };
+        self.changed.notify_waiters();
+        Ok(outcome)
     }
 
     async fn ensure_group(&self, stream: &str, group: &str) -> Result<(), BusError> {

@@ -38,10 +38,47 @@ impl StreamEntry {
     }
 }
 
+/// One outbox row to append to its stream (see [`Bus::append_outbox`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxAppend {
+    /// The row's outbox seq; appended as the last field, `outbox_seq`.
+    pub seq: i64,
+    pub stream: String,
+    pub fields: Vec<(String, String)>,
+}
+
+/// What one [`Bus::append_outbox`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendOutcome {
+    /// The mark after the call: every seq up to it has been appended once.
+    pub mark: i64,
+    /// How many messages this call appended (the others were at or below
+    /// the mark already).
+    pub appended: usize,
+}
+
+/// The name of the field every outbox message carries its seq in.
+pub const OUTBOX_SEQ_FIELD: &str = "outbox_seq";
+
 #[async_trait]
 pub trait Bus: Send + Sync + 'static {
     /// `XADD stream * field value …`; returns the new entry's id.
     async fn publish(&self, stream: &str, fields: &[(String, String)]) -> Result<String, BusError>;
+
+    /// Appends outbox rows exactly once, atomically with the mark kept at
+    /// `mark_key` (the highest seq appended so far; absent is 0). In ONE
+    /// atomic step: each message, in the given order, whose seq is above
+    /// the mark at that moment is appended to its stream as `fields…
+    /// outbox_seq <seq>` and the mark moves to its seq; the others are
+    /// skipped. A call repeated with the same messages (its reply was lost,
+    /// or the process died before deleting the rows) appends nothing.
+    /// Nothing is appended when a stream key holds something else
+    /// (`WrongType`).
+    async fn append_outbox(
+        &self,
+        mark_key: &str,
+        messages: &[OutboxAppend],
+    ) -> Result<AppendOutcome, BusError>;
 
     /// `XGROUP CREATE stream group 0 MKSTREAM`; an existing group is fine.
     async fn ensure_group(&self, stream: &str, group: &str) -> Result<(), BusError>;

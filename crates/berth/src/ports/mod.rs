@@ -11,7 +11,7 @@ pub mod state_fs;
 pub mod store;
 pub mod webhook;
 
-pub use bus::{Bus, BusError, StreamEntry};
+pub use bus::{AppendOutcome, Bus, BusError, OutboxAppend, StreamEntry, OUTBOX_SEQ_FIELD};
 pub use clock::{Clock, SystemClock};
 pub use engine::{ContainerInfo, Engine, EngineError, ExecOutput, ImageInfo, PullProgress};
 pub use git::{GitError, RefResolver, RemoteRef};
