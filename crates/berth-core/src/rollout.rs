@@ -91,6 +91,21 @@ pub fn can_transition(from: RolloutState, to: RolloutState) -> bool {
     }
 }
 
+/// The operator's verbs (`pause`, `resume`, `abort`) that [`steer`] allows
+/// from `from`, in that order: what the console offers as buttons, so a
+/// button is never one the API refuses.
+pub fn operator_actions(from: RolloutState) -> Vec<&'static str> {
+    [
+        (RolloutState::Paused, "pause"),
+        (RolloutState::Running, "resume"),
+        (RolloutState::Aborted, "abort"),
+    ]
+    .into_iter()
+    .filter(|(requested, _)| steer(from, *requested).is_ok())
+    .map(|(_, verb)| verb)
+    .collect()
+}
+
 /// An operator's change to a rollout's state, as [`steer`] allows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RolloutTransition {
@@ -637,5 +652,16 @@ mod tests {
             let step = next_step(state, 1, 1, &targets(&states));
             prop_assert_eq!(step == Step::Idle, state != RolloutState::Running);
         }
+    }
+
+    #[test]
+    fn operator_actions_are_what_steer_allows() {
+        use RolloutState::*;
+        assert_eq!(operator_actions(Running), vec!["pause", "abort"]);
+        assert_eq!(operator_actions(Paused), vec!["resume", "abort"]);
+        // Halted → running only: a halted rollout is resumed, not aborted.
+        assert_eq!(operator_actions(Halted), vec!["resume"]);
+        assert!(operator_actions(Completed).is_empty());
+        assert!(operator_actions(Aborted).is_empty());
     }
 }

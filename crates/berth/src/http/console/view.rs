@@ -609,9 +609,14 @@ pub fn rollout_detail(
             dt { "State" } dd { (rollout_state(r))
                 @if viewer.can_operate() {
                     span.actions {
-                        @if state == "running" { (action("POST", &format!("{base}/pause"), "Pause", "Pause this rollout?")) }
-                        @if state == "paused" || state == "halted" { (action("POST", &format!("{base}/resume"), "Resume", "Resume this rollout?")) }
-                        @if matches!(state, "running" | "paused" | "halted") { (action("POST", &format!("{base}/abort"), "Abort", "Abort this rollout? Runtimes already updated stay updated.")) }
+                        // The verbs core's `steer` allows, never a copy of its rules.
+                        @for verb in berth_core::rollout::operator_actions(r.state) {
+                            @match verb {
+                                "pause" => (action("POST", &format!("{base}/pause"), "Pause", "Pause this rollout?")),
+                                "resume" => (action("POST", &format!("{base}/resume"), "Resume", "Resume this rollout?")),
+                                _ => (action("POST", &format!("{base}/abort"), "Abort", "Abort this rollout? Runtimes already updated stay updated.")),
+                            }
+                        }
                     }
                 }
             }
@@ -796,5 +801,39 @@ mod tests {
         assert_eq!(ago(10_000, 9_000), "1s ago");
         assert_eq!(ago(3_600_000, 0), "1h ago");
         assert_eq!(ago(0, 5_000), "0s ago");
+    }
+
+    /// The buttons of a rollout are core's `steer` verbs: a halted one is
+    /// resumed, never aborted (the API refuses halted → aborted).
+    #[test]
+    fn a_rollout_offers_only_what_core_allows() {
+        use berth_core::rollout::RolloutState;
+        let row = |state| RolloutRow {
+            id: "r-1".into(),
+            template: "web".into(),
+            from_digest: None,
+            to_digest: "sha256:".to_string() + &"a".repeat(64),
+            state,
+            batch_size: 1,
+            max_failures: 1,
+            failures: 0,
+            revert_pin: false,
+            source: berth_core::operation::Source::Api,
+            message: None,
+            created_at_ms: 0,
+            updated_at_ms: 0,
+            plugin: None,
+        };
+        let buttons = |state| {
+            let html = rollout_detail(&row(state), &[], &viewer(Role::Operator), 0).into_string();
+            ["pause", "resume", "abort"]
+                .into_iter()
+                .filter(|verb| html.contains(&format!("/v1/rollouts/r-1/{verb}")))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(buttons(RolloutState::Running), vec!["pause", "abort"]);
+        assert_eq!(buttons(RolloutState::Paused), vec!["resume", "abort"]);
+        assert_eq!(buttons(RolloutState::Halted), vec!["resume"]);
+        assert!(buttons(RolloutState::Completed).is_empty());
     }
 }
