@@ -603,7 +603,6 @@ pub fn rollout_detail(
         .filter(|t| t.state.as_str() != "pending")
         .count();
     let base = format!("/v1/rollouts/{}", r.id);
-    let state = r.state.as_str();
     html! {
         dl.facts {
             dt { "State" } dd { (rollout_state(r))
