@@ -330,27 +330,15 @@ async fn a_failed_fsync_aborts_the_batch_and_the_acknowledged_one_stays_whole() 
             );
         }
         // Whatever the kernel dropped, the acknowledged batch is whole.
-        let written = ["launch_state", "journal"];
-        let after = fs.after_power_loss();
-        boot(&after, &paths).await;
-        let s = survey(&after, &paths).await;
-        check(
-            &s,
-            acked,
-            acked,
-            &written,
-            &format!("fsync {i} failed, then power loss"),
-        );
-        let after = fs.after_process_kill();
-        boot(&after, &paths).await;
-        let s = survey(&after, &paths).await;
-        check(
-            &s,
-            acked,
-            acked,
-            &written,
-            &format!("fsync {i} failed, then kill"),
-        );
+        for (model, after) in [
+            ("power loss", fs.after_power_loss()),
+            ("kill", fs.after_process_kill()),
+        ] {
+            boot(&after, &paths).await;
+            let s = survey(&after, &paths).await;
+            let what = format!("fsync {i} failed, then {model}");
+            check(&s, acked, acked, &["launch_state", "journal"], &what);
+        }
     }
 }
 

@@ -54,21 +54,7 @@ async fn run_id(s: &Services) -> String {
 }
 
 async fn both(s: &Services, run: &str) -> berth::error::Result<u64> {
-    s.stores
-        .write_batch(
-            "s-1",
-            BatchRequest {
-                run_id: run.to_string(),
-                reason: None,
-                writes: vec![
-                    write("launch_state", json!({"n": 1})),
-                    write("sessions", json!([])),
-                ],
-            },
-            &caller(),
-        )
-        .await
-        .map(|b| b.seq)
+    batch_of(s, run, 1, &["launch_state", "sessions"]).await
 }
 
 #[tokio::test(start_paused = true)]

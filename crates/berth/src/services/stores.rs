@@ -147,7 +147,7 @@ fn fs_error(e: StateFsError, doing: &str) -> Error {
 /// The batch protocol over a [`StateFs`], with no database and no Docker:
 /// the part whose latency the benchmark measures and the crash harness
 /// cuts. The caller holds the runtime's lock and has rolled forward what an
-/// earlier batch left staged ([`StoreService::roll_forward`]).
+/// earlier batch left staged ([`roll_forward_stores`]).
 pub struct BatchWriter<'a> {
     pub fs: &'a dyn StateFs,
     pub paths: &'a StatePaths,
@@ -606,8 +606,10 @@ impl StoreService {
             .unwrap_or_default())
     }
 
-    /// The image id and labels `image` names now; `None` when it is not
-    /// (yet) present, so the descriptors' versions apply.
+    /// An immutable name of the image `image` names now (its id, or
+    /// `image` itself when that is a digest or an id) and its labels;
+    /// `None` when it is not (yet) present, so the descriptors' versions
+    /// apply.
     async fn image_of(&self, image: &str) -> Result<Option<(String, BTreeMap<String, String>)>> {
         let immutable = image.starts_with("sha256:") || image.contains("@sha256:");
         if immutable {
@@ -740,31 +742,36 @@ impl StoreService {
                 status: None,
             };
             for rec in self.ctx.store.list_runtimes(&filter).await? {
-                let paths = self.paths(&rec.id);
-                if self
-                    .fs()
-                    .read(&paths.manifest())
-                    .await
-                    .map_err(|e| fs_error(e, "read the manifest"))?
-                    .is_none()
-                    && self
-                        .fs()
-                        .list(&paths.berth_dir())
-                        .await
-                        .map_err(|e| fs_error(e, "list the state directory"))?
-                        .is_empty()
-                {
-                    continue;
+                match self.recover_runtime(&rec.id, &template).await {
+                    Ok(n) => placed += n,
+                    // One unreadable state directory must not keep berth
+                    // down: its next batch or start rolls forward again.
+                    Err(e) => {
+                        tracing::error!(runtime = %rec.id, error = %e, "could not roll the runtime's stores forward at boot")
+                    }
                 }
-                let _lock = self
-                    .fs()
-                    .lock(&paths.lock())
-                    .await
-                    .map_err(|e| fs_error(e, "lock the state directory"))?;
-                placed += roll_forward_stores(self.fs(), &paths, &template.stores).await?;
             }
         }
         Ok(placed)
+    }
+
+    /// Rolls one runtime's stores forward, taking the lock only when a
+    /// crash left something staged in `.berth/`.
+    async fn recover_runtime(&self, id: &str, template: &Template) -> Result<usize> {
+        let paths = self.paths(id);
+        let left = list_berth_dir(self.fs(), &paths).await?;
+        if !left
+            .iter()
+            .any(|n| parse_staged_file_name(n).is_some() || is_manifest_temp(n))
+        {
+            return Ok(0);
+        }
+        let _lock = self
+            .fs()
+            .lock(&paths.lock())
+            .await
+            .map_err(|e| fs_error(e, "lock the state directory"))?;
+        roll_forward_stores(self.fs(), &paths, &template.stores).await
     }
 
     fn plan_for(
@@ -936,21 +943,14 @@ impl StoreService {
             Ok(Committed::Staged(e)) => {
                 tracing::error!(runtime = %id, batch = %batch_id, error = %e, "state-store batch committed, but its files could not be put in place yet; a durable copy is staged");
             }
-            Ok(Committed::Unknown(e)) => {
+            // The disk failed at or after the commit: the batch may not
+            // survive, so it is not acknowledged.
+            Ok(Committed::Unknown(e) | Committed::Failing(e)) => {
                 self.ctx.metrics.store_batch_failed();
-                tracing::error!(runtime = %id, batch = %batch_id, error = %e, "the fsync that commits a state-store batch failed");
+                tracing::error!(runtime = %id, batch = %batch_id, error = %e, "the disk failed while committing a state-store batch or putting it in place");
                 return Err(Error::new(
                     ErrorCode::StorageUnavailable,
-                    format!("the disk failed while committing the batch ({e}); it may or may not survive a crash: check the disk, then read the store back"),
-                )
-                .caused_by(e));
-            }
-            Ok(Committed::Failing(e)) => {
-                self.ctx.metrics.store_batch_failed();
-                tracing::error!(runtime = %id, batch = %batch_id, error = %e, "state-store batch committed, but the disk failed putting it in place and keeping a copy");
-                return Err(Error::new(
-                    ErrorCode::StorageUnavailable,
-                    format!("the batch was committed, but the disk failed while putting it in place ({e}); its data may not survive: check the disk"),
+                    format!("the disk failed while committing the batch or putting it in place ({e}); it may or may not survive a crash: check the disk, then read the store back"),
                 )
                 .caused_by(e));
             }
