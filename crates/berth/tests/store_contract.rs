@@ -323,6 +323,9 @@ contract!(
         outbox_oldest_first_delete_and_failed,
         json_columns_round_trip,
         outbox_seq_order_is_commit_order_per_key,
+        outbox_seq_order_is_commit_order_across_keys,
+        outbox_identity_is_fixed_and_counts_every_seq_drawn,
+        a_second_delivery_of_one_intent_to_one_webhook_is_refused,
         observations_upsert_through_commit,
         rejections_reject_then_lift,
         rollouts_commit_get_round_trip,
@@ -359,8 +362,9 @@ contract!(
 
 // --- fixtures ---------------------------------------------------------------
 
-/// Every schema migration version, oldest first (0008: the change log).
-const ALL_VERSIONS: [i64; 8] = [1, 2, 3, 4, 5, 6, 7, 8];
+/// Every schema migration version, oldest first (0009: the outbox relay's
+/// identity).
+const ALL_VERSIONS: [i64; 9] = [1, 2, 3, 4, 5, 6, 7, 8, 9];
 
 fn template(name: &str, tag: &str) -> Template {
     let doc: TemplateDoc = serde_json::from_value(serde_json::json!({
@@ -2733,6 +2737,165 @@ mod cases {
         }
     }
 
+    /// The relay keeps one high-water mark for the whole outbox, so no
+    /// snapshot may ever see a row whose seq is above one still to commit,
+    /// whatever its key: every snapshot is a prefix of the final outbox.
+    /// (Each writer has a key of its own, so nothing but the store's
+    /// commit-order rule orders them.)
+    pub async fn outbox_seq_order_is_commit_order_across_keys(ctx: Ctx) {
+        const WRITERS: usize = 6;
+        const COMMITS: usize = 10;
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reader = {
+            let store = ctx.store.clone();
+            let done = done.clone();
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                    let seqs: Vec<i64> = store
+                        .outbox_pending(100_000)
+                        .await
+                        .unwrap()
+                        .iter()
+                        .map(|r| r.seq)
+                        .collect();
+                    seen.push(seqs);
+                    tokio::task::yield_now().await;
+                }
+                seen
+            })
+        };
+        let mut writers = Vec::new();
+        for w in 0..WRITERS {
+            let store = ctx.store.clone();
+            writers.push(tokio::spawn(async move {
+                let key = format!("w{w}");
+                for i in 0..COMMITS {
+                    // A runtime record too, so the change holds row locks
+                    // and takes a while between drawing a seq and committing.
+                    let r = runtime(&key, "t", RuntimeStatus::Running, i as i64);
+                    let o =
+                        op(&format!("{key}-{i}"), OperationKind::Start, 1).for_runtime(&key, "t");
+                    let m = [message("s", &key, &[("i", &i.to_string())], 1)];
+                    store
+                        .commit(&Change {
+                            runtime: Some(&r),
+                            operation: Some(&o),
+                            outbox: &m,
+                            ..Change::default()
+                        })
+                        .await?;
+                }
+                Ok::<_, StoreError>(())
+            }));
+        }
+        for w in writers {
+            w.await.unwrap().unwrap();
+        }
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        let seen = reader.await.unwrap();
+        let all: Vec<i64> = all_outbox(ctx.store.as_ref())
+            .await
+            .iter()
+            .map(|r| r.seq)
+            .collect();
+        assert_eq!(all.len(), WRITERS * COMMITS);
+        for snapshot in &seen {
+            assert_eq!(
+                snapshot[..],
+                all[..snapshot.len()],
+                "a relay saw a later seq before an earlier one had committed"
+            );
+        }
+    }
+
+    /// The relay's mark in Redis is kept per outbox identity: fixed until
+    /// replaced, and `drawn` at or above every seq ever written, deleted
+    /// rows included.
+    pub async fn outbox_identity_is_fixed_and_counts_every_seq_drawn(ctx: Ctx) {
+        let s = ctx.store.as_ref();
+        let first = s.outbox_identity().await.unwrap();
+        assert!(first.id.len() >= 16, "{first:?}");
+        assert_eq!(first.drawn, 0, "nothing drawn yet");
+        let m = [
+            message("s", "r1", &[("a", "1")], 1),
+            message("s", "", &[("b", "2")], 1),
+        ];
+        s.commit(&Change {
+            outbox: &m,
+            ..Change::default()
+        })
+        .await
+        .unwrap();
+        let rows = all_outbox(s).await;
+        let highest = rows.iter().map(|r| r.seq).max().unwrap();
+        let after = s.outbox_identity().await.unwrap();
+        assert_eq!(after.id, first.id, "the id stays");
+        assert_eq!(after.drawn, highest);
+        s.outbox_delete(&rows.iter().map(|r| r.seq).collect::<Vec<_>>())
+            .await
+            .unwrap();
+        assert_eq!(
+            s.outbox_identity().await.unwrap().drawn,
+            highest,
+            "deleting draws nothing back"
+        );
+        let new = s.outbox_new_identity().await.unwrap();
+        assert_ne!(new, first.id);
+        let replaced = s.outbox_identity().await.unwrap();
+        assert_eq!(replaced.id, new);
+        assert_eq!(replaced.drawn, highest, "seqs go on");
+    }
+
+    /// One notification intent is delivered to one webhook once: a change
+    /// that would queue it again (under any delivery id) is refused whole.
+    pub async fn a_second_delivery_of_one_intent_to_one_webhook_is_refused(ctx: Ctx) {
+        let s = ctx.store.as_ref();
+        let n1 = notification("n1", "runtime.start_failed", 10);
+        s.commit(&Change {
+            notifications: std::slice::from_ref(&n1),
+            webhook_deliveries: &[delivery("d1", "a", &n1), delivery("d2", "b", &n1)],
+            ..Change::default()
+        })
+        .await
+        .unwrap();
+        let r1 = runtime("r1", "t", RuntimeStatus::Failed, 20);
+        let err = s
+            .commit(&Change {
+                runtime: Some(&r1),
+                webhook_deliveries: &[delivery("d3", "a", &n1)],
+                ..Change::default()
+            })
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+        // Twice within one change: refused too.
+        let n2 = notification("n2", "x", 30);
+        let err = s
+            .commit(&Change {
+                runtime: Some(&r1),
+                notifications: std::slice::from_ref(&n2),
+                webhook_deliveries: &[delivery("d4", "a", &n2), delivery("d5", "a", &n2)],
+                ..Change::default()
+            })
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+        let ids: Vec<String> = s
+            .list_webhook_deliveries(None, 100)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|d| d.id)
+            .collect();
+        assert_eq!(
+            ids,
+            ["d2", "d1"],
+            "newest first; nothing of the refused changes"
+        );
+        assert_eq!(s.get_runtime("r1").await.unwrap(), None);
+    }
+
     pub async fn webhook_deliveries_are_written_with_the_commit_and_queued_per_webhook(ctx: Ctx) {
         let s = ctx.store.as_ref();
         assert_eq!(s.webhook_head("a").await.unwrap(), None);
@@ -2922,7 +3085,7 @@ mod cases {
             .commit(&Change {
                 runtime: Some(&r1),
                 notifications: std::slice::from_ref(&n3),
-                webhook_deliveries: &[delivery("d4", "b", &n3), delivery("d1", "b", &n3)],
+                webhook_deliveries: &[delivery("d4", "b", &n3), delivery("d1", "a", &n3)],
                 ..Change::default()
             })
             .await

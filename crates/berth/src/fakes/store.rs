@@ -20,10 +20,11 @@ use berth_core::status::RuntimeStatus;
 use berth_core::template::Template;
 
 use crate::ports::store::{
-    Change, EventFilter, EventStore, Observation, OperationFilter, OutboxMessage, OutboxRow,
-    OutboxStore, PluginChange, PluginRecord, PluginStore, PluginUpdate, PluginUpdateFilter,
-    RejectionChange, RolloutRow, RolloutStore, RolloutTarget, RuntimeFilter, RuntimePage,
-    RuntimeStore, Store, StoreError, TemplateStore, WatchStore, WebhookDelivery, WebhookStore,
+    Change, EventFilter, EventStore, Observation, OperationFilter, OutboxIdentity, OutboxMessage,
+    OutboxRow, OutboxStore, PluginChange, PluginRecord, PluginStore, PluginUpdate,
+    PluginUpdateFilter, RejectionChange, RolloutRow, RolloutStore, RolloutTarget, RuntimeFilter,
+    RuntimePage, RuntimeStore, Store, StoreError, TemplateStore, WatchStore, WebhookDelivery,
+    WebhookStore,
 };
 use crate::ports::store::{ChangeKind, ChangeRow, ChangeStore, NewChangeRow};
 
@@ -36,7 +37,7 @@ fn crash() -> StoreError {
 
 /// A handle on one in-memory store; clones share it, so a test keeps one
 /// while the services hold it as `Arc<dyn Store>`.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct FakeStore {
     inner: Arc<Mutex<Inner>>,
 }
@@ -103,6 +104,8 @@ struct Data {
     outbox: BTreeMap<i64, OutboxEntry>,
     /// The last seq handed out; seqs are never reused.
     outbox_seq: i64,
+    /// `OutboxStore::outbox_identity`'s id; set when the fake is made.
+    outbox_id: String,
     observations: BTreeMap<String, Observation>,
     /// By (template, digest).
     rejections: BTreeMap<(String, String), Rejection>,
@@ -185,6 +188,20 @@ impl Data {
                 return Err(StoreError::Conflict(format!(
                     "webhook delivery {:?} is already stored",
                     d.id
+                )));
+            }
+            let same_intent = |s: &str, n: &str| s == d.webhook && n == d.notification_id;
+            let stored = self
+                .webhook_deliveries
+                .values()
+                .any(|s| same_intent(&s.webhook, &s.notification_id));
+            let earlier = change.webhook_deliveries[..i]
+                .iter()
+                .any(|s| same_intent(&s.webhook, &s.notification_id));
+            if stored || earlier {
+                return Err(StoreError::Conflict(format!(
+                    "webhook {:?} already has a delivery of notification {:?}",
+                    d.webhook, d.notification_id
                 )));
             }
         }
@@ -362,9 +379,19 @@ fn newest_first_before<T: Clone>(
     newest_first(&rows[..end], limit, keep)
 }
 
+impl Default for FakeStore {
+    fn default() -> Self {
+        FakeStore::new()
+    }
+}
+
 impl FakeStore {
     pub fn new() -> Self {
-        FakeStore::default()
+        let store = FakeStore {
+            inner: Arc::default(),
+        };
+        store.lock().data.outbox_id = uuid::Uuid::now_v7().simple().to_string();
+        store
     }
 
     /// The `k`-th write call from now (1-based; `commit`, `record` and every
@@ -747,6 +774,22 @@ impl OutboxStore for FakeStore {
             }
             Ok(())
         })
+    }
+
+    async fn outbox_identity(&self) -> Result<OutboxIdentity, StoreError> {
+        self.read(|d| OutboxIdentity {
+            id: d.outbox_id.clone(),
+            drawn: d.outbox_seq,
+        })
+    }
+
+    async fn outbox_new_identity(&self) -> Result<String, StoreError> {
+        let id = uuid::Uuid::now_v7().simple().to_string();
+        self.write(|d| {
+            d.outbox_id = id.clone();
+            Ok(())
+        })?;
+        Ok(id)
     }
 }
 

@@ -109,6 +109,17 @@ pub struct OutboxRow {
     pub attempts: i64,
 }
 
+/// Who the outbox is, to the relay (see [`OutboxStore::outbox_identity`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxIdentity {
+    /// Random, fixed when the database was made: the relay's high-water
+    /// mark in Redis is kept per id.
+    pub id: String,
+    /// The highest seq ever handed out (0 before the first message); seqs
+    /// are never reused, so every row ever written is at or below it.
+    pub drawn: i64,
+}
+
 /// A webhook delivery written with a change: one notification intent for
 /// one webhook (see [`Change::webhook_deliveries`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -459,6 +470,12 @@ pub trait OutboxStore: Send + Sync + 'static {
     /// Counts a failed publish of message `seq` (`attempts` + 1) and keeps
     /// `error`; an unknown seq is ignored.
     async fn outbox_failed(&self, seq: i64, error: &str) -> Result<(), StoreError>;
+    /// The outbox's identity and the highest seq handed out so far.
+    async fn outbox_identity(&self) -> Result<OutboxIdentity, StoreError>;
+    /// Replaces the identity with a new random id and returns it: for a
+    /// database found behind the mark Redis keeps for it (restored from a
+    /// backup), whose next seqs the old mark would hide.
+    async fn outbox_new_identity(&self) -> Result<String, StoreError>;
 }
 
 /// Webhook delivery queues, one per webhook, and the delivery log

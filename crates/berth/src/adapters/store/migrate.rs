@@ -63,6 +63,7 @@ pub(crate) static SQLITE: &[Migration] = &[
     migration!("sqlite", 6, "0006", "run_id"),
     migration!("sqlite", 7, "0007", "webhook_deliveries"),
     migration!("sqlite", 8, "0008", "changes"),
+    migration!("sqlite", 9, "0009", "outbox_relay"),
 ];
 pub(crate) static POSTGRES: &[Migration] = &[
     migration!("postgres", 1, "0001", "init"),
@@ -73,6 +74,7 @@ pub(crate) static POSTGRES: &[Migration] = &[
     migration!("postgres", 6, "0006", "run_id"),
     migration!("postgres", 7, "0007", "webhook_deliveries"),
     migration!("postgres", 8, "0008", "changes"),
+    migration!("postgres", 9, "0009", "outbox_relay"),
 ];
 
 const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS berth_migrations (\
@@ -279,7 +281,7 @@ mod tests {
         "rollout_targets",
     ];
     const TABLES_0004: [&str; 2] = ["plugins", "plugin_updates"];
-    const TABLES: [&str; 17] = [
+    const TABLES: [&str; 18] = [
         "templates",
         "pins",
         "pin_history",
@@ -297,6 +299,7 @@ mod tests {
         "plugin_updates",
         "webhook_deliveries",
         "changes",
+        "outbox_identity",
     ];
     /// The tables each migration adds, by version.
     /// 0005 adds a column, no table.
@@ -305,7 +308,8 @@ mod tests {
     const TABLES_0006: [&str; 0] = [];
     const TABLES_0007: [&str; 1] = ["webhook_deliveries"];
     const TABLES_0008: [&str; 1] = ["changes"];
-    const BY_VERSION: [(i64, &[&str]); 8] = [
+    const TABLES_0009: [&str; 1] = ["outbox_identity"];
+    const BY_VERSION: [(i64, &[&str]); 9] = [
         (1, &TABLES_0001),
         (2, &TABLES_0002),
         (3, &TABLES_0003),
@@ -314,6 +318,7 @@ mod tests {
         (6, &TABLES_0006),
         (7, &TABLES_0007),
         (8, &TABLES_0008),
+        (9, &TABLES_0009),
     ];
 
     #[test]

@@ -65,13 +65,13 @@ impl PostgresStore {
         begin(&self.pool).await
     }
 
-    /// Makes the writers of each outbox partition key take turns until they
-    /// commit. A `BIGSERIAL` value is drawn at insert time but becomes
-    /// visible at commit, so without this a relay could see (and publish)
-    /// a runtime's message 5 while its message 4 is still uncommitted. With
-    /// it, within one key, a later `seq` always commits later. `keys` come
-    /// sorted, so two changes never wait on each other in a cycle; a hash
-    /// collision only makes two keys share turns.
+    /// Makes the writers of each webhook's queue (`webhook:<name>`) take
+    /// turns until they commit. A `BIGSERIAL` value is drawn at insert time
+    /// but becomes visible at commit, so without this a webhook's delivery
+    /// loop could see (and send) delivery 5 while its delivery 4 is still
+    /// uncommitted. With it, within one key, a later `seq` always commits
+    /// later. `keys` come sorted, so two changes never wait on each other
+    /// in a cycle; a hash collision only makes two keys share turns.
     async fn lock_partitions(
         tx: &mut Transaction<'static, Postgres>,
         keys: &[&str],
@@ -89,10 +89,18 @@ impl PostgresStore {
 }
 
 impl PostgresStore {
-    /// Makes writers of the change log take turns from here until they
-    /// commit. A `BIGSERIAL` is drawn at insert but visible at commit, so
-    /// without this a stream reader could see seq 8 committed while seq 7
-    /// is still in flight, move its cursor past 7 and never send it. Taken
+    /// The outbox's id and the highest seq its sequence handed out (a
+    /// sequence is outside transactions: uncommitted draws count too).
+    const OUTBOX_IDENTITY: &'static str = "SELECT id, \
+         (SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM outbox_seq_seq) AS drawn \
+         FROM outbox_identity";
+
+    /// Makes writers of the change log and the outbox take turns from here
+    /// until they commit. A `BIGSERIAL` is drawn at insert but visible at
+    /// commit, so without this a stream reader could see seq 8 committed
+    /// while seq 7 is still in flight, move its cursor past 7 and never
+    /// send it; the outbox relay would move its high-water mark past 7 the
+    /// same way and never publish it. Taken
     /// just before the change rows, after every other lock and row write,
     /// so it is held only for the inserts and the commit.
     async fn lock_changes(tx: &mut Transaction<'static, Postgres>) -> Result<(), StoreError> {

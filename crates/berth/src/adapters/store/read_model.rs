@@ -39,10 +39,10 @@ use berth_core::runtime::RuntimeRecord;
 use berth_core::template::Template;
 
 use crate::ports::store::{
-    Change, EventFilter, EventStore, Observation, OperationFilter, OutboxRow, OutboxStore,
-    PluginRecord, PluginStore, PluginUpdate, PluginUpdateFilter, RolloutRow, RolloutStore,
-    RolloutTarget, RuntimeFilter, RuntimePage, RuntimeStore, Store, StoreError, TemplateStore,
-    WatchStore, WebhookDelivery, WebhookStore,
+    Change, EventFilter, EventStore, Observation, OperationFilter, OutboxIdentity, OutboxRow,
+    OutboxStore, PluginRecord, PluginStore, PluginUpdate, PluginUpdateFilter, RolloutRow,
+    RolloutStore, RolloutTarget, RuntimeFilter, RuntimePage, RuntimeStore, Store, StoreError,
+    TemplateStore, WatchStore, WebhookDelivery, WebhookStore,
 };
 use crate::ports::store::{ChangeRow, ChangeStore};
 
@@ -388,6 +388,12 @@ impl OutboxStore for ReadModelStore {
     }
     async fn outbox_failed(&self, seq: i64, error: &str) -> Result<(), StoreError> {
         self.inner.outbox_failed(seq, error).await
+    }
+    async fn outbox_identity(&self) -> Result<OutboxIdentity, StoreError> {
+        self.inner.outbox_identity().await
+    }
+    async fn outbox_new_identity(&self) -> Result<String, StoreError> {
+        self.inner.outbox_new_identity().await
     }
 }
 

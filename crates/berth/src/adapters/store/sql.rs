@@ -169,6 +169,7 @@ pub const OUTBOX_PENDING: &str = concat!(
 );
 pub const OUTBOX_FAILED: &str =
     "UPDATE outbox SET attempts = attempts + 1, last_error = $2 WHERE seq = $1";
+pub const OUTBOX_NEW_IDENTITY: &str = "UPDATE outbox_identity SET id = $1";
 
 macro_rules! webhook_delivery_cols {
     () => {

@@ -104,6 +104,10 @@ impl SqliteStore {
 }
 
 impl SqliteStore {
+    /// The outbox's id and the highest seq AUTOINCREMENT handed out.
+    const OUTBOX_IDENTITY: &'static str = "SELECT id, COALESCE(\
+         (SELECT seq FROM sqlite_sequence WHERE name = 'outbox'), 0) AS drawn FROM outbox_identity";
+
     /// Nothing to do: `BEGIN IMMEDIATE` already makes every writer take
     /// turns, so change-log `seq` order is commit order.
     async fn lock_changes(_tx: &mut Transaction<'static, Sqlite>) -> Result<(), StoreError> {

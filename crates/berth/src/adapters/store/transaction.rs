@@ -7,7 +7,7 @@
 /// `async fn begin_write(&self) -> Result<sqlx::Transaction<'static, $db>, StoreError>`,
 /// and an associated
 /// `async fn lock_partitions(tx: &mut sqlx::Transaction<'static, $db>, keys: &[&str]) -> Result<(), StoreError>`
-/// that makes writers of one outbox partition key take turns until commit
+/// that makes writers of one webhook's queue take turns until commit
 /// (sorted, deduplicated keys; a no-op where `begin_write` already
 /// serialises every writer).
 macro_rules! impl_store {
@@ -31,8 +31,8 @@ macro_rules! impl_store {
             };
             use $crate::ports::store::{
                 Change, ChangeKind, ChangeRow, ChangeStore, EventFilter, EventStore, NewChangeRow,
-                NewWebhookDelivery, Observation, OperationFilter, OutboxMessage, OutboxRow,
-                OutboxStore, PluginChange, PluginRecord, PluginStore, PluginUpdate,
+                NewWebhookDelivery, Observation, OperationFilter, OutboxIdentity, OutboxMessage,
+                OutboxRow, OutboxStore, PluginChange, PluginRecord, PluginStore, PluginUpdate,
                 PluginUpdateFilter, RejectionChange, RolloutRow, RolloutStore, RolloutTarget,
                 RuntimeFilter, RuntimePage, RuntimeStore, Store, StoreError, TemplateStore,
                 WatchStore, WebhookDelivery, WebhookStore,
@@ -240,19 +240,25 @@ macro_rules! impl_store {
                 Ok(())
             }
 
-            /// Appends change-log rows, last in the transaction. On
-            /// PostgreSQL the backend's `lock_changes` makes writers of the
-            /// log take turns from here to commit, so seq order is commit
-            /// order; taken last, after every row lock, it cannot be part
-            /// of a wait cycle.
-            async fn write_change_rows(
+            /// Appends outbox messages and change-log rows, last in the
+            /// transaction. On PostgreSQL the backend's `lock_changes`
+            /// makes these writers take turns from here to commit, so both
+            /// seqs are drawn in commit order: the relay's high-water mark
+            /// (one for the whole outbox) and a stream reader's cursor can
+            /// never pass a row that commits later. Taken last, after
+            /// every row lock, it cannot be part of a wait cycle.
+            async fn write_ordered_rows(
                 tx: &mut Tx,
+                outbox: &[OutboxMessage],
                 rows: &[NewChangeRow],
             ) -> Result<(), StoreError> {
-                if rows.is_empty() {
+                if outbox.is_empty() && rows.is_empty() {
                     return Ok(());
                 }
                 <$store>::lock_changes(tx).await?;
+                for m in outbox {
+                    insert_outbox(tx, m).await?;
+                }
                 for r in rows {
                     sqlx::query(sql::INSERT_CHANGE)
                         .bind(r.at_ms)
@@ -270,19 +276,14 @@ macro_rules! impl_store {
             /// caller drops (rolls back) `tx`.
             async fn write_change(tx: &mut Tx, change: &Change<'_>) -> Result<(), StoreError> {
                 // Locks first, before any row lock, in one order for all.
-                // A webhook's queue is a partition of its own (`webhook:` +
-                // name; no runtime id has a colon).
+                // Each webhook's queue is a partition (`webhook:` + name);
+                // the outbox is ordered by `write_ordered_rows`.
                 let webhook_keys: Vec<String> = change
                     .webhook_deliveries
                     .iter()
                     .map(|d| format!("webhook:{}", d.webhook))
                     .collect();
-                let mut keys: Vec<&str> = change
-                    .outbox
-                    .iter()
-                    .map(|m| m.partition_key.as_str())
-                    .chain(webhook_keys.iter().map(String::as_str))
-                    .collect();
+                let mut keys: Vec<&str> = webhook_keys.iter().map(String::as_str).collect();
                 keys.sort_unstable();
                 keys.dedup();
                 if !keys.is_empty() {
@@ -407,13 +408,10 @@ macro_rules! impl_store {
                 for n in change.notifications {
                     insert_notification(tx, n).await?;
                 }
-                for m in change.outbox {
-                    insert_outbox(tx, m).await?;
-                }
                 for d in change.webhook_deliveries {
                     insert_webhook_delivery(tx, d).await?;
                 }
-                write_change_rows(tx, &change.change_rows()).await?;
+                write_ordered_rows(tx, change.outbox, &change.change_rows()).await?;
                 Ok(())
             }
 
@@ -454,7 +452,7 @@ macro_rules! impl_store {
                         &[(ChangeKind::Template, template.name.as_str())],
                         op,
                     );
-                    write_change_rows(&mut tx, &rows).await?;
+                    write_ordered_rows(&mut tx, &[], &rows).await?;
                     commit(tx).await?;
                     Ok(!existed)
                 }
@@ -527,7 +525,7 @@ macro_rules! impl_store {
                     if unpinned > 0 {
                         named.push((ChangeKind::Pin, name));
                     }
-                    write_change_rows(&mut tx, &NewChangeRow::for_write(&named, op)).await?;
+                    write_ordered_rows(&mut tx, &[], &NewChangeRow::for_write(&named, op)).await?;
                     commit(tx).await?;
                     Ok(true)
                 }
@@ -574,7 +572,7 @@ macro_rules! impl_store {
                     upsert_operation(&mut tx, op).await?;
                     let rows =
                         NewChangeRow::for_write(&[(ChangeKind::Pin, pin.template.as_str())], op);
-                    write_change_rows(&mut tx, &rows).await?;
+                    write_ordered_rows(&mut tx, &[], &rows).await?;
                     commit(tx).await?;
                     Ok(true)
                 }
@@ -599,7 +597,7 @@ macro_rules! impl_store {
                     insert_pin_history(&mut tx, entry).await?;
                     upsert_operation(&mut tx, op).await?;
                     let rows = NewChangeRow::for_write(&[(ChangeKind::Pin, template)], op);
-                    write_change_rows(&mut tx, &rows).await?;
+                    write_ordered_rows(&mut tx, &[], &rows).await?;
                     commit(tx).await?;
                     Ok(true)
                 }
@@ -745,7 +743,7 @@ macro_rules! impl_store {
                         .iter()
                         .flat_map(|(_, op)| NewChangeRow::for_write(&[], op))
                         .collect();
-                    write_change_rows(&mut tx, &change_rows).await?;
+                    write_ordered_rows(&mut tx, &[], &change_rows).await?;
                     commit(tx).await?;
                     Ok(changed.into_iter().map(|(_, op)| op).collect())
                 }
@@ -1002,6 +1000,29 @@ macro_rules! impl_store {
                         .await
                         .map_err(db_err)?;
                     commit(tx).await
+                }
+
+                async fn outbox_identity(&self) -> Result<OutboxIdentity, StoreError> {
+                    let row = sqlx::query(<$store>::OUTBOX_IDENTITY)
+                        .fetch_one(&self.pool)
+                        .await
+                        .map_err(db_err)?;
+                    Ok(OutboxIdentity {
+                        id: row.text("outbox_identity", "id")?,
+                        drawn: row.int("outbox_identity", "drawn")?,
+                    })
+                }
+
+                async fn outbox_new_identity(&self) -> Result<String, StoreError> {
+                    let id = uuid::Uuid::now_v7().simple().to_string();
+                    let mut tx = self.begin_write().await?;
+                    sqlx::query(sql::OUTBOX_NEW_IDENTITY)
+                        .bind(&id)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db_err)?;
+                    commit(tx).await?;
+                    Ok(id)
                 }
             }
 

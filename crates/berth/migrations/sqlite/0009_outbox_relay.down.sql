@@ -1,0 +1,2 @@
+DROP INDEX webhook_deliveries_webhook_notification;
+DROP TABLE outbox_identity;
