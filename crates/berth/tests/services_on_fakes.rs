@@ -10,11 +10,12 @@ use std::time::Duration;
 
 use berth::fakes::engine::Op;
 use berth::fakes::FakeBus;
+use berth::ports::store::{Change, OutboxMessage};
 use berth::ports::{Bus, EngineError};
 use berth::services::jobs::JobConsumer;
 use berth::services::lifecycle::StartRequest;
 use berth::services::outbox::OutboxRelay;
-use berth::streams::{JOB_RESULTS, START_JOBS, STOP_JOBS};
+use berth::streams::{HEALTH_EVENTS, JOB_RESULTS, NOTIFICATION_INTENTS, START_JOBS, STOP_JOBS};
 use berth_core::status::RuntimeStatus;
 use serde_json::json;
 use world::*;
@@ -243,6 +244,182 @@ async fn the_outbox_waits_while_the_bus_is_down_and_keeps_commit_order() {
         })
         .collect();
     assert_eq!(runtimes, ["p-0", "p-1", "p-2"], "commit order kept");
+}
+
+const OUT_STREAMS: [&str; 3] = [JOB_RESULTS, HEALTH_EVENTS, NOTIFICATION_INTENTS];
+
+/// Rows `from..from + n` of the outbox, one change each, spread over the
+/// three output streams and two runtimes as changes write them.
+async fn write_outbox(s: &berth::services::Services, from: usize, n: usize) {
+    for i in from..from + n {
+        let m = [OutboxMessage {
+            stream: OUT_STREAMS[i % 3].to_string(),
+            partition_key: format!("r{}", i % 2),
+            fields: fields(&[("n", &i.to_string())]),
+            created_at_ms: 0,
+        }];
+        s.ctx
+            .store
+            .commit(&Change {
+                outbox: &m,
+                ..Change::default()
+            })
+            .await
+            .unwrap();
+    }
+}
+
+/// Every entry on the output streams as (outbox_seq, n), in seq order;
+/// with `in_order`, after checking each stream holds its entries in seq
+/// order.
+fn published(bus: &FakeBus, in_order: bool) -> Vec<(i64, String)> {
+    let mut all = Vec::new();
+    for stream in OUT_STREAMS {
+        let seqs: Vec<(i64, String)> = bus
+            .entries(stream)
+            .iter()
+            .map(|e| {
+                let seq = e
+                    .field("outbox_seq")
+                    .expect("every message carries outbox_seq");
+                (seq.parse().unwrap(), e.field("n").unwrap().to_string())
+            })
+            .collect();
+        assert!(
+            !in_order || seqs.windows(2).all(|w| w[0].0 < w[1].0),
+            "{stream}: not in outbox order: {seqs:?}"
+        );
+        all.extend(seqs);
+    }
+    all.sort();
+    all
+}
+
+/// Where one relay is cut.
+#[derive(Debug, Clone, Copy)]
+enum RelayCut {
+    /// A new process cannot read the mark (Redis fails at once).
+    MarkRead,
+    /// The batch's append fails before Redis applied anything.
+    BeforeAppend,
+    /// Redis applied the append and the reply was lost.
+    ReplyLost,
+    /// The process dies after the append, before the rows are deleted.
+    BeforeDelete,
+}
+
+/// The relay cut at each of its steps, then a new process relays what is
+/// left: every outbox row is on its stream exactly once, in seq order.
+#[tokio::test(start_paused = true)]
+async fn a_relay_cut_at_every_step_publishes_each_row_exactly_once() {
+    for cut in [
+        RelayCut::MarkRead,
+        RelayCut::BeforeAppend,
+        RelayCut::ReplyLost,
+        RelayCut::BeforeDelete,
+    ] {
+        let w = World::new();
+        let s = app(&w, true).await;
+        let bus = bus(&w);
+        // A relay that has published once (it knows its mark's key).
+        write_outbox(&s, 0, 1).await;
+        let warm = OutboxRelay::new(s.ctx.clone(), bus.clone());
+        warm.relay_once().await.unwrap();
+        let before = published(&bus, true).len();
+        write_outbox(&s, 1, 5).await;
+        let cut_relay = match cut {
+            RelayCut::MarkRead => {
+                bus.fail_next_appends(1);
+                OutboxRelay::new(s.ctx.clone(), bus.clone())
+            }
+            RelayCut::BeforeAppend => {
+                bus.fail_next_appends(1);
+                warm
+            }
+            RelayCut::ReplyLost => {
+                bus.lose_next_append_replies(1);
+                warm
+            }
+            RelayCut::BeforeDelete => {
+                w.store.crash_at_commit(1);
+                warm
+            }
+        };
+        assert!(
+            cut_relay.relay_once().await.is_err(),
+            "{cut:?}: the cut relay fails"
+        );
+        drop(cut_relay);
+        // The next process: the database as committed, the same Redis.
+        w.store.revive();
+        let s = w.boot_with(true);
+        write_outbox(&s, 6, 3).await;
+        let relay = OutboxRelay::new(s.ctx.clone(), bus.clone());
+        for _ in 0..3 {
+            relay.relay_once().await.unwrap();
+        }
+        assert!(
+            s.ctx.store.outbox_pending(100).await.unwrap().is_empty(),
+            "{cut:?}: the outbox is empty"
+        );
+        let all = published(&bus, true);
+        let seqs: Vec<i64> = all.iter().map(|(seq, _)| *seq).collect();
+        let mut unique = seqs.clone();
+        unique.dedup();
+        assert_eq!(seqs, unique, "{cut:?}: a row was published twice");
+        let ns: Vec<&str> = all[before..].iter().map(|(_, n)| n.as_str()).collect();
+        assert_eq!(
+            ns,
+            ["1", "2", "3", "4", "5", "6", "7", "8"],
+            "{cut:?}: every row, once"
+        );
+        assert_eq!(
+            s.ctx.metrics.outbox_published.get() as usize,
+            ns.len() - usize::from(matches!(cut, RelayCut::ReplyLost | RelayCut::BeforeDelete)) * 5,
+            "{cut:?}: the second process counts what it appended"
+        );
+    }
+}
+
+/// A database restored from a backup is behind the mark Redis keeps for
+/// it: its next seqs are at or below the mark. The relay gives the outbox
+/// a new identity rather than skip (and delete) them.
+#[tokio::test(start_paused = true)]
+async fn a_database_behind_its_mark_takes_a_new_identity_and_loses_nothing() {
+    let before = World::new();
+    let s = before.boot_with(true);
+    let bus = bus(&before);
+    write_outbox(&s, 0, 5).await;
+    OutboxRelay::new(s.ctx.clone(), bus.clone())
+        .relay_once()
+        .await
+        .unwrap();
+    assert_eq!(published(&bus, true).len(), 5);
+    let old = s.ctx.store.outbox_identity().await.unwrap().id;
+
+    // The backup was taken before any of the five: seqs start again at 1.
+    let restored = World::new();
+    restored.store.set_outbox_identity(&old);
+    let s = restored.boot_with(true);
+    write_outbox(&s, 10, 2).await;
+    OutboxRelay::new(s.ctx.clone(), bus.clone())
+        .relay_once()
+        .await
+        .unwrap();
+    let all = published(&bus, false);
+    let ns: Vec<&str> = all.iter().map(|(_, n)| n.as_str()).collect();
+    assert_eq!(
+        ns,
+        ["0", "10", "1", "11", "2", "3", "4"],
+        "seqs 1, 1, 2, 2, 3, 4, 5"
+    );
+    let new = s.ctx.store.outbox_identity().await.unwrap().id;
+    assert_ne!(new, old);
+    assert_eq!(
+        bus.mark(&berth::services::outbox::mark_key_for(OWNER, &new)),
+        Some(2)
+    );
+    assert!(s.ctx.store.outbox_pending(10).await.unwrap().is_empty());
 }
 
 #[tokio::test(start_paused = true)]

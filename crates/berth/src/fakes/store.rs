@@ -394,6 +394,12 @@ impl FakeStore {
         store
     }
 
+    /// Gives this store the outbox identity `id`, as a database restored
+    /// from a backup of the one that had it.
+    pub fn set_outbox_identity(&self, id: &str) {
+        self.lock().data.outbox_id = id.to_string();
+    }
+
     /// The `k`-th write call from now (1-based; `commit`, `record` and every
     /// other method that writes count, whether or not they would succeed)
     /// writes nothing and fails with `Database("injected crash")`, and from
