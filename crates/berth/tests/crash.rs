@@ -1,6 +1,8 @@
-//! berth killed with SIGKILL in the middle of a burst of start jobs, then
-//! started again: every job gets exactly one result, no runtime has two
-//! containers, and no berth container is left without a record.
+//! berth killed with SIGKILL and started again: in the middle of a burst
+//! of start jobs (every job gets exactly one result, no runtime has two
+//! containers, no berth container is left without a record), of bursts of
+//! jobs again and again (each outbox row is on its stream exactly once),
+//! of a tag-move rollout, of a stream of state batches, and on a full disk.
 
 mod common;
 
@@ -170,22 +172,17 @@ async fn sigkill_mid_burst_loses_nothing_and_duplicates_nothing() {
     .await;
     let results = redis.entries("runtime:job_results").await;
 
-    // One result per job: the stored result is decided once, so every
-    // message for a job id is that same result. The relay publishes at
-    // least once — a kill between XADD and the outbox delete sends that one
-    // message again — and consumers de-duplicate by job id.
+    // Exactly one result per job, each on one outbox row of its own.
     let mut per_job: BTreeMap<String, &BTreeMap<String, String>> = BTreeMap::new();
     for r in &results {
         assert_eq!(r["outcome"], "success", "{r:?}");
         if let Some(first) = per_job.insert(r["job_id"].clone(), r) {
-            assert_eq!(first, r, "a job's messages are one result published again");
+            panic!("job {} published twice: {first:?} and {r:?}", r["job_id"]);
         }
     }
     assert_eq!(per_job.len(), JOBS, "every job answered: {per_job:?}");
-    assert!(
-        results.len() <= JOBS + 1,
-        "at most the one message in flight at the kill is sent again: {results:?}"
-    );
+    let seqs: BTreeSet<&str> = results.iter().map(|r| r["outbox_seq"].as_str()).collect();
+    assert_eq!(seqs.len(), JOBS, "one outbox row each: {results:?}");
 
     // One container per runtime, each one recorded.
     let containers = docker_lines(&[
@@ -232,6 +229,157 @@ async fn sigkill_mid_burst_loses_nothing_and_duplicates_nothing() {
     assert_eq!(seen.len(), JOBS);
 
     drop(_berth);
+    remove_owner_containers(&owner);
+}
+
+/// The output streams' entries, by stream.
+async fn output_entries(redis: &PrivateRedis) -> Vec<(&'static str, BTreeMap<String, String>)> {
+    let mut all = Vec::new();
+    for stream in [
+        "runtime:job_results",
+        "runtime:health_events",
+        "notification:intents",
+    ] {
+        for e in redis.entries(stream).await {
+            all.push((stream, e));
+        }
+    }
+    all
+}
+
+/// Bursts of jobs that berth answers at once (start jobs for a template
+/// that is not there, stop jobs for runtimes that are not there), berth
+/// SIGKILLed at a random moment of each and started again on the same
+/// database and Redis, round after round. At the end every job has exactly
+/// one entry on `runtime:job_results`, and no outbox row is on any output
+/// stream twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_burst_again_and_again_publishes_each_outbox_row_once() {
+    const ROUNDS: usize = 60;
+    const BURST: usize = 48;
+    let redis = PrivateRedis::start().await;
+    let data = tempfile::tempdir().unwrap();
+    let owner = unique("bt-");
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let mut berth = Reaped(spawn_berth(data.path(), &owner, port, &redis.url()));
+    wait_healthy(&base).await;
+
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut mid_burst = 0;
+    for round in 0..ROUNDS {
+        let before = redis.entries("runtime:job_results").await.len();
+        for i in 0..BURST {
+            let job_id = format!("j-{round}-{i}");
+            let runtime_id = format!("absent-{round}-{i}");
+            if i % 3 == 2 {
+                redis
+                    .xadd(
+                        "runtime:stop_jobs",
+                        &[
+                            ("job_id", &job_id),
+                            ("runtime_id", &runtime_id),
+                            ("remove", "true"),
+                        ],
+                    )
+                    .await;
+            } else {
+                redis
+                    .xadd(
+                        "runtime:start_jobs",
+                        &[
+                            ("job_id", &job_id),
+                            ("runtime_id", &runtime_id),
+                            ("template", "absent"),
+                        ],
+                    )
+                    .await;
+            }
+        }
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        // A burst is answered within tens of milliseconds.
+        tokio::time::sleep(Duration::from_micros(seed % 40_000)).await;
+        berth.0.kill().unwrap();
+        berth.0.wait().unwrap();
+        let published = redis.entries("runtime:job_results").await.len() - before;
+        if published < BURST {
+            mid_burst += 1;
+        }
+        berth = Reaped(spawn_berth(data.path(), &owner, port, &redis.url()));
+        wait_healthy(&base).await;
+    }
+
+    // Until nothing can add an entry any more: every job answered and
+    // acknowledged, the outbox empty.
+    eventually("every job answered and the outbox drained", async || {
+        let results = redis.entries("runtime:job_results").await;
+        let answered: BTreeSet<_> = results.iter().map(|r| r["job_id"].clone()).collect();
+        if answered.len() < ROUNDS * BURST {
+            return None;
+        }
+        let mut c = redis.connection().await.ok()?;
+        for stream in ["runtime:start_jobs", "runtime:stop_jobs"] {
+            let pending: redis::Value = redis::cmd("XPENDING")
+                .arg(stream)
+                .arg(&owner)
+                .query_async(&mut c)
+                .await
+                .ok()?;
+            let redis::Value::Array(summary) = pending else {
+                return None;
+            };
+            if summary.first() != Some(&redis::Value::Int(0)) {
+                return None;
+            }
+        }
+        let status: Value = client
+            .get(format!("{base}/v1/status"))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        (status["outbox_pending"] == 0).then_some(())
+    })
+    .await;
+
+    let all = output_entries(&redis).await;
+    let mut per_seq: BTreeMap<i64, &str> = BTreeMap::new();
+    for (stream, e) in &all {
+        let seq: i64 = e
+            .get("outbox_seq")
+            .unwrap_or_else(|| panic!("{stream} entry without outbox_seq: {e:?}"))
+            .parse()
+            .unwrap();
+        if let Some(other) = per_seq.insert(seq, stream) {
+            panic!("outbox row {seq} published twice ({other}, {stream})");
+        }
+    }
+    let mut per_job: BTreeMap<&str, usize> = BTreeMap::new();
+    for (stream, e) in &all {
+        if *stream == "runtime:job_results" {
+            assert_eq!(e["outcome"], "failure", "{e:?}");
+            *per_job.entry(e["job_id"].as_str()).or_default() += 1;
+        }
+    }
+    let twice: Vec<_> = per_job.iter().filter(|(_, n)| **n != 1).collect();
+    assert!(
+        twice.is_empty(),
+        "jobs with more than one result: {twice:?}"
+    );
+    assert_eq!(per_job.len(), ROUNDS * BURST);
+    eprintln!(
+        "{ROUNDS} SIGKILLs ({mid_burst} before the burst's results were all published): \
+         {} jobs, {} output entries, each outbox row once",
+        per_job.len(),
+        all.len()
+    );
+    assert!(mid_burst > 0, "no kill came before a burst was published");
+    drop(berth);
     remove_owner_containers(&owner);
 }
 
