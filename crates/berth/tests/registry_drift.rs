@@ -235,14 +235,21 @@ async fn a_bad_release_halts_restores_and_reverts_the_pin() {
     let (_, list) = t.get("/v1/rollouts?template=trk").await;
     assert_eq!(list["rollouts"].as_array().unwrap().len(), 1);
 
-    // Steering: a halted rollout cannot be paused; an operator may resume
-    // it, which retries the failed runtime (and halts again: still broken).
+    // Steering: a halted rollout offers only resume, and the verbs it does
+    // not offer are refused; resuming retries the failed runtime (and
+    // halts again: still broken).
+    assert_eq!(rollout["actions"], json!(["resume"]), "{rollout}");
     let id = rollout["id"].as_str().unwrap();
-    let (status, body) = t.post(&format!("/v1/rollouts/{id}/pause"), json!({})).await;
-    assert_eq!(
-        (status, body["error"]["code"].clone()),
-        (StatusCode::CONFLICT, json!("conflict"))
-    );
+    for verb in ["pause", "abort"] {
+        let (status, body) = t
+            .post(&format!("/v1/rollouts/{id}/{verb}"), json!({}))
+            .await;
+        assert_eq!(
+            (status, body["error"]["code"].clone()),
+            (StatusCode::CONFLICT, json!("conflict")),
+            "{verb}"
+        );
+    }
     let (status, body) = t
         .post("/v1/rollouts/no-such-rollout/abort", json!({}))
         .await;
@@ -252,6 +259,7 @@ async fn a_bad_release_halts_restores_and_reverts_the_pin() {
         .await;
     assert_eq!(status, StatusCode::OK, "{resumed}");
     assert_eq!(resumed["state"], "running");
+    assert_eq!(resumed["actions"], json!(["pause", "abort"]), "{resumed}");
     let again = eventually("halted again", async || {
         let (_, r) = t.get(&format!("/v1/rollouts/{id}")).await;
         (r["state"] == "halted" && r["updated_at"] != rollout["updated_at"]).then_some(r)

@@ -123,6 +123,14 @@ fn rollout_details(r: &RolloutView) -> String {
     f.add("id", &r.id)
         .add("template", &r.template)
         .add("state", &r.state)
+        .add(
+            "actions",
+            or_dash(
+                Some(r.actions.join(", "))
+                    .filter(|a| !a.is_empty())
+                    .as_deref(),
+            ),
+        )
         .add("from_digest", or_dash(r.from_digest.as_deref()))
         .add("to_digest", &r.to_digest)
         .add("batch_size", r.batch_size.to_string())
@@ -473,6 +481,7 @@ mod tests {
             from_digest: None,
             to_digest: format!("sha256:{}", "cd".repeat(32)),
             state: "running".into(),
+            actions: vec!["pause".into(), "abort".into()],
             batch_size: 2,
             max_failures: 3,
             failures: 1,
@@ -522,7 +531,7 @@ mod tests {
         let text = rollout_details(&rollout_view());
         assert!(
             text.starts_with(
-                "id: 01890a5d-ac96-774b-bcce-b302099a8057\ntemplate: engine\nstate: running\nfrom_digest: -\n"
+                "id: 01890a5d-ac96-774b-bcce-b302099a8057\ntemplate: engine\nstate: running\nactions: pause, abort\nfrom_digest: -\n"
             ),
             "{text}"
         );

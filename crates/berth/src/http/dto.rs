@@ -456,6 +456,12 @@ pub struct RolloutView {
     pub to_digest: String,
     /// running, paused, halted, completed or aborted.
     pub state: String,
+    /// The operator's verbs the rollout's state allows, from core's
+    /// transitions (`pause`, `resume`, `abort`; none once it has ended):
+    /// `POST /v1/rollouts/{id}/pause`, `…/resume`, `…/abort` accept exactly
+    /// these.
+    #[serde(default)]
+    pub actions: Vec<String>,
     pub batch_size: u32,
     pub max_failures: u32,
     pub failures: u32,
@@ -494,6 +500,10 @@ impl RolloutView {
             from_digest: r.from_digest,
             to_digest: r.to_digest,
             state: r.state.as_str().to_string(),
+            actions: berth_core::rollout::operator_actions(r.state)
+                .into_iter()
+                .map(String::from)
+                .collect(),
             batch_size: r.batch_size,
             max_failures: r.max_failures,
             failures: r.failures,
