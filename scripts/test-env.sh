@@ -40,7 +40,7 @@ SCHEMATHESIS_VERSION=4.32.5
 export BERTH_TEST_SCHEMATHESIS="$STATE/venv/bin/schemathesis"
 export BERTH_TEST_CHROMIUM=/usr/bin/chromium
 export BERTH_TEST_CHROMEDRIVER=/usr/bin/chromedriver
-EXPORTS=(BERTH_TEST_DATABASE_URL BERTH_TEST_REDIS_URL BERTH_TEST_REGISTRY BERTH_TEST_IMAGE BERTH_TEST_SLEEPER BERTH_TEST_LABELLED_IMAGE BERTH_TEST_SCHEMATHESIS BERTH_TEST_CHROMIUM BERTH_TEST_CHROMEDRIVER)
+EXPORTS=(BERTH_TEST_PG_BIN BERTH_TEST_DATABASE_URL BERTH_TEST_REDIS_URL BERTH_TEST_REGISTRY BERTH_TEST_IMAGE BERTH_TEST_SLEEPER BERTH_TEST_LABELLED_IMAGE BERTH_TEST_SCHEMATHESIS BERTH_TEST_CHROMIUM BERTH_TEST_CHROMEDRIVER)
 
 log() { printf '[test-env] %s\n' "$*" >&2; }
 die() { printf '[test-env] ERROR: %s\n' "$*" >&2; exit 1; }
@@ -153,6 +153,8 @@ done
 
 # -------------------------------------------------------------- postgresql
 PG_BIN=$(pg_bindir) || die "PostgreSQL server binaries not found under /usr/lib/postgresql"
+# For tests that run (and restart) a cluster of their own (tests/db_faults.rs).
+export BERTH_TEST_PG_BIN=$PG_BIN
 PGDIR=$STATE/pg
 PGDATA=$PGDIR/data
 PGLOG=$PGDIR/postgres.log

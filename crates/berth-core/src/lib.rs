@@ -13,6 +13,7 @@ pub mod health_gate;
 pub mod id;
 pub mod image;
 pub mod operation;
+pub mod outcome_retry;
 pub mod pin;
 pub mod plugin;
 pub mod reconcile;

@@ -322,3 +322,45 @@ async fn an_operation_past_its_deadline_is_a_timeout_and_restores_the_old_contai
         Some("true")
     );
 }
+
+/// A database that refuses a start's outcome for a while (a restart): the
+/// outcome is recorded once it answers again, so the start succeeds and
+/// no operation is left `in_progress`.
+#[tokio::test(start_paused = true)]
+async fn an_outcome_the_database_refuses_for_a_while_is_recorded_when_it_returns() {
+    let w = World::new();
+    let s = app(&w).await;
+    // Write 1 is the intent; the next five attempts at the outcome fail.
+    w.store.refuse_writes(1, 5);
+    let StartOutcome::Started(rec) = start(&s, "w-1").await.unwrap() else {
+        panic!("the start starts");
+    };
+    assert_eq!(rec.status, RuntimeStatus::Running);
+    assert_eq!(s.runtimes.get("w-1").await.unwrap(), rec);
+    let ops = operations_of(&s, "w-1").await;
+    assert_eq!(ops.len(), 1, "{ops:?}");
+    assert_eq!(ops[0].outcome, Outcome::Success, "{ops:?}");
+    assert_eq!(containers_of(&w, "w-1").await.len(), 1);
+}
+
+/// The outcome's commit lands but its reply is lost: the retry finds the
+/// operation row written and does not write the outcome (and its
+/// notification) a second time.
+#[tokio::test(start_paused = true)]
+async fn an_outcome_whose_reply_was_lost_is_written_once() {
+    let w = World::new();
+    let s = app(&w).await;
+    w.engine
+        .fail_next(Op::StartContainer, EngineError::Rejected("refused".into()));
+    w.store.lose_reply_after(1);
+    let err = start(&s, "w-1").await.unwrap_err();
+    assert_eq!(err.code, ErrorCode::StartFailed, "{err:?}");
+    let ops = operations_of(&s, "w-1").await;
+    assert_eq!(ops.len(), 1, "{ops:?}");
+    assert_eq!(ops[0].outcome, Outcome::Failure, "{ops:?}");
+    assert_eq!(
+        notifications_of(&s, "runtime.start_failed").await.len(),
+        1,
+        "one intent for one failure"
+    );
+}

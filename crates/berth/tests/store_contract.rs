@@ -311,6 +311,7 @@ contract!(
         operations_upsert_by_id_keeps_their_place,
         list_operations_filters_and_limit,
         fail_in_progress_operations,
+        get_operation_reads_the_last_write,
         every_change_writes_its_operation_row,
         concurrent_writes_all_succeed,
         commit_writes_everything_in_one_transaction,
@@ -1751,6 +1752,18 @@ mod cases {
             .await
             .unwrap()
             .is_empty());
+    }
+
+    pub async fn get_operation_reads_the_last_write(ctx: Ctx) {
+        let s = ctx.store.as_ref();
+        assert_eq!(s.get_operation("nope").await.unwrap(), None);
+        let begun = op("o1", OperationKind::Start, 10).for_runtime("r1", "t");
+        s.record(None, &begun).await.unwrap();
+        assert_eq!(s.get_operation("o1").await.unwrap(), Some(begun.clone()));
+        let finished = done(begun, 12);
+        s.record(None, &finished).await.unwrap();
+        assert_eq!(s.get_operation("o1").await.unwrap(), Some(finished));
+        assert_eq!(s.get_operation("o2").await.unwrap(), None);
     }
 
     pub async fn every_change_writes_its_operation_row(ctx: Ctx) {
@@ -4963,6 +4976,36 @@ mod fake_faults {
         assert!(is_crash(&fake.record(None, &o).await));
         fake.revive();
         assert_eq!(op_count(&fake).await, 0, "the crashed call wrote nothing");
+    }
+
+    #[tokio::test]
+    async fn refused_writes_write_nothing_and_a_lost_reply_commits() {
+        let fake = FakeStore::new();
+        fake.refuse_writes(1, 2);
+        let o0 = op("o0", OperationKind::Start, 1);
+        fake.record(None, &o0).await.unwrap();
+        let o1 = op("o1", OperationKind::Start, 1);
+        for _ in 0..2 {
+            assert!(matches!(
+                fake.record(None, &o1).await,
+                Err(StoreError::Database(_))
+            ));
+        }
+        assert_eq!(op_count(&fake).await, 1, "refused writes write nothing");
+        fake.record(None, &o1).await.unwrap();
+
+        fake.lose_reply_after(0);
+        let o2 = op("o2", OperationKind::Stop, 2);
+        assert!(matches!(
+            fake.record(None, &o2).await,
+            Err(StoreError::Database(_))
+        ));
+        assert_eq!(
+            fake.get_operation("o2").await.unwrap(),
+            Some(o2),
+            "a lost reply's write committed"
+        );
+        assert_eq!(fake.writes(), 3);
     }
 
     #[tokio::test]

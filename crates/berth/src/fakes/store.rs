@@ -59,6 +59,14 @@ struct Faults {
     /// The crash happened: every call fails until `revive`.
     crashed: bool,
     fail_next: Option<StoreError>,
+    /// Write calls to let through before `refuse` starts.
+    refuse_after: u64,
+    /// Write calls left to refuse with a database error, as a database
+    /// that is restarting.
+    refuse: u64,
+    /// Write calls to let through before one that applies and then
+    /// reports a lost connection.
+    lose_reply_after: Option<u64>,
     /// Write calls that returned `Ok`.
     writes: u64,
 }
@@ -80,6 +88,14 @@ impl Faults {
             }
             Some(n) => self.crash_in = Some(n - 1),
             None => {}
+        }
+        if self.refuse_after > 0 {
+            self.refuse_after -= 1;
+        } else if self.refuse > 0 {
+            self.refuse -= 1;
+            return Err(StoreError::Database(
+                "the database is restarting (injected)".into(),
+            ));
         }
         match self.fail_next.take() {
             Some(e) => Err(e),
@@ -445,6 +461,22 @@ impl FakeStore {
         self.lock().faults.fail_next = Some(error);
     }
 
+    /// After `after` more write calls, the next `n` write nothing and fail
+    /// with a database error (reads still work): a database restarting,
+    /// or a connection lost before the commit.
+    pub fn refuse_writes(&self, after: u64, n: u64) {
+        let mut inner = self.lock();
+        inner.faults.refuse_after = after;
+        inner.faults.refuse = n;
+    }
+
+    /// After `after` more successful write calls, the next one commits and
+    /// then fails with a database error: the connection was lost before
+    /// the reply.
+    pub fn lose_reply_after(&self, after: u64) {
+        self.lock().faults.lose_reply_after = Some(after);
+    }
+
     /// The error kept by the last [`OutboxStore::outbox_failed`] of message
     /// `seq`, which the port does not read back.
     pub fn outbox_error(&self, seq: i64) -> Option<String> {
@@ -491,6 +523,16 @@ impl FakeStore {
         inner.faults.before_write()?;
         let out = write(&mut inner.data)?;
         inner.faults.writes += 1;
+        match inner.faults.lose_reply_after {
+            Some(0) => {
+                inner.faults.lose_reply_after = None;
+                return Err(StoreError::Database(
+                    "the connection was lost before the reply (injected)".into(),
+                ));
+            }
+            Some(n) => inner.faults.lose_reply_after = Some(n - 1),
+            None => {}
+        }
         Ok(out)
     }
 }
@@ -668,6 +710,10 @@ impl RuntimeStore for FakeStore {
                 },
             )
         })
+    }
+
+    async fn get_operation(&self, id: &str) -> Result<Option<Operation>, StoreError> {
+        self.read(|d| d.operations.iter().find(|o| o.id == id).cloned())
     }
 
     async fn fail_in_progress_operations(

@@ -407,6 +407,8 @@ pub trait RuntimeStore: Send + Sync + 'static {
         filter: &OperationFilter,
         before: Option<&str>,
     ) -> Result<Vec<Operation>, StoreError>;
+    /// One operation by id, as last written.
+    async fn get_operation(&self, id: &str) -> Result<Option<Operation>, StoreError>;
     /// Crash recovery at boot: every operation still `in_progress` becomes a
     /// failure with `code`/`message`; returns the operations it changed.
     async fn fail_in_progress_operations(

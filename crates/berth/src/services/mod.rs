@@ -25,11 +25,12 @@ use std::time::Duration;
 
 use berth_core::event::{HealthEvent, HealthEventType, JobResult, Notification};
 use berth_core::operation::{Operation, OperationKind, Outcome, Source};
+use berth_core::outcome_retry::OutcomeRetry;
 use berth_core::runtime::RuntimeRecord;
 
 use crate::error::Result;
 use crate::metrics::Metrics;
-use crate::ports::store::Change;
+use crate::ports::store::{Change, StoreError};
 use crate::ports::{Clock, Engine, Store};
 use crate::streams;
 
@@ -224,7 +225,13 @@ impl Context {
             webhook_deliveries: &deliveries,
             ..change
         };
-        self.store.commit(&change).await?;
+        let finished = change
+            .operation
+            .filter(|op| op.outcome != Outcome::InProgress);
+        match finished {
+            Some(op) => self.commit_outcome(&change, op).await?,
+            None => self.store.commit(&change).await?,
+        }
         self.changed();
         if !outbox.is_empty() {
             self.outbox_wakeup.notify_one();
@@ -239,6 +246,39 @@ impl Context {
             self.metrics.operation_done(op);
         }
         Ok(())
+    }
+
+    /// Commits a change that finishes `op`. What it records already
+    /// happened, so a database that refuses it (a restart, a lost
+    /// connection) is tried again on [`OutcomeRetry`]'s schedule rather
+    /// than leaving the operation `in_progress`. Before each new attempt
+    /// the operation row tells whether a refused one committed after all
+    /// (its reply lost), so nothing is written twice.
+    async fn commit_outcome(
+        &self,
+        change: &Change<'_>,
+        op: &Operation,
+    ) -> std::result::Result<(), StoreError> {
+        let mut retry = OutcomeRetry::default();
+        loop {
+            let refused = match self.store.commit(change).await {
+                Err(e @ StoreError::Database(_)) => e,
+                other => return other,
+            };
+            let Some(wait) = retry.next_wait() else {
+                tracing::error!(operation = %op.id, kind = op.kind.as_str(), error = %refused,
+                    "gave up recording an operation's outcome: it stays in_progress until the next boot fails it");
+                return Err(refused);
+            };
+            tracing::warn!(operation = %op.id, kind = op.kind.as_str(), error = %refused,
+                retry_in_ms = wait.as_millis() as u64, "the database refused an operation's outcome; trying again");
+            tokio::time::sleep(wait).await;
+            if let Ok(Some(stored)) = self.store.get_operation(&op.id).await {
+                if stored == *op {
+                    return Ok(());
+                }
+            }
+        }
     }
 
     /// Wakes the change feed: a write committed (called by

@@ -5,6 +5,9 @@
 
 #![allow(dead_code)]
 
+pub mod binary;
+pub mod private_postgres;
+
 use std::time::Duration;
 
 use berth::app::{start, RunningServer};

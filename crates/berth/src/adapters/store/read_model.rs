@@ -335,6 +335,9 @@ impl RuntimeStore for ReadModelStore {
     ) -> Result<Vec<Operation>, StoreError> {
         self.inner.list_operations_before(filter, before).await
     }
+    async fn get_operation(&self, id: &str) -> Result<Option<Operation>, StoreError> {
+        self.inner.get_operation(id).await
+    }
     async fn fail_in_progress_operations(
         &self,
         code: &str,

@@ -160,6 +160,12 @@ pub const GET_JOB_RESULT: &str = concat!(
     " FROM job_results WHERE job_id = $1"
 );
 
+pub const GET_OPERATION: &str = concat!(
+    "SELECT ",
+    operation_cols!(),
+    " FROM operations WHERE id = $1"
+);
+
 pub const INSERT_OUTBOX: &str = "INSERT INTO outbox \
      (stream, partition_key, fields, created_at_ms) VALUES ($1, $2, $3, $4)";
 pub const OUTBOX_PENDING: &str = concat!(

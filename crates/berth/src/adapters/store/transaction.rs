@@ -719,6 +719,16 @@ macro_rules! impl_store {
                         .collect()
                 }
 
+                async fn get_operation(&self, id: &str) -> Result<Option<Operation>, StoreError> {
+                    sqlx::query(sql::GET_OPERATION)
+                        .bind(id)
+                        .fetch_optional(&self.pool)
+                        .await
+                        .map_err(db_err)?
+                        .map(|row| operation_from_row(&row))
+                        .transpose()
+                }
+
                 async fn fail_in_progress_operations(
                     &self,
                     code: &str,
