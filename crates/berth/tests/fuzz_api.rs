@@ -6,14 +6,21 @@
 //!
 //! The server has a token configured, and schemathesis is given it, so it
 //! also exercises the 401 answers (requests it sends without the header).
-//! Everything is loopback: berth on 127.0.0.1, no operation below reaches
-//! a registry, Docker or git beyond what is named in `EXCLUDED`.
+//! Every operation is in the run, those that pull images, start
+//! containers and ask a registry included: the hooks in
+//! `tests/fuzz/hooks.py` give the templates the fuzzer writes the test
+//! image of the loopback registry, and put the test's own template and
+//! runtime in place of generated names half the time, so the stateful
+//! phase reaches the lifecycle. The change stream is read for a second per
+//! request (`tests/fuzz/schemathesis.toml`), and each event is checked
+//! against the document. Everything is loopback: berth on 127.0.0.1, the
+//! registry of `scripts/test-env.sh`, containers on the test's network.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Options, TestServer};
+use common::{test_image, Options, TestServer};
 
 const TOKEN: &str = "fuzz-token-0123456789";
 
@@ -21,27 +28,10 @@ const TOKEN: &str = "fuzz-token-0123456789";
 /// below are this version's).
 const SCHEMATHESIS_VERSION: &str = "4.32.5";
 
-/// Operations left out of the run, and why: most start containers, pull
-/// images or asks a registry, for templates the fuzzer itself wrote with
-/// random image references. That would leave loopback (e.g. docker.io),
-/// be slow (pulls and health gates up to the operation timeout), and end
-/// in 502 `image_pull_failed`, a documented answer that the
-/// `not_a_server_error` check counts as a failure all the same. Their
-/// answers are covered by the scenario tests (lifecycle_api, pins, ...).
-/// By operation id (method and path in the comment).
-const EXCLUDED: &[&str] = &[
-    "start_runtime",          // POST /v1/runtimes
-    "start_existing_runtime", // POST /v1/runtimes/{id}/start
-    "restart_runtime",        // POST /v1/runtimes/{id}/restart
-    "refresh_images",         // POST /v1/admin/images/refresh
-    "watch_images",           // POST /v1/admin/images/watch
-    "promote_pin",            // POST /v1/templates/{name}/pin (`verify` asks the registry)
-    // GET /v1/stream: a 200 is a server-sent event stream that never ends
-    // (live changes, keep-alives), so every accepted request would hang
-    // the run until its timeout. Its 400s and 401 are covered by
-    // tests/stream.rs and tests/stream_on_fakes.rs.
-    "stream",
-];
+/// The template and runtime the test makes for the fuzzer to meet: the
+/// hooks (`tests/fuzz/hooks.py`) put them in place of generated names.
+const FUZZ_TEMPLATE: &str = "fuzz-app";
+const FUZZ_RUNTIME: &str = "fuzz-rt";
 
 /// Test cases per operation, and the time budget of the whole run.
 const MAX_EXAMPLES: &str = "30";
@@ -70,9 +60,15 @@ async fn schemathesis_finds_no_server_error_and_no_undocumented_answer() {
 
     let t = TestServer::start_with(Options {
         token: Some(TOKEN.to_string()),
+        // A start the fuzzer sends ends in seconds; none waits long.
+        operation_timeout: Some("30s".into()),
         ..Default::default()
     })
     .await;
+    t.put_app_template(FUZZ_TEMPLATE, "v1").await;
+    let (status, body) = t.start_runtime(FUZZ_RUNTIME, FUZZ_TEMPLATE).await;
+    assert_eq!(status, reqwest::StatusCode::CREATED, "{body}");
+    let fuzz_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fuzz");
     // Its working directory holds what it keeps between runs (none: the
     // example database is in memory) and nothing else.
     let workdir = tempfile::tempdir().expect("tempdir");
@@ -81,6 +77,12 @@ async fn schemathesis_finds_no_server_error_and_no_undocumented_answer() {
     cmd.current_dir(workdir.path())
         .env("NO_COLOR", "1")
         .env("SCHEMATHESIS_TELEMETRY", "false")
+        .env("SCHEMATHESIS_HOOKS", format!("{fuzz_dir}/hooks.py"))
+        .env("BERTH_TEST_IMAGE", test_image())
+        .env("FUZZ_TEMPLATE", FUZZ_TEMPLATE)
+        .env("FUZZ_RUNTIME", FUZZ_RUNTIME)
+        .arg("--config-file")
+        .arg(format!("{fuzz_dir}/schemathesis.toml"))
         .arg("run")
         .arg(format!("{}/openapi.json", t.base))
         .args(["--header", &format!("Authorization: Bearer {TOKEN}")])
@@ -99,7 +101,6 @@ async fn schemathesis_finds_no_server_error_and_no_undocumented_answer() {
         .args(["--generation-database", "none"])
         .args(["--seed", &seed])
         .args(["--no-color", "--continue-on-failure"])
-        .args(EXCLUDED.iter().flat_map(|id| ["--exclude-operation-id", id]))
         .kill_on_drop(true);
     let started = Instant::now();
     let out = tokio::time::timeout(Duration::from_secs(MAX_SECONDS + 120), cmd.output())
@@ -109,7 +110,38 @@ async fn schemathesis_finds_no_server_error_and_no_undocumented_answer() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     eprintln!("schemathesis (seed {seed}) took {:.0?}", started.elapsed());
+    let lines: Vec<&str> = stdout.lines().collect();
+    eprintln!("{}", lines[lines.len().saturating_sub(40)..].join("\n"));
+    // The run reached the lifecycle: starts of the fuzzer's own, beyond
+    // the test's one, and what else it did to runtimes.
+    let mut did = std::collections::BTreeMap::<String, usize>::new();
+    let mut before: Option<String> = None;
+    loop {
+        let query = match &before {
+            Some(b) => format!("limit=1000&before={b}"),
+            None => "limit=1000".to_string(),
+        };
+        let (_, page) = t.get(&format!("/v1/operations?{query}")).await;
+        for op in page["operations"].as_array().expect("operations") {
+            *did.entry(format!("{} {}", op["kind"], op["outcome"]))
+                .or_default() += 1;
+        }
+        match page["next"].as_str() {
+            Some(n) => before = Some(n.to_string()),
+            None => break,
+        }
+    }
+    eprintln!("operations the run left in the log: {did:?}");
     t.shutdown().await;
+    let count = |kind: &str| {
+        did.get(&format!("\"{kind}\" \"success\""))
+            .copied()
+            .unwrap_or(0)
+    };
+    assert!(
+        count("start") >= 5 && count("restart") + count("stop") >= 1,
+        "the run hardly reached the lifecycle (one start is the test's): {did:?}"
+    );
     assert!(
         out.status.success(),
         "schemathesis found answers the document does not describe (exit {:?}, seed {seed}):\n{stdout}\n{stderr}",

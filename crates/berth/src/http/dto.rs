@@ -986,3 +986,64 @@ impl From<berth_core::store::Readiness> for ReadinessView {
         }
     }
 }
+
+/// The `data` of a change-stream `event: change`: one committed change.
+// The feed writes it (`services::changes::FeedItem`); a test in
+// `openapi.rs` reads what it writes back into this type.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChangeEventData {
+    /// The change log's seq, also the event's `id`.
+    #[schema(minimum = 1)]
+    pub seq: i64,
+    /// What changed.
+    #[schema(inline)]
+    pub kind: ChangeKindName,
+    /// The id or name of what changed (its key for `kind`).
+    pub key: String,
+    /// The runtime the change concerns, if any.
+    pub runtime: Option<String>,
+    /// When it was committed (ms since the epoch).
+    pub at: i64,
+}
+
+/// The kinds of a change (`?kinds=` takes the same names).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ChangeKindName {
+    Runtime,
+    Operation,
+    Event,
+    Notification,
+    Pin,
+    Template,
+    Rollout,
+    Plugin,
+    PluginUpdate,
+}
+
+/// `event: reset`: the cursor was older than the oldest change kept.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResetEventData {
+    /// The oldest seq still kept: reload, then changes continue after it.
+    #[schema(minimum = 0)]
+    pub oldest: i64,
+}
+
+/// `event: progress`: one report of a runtime's image pull, as Docker
+/// gives it (not stored, no id of its own).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProgressEventData {
+    pub runtime: String,
+    /// The layer's id, when the report is about one.
+    pub layer: Option<String>,
+    /// Docker's words, e.g. `Downloading`, `Pull complete`.
+    pub status: String,
+    /// Bytes done and in all, when Docker says.
+    #[schema(minimum = 0)]
+    pub current: Option<u64>,
+    #[schema(minimum = 0)]
+    pub total: Option<u64>,
+}

@@ -41,6 +41,7 @@ use crate::template_doc::{
         StoreDoc, StoreReadinessDoc, StoreRecoveryDoc, StoreWriteRequest, StoreBatchRequest, ReceiptView,
         CommittedBatchView, ManifestEntryView, ManifestView, EnvelopeView, StoreActionView, ReadinessView,
         WebhookStatusView, WebhookDeliveryView, WebhookDeliveryList,
+        ChangeEventData, ResetEventData, ProgressEventData,
     )),
     modifiers(&BearerAuth, &CommonResponses),
     security(("bearer" = [])),
@@ -63,8 +64,72 @@ impl Modify for BearerAuth {
 /// This document.
 #[utoipa::path(get, path = "/openapi.json", tag = "meta",
     responses((status = 200, description = "the OpenAPI 3.1 document of this API", body = Object, content_type = "application/json")))]
-pub async fn serve() -> Json<utoipa::openapi::OpenApi> {
-    Json(ApiDoc::openapi())
+pub async fn serve() -> Json<serde_json::Value> {
+    Json(document())
+}
+
+/// The document as served: [`ApiDoc`] plus what utoipa has no builder for.
+pub fn document() -> serde_json::Value {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).expect("the document serialises");
+    describe_stream_events(&mut doc);
+    describe_env_names(&mut doc);
+    doc
+}
+
+/// An environment variable's name and value as `validate_env` takes them
+/// (letters, digits and `_`, not starting with a digit; no NUL in the
+/// value): JSON Schema's `propertyNames`, which utoipa has no builder for.
+fn describe_env_names(doc: &mut serde_json::Value) {
+    for schema in ["TemplateDoc", "StartRuntimeRequest"] {
+        let env = &mut doc["components"]["schemas"][schema]["properties"]["env"];
+        assert!(env.is_object(), "{schema} has env");
+        env["propertyNames"] =
+            serde_json::json!({"pattern": "^[A-Za-z_][A-Za-z0-9_]*$", "maxLength": 256});
+        env["additionalProperties"] =
+            serde_json::json!({"type": "string", "pattern": "^[^\\u0000]*$"});
+    }
+}
+
+/// The stream's 200 the way OpenAPI 3.1 describes server-sent events
+/// (there is no `itemSchema` before 3.2): `schema` is one event as an SSE
+/// reader parses it, `{event, data, id?, retry?}`, and the JSON inside
+/// `data` is given by `contentSchema` (JSON Schema 2020-12). An `id` is a
+/// change's seq; a reader carries the last one over to later events
+/// without their own, so only a change requires it. The data schemas are
+/// inlined: a reader need not resolve references inside a string.
+fn describe_stream_events(doc: &mut serde_json::Value) {
+    use serde_json::json;
+    let data = |doc: &serde_json::Value, name: &str| {
+        let schema = doc["components"]["schemas"][name].clone();
+        assert!(schema.is_object(), "{name} is a component");
+        schema
+    };
+    let event = |name: &str, data: serde_json::Value, with_id: bool| {
+        let mut required = vec!["event", "data"];
+        if with_id {
+            required.push("id");
+        }
+        json!({
+            "type": "object",
+            "required": required,
+            "properties": {
+                "event": {"type": "string", "const": name},
+                "id": {"type": "string", "pattern": "^[0-9]+$",
+                    "description": "the seq of the change (of the last change, on other events)"},
+                "retry": {"type": "integer"},
+                "data": {"type": "string", "contentMediaType": "application/json",
+                    "contentSchema": data},
+            },
+        })
+    };
+    let schema = json!({"oneOf": [
+        event("change", data(doc, "ChangeEventData"), true),
+        event("reset", data(doc, "ResetEventData"), false),
+        event("progress", data(doc, "ProgressEventData"), false),
+    ]});
+    let content = &mut doc["paths"]["/v1/stream"]["get"]["responses"]["200"]["content"];
+    assert!(content["text/event-stream"].is_object(), "the stream's 200");
+    content["text/event-stream"]["schema"] = schema;
 }
 
 /// The paths that need no token: `security: []` on them.
@@ -302,7 +367,7 @@ mod tests {
     use serde_json::Value;
 
     fn doc() -> Value {
-        serde_json::to_value(ApiDoc::openapi()).unwrap()
+        document()
     }
 
     fn operations(doc: &Value) -> Vec<(String, String, Value)> {
@@ -421,6 +486,114 @@ mod tests {
                 "{name} in {place}: {params:?}"
             );
         }
+    }
+
+    #[test]
+    fn each_stream_event_is_described_with_its_data() {
+        let doc = doc();
+        let schema = &doc["paths"]["/v1/stream"]["get"]["responses"]["200"]["content"]
+            ["text/event-stream"]["schema"];
+        let events: Vec<&Value> = schema["oneOf"].as_array().unwrap().iter().collect();
+        let names: Vec<&str> = events
+            .iter()
+            .map(|e| e["properties"]["event"]["const"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["change", "reset", "progress"]);
+        assert_eq!(
+            events[0]["required"],
+            serde_json::json!(["event", "data", "id"])
+        );
+        for e in &events {
+            let data = &e["properties"]["data"];
+            assert_eq!(data["contentMediaType"], "application/json", "{e}");
+            let content = &data["contentSchema"];
+            assert_eq!(content["type"], "object", "{e}");
+            assert!(
+                !content.to_string().contains("$ref"),
+                "inlined, no reference to resolve: {content}"
+            );
+        }
+        let kinds: Vec<&str> = events[0]["properties"]["data"]["contentSchema"]["properties"]
+            ["kind"]["oneOf"][0]["enum"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k.as_str().unwrap())
+            .collect();
+        let known: Vec<&str> = crate::ports::store::ChangeKind::ALL
+            .iter()
+            .map(|k| k.as_str())
+            .collect();
+        assert_eq!(kinds, known, "the documented kinds are the kinds");
+        let pattern = doc["paths"]["/v1/stream"]["get"]["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "kinds")
+            .unwrap()["schema"]["pattern"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        for kind in known {
+            assert!(
+                pattern.contains(&format!("|{kind}|"))
+                    || pattern.contains(&format!("({kind}|"))
+                    || pattern.contains(&format!("|{kind})")),
+                "{kind} in {pattern}"
+            );
+        }
+    }
+
+    #[test]
+    fn env_names_follow_the_rule_the_api_checks() {
+        let doc = doc();
+        for schema in ["TemplateDoc", "StartRuntimeRequest"] {
+            let env = &doc["components"]["schemas"][schema]["properties"]["env"];
+            let pattern = env["propertyNames"]["pattern"].as_str().unwrap();
+            assert_eq!(pattern, "^[A-Za-z_][A-Za-z0-9_]*$", "{schema}");
+            // The same names pass and fail in core.
+            for (name, ok) in [("A_1", true), ("_x", true), ("1A", false), ("A-B", false)] {
+                assert_eq!(
+                    berth_core::id::validate_env_name(name).is_ok(),
+                    ok,
+                    "{name}"
+                );
+            }
+        }
+    }
+
+    /// What the feed writes reads back into the documented shapes, which
+    /// refuse unknown fields.
+    #[test]
+    fn the_feed_writes_the_documented_event_data() {
+        use crate::ports::store::{ChangeKind, ChangeRow};
+        use crate::services::changes::{pull_data, FeedItem};
+        for kind in ChangeKind::ALL {
+            for runtime in [None, Some("r1".to_string())] {
+                let row = ChangeRow {
+                    seq: 7,
+                    at_ms: 1_700_000_000_000,
+                    kind,
+                    key: "k".into(),
+                    runtime_id: runtime,
+                };
+                let data = FeedItem::new(&row).data;
+                let back: ChangeEventData = serde_json::from_str(&data).unwrap();
+                assert_eq!(
+                    serde_json::to_value(back.kind).unwrap(),
+                    kind.as_str(),
+                    "{data}"
+                );
+            }
+        }
+        let progress = crate::ports::PullProgress {
+            status: "Downloading".into(),
+            layer: Some("abc".into()),
+            current: Some(1),
+            total: None,
+        };
+        let _: ProgressEventData = serde_json::from_str(&pull_data("r1", &progress)).unwrap();
+        let _: ResetEventData = serde_json::from_str(&super::super::stream::reset_data(3)).unwrap();
     }
 
     #[test]

@@ -37,8 +37,12 @@ pub struct StreamQuery {
     pub after: Option<i64>,
     /// Only these kinds, comma-separated: runtime, operation, event,
     /// notification, pin, template, rollout, plugin, plugin_update.
+    #[param(
+        pattern = "^(runtime|operation|event|notification|pin|template|rollout|plugin|plugin_update)(,(runtime|operation|event|notification|pin|template|rollout|plugin|plugin_update))*$"
+    )]
     pub kinds: Option<String>,
     /// Only changes of this runtime.
+    #[param(pattern = "^[a-z0-9]([a-z0-9_-]{0,61}[a-z0-9])?$", max_length = 63)]
     pub runtime: Option<String>,
 }
 
@@ -147,6 +151,11 @@ pub async fn stream(
         .into_response())
 }
 
+/// The `data:` of `event: reset`: `{"oldest":<seq>}`.
+pub(super) fn reset_data(oldest: i64) -> String {
+    format!("{{\"oldest\":{oldest}}}")
+}
+
 /// One stream connection: its changes and, for one runtime, its pulls.
 struct Connection {
     subscription: Subscription,
@@ -188,9 +197,7 @@ async fn next_event(
                 .id(item.seq.to_string())
                 .event("change")
                 .data(&item.data),
-            Ok(Out::Reset { oldest }) => Event::default()
-                .event("reset")
-                .data(format!("{{\"oldest\":{oldest}}}")),
+            Ok(Out::Reset { oldest }) => Event::default().event("reset").data(reset_data(oldest)),
             Err(End::Closed) => return None,
             Err(End::Dropped) => {
                 tracing::info!(

@@ -160,6 +160,19 @@ pub struct PullEvent {
     pub data: String,
 }
 
+/// The `data:` of a stream `event: progress`:
+/// `{"runtime","layer","status","current","total"}`.
+pub fn pull_data(runtime: &str, progress: &PullProgress) -> String {
+    serde_json::json!({
+        "runtime": runtime,
+        "layer": progress.layer,
+        "status": progress.status,
+        "current": progress.current,
+        "total": progress.total,
+    })
+    .to_string()
+}
+
 /// Pull progress reports held for slow connections before they skip some.
 const PULL_BACKLOG: usize = 1024;
 
@@ -189,14 +202,7 @@ impl ChangeFeed {
         if self.pulls.receiver_count() == 0 {
             return;
         }
-        let data = serde_json::json!({
-            "runtime": runtime,
-            "layer": progress.layer,
-            "status": progress.status,
-            "current": progress.current,
-            "total": progress.total,
-        })
-        .to_string();
+        let data = pull_data(runtime, progress);
         // No receiver left since the check: nobody to tell.
         let _ = self.pulls.send(Arc::new(PullEvent {
             runtime: runtime.to_string(),
