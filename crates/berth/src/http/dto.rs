@@ -996,30 +996,15 @@ pub struct ChangeEventData {
     /// The change log's seq, also the event's `id`.
     #[schema(minimum = 1)]
     pub seq: i64,
-    /// What changed.
-    #[schema(inline)]
-    pub kind: ChangeKindName,
+    /// What changed: one of the change kinds (`?kinds=` takes the same
+    /// names; the document lists them from `ChangeKind::ALL`).
+    pub kind: String,
     /// The id or name of what changed (its key for `kind`).
     pub key: String,
     /// The runtime the change concerns, if any.
     pub runtime: Option<String>,
     /// When it was committed (ms since the epoch).
     pub at: i64,
-}
-
-/// The kinds of a change (`?kinds=` takes the same names).
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum ChangeKindName {
-    Runtime,
-    Operation,
-    Event,
-    Notification,
-    Pin,
-    Template,
-    Rollout,
-    Plugin,
-    PluginUpdate,
 }
 
 /// `event: reset`: the cursor was older than the oldest change kept.

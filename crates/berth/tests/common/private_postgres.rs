@@ -87,8 +87,16 @@ impl PrivatePostgres {
         .await;
     }
 
-    /// Runs `program` of the server binaries as `postgres` when root.
+    /// Runs `program` of the server binaries and waits for its success.
     async fn pg_ctl_like(&self, program: &str, args: impl FnOnce(&mut std::process::Command)) {
+        let mut cmd = self.command(program);
+        args(&mut cmd);
+        run(&mut cmd).await;
+    }
+
+    /// `program` of the server binaries, as `postgres` when root (the
+    /// server refuses root), in the cluster's directory.
+    fn command(&self, program: &str) -> std::process::Command {
         let exe = self.bin.join(program);
         let mut cmd = if is_root() {
             let mut c = std::process::Command::new("runuser");
@@ -98,27 +106,17 @@ impl PrivatePostgres {
             std::process::Command::new(&exe)
         };
         cmd.current_dir(self.dir.path());
-        args(&mut cmd);
-        run(&mut cmd).await;
+        cmd
     }
 }
 
 impl Drop for PrivatePostgres {
     fn drop(&mut self) {
-        let exe = self.bin.join("pg_ctl");
-        let data = self.data();
-        let mut cmd = if is_root() {
-            let mut c = std::process::Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(&exe);
-            c
-        } else {
-            std::process::Command::new(&exe)
-        };
-        let _ = cmd
+        let _ = self
+            .command("pg_ctl")
             .arg("-D")
-            .arg(&data)
+            .arg(self.data())
             .args(["-m", "immediate", "-w", "stop"])
-            .current_dir(self.dir.path())
             .output();
     }
 }
