@@ -10,7 +10,7 @@ use berth_core::reconcile::{plan, ObservedContainer, PlanInput, RestartBackoff};
 use berth_core::runtime::RuntimeRecord;
 use berth_core::status::RuntimeStatus;
 
-fn main() {
+pub fn main() {
     let benching = std::env::args().any(|a| a == "--bench");
     let n = if benching { 100_000 } else { 1_000 };
     let now = 10_000_000;

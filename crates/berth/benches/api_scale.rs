@@ -96,7 +96,7 @@ async fn pages(http: &reqwest::Client, server: &Server, n: usize, requests: usiz
 }
 
 #[tokio::main]
-async fn main() {
+pub async fn main() {
     let benching = std::env::args().any(|a| a == "--bench");
     let (small, large, whole_requests, page_requests) = if benching {
         (10_000, 100_000, 200, 1_000)

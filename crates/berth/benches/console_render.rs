@@ -27,7 +27,7 @@ async fn timed(http: &reqwest::Client, url: &str, fragment: Option<&str>) -> (Du
 }
 
 #[tokio::main]
-async fn main() {
+pub async fn main() {
     let benching = std::env::args().any(|a| a == "--bench");
     let (n, requests) = if benching { (10_000, 300) } else { (300, 10) };
     let data = tempfile::tempdir().unwrap();

@@ -186,7 +186,7 @@ async fn raw_remove(raw: &Arc<Raw>, ids: Vec<String>) {
 }
 
 #[tokio::main]
-async fn main() {
+pub async fn main() {
     let image = std::env::var("BERTH_TEST_IMAGE")
         .expect("BERTH_TEST_IMAGE is not set: run `bash scripts/bench.sh fleet_start`");
     // `cargo bench` passes --bench; under `cargo test --all-targets` this

@@ -104,7 +104,7 @@ fn cleanup(owner: &str) {
 }
 
 #[tokio::main]
-async fn main() {
+pub async fn main() {
     let benching = std::env::args().any(|a| a == "--bench");
     let image = std::env::var("BERTH_TEST_IMAGE").expect("BERTH_TEST_IMAGE: run scripts/bench.sh");
     let sleeper = std::env::var("BERTH_TEST_SLEEPER").unwrap_or_else(|_| image.clone());

@@ -146,7 +146,7 @@ fn ms(d: Duration) -> f64 {
 }
 
 #[tokio::main]
-async fn main() {
+pub async fn main() {
     let benching = std::env::args().any(|a| a == "--bench");
     let (sources, runtimes, quiet_sweeps) = if benching { (50, 200, 5) } else { (5, 4, 2) };
     let tmp = tempfile::tempdir().unwrap();

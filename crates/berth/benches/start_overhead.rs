@@ -34,7 +34,7 @@ fn ms(d: Duration) -> f64 {
 }
 
 #[tokio::main]
-async fn main() {
+pub async fn main() {
     let image = std::env::var("BERTH_TEST_IMAGE")
         .expect("BERTH_TEST_IMAGE is not set: run `bash scripts/bench.sh`");
     // `cargo bench` passes --bench; under `cargo test --all-targets` this

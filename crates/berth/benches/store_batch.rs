@@ -195,7 +195,7 @@ async fn readiness_latency(requests: usize) {
 }
 
 #[tokio::main]
-async fn main() {
+pub async fn main() {
     let benching = std::env::args().any(|a| a == "--bench");
     println!(
         "state stores ({})",

@@ -84,7 +84,7 @@ async fn fresh_postgres_database() -> String {
 }
 
 #[tokio::main]
-async fn main() {
+pub async fn main() {
     let benching = std::env::args().any(|a| a == "--bench");
     let (clients, changes, warmup) = if benching {
         (

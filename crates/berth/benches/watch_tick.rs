@@ -20,7 +20,7 @@ use berth_core::status::RuntimeStatus;
 use berth_core::template::Template;
 
 #[tokio::main]
-async fn main() {
+pub async fn main() {
     let benching = std::env::args().any(|a| a == "--bench");
     let (runtimes, ticks) = if benching { (1000, 20) } else { (50, 2) };
     let registry =
