@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Test environment for berth: installs what is missing (apt), starts PostgreSQL,
 # Redis and a Docker registry on loopback, builds and pushes the test images,
-# then checks formatting and clippy lints and runs the whole test suite.
+# then checks formatting and clippy lints and runs the whole test suite with
+# cargo-nextest. The lint and the build run in the background while the
+# services are set up.
 #
-#   scripts/test-env.sh [cargo test args...]   set up, lint (fmt, clippy), then cargo test --workspace --all-targets
+#   scripts/test-env.sh [nextest run args...]  set up, lint (fmt, clippy), then cargo nextest run --workspace
 #   scripts/test-env.sh --env-only             set up, print `export VAR=value` lines only
 #       eval "$(scripts/test-env.sh --env-only)"
 #
@@ -67,6 +69,36 @@ as_root() { if ((EUID == 0)); then "$@"; else sudo "$@"; fi; }
 
 mkdir -p "$STATE"
 chmod 755 "$STATE" # the postgres user must be able to reach its data dir
+
+# ------------------------------------------------------ lint and build
+# Formatting first, then one build of every test target with clippy as the
+# workspace's compiler: the lints are the same as `cargo clippy --workspace
+# --all-targets -- -D warnings` (the benchmarks are compiled into the e2e
+# tests), and dependencies are compiled once instead of once for clippy and
+# once for the tests. It needs none of the services, so it runs while they
+# are set up; a finding fails the run before any test.
+BUILD_PID=
+if ((!ENV_ONLY)); then
+  # CI shells may not have rustup's bin dir on PATH.
+  command -v cargo >/dev/null || PATH=$HOME/.cargo/bin:$PATH
+  cargo fmt --version >/dev/null 2>&1 || die "rustfmt is missing from the Rust toolchain (the lint gate needs \`cargo fmt\`)"
+  CLIPPY_DRIVER="$(rustc --print sysroot)/bin/clippy-driver"
+  [[ -x $CLIPPY_DRIVER ]] || die "clippy is missing from the Rust toolchain (the lint gate needs clippy-driver)"
+  cargo nextest --version >/dev/null 2>&1 || die "cargo-nextest is missing (the suite runs under \`cargo nextest run\`)"
+  export RUSTC_WORKSPACE_WRAPPER=$CLIPPY_DRIVER
+  export CLIPPY_ARGS="-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__"
+  BUILD_LOG="$STATE/build.log"
+  (
+    cd "$REPO_ROOT"
+    echo "lint: cargo fmt --all -- --check"
+    cargo fmt --all -- --check || { echo "lint: code is not formatted; run \`cargo fmt --all\`"; exit 1; }
+    echo "lint and build: cargo nextest run --workspace --no-run, clippy -D warnings"
+    cargo nextest run --workspace --no-run || { echo "lint or build failed (above)"; exit 1; }
+  ) >"$BUILD_LOG" 2>&1 &
+  BUILD_PID=$!
+  trap '[[ -n $BUILD_PID ]] && kill "$BUILD_PID" 2>/dev/null || true' EXIT
+  log "lint and build started in the background (log: $BUILD_LOG)"
+fi
 
 # One setup at a time: two runs racing would both initdb / start daemons.
 exec 9>"$STATE/lock"
@@ -321,21 +353,18 @@ if ((ENV_ONLY)); then
 fi
 
 for v in "${EXPORTS[@]}"; do log "$v=${!v}"; done
-# CI shells may not have rustup's bin dir on PATH.
-command -v cargo >/dev/null || PATH=$HOME/.cargo/bin:$PATH
 cd "$REPO_ROOT"
 
-# ------------------------------------------------------------------- lints
-# A formatting or clippy finding fails the run before any test. The
-# components cannot be downloaded here, so a toolchain without them is an
-# error, not a skip.
-cargo fmt --version >/dev/null 2>&1 || die "rustfmt is missing from the Rust toolchain (the lint gate needs \`cargo fmt\`)"
-cargo clippy --version >/dev/null 2>&1 || die "clippy is missing from the Rust toolchain (the lint gate needs \`cargo clippy\`)"
-log "lint: cargo fmt --all -- --check"
-cargo fmt --all -- --check || die "lint: code is not formatted; run \`cargo fmt --all\`"
-log "lint: cargo clippy --workspace --all-targets -- -D warnings"
-cargo clippy --workspace --all-targets -- -D warnings || die "lint: clippy reported findings (above)"
-log "lint: clean"
+# ------------------------------------------------------------------- tests
+log "waiting for the lint and build"
+if ! wait "$BUILD_PID"; then
+  BUILD_PID=
+  cat "$BUILD_LOG" >&2
+  die "lint or build failed"
+fi
+BUILD_PID=
+cat "$BUILD_LOG" >&2
+log "lint: clean; build: done"
 
 # cargo ignores -p when --workspace is given, so only add it when no package was named.
 scope=(--workspace)
@@ -343,4 +372,4 @@ for a in "$@"; do
   [[ $a == -- ]] && break
   [[ $a == -p* || $a == --package* ]] && scope=()
 done
-exec cargo test "${scope[@]}" --all-targets "$@"
+exec cargo nextest run "${scope[@]}" "$@"

@@ -8,6 +8,7 @@ pub mod change_feed;
 pub mod container;
 pub mod duration;
 pub mod error;
+pub mod error_chain;
 pub mod event;
 pub mod health_gate;
 pub mod id;

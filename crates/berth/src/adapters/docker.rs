@@ -7,7 +7,6 @@
 //! response headers are bounded (see `Engine::events` below).
 
 use std::collections::{BTreeMap, HashMap};
-use std::error::Error as _;
 use std::future::Future;
 use std::hash::{BuildHasher, Hasher, RandomState};
 use std::sync::Arc;
@@ -15,6 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use berth_core::container::{ContainerSpec, LABEL_OWNER};
+use berth_core::error_chain::describe;
 use berth_core::image::Reference;
 use bollard::container::LogOutput;
 use bollard::container::{
@@ -128,7 +128,7 @@ impl Host {
             other => EngineError::Unavailable(format!(
                 "cannot reach Docker at {}: {}",
                 self.describe(),
-                chain(&other)
+                describe(&other)
             )),
         })
     }
@@ -210,7 +210,7 @@ impl DockerEngine {
                 message,
             } => EngineError::Rejected(format!("{message} (HTTP {status_code})")),
             other if is_transport(&other) => self.unavailable(&other),
-            other => EngineError::Rejected(chain(&other)),
+            other => EngineError::Rejected(describe(&other)),
         }
     }
 
@@ -224,7 +224,7 @@ impl DockerEngine {
             other => EngineError::Unavailable(format!(
                 "cannot reach Docker at {}: {}",
                 self.host,
-                chain(other)
+                describe(other)
             )),
         }
     }
@@ -316,7 +316,7 @@ impl DockerEngine {
             other if is_transport(&other) => EngineError::Unavailable(format!(
                 "the events stream from Docker at {} broke: {}",
                 self.host,
-                chain(&other)
+                describe(&other)
             )),
             other => self.map_err(other),
         }
@@ -399,7 +399,7 @@ impl DockerEngine {
             other if is_transport(&other) => self.unavailable(&other),
             other => EngineError::PullFailed {
                 image: image.to_string(),
-                message: chain(&other),
+                message: describe(&other),
             },
         }
     }
@@ -414,7 +414,7 @@ async fn negotiate(host: &Host) -> Result<Docker, EngineError> {
         EngineError::Unavailable(format!(
             "cannot reach Docker at {}: {}",
             host.describe(),
-            chain(&e)
+            describe(&e)
         ))
     };
     let deadline = DOCKER_TIMEOUT + BODY_SLACK;
@@ -475,22 +475,6 @@ fn is_transport(e: &DockerError) -> bool {
             | DockerError::HyperLegacyError { .. }
             | DockerError::SocketNotFoundError(_)
     )
-}
-
-/// An error with its sources, since bollard's top-level text ("Error in the
-/// hyper legacy client") alone does not say what went wrong.
-fn chain(e: &DockerError) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        let part = inner.to_string();
-        if !text.contains(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        source = inner.source();
-    }
-    text
 }
 
 fn to_progress(info: CreateImageInfo) -> PullProgress {

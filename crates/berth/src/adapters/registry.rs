@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use berth_core::error_chain::causes;
 use berth_core::image::{validate_tag, Digest, Repository};
 use reqwest::header::{HeaderMap, ACCEPT, RETRY_AFTER, WWW_AUTHENTICATE};
 use reqwest::{Client, Method, Response, StatusCode, Url};
@@ -436,9 +437,12 @@ impl OciRegistry {
         let why = if e.is_timeout() {
             format!("timed out after {:?}", self.config.timeout)
         } else if e.is_connect() {
-            format!("cannot connect: {}", error_chain(e))
+            format!(
+                "cannot connect: {}",
+                causes(e).unwrap_or_else(|| "request error".to_string())
+            )
         } else {
-            error_chain(e)
+            causes(e).unwrap_or_else(|| "request error".to_string())
         };
         RegistryError::Unavailable(format!("{}: {what} failed: {why}", t.context()))
     }
@@ -646,10 +650,7 @@ impl Registry for OciRegistry {
         let body = read_capped(get, MAX_MANIFEST_BYTES)
             .await
             .map_err(|e| self.body_error(&t, "manifest", e))?;
-        let hex: String = Sha256::digest(&body)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let hex = hex::encode(Sha256::digest(&body));
         Digest::parse(&format!("sha256:{hex}")).map_err(|e| RegistryError::Rejected(e.message))
     }
 
@@ -687,21 +688,6 @@ async fn read_capped(mut response: Response, cap: usize) -> Result<Vec<u8>, Body
         body.extend_from_slice(&chunk);
     }
     Ok(body)
-}
-
-/// The error and its causes without the URL (it may carry query values).
-fn error_chain(e: &reqwest::Error) -> String {
-    let mut parts = Vec::new();
-    let mut source = std::error::Error::source(e);
-    while let Some(cause) = source {
-        parts.push(cause.to_string());
-        source = cause.source();
-    }
-    if parts.is_empty() {
-        "request error".to_string()
-    } else {
-        parts.join(": ")
-    }
 }
 
 fn host_of(host_port: &str) -> &str {

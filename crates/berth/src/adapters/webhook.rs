@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+use berth_core::error_chain::describe;
 
 use crate::ports::webhook::{WebhookError, WebhookRequest, WebhookSender};
 
@@ -38,20 +39,7 @@ impl WebhookSender for HttpWebhookSender {
         let response = req
             .send()
             .await
-            .map_err(|e| WebhookError::Transport(error_chain(&e)))?;
+            .map_err(|e| WebhookError::Transport(describe(&e)))?;
         Ok(response.status().as_u16())
     }
-}
-
-/// reqwest's top-level message says little ("error sending request"); the
-/// sources say why.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }

@@ -4,6 +4,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use berth_core::error_chain::describe;
 use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION};
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
@@ -148,7 +149,9 @@ impl Client {
             .user_agent(concat!("berth-cli/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(CONNECT_TIMEOUT)
             .build()
-            .map_err(|e| CliError::Other(format!("cannot build the HTTP client: {}", chain(&e))))?;
+            .map_err(|e| {
+                CliError::Other(format!("cannot build the HTTP client: {}", describe(&e)))
+            })?;
         Ok(Client {
             http,
             base_url,
@@ -284,7 +287,7 @@ impl Client {
         if e.is_connect() && self.base_url.scheme() == "https" && is_tls_failure(e) {
             CliError::Other(format!(
                 "cannot set up HTTPS with {url}: {} (trust berth's certificate with --ca-cert FILE)",
-                chain(e)
+                describe(e)
             ))
         } else if e.is_connect() {
             CliError::Unreachable { url }
@@ -294,7 +297,7 @@ impl Client {
                 after: timeout,
             }
         } else {
-            CliError::Other(format!("request to {url} failed: {}", chain(e)))
+            CliError::Other(format!("request to {url} failed: {}", describe(e)))
         }
     }
 }
@@ -303,7 +306,7 @@ impl Client {
 /// (an untrusted certificate, a plain-HTTP server), as opposed to nothing
 /// listening.
 fn is_tls_failure(e: &reqwest::Error) -> bool {
-    let text = chain(e).to_ascii_lowercase();
+    let text = describe(e).to_ascii_lowercase();
     [
         "certificate",
         "tls",
@@ -313,22 +316,6 @@ fn is_tls_failure(e: &reqwest::Error) -> bool {
     ]
     .iter()
     .any(|w| text.contains(w))
-}
-
-/// An error with its causes, `a: b: c`; reqwest's own message alone only
-/// says "error sending request".
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -697,10 +697,7 @@ fn answer<T>(
 }
 
 fn hex_id(seed: &str) -> String {
-    Sha256::digest(seed.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex::encode(Sha256::digest(seed.as_bytes()))
 }
 
 fn next_container_id(state: &mut State) -> String {

@@ -13,6 +13,7 @@ use berth_core::runtime::RuntimeRecord;
 use berth_core::status::RuntimeStatus;
 use berth_core::store::plan::Impact;
 use maud::{html, Markup, DOCTYPE};
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
 use crate::cli::format::{format_ms, short_digest};
 use crate::http::roles::Role;
@@ -259,14 +260,10 @@ impl FleetFilter {
 }
 
 /// Percent-encodes a query value (ids and names are plain, but a person may
-/// type anything into the search box).
+/// type anything into the search box): all but letters, digits and `-_.`.
 fn encode(v: &str) -> String {
-    v.bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+    const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.');
+    utf8_percent_encode(v, QUERY_VALUE).to_string()
 }
 
 /// One row of the fleet.
